@@ -1,0 +1,1 @@
+//! cutls-crypto: the streaming TLS record engine.
