@@ -7,5 +7,13 @@
 pub mod suite;
 
 pub(crate) mod aead;
+pub mod keys;
+pub mod opener;
+pub mod record;
+pub mod sealer;
 
 pub use suite::{AeadAlgorithm, CipherSuite, HashAlgorithm, ProtocolVersion, UnsupportedSuite};
+pub use keys::{BadKeyLength, Secret, TrafficKeys};
+pub use opener::{OpenError, OpenOutput, OpenerConfig, RecordDone, RecordOpener, Refusal, Release, ReleaseMode, ReleaseSource, Step, Stop};
+pub use record::{ContentType, Framing, Header};
+pub use sealer::{RecordSealer, SealError, SealedRecord};

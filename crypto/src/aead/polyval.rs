@@ -104,6 +104,7 @@ pub(crate) enum Multiplier {
 }
 
 impl Multiplier {
+    #[cfg(test)]
     /// The fastest multiplier this CPU supports.
     pub(crate) fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]

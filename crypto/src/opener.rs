@@ -1,0 +1,827 @@
+//! [`RecordOpener`]: decrypts one direction's records in place, chunk by chunk.
+//!
+//! The caller hands over byte ranges of the record stream (TCP payloads) with their stream
+//! offsets, in whatever order and segmentation they arrive. The opener finds record boundaries
+//! from the headers, decrypts each chunk where it lies, adds its MAC contribution (see
+//! [`crate::aead`]) and verifies a record's tag once all of its bytes have been seen. Nothing
+//! but a record's held-back bytes and a few header, nonce and tag bytes is stored.
+//!
+//! What it tells the caller, per call:
+//! - [`Release`]s: plaintext that may go to the peer now, at its offset in the plaintext stream,
+//!   either in place in the chunk or copied from the held-back bytes of a verified record;
+//! - a [`Stop`] when a record completes ([`RecordDone`], with the inner content type and, for
+//!   records held whole, their plaintext) or when the rest of the chunk cannot be taken now
+//!   ([`Refusal`]: the caller drops it and lets TCP send it again);
+//! - an [`OpenError`] when the stream cannot go on (a failed tag, a malformed record).
+//!
+//! Release policy (see DESIGN.md, "Hold-back"): in [`ReleaseMode::CutThrough`] a record's last
+//! data byte and TLS 1.3's inner type byte are held until the tag verifies, and records short
+//! enough to be control messages (TLS 1.3 KeyUpdate, alerts) are held whole, because their type
+//! is only known at the end. In [`ReleaseMode::VerifyFirst`] every record is held whole. Records
+//! whose type is not application data are never released; the caller gets their plaintext.
+//!
+//! Not supported: TLS 1.3 padding that reaches back into bytes already released (an anomaly,
+//! reported as [`OpenError::PaddingIntoReleased`]); a retransmission whose bytes differ from the
+//! first copy is decrypted and released as it is, but only the first copy is authenticated.
+
+use core::fmt;
+use core::ops::Range;
+use std::collections::VecDeque;
+
+use crate::aead::{tags_equal, AeadKey, Auth, Direction, RecordKey};
+use crate::keys::TrafficKeys;
+use crate::record::{ContentType, Framing, Header, HeaderError, EXPLICIT_NONCE_LEN, HEADER_LEN, TAG_LEN};
+use crate::suite::ProtocolVersion;
+
+/// When decrypted bytes may leave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReleaseMode {
+    /// Release plaintext as it is decrypted; hold each record's final bytes until its tag verifies.
+    CutThrough,
+    /// Hold each record whole until its tag verifies.
+    VerifyFirst,
+}
+
+/// Limits that bound an opener's memory.
+#[derive(Clone, Copy, Debug)]
+pub struct OpenerConfig {
+    pub mode: ReleaseMode,
+    /// Records tracked at once (incomplete ones, plus completed ones kept for retransmissions).
+    pub max_records: usize,
+    /// Keep completed records until [`RecordOpener::acknowledge`], so retransmitted bytes of
+    /// them can be decrypted again. Offline readers that never need that turn it off.
+    pub keep_completed: bool,
+    /// Records whose ciphertext is at most this long are held whole in cut-through mode.
+    pub hold_whole_below: usize,
+}
+
+impl Default for OpenerConfig {
+    fn default() -> Self {
+        OpenerConfig { mode: ReleaseMode::CutThrough, max_records: 64, keep_completed: true, hold_whole_below: 32 }
+    }
+}
+
+/// Plaintext that may be delivered now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Release {
+    /// Offset of the first byte in the application-data plaintext stream.
+    pub plaintext_offset: u64,
+    pub source: ReleaseSource,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReleaseSource {
+    /// Bytes of the chunk passed to this call, decrypted in place.
+    Chunk(Range<usize>),
+    /// Bytes copied to [`OpenOutput::held`].
+    Held(Range<usize>),
+}
+
+/// Reusable output buffers (cleared by each call, capacity kept: no allocation per chunk once
+/// they have grown to a record).
+#[derive(Debug, Default)]
+pub struct OpenOutput {
+    pub releases: Vec<Release>,
+    pub held: Vec<u8>,
+    /// Bytes of the chunk that belong to records already acknowledged and forgotten.
+    pub stale_bytes: usize,
+    /// Bytes of the chunk that had been seen before (retransmissions).
+    pub duplicate_bytes: usize,
+}
+
+impl OpenOutput {
+    fn clear(&mut self) {
+        self.releases.clear();
+        self.held.clear();
+        self.stale_bytes = 0;
+        self.duplicate_bytes = 0;
+    }
+
+    /// The bytes of a release, given the chunk it was produced for.
+    pub fn bytes<'a>(&'a self, chunk: &'a [u8], release: &Release) -> &'a [u8] {
+        match &release.source {
+            ReleaseSource::Chunk(range) => &chunk[range.clone()],
+            ReleaseSource::Held(range) => &self.held[range.clone()],
+        }
+    }
+}
+
+/// The result of one call: how much of the chunk was taken and why the call stopped early.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub consumed: usize,
+    pub stop: Option<Stop>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// A record completed and verified with its last byte at `consumed - 1`. Call again with the
+    /// rest of the chunk (after rekeying, if the record asks for it).
+    Record(RecordDone),
+    /// The bytes from `consumed` on cannot be taken now.
+    Refused(Refusal),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordDone {
+    pub seq: u64,
+    /// The inner content type (TLS 1.3) or the header's (TLS 1.2).
+    pub content_type: ContentType,
+    /// Application data bytes of the record (0 for other types).
+    pub data_len: usize,
+    /// For records that were not application data: their plaintext in [`OpenOutput::held`], or
+    /// `None` when it was too long to hold in this mode.
+    pub plaintext: Option<Range<usize>>,
+    /// TLS 1.3 change_cipher_spec records are not protected and carry no sequence number.
+    pub unprotected: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The bytes lie beyond a record header not yet seen.
+    BeyondUnknownHeader,
+    /// Too many records tracked at once.
+    TooManyRecords,
+    /// A TLS 1.2 GCM record's explicit nonce has not been seen yet.
+    NonceUnknown,
+    /// An earlier record held whole has not verified yet (it may change the keys).
+    WaitingForEarlierRecord,
+}
+
+/// Errors after which the stream cannot be followed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpenError {
+    BadHeader { offset: u64, error: HeaderError },
+    /// A record shorter than the framing's minimum.
+    RecordTooShort { seq: u64, body_len: usize },
+    TagMismatch { seq: u64 },
+    /// A TLS 1.3 record with no content type (all zeros).
+    NoContentType { seq: u64 },
+    /// TLS 1.3 padding reached bytes that were already released.
+    PaddingIntoReleased { seq: u64 },
+    /// Bytes of a record that turned out not to be application data were already released.
+    NonDataReleased { seq: u64, content_type: ContentType },
+    /// A record ended shorter than predicted after later records had already released bytes.
+    PlaintextShifted { seq: u64 },
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::BadHeader { offset, error } => write!(f, "bad record header at stream offset {offset}: {error}"),
+            OpenError::RecordTooShort { seq, body_len } => write!(f, "record {seq} is too short ({body_len} bytes)"),
+            OpenError::TagMismatch { seq } => write!(f, "tag failure at record {seq}"),
+            OpenError::NoContentType { seq } => write!(f, "record {seq} has no inner content type"),
+            OpenError::PaddingIntoReleased { seq } => write!(f, "record {seq}: padding reaches released bytes"),
+            OpenError::NonDataReleased { seq, content_type } => {
+                write!(f, "record {seq} was {content_type}, but some bytes were already released")
+            }
+            OpenError::PlaintextShifted { seq } => write!(f, "record {seq} shifted plaintext already released"),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+/// Opens one direction's records.
+pub struct RecordOpener {
+    framing: Framing,
+    config: OpenerConfig,
+    aead: AeadKey,
+    iv: [u8; 12],
+    /// Sequence number of the next record whose header is not yet known.
+    next_seq: u64,
+    /// Stream offset of that header.
+    next_header: u64,
+    /// Header bytes seen so far at `next_header`, and which of them.
+    header: [u8; HEADER_LEN],
+    header_seen: u8,
+    /// Plaintext offset at which the next record's data will start.
+    next_plaintext: u64,
+    records: VecDeque<Record>,
+    /// Set when the next record header starts a new key generation (see [`Self::rekey`]).
+    key_generation: u32,
+    accelerate: bool,
+}
+
+struct Record {
+    seq: u64,
+    start: u64,
+    header: [u8; HEADER_LEN],
+    outer_type: ContentType,
+    body_len: usize,
+    /// TLS 1.3 change_cipher_spec: skipped, not decrypted.
+    unprotected: bool,
+    key: Option<RecordKey>,
+    explicit_nonce: [u8; EXPLICIT_NONCE_LEN],
+    /// Body bytes already seen (relative to the body start).
+    seen: Intervals,
+    mac: Auth,
+    tag: [u8; TAG_LEN],
+    plaintext_start: u64,
+    /// Bytes of ciphertext at and past this offset are held, not released, until verification.
+    hold_from: usize,
+    /// Held plaintext, indexed by ciphertext offset minus `hold_from`.
+    held: Vec<u8>,
+    /// Whether any byte of the record was released before verification.
+    released_early: bool,
+    outcome: Option<Verified>,
+}
+
+#[derive(Clone, Copy)]
+struct Verified {
+    content_type: ContentType,
+    data_len: usize,
+}
+
+impl Record {
+    fn end(&self) -> u64 {
+        self.start + (HEADER_LEN + self.body_len) as u64
+    }
+}
+
+impl RecordOpener {
+    /// An opener whose next record starts at `stream_offset` with sequence number `seq`.
+    pub fn new(keys: &TrafficKeys, seq: u64, stream_offset: u64, config: OpenerConfig) -> Self {
+        Self::with_acceleration(keys, seq, stream_offset, config, true)
+    }
+
+    /// As [`Self::new`]; `accelerate` false forces the portable code (tests).
+    pub fn with_acceleration(
+        keys: &TrafficKeys,
+        seq: u64,
+        stream_offset: u64,
+        config: OpenerConfig,
+        accelerate: bool,
+    ) -> Self {
+        let aead = expand(keys, accelerate);
+        RecordOpener {
+            framing: Framing { version: keys.version, aead: keys.aead },
+            config,
+            aead,
+            iv: *keys.iv(),
+            next_seq: seq,
+            next_header: stream_offset,
+            header: [0; HEADER_LEN],
+            header_seen: 0,
+            next_plaintext: 0,
+            records: VecDeque::with_capacity(config.max_records.min(1024)),
+            key_generation: 0,
+            accelerate,
+        }
+    }
+
+    /// The stream offset where the next unknown record header starts.
+    pub fn next_header_offset(&self) -> u64 {
+        self.next_header
+    }
+
+    /// The plaintext offset the next record's data will start at.
+    pub fn next_plaintext_offset(&self) -> u64 {
+        self.next_plaintext
+    }
+
+    /// Records tracked now.
+    pub fn tracked_records(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether every byte seen so far belongs to verified records.
+    pub fn is_idle(&self) -> bool {
+        self.header_seen == 0 && self.records.iter().all(|record| record.outcome.is_some())
+    }
+
+    /// New keys for every record after the last completed one, with sequence numbers from 0
+    /// (TLS 1.3 KeyUpdate, or the switch from handshake to application keys). Records already
+    /// started after that point are forgotten: their bytes must be delivered again.
+    pub fn rekey(&mut self, keys: &TrafficKeys) {
+        self.aead = expand(keys, self.accelerate);
+        self.iv = *keys.iv();
+        self.framing = Framing { version: keys.version, aead: keys.aead };
+        self.key_generation += 1;
+        let keep = self.records.iter().position(|record| record.outcome.is_none()).unwrap_or(self.records.len());
+        if keep < self.records.len() {
+            let first_dropped = &self.records[keep];
+            self.next_header = first_dropped.start;
+            self.next_plaintext = first_dropped.plaintext_start;
+            self.records.truncate(keep);
+            self.header_seen = 0;
+        }
+        self.next_seq = 0;
+    }
+
+    /// The caller no longer needs bytes before `stream_offset`: forget completed records that
+    /// end there.
+    pub fn acknowledge(&mut self, stream_offset: u64) {
+        while let Some(record) = self.records.front() {
+            if record.outcome.is_some() && record.end() <= stream_offset {
+                self.records.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// Processes `chunk`, the stream bytes at `offset`, in place. See the module docs.
+    pub fn open(&mut self, offset: u64, chunk: &mut [u8], out: &mut OpenOutput) -> Result<Step, OpenError> {
+        out.clear();
+        self.open_more(offset, chunk, 0, out)
+    }
+
+    /// Like [`Self::open`] but keeps `out`'s earlier releases (for callers that continue a
+    /// chunk after a stop); `start` is where in `chunk` to continue.
+    pub fn open_more(
+        &mut self,
+        offset: u64,
+        chunk: &mut [u8],
+        start: usize,
+        out: &mut OpenOutput,
+    ) -> Result<Step, OpenError> {
+        let mut position = start;
+        while position < chunk.len() {
+            let at = offset + position as u64;
+            let oldest = self.records.front().map_or(self.next_header, |record| record.start);
+            if at < oldest {
+                let skip = ((oldest - at) as usize).min(chunk.len() - position);
+                out.stale_bytes += skip;
+                position += skip;
+                continue;
+            }
+            if let Some(index) = self.records.iter().position(|record| at < record.end()) {
+                let end = self.records[index].end();
+                let take = ((end - at) as usize).min(chunk.len() - position);
+                match self.record_bytes(index, at, chunk, position..position + take, out)? {
+                    Progress::Refused(refusal) => {
+                        return Ok(Step { consumed: position, stop: Some(Stop::Refused(refusal)) });
+                    }
+                    Progress::Taken => position += take,
+                    Progress::Completed(done) => {
+                        position += take;
+                        if !self.config.keep_completed {
+                            self.forget_completed();
+                        }
+                        return Ok(Step { consumed: position, stop: Some(Stop::Record(done)) });
+                    }
+                }
+                continue;
+            }
+            // Past every known record: header bytes of the next one.
+            let into_header = at - self.next_header;
+            if into_header >= HEADER_LEN as u64 {
+                return Ok(Step { consumed: position, stop: Some(Stop::Refused(Refusal::BeyondUnknownHeader)) });
+            }
+            let into_header = into_header as usize;
+            let take = (HEADER_LEN - into_header).min(chunk.len() - position);
+            for i in 0..take {
+                let bit = 1u8 << (into_header + i);
+                if self.header_seen & bit == 0 {
+                    self.header[into_header + i] = chunk[position + i];
+                    self.header_seen |= bit;
+                } else {
+                    out.duplicate_bytes += 1;
+                }
+            }
+            if self.header_seen == 0b1_1111 {
+                if self.records.len() >= self.config.max_records {
+                    return Ok(Step { consumed: position, stop: Some(Stop::Refused(Refusal::TooManyRecords)) });
+                }
+                self.start_record()?;
+            }
+            // Otherwise the chunk ended inside the header: the rest comes with a later chunk.
+            position += take;
+        }
+        Ok(Step { consumed: chunk.len(), stop: None })
+    }
+
+    fn forget_completed(&mut self) {
+        while self.records.front().is_some_and(|record| record.outcome.is_some()) {
+            self.records.pop_front();
+        }
+    }
+
+    /// The header at `next_header` is complete: track its record.
+    fn start_record(&mut self) -> Result<(), OpenError> {
+        let header_bytes = self.header;
+        let start = self.next_header;
+        let header = Header::parse(&header_bytes, self.framing.version)
+            .map_err(|error| OpenError::BadHeader { offset: start, error })?;
+        let unprotected =
+            self.framing.version == ProtocolVersion::Tls13 && header.content_type == ContentType::ChangeCipherSpec;
+        if !unprotected && header.body_len < self.framing.min_body_len() {
+            return Err(OpenError::RecordTooShort { seq: self.next_seq, body_len: header.body_len });
+        }
+        let ciphertext_len = header.body_len.saturating_sub(self.framing.explicit_nonce_len() + TAG_LEN);
+        // Predicted application data: all of it for TLS 1.2 application data, all but the inner
+        // type for TLS 1.3 (corrected at verification if the record is padded or not data).
+        let predicted_data = match (unprotected, self.framing.version, header.content_type) {
+            (true, _, _) => 0,
+            (false, ProtocolVersion::Tls13, _) => ciphertext_len - 1,
+            (false, ProtocolVersion::Tls12, ContentType::ApplicationData) => ciphertext_len,
+            (false, ProtocolVersion::Tls12, _) => 0,
+        };
+        let hold_from = self.hold_from(header.content_type, ciphertext_len);
+        let held_len = ciphertext_len - hold_from;
+        let mut held = Vec::new();
+        held.resize(held_len, 0);
+        let key = if self.framing.explicit_nonce_len() == 0 && !unprotected {
+            Some(self.aead.record_key(self.framing.nonce(&self.iv, self.next_seq, None)))
+        } else {
+            None
+        };
+        self.records.push_back(Record {
+            seq: self.next_seq,
+            start,
+            header: header_bytes,
+            outer_type: header.content_type,
+            body_len: header.body_len,
+            unprotected,
+            key,
+            explicit_nonce: [0; EXPLICIT_NONCE_LEN],
+            seen: Intervals::default(),
+            mac: Auth::zero(self.framing.aead),
+            tag: [0; TAG_LEN],
+            plaintext_start: self.next_plaintext,
+            hold_from,
+            held,
+            released_early: false,
+            outcome: None,
+        });
+        if !unprotected {
+            self.next_seq += 1;
+        }
+        self.next_header = start + (HEADER_LEN + header.body_len) as u64;
+        self.next_plaintext += predicted_data as u64;
+        self.header_seen = 0;
+        Ok(())
+    }
+
+    /// First ciphertext offset of a record that is held rather than released early.
+    fn hold_from(&self, outer_type: ContentType, ciphertext_len: usize) -> usize {
+        let whole = self.config.mode == ReleaseMode::VerifyFirst
+            || ciphertext_len <= self.config.hold_whole_below
+            || (self.framing.version == ProtocolVersion::Tls12 && outer_type != ContentType::ApplicationData);
+        if whole {
+            0
+        } else {
+            match self.framing.version {
+                // The last data byte and the inner content type.
+                ProtocolVersion::Tls13 => ciphertext_len.saturating_sub(2),
+                ProtocolVersion::Tls12 => ciphertext_len.saturating_sub(1),
+            }
+        }
+    }
+
+    /// Bytes `range` of `chunk` (stream offset `at`) inside record `index`.
+    fn record_bytes(
+        &mut self,
+        index: usize,
+        at: u64,
+        chunk: &mut [u8],
+        range: Range<usize>,
+        out: &mut OpenOutput,
+    ) -> Result<Progress, OpenError> {
+        let framing = self.framing;
+        let explicit_len = framing.explicit_nonce_len();
+        // An earlier record held whole and not yet verified may be a KeyUpdate: wait for it.
+        if framing.version == ProtocolVersion::Tls13
+            && self.records.iter().take(index).any(|r| r.outcome.is_none() && r.hold_from == 0 && !r.unprotected)
+        {
+            let record = &self.records[index];
+            if at >= record.start + HEADER_LEN as u64 {
+                return Ok(Progress::Refused(Refusal::WaitingForEarlierRecord));
+            }
+        }
+        let record = &mut self.records[index];
+        let mut relative = (at - record.start) as usize;
+        let mut position = range.start;
+        // Header bytes: known already (the record exists because its header was complete).
+        if relative < HEADER_LEN {
+            let skip = (HEADER_LEN - relative).min(range.len());
+            out.duplicate_bytes += skip;
+            position += skip;
+            relative += skip;
+        }
+        if record.unprotected {
+            let body = relative - HEADER_LEN;
+            let take = range.end - position;
+            record.seen.insert(body, body + take);
+            if record.outcome.is_none() && record.seen.covers(record.body_len) {
+                record.outcome = Some(Verified { content_type: ContentType::ChangeCipherSpec, data_len: 0 });
+                return Ok(Progress::Completed(RecordDone {
+                    seq: record.seq,
+                    content_type: ContentType::ChangeCipherSpec,
+                    data_len: 0,
+                    plaintext: None,
+                    unprotected: true,
+                }));
+            }
+            return Ok(Progress::Taken);
+        }
+        let ciphertext_len = record.body_len - explicit_len - TAG_LEN;
+        while position < range.end {
+            let body = relative - HEADER_LEN;
+            if body < explicit_len {
+                let take = (explicit_len - body).min(range.end - position);
+                if record.outcome.is_none() {
+                    let new = record.seen.insert(body, body + take);
+                    out.duplicate_bytes += take - new;
+                    record.explicit_nonce[body..body + take].copy_from_slice(&chunk[position..position + take]);
+                    if record.key.is_none() && record.seen.covers_range(0, explicit_len) {
+                        let nonce = framing.nonce(&self.iv, record.seq, Some(&record.explicit_nonce));
+                        record.key = Some(self.aead.record_key(nonce));
+                    }
+                }
+                position += take;
+                relative += take;
+                continue;
+            }
+            let ct = body - explicit_len;
+            if ct < ciphertext_len {
+                let take = (ciphertext_len - ct).min(range.end - position);
+                let Some(key) = record.key else {
+                    return Ok(Progress::Refused(Refusal::NonceUnknown));
+                };
+                let bytes = &mut chunk[position..position + take];
+                match record.outcome {
+                    Some(verified) => {
+                        // A retransmission of a verified record: decrypt and deliver its data.
+                        self.aead.crypt_range(&key, ciphertext_len, ct, bytes, Direction::Decrypt);
+                        out.duplicate_bytes += take;
+                        if verified.content_type == ContentType::ApplicationData && ct < verified.data_len {
+                            let data_end = (ct + take).min(verified.data_len);
+                            out.releases.push(Release {
+                                plaintext_offset: record.plaintext_start + ct as u64,
+                                source: ReleaseSource::Chunk(position..position + (data_end - ct)),
+                            });
+                        }
+                    }
+                    None => {
+                        let new = record.seen.insert(body, body + take);
+                        let contribution = self.aead.crypt_range(&key, ciphertext_len, ct, bytes, Direction::Decrypt);
+                        let fresh = new == take;
+                        if fresh {
+                            record.mac.add(contribution);
+                        } else {
+                            // Partly seen before: authenticate only the new sub-ranges.
+                            out.duplicate_bytes += take - new;
+                            add_new_ranges(&self.aead, record, ciphertext_len, explicit_len, ct, take, chunk, position);
+                        }
+                        let bytes = &chunk[position..position + take];
+                        // Release what lies before the hold point; copy the rest to `held`.
+                        let release_end = (ct + take).min(record.hold_from).max(ct);
+                        if release_end > ct {
+                            record.released_early = true;
+                            out.releases.push(Release {
+                                plaintext_offset: record.plaintext_start + ct as u64,
+                                source: ReleaseSource::Chunk(position..position + (release_end - ct)),
+                            });
+                        }
+                        // Held bytes: the first copy is the authenticated one; keep it.
+                        for (i, byte) in bytes.iter().enumerate().skip(release_end - ct) {
+                            let body_offset = explicit_len + ct + i;
+                            if fresh || record.seen.last_gaps.iter().any(|&(a, b)| a <= body_offset && body_offset < b) {
+                                record.held[ct + i - record.hold_from] = *byte;
+                            }
+                        }
+                    }
+                }
+                position += take;
+                relative += take;
+                continue;
+            }
+            // Tag bytes.
+            let tag_offset = ct - ciphertext_len;
+            let take = (TAG_LEN - tag_offset).min(range.end - position);
+            if record.outcome.is_none() {
+                let new = record.seen.insert(body, body + take);
+                out.duplicate_bytes += take - new;
+                record.tag[tag_offset..tag_offset + take].copy_from_slice(&chunk[position..position + take]);
+            } else {
+                out.duplicate_bytes += take;
+            }
+            position += take;
+            relative += take;
+        }
+        let record = &self.records[index];
+        if record.outcome.is_none() && record.seen.covers(record.body_len) {
+            return self.verify(index, out).map(Progress::Completed);
+        }
+        Ok(Progress::Taken)
+    }
+
+    /// All of record `index` has been seen: check the tag, find the content type, release.
+    fn verify(&mut self, index: usize, out: &mut OpenOutput) -> Result<RecordDone, OpenError> {
+        let framing = self.framing;
+        let record = &mut self.records[index];
+        let ciphertext_len = record.body_len - framing.explicit_nonce_len() - TAG_LEN;
+        let Some(key) = record.key else {
+            // Unreachable: the explicit nonce is part of the body, so a fully seen record has it.
+            return Err(OpenError::TagMismatch { seq: record.seq });
+        };
+        let (aad, aad_len) = framing.aad(&record.header, record.seq, ciphertext_len);
+        let expected = self.aead.tag(&key, &aad[..aad_len], ciphertext_len, record.mac);
+        if !tags_equal(&expected, &record.tag) {
+            return Err(OpenError::TagMismatch { seq: record.seq });
+        }
+        let (content_type, data_len) = match framing.version {
+            ProtocolVersion::Tls12 => {
+                let data_len = if record.outer_type == ContentType::ApplicationData { ciphertext_len } else { 0 };
+                (record.outer_type, data_len)
+            }
+            ProtocolVersion::Tls13 => {
+                // The inner type is the last non-zero byte; only held bytes can be scanned.
+                let Some(last) = record.held.iter().rposition(|&byte| byte != 0) else {
+                    return Err(if record.hold_from == 0 {
+                        OpenError::NoContentType { seq: record.seq }
+                    } else {
+                        OpenError::PaddingIntoReleased { seq: record.seq }
+                    });
+                };
+                let content_type = ContentType::from(record.held[last]);
+                let type_offset = record.hold_from + last;
+                let data_len = if content_type == ContentType::ApplicationData { type_offset } else { 0 };
+                (content_type, data_len)
+            }
+        };
+        let seq = record.seq;
+        let mut plaintext = None;
+        if content_type == ContentType::ApplicationData {
+            if data_len > record.hold_from {
+                let start = out.held.len();
+                out.held.extend_from_slice(&record.held[..data_len - record.hold_from]);
+                out.releases.push(Release {
+                    plaintext_offset: record.plaintext_start + record.hold_from as u64,
+                    source: ReleaseSource::Held(start..out.held.len()),
+                });
+            }
+        } else {
+            if record.released_early {
+                return Err(OpenError::NonDataReleased { seq, content_type });
+            }
+            if record.hold_from == 0 {
+                // Non-data plaintext: TLS 1.3 strips the type and padding.
+                let end = match framing.version {
+                    ProtocolVersion::Tls13 => record.held.iter().rposition(|&byte| byte != 0).unwrap_or(0),
+                    ProtocolVersion::Tls12 => record.held.len(),
+                };
+                let start = out.held.len();
+                out.held.extend_from_slice(&record.held[..end]);
+                plaintext = Some(start..out.held.len());
+            }
+        }
+        record.outcome = Some(Verified { content_type, data_len });
+        record.held = Vec::new();
+        // Correct the plaintext offsets of later records if this one was not what was predicted.
+        let predicted = match framing.version {
+            ProtocolVersion::Tls13 => ciphertext_len - 1,
+            ProtocolVersion::Tls12 => data_len,
+        };
+        if predicted != data_len {
+            let shortfall = (predicted - data_len) as u64;
+            for later in self.records.iter_mut().skip(index + 1) {
+                if later.released_early {
+                    return Err(OpenError::PlaintextShifted { seq });
+                }
+                later.plaintext_start -= shortfall;
+            }
+            self.next_plaintext -= shortfall;
+        }
+        Ok(RecordDone { seq, content_type, data_len, plaintext, unprotected: false })
+    }
+}
+
+enum Progress {
+    Taken,
+    Completed(RecordDone),
+    Refused(Refusal),
+}
+
+fn expand(keys: &TrafficKeys, accelerate: bool) -> AeadKey {
+    // TrafficKeys checked the key length against its algorithm when it was made.
+    match AeadKey::new(keys.aead, keys.key(), accelerate) {
+        Some(key) => key,
+        None => unreachable!("TrafficKeys has the algorithm's key length"),
+    }
+}
+
+/// A chunk overlapped bytes seen before: add the MAC contributions of just the new sub-ranges,
+/// re-encrypting a copy to recover their ciphertext (the chunk is already decrypted).
+#[allow(clippy::too_many_arguments)]
+fn add_new_ranges(
+    aead: &AeadKey,
+    record: &mut Record,
+    ciphertext_len: usize,
+    explicit_len: usize,
+    ct: usize,
+    take: usize,
+    chunk: &[u8],
+    position: usize,
+) {
+    let Some(key) = record.key else { return };
+    // `seen` already includes this chunk; the new sub-ranges are those that were gaps before.
+    for (gap_start, gap_end) in record.seen.last_insert_gaps() {
+        let from = gap_start.max(explicit_len + ct) - explicit_len;
+        let to = gap_end.min(explicit_len + ct + take) - explicit_len;
+        if from >= to {
+            continue;
+        }
+        let mut copy = [0u8; 512];
+        let mut done = from;
+        while done < to {
+            let n = (to - done).min(copy.len());
+            let source = &chunk[position + (done - ct)..position + (done - ct) + n];
+            copy[..n].copy_from_slice(source);
+            // Encrypting the plaintext gives back the ciphertext and its MAC contribution.
+            let contribution = aead.crypt_range(&key, ciphertext_len, done, &mut copy[..n], Direction::Encrypt);
+            record.mac.add(contribution);
+            done += n;
+        }
+    }
+}
+
+/// A set of disjoint byte ranges of one record, with the gaps the last insertion filled.
+#[derive(Default)]
+struct Intervals {
+    ranges: Vec<(usize, usize)>,
+    last_gaps: Vec<(usize, usize)>,
+}
+
+impl Intervals {
+    /// Adds `[start, end)`; returns how many of its bytes were new.
+    fn insert(&mut self, start: usize, end: usize) -> usize {
+        self.last_gaps.clear();
+        if start >= end {
+            return 0;
+        }
+        // Gaps of [start, end) not covered by existing ranges.
+        let mut cursor = start;
+        for &(a, b) in &self.ranges {
+            if b <= cursor {
+                continue;
+            }
+            if a >= end {
+                break;
+            }
+            if a > cursor {
+                self.last_gaps.push((cursor, a));
+            }
+            cursor = cursor.max(b);
+            if cursor >= end {
+                break;
+            }
+        }
+        if cursor < end {
+            self.last_gaps.push((cursor, end));
+        }
+        let new: usize = self.last_gaps.iter().map(|(a, b)| b - a).sum();
+        // Merge.
+        let mut merged_start = start;
+        let mut merged_end = end;
+        self.ranges.retain(|&(a, b)| {
+            if b < merged_start || a > merged_end {
+                true
+            } else {
+                merged_start = merged_start.min(a);
+                merged_end = merged_end.max(b);
+                false
+            }
+        });
+        let at = self.ranges.partition_point(|&(a, _)| a < merged_start);
+        self.ranges.insert(at, (merged_start, merged_end));
+        new
+    }
+
+    fn last_insert_gaps(&self) -> Vec<(usize, usize)> {
+        self.last_gaps.clone()
+    }
+
+    fn covers(&self, len: usize) -> bool {
+        len == 0 || self.ranges.first() == Some(&(0, len))
+    }
+
+    fn covers_range(&self, start: usize, end: usize) -> bool {
+        self.ranges.iter().any(|&(a, b)| a <= start && end <= b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_merge_and_report_new_bytes() {
+        let mut set = Intervals::default();
+        assert_eq!(set.insert(10, 20), 10);
+        assert_eq!(set.insert(0, 5), 5);
+        assert_eq!(set.insert(3, 12), 5);
+        assert_eq!(set.last_insert_gaps(), vec![(5, 10)]);
+        assert_eq!(set.ranges, vec![(0, 20)]);
+        assert_eq!(set.insert(0, 20), 0);
+        assert!(set.covers(20));
+        assert!(!set.covers(21));
+        assert_eq!(set.insert(25, 30), 5);
+        assert_eq!(set.insert(15, 40), 15);
+        assert_eq!(set.last_insert_gaps(), vec![(20, 25), (30, 40)]);
+        assert_eq!(set.ranges, vec![(0, 40)]);
+    }
+}
