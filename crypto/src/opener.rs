@@ -146,6 +146,8 @@ pub enum Refusal {
     NonceUnknown,
     /// An earlier record held whole has not verified yet (it may change the keys).
     WaitingForEarlierRecord,
+    /// The record already has as many separate pieces as the opener tracks.
+    TooFragmented,
 }
 
 /// Errors after which the stream cannot be followed.
@@ -202,6 +204,8 @@ pub struct RecordOpener {
     /// Set when the next record header starts a new key generation (see [`Self::rekey`]).
     key_generation: u32,
     accelerate: bool,
+    /// Held-byte buffers of verified records, reused so that steady state does not allocate.
+    spare_held: Vec<Vec<u8>>,
 }
 
 struct Record {
@@ -268,6 +272,7 @@ impl RecordOpener {
             records: VecDeque::with_capacity(config.max_records.min(1024)),
             key_generation: 0,
             accelerate,
+            spare_held: Vec::new(),
         }
     }
 
@@ -421,7 +426,8 @@ impl RecordOpener {
         };
         let hold_from = self.hold_from(header.content_type, ciphertext_len);
         let held_len = ciphertext_len - hold_from;
-        let mut held = Vec::new();
+        let mut held = self.spare_held.pop().unwrap_or_default();
+        held.clear();
         held.resize(held_len, 0);
         let key = if self.framing.explicit_nonce_len() == 0 && !unprotected {
             Some(self.aead.record_key(self.framing.nonce(&self.iv, self.next_seq, None)))
@@ -493,6 +499,13 @@ impl RecordOpener {
         }
         let record = &mut self.records[index];
         let mut relative = (at - record.start) as usize;
+        if record.outcome.is_none() && relative + range.len() > HEADER_LEN {
+            let body_start = relative.saturating_sub(HEADER_LEN);
+            let body_end = relative + range.len() - HEADER_LEN;
+            if !record.seen.fits(body_start, body_end) {
+                return Ok(Progress::Refused(Refusal::TooFragmented));
+            }
+        }
         let mut position = range.start;
         // Header bytes: known already (the record exists because its header was complete).
         if relative < HEADER_LEN {
@@ -579,7 +592,7 @@ impl RecordOpener {
                         // Held bytes: the first copy is the authenticated one; keep it.
                         for (i, byte) in bytes.iter().enumerate().skip(release_end - ct) {
                             let body_offset = explicit_len + ct + i;
-                            if fresh || record.seen.last_gaps.iter().any(|&(a, b)| a <= body_offset && body_offset < b) {
+                            if fresh || record.seen.last_insert_gaps().iter().any(|&(a, b)| a <= body_offset && body_offset < b) {
                                 record.held[ct + i - record.hold_from] = *byte;
                             }
                         }
@@ -670,7 +683,10 @@ impl RecordOpener {
             }
         }
         record.outcome = Some(Verified { content_type, data_len });
-        record.held = Vec::new();
+        let spent = core::mem::take(&mut record.held);
+        if self.spare_held.len() < 4 {
+            self.spare_held.push(spent);
+        }
         // Correct the plaintext offsets of later records if this one was not what was predicted.
         let predicted = match framing.version {
             ProtocolVersion::Tls13 => ciphertext_len - 1,
@@ -719,7 +735,7 @@ fn add_new_ranges(
 ) {
     let Some(key) = record.key else { return };
     // `seen` already includes this chunk; the new sub-ranges are those that were gaps before.
-    for (gap_start, gap_end) in record.seen.last_insert_gaps() {
+    for &(gap_start, gap_end) in record.seen.last_insert_gaps() {
         let from = gap_start.max(explicit_len + ct) - explicit_len;
         let to = gap_end.min(explicit_len + ct + take) - explicit_len;
         if from >= to {
@@ -739,23 +755,39 @@ fn add_new_ranges(
     }
 }
 
-/// A set of disjoint byte ranges of one record, with the gaps the last insertion filled.
+/// Most disjoint pieces of one record tracked at once; a chunk that would make more is refused
+/// (TCP sends it again once the gaps have filled).
+const MAX_PIECES: usize = 16;
+
+/// A set of disjoint byte ranges of one record, with the gaps the last insertion filled. Fixed
+/// capacity: no allocation per record.
 #[derive(Default)]
 struct Intervals {
-    ranges: Vec<(usize, usize)>,
-    last_gaps: Vec<(usize, usize)>,
+    ranges: [(usize, usize); MAX_PIECES],
+    len: usize,
+    last_gaps: [(usize, usize); MAX_PIECES + 1],
+    last_gaps_len: usize,
 }
 
 impl Intervals {
-    /// Adds `[start, end)`; returns how many of its bytes were new.
+    fn ranges(&self) -> &[(usize, usize)] {
+        &self.ranges[..self.len]
+    }
+
+    /// Whether `[start, end)` can be added without exceeding the capacity.
+    fn fits(&self, start: usize, end: usize) -> bool {
+        self.len < MAX_PIECES || self.ranges().iter().any(|&(a, b)| a <= end && start <= b)
+    }
+
+    /// Adds `[start, end)` (the caller checked [`Self::fits`]); returns how many bytes were new.
     fn insert(&mut self, start: usize, end: usize) -> usize {
-        self.last_gaps.clear();
+        self.last_gaps_len = 0;
         if start >= end {
             return 0;
         }
-        // Gaps of [start, end) not covered by existing ranges.
         let mut cursor = start;
-        for &(a, b) in &self.ranges {
+        for i in 0..self.len {
+            let (a, b) = self.ranges[i];
             if b <= cursor {
                 continue;
             }
@@ -763,7 +795,8 @@ impl Intervals {
                 break;
             }
             if a > cursor {
-                self.last_gaps.push((cursor, a));
+                self.last_gaps[self.last_gaps_len] = (cursor, a);
+                self.last_gaps_len += 1;
             }
             cursor = cursor.max(b);
             if cursor >= end {
@@ -771,36 +804,49 @@ impl Intervals {
             }
         }
         if cursor < end {
-            self.last_gaps.push((cursor, end));
+            self.last_gaps[self.last_gaps_len] = (cursor, end);
+            self.last_gaps_len += 1;
         }
-        let new: usize = self.last_gaps.iter().map(|(a, b)| b - a).sum();
-        // Merge.
-        let mut merged_start = start;
-        let mut merged_end = end;
-        self.ranges.retain(|&(a, b)| {
-            if b < merged_start || a > merged_end {
-                true
+        let new = self.last_insert_gaps().iter().map(|(a, b)| b - a).sum();
+        // Merge every range touching [start, end) into one, keeping the array sorted.
+        let (mut merged_start, mut merged_end) = (start, end);
+        let mut kept = 0;
+        let mut insert_at = None;
+        for i in 0..self.len {
+            let (a, b) = self.ranges[i];
+            if b < start || a > end {
+                if a > end && insert_at.is_none() {
+                    insert_at = Some(kept);
+                }
+                self.ranges[kept] = (a, b);
+                kept += 1;
             } else {
                 merged_start = merged_start.min(a);
                 merged_end = merged_end.max(b);
-                false
             }
-        });
-        let at = self.ranges.partition_point(|&(a, _)| a < merged_start);
-        self.ranges.insert(at, (merged_start, merged_end));
+        }
+        let at = insert_at.unwrap_or(kept);
+        if kept < MAX_PIECES {
+            self.ranges.copy_within(at..kept, at + 1);
+            self.ranges[at] = (merged_start, merged_end);
+            self.len = kept + 1;
+        } else {
+            // Unreachable when the caller checked `fits`: nothing merged and the array is full.
+            self.len = kept;
+        }
         new
     }
 
-    fn last_insert_gaps(&self) -> Vec<(usize, usize)> {
-        self.last_gaps.clone()
+    fn last_insert_gaps(&self) -> &[(usize, usize)] {
+        &self.last_gaps[..self.last_gaps_len]
     }
 
     fn covers(&self, len: usize) -> bool {
-        len == 0 || self.ranges.first() == Some(&(0, len))
+        len == 0 || self.ranges().first() == Some(&(0, len))
     }
 
     fn covers_range(&self, start: usize, end: usize) -> bool {
-        self.ranges.iter().any(|&(a, b)| a <= start && end <= b)
+        self.ranges().iter().any(|&(a, b)| a <= start && end <= b)
     }
 }
 
@@ -814,14 +860,29 @@ mod tests {
         assert_eq!(set.insert(10, 20), 10);
         assert_eq!(set.insert(0, 5), 5);
         assert_eq!(set.insert(3, 12), 5);
-        assert_eq!(set.last_insert_gaps(), vec![(5, 10)]);
-        assert_eq!(set.ranges, vec![(0, 20)]);
+        assert_eq!(set.last_insert_gaps(), &[(5, 10)]);
+        assert_eq!(set.ranges(), &[(0, 20)]);
         assert_eq!(set.insert(0, 20), 0);
         assert!(set.covers(20));
         assert!(!set.covers(21));
         assert_eq!(set.insert(25, 30), 5);
         assert_eq!(set.insert(15, 40), 15);
-        assert_eq!(set.last_insert_gaps(), vec![(20, 25), (30, 40)]);
-        assert_eq!(set.ranges, vec![(0, 40)]);
+        assert_eq!(set.last_insert_gaps(), &[(20, 25), (30, 40)]);
+        assert_eq!(set.ranges(), &[(0, 40)]);
+    }
+
+    #[test]
+    fn intervals_refuse_beyond_capacity() {
+        let mut set = Intervals::default();
+        for i in 0..MAX_PIECES {
+            assert!(set.fits(i * 10, i * 10 + 5));
+            set.insert(i * 10, i * 10 + 5);
+        }
+        assert!(!set.fits(1000, 1001));
+        // Touching an existing piece still fits.
+        assert!(set.fits(5, 7));
+        set.insert(5, 10);
+        assert_eq!(set.ranges().len(), MAX_PIECES - 1);
+        assert_eq!(set.ranges()[0], (0, 15));
     }
 }
