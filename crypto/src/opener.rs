@@ -412,7 +412,7 @@ impl RecordOpener {
             .map_err(|error| OpenError::BadHeader { offset: start, error })?;
         let unprotected =
             self.framing.version == ProtocolVersion::Tls13 && header.content_type == ContentType::ChangeCipherSpec;
-        if !unprotected && header.body_len < self.framing.min_body_len() {
+        if header.body_len < self.framing.min_body_len() || (unprotected && header.body_len == 0) {
             return Err(OpenError::RecordTooShort { seq: self.next_seq, body_len: header.body_len });
         }
         let ciphertext_len = header.body_len.saturating_sub(self.framing.explicit_nonce_len() + TAG_LEN);
@@ -493,19 +493,12 @@ impl RecordOpener {
             && self.records.iter().take(index).any(|r| r.outcome.is_none() && r.hold_from == 0 && !r.unprotected)
         {
             let record = &self.records[index];
-            if at >= record.start + HEADER_LEN as u64 {
+            if at + range.len() as u64 > record.start + HEADER_LEN as u64 {
                 return Ok(Progress::Refused(Refusal::WaitingForEarlierRecord));
             }
         }
         let record = &mut self.records[index];
         let mut relative = (at - record.start) as usize;
-        if record.outcome.is_none() && relative + range.len() > HEADER_LEN {
-            let body_start = relative.saturating_sub(HEADER_LEN);
-            let body_end = relative + range.len() - HEADER_LEN;
-            if !record.seen.fits(body_start, body_end) {
-                return Ok(Progress::Refused(Refusal::TooFragmented));
-            }
-        }
         let mut position = range.start;
         // Header bytes: known already (the record exists because its header was complete).
         if relative < HEADER_LEN {
@@ -514,11 +507,18 @@ impl RecordOpener {
             position += skip;
             relative += skip;
         }
-        if record.unprotected {
+        if record.unprotected && position < range.end {
             let body = relative - HEADER_LEN;
-            let take = range.end - position;
-            record.seen.insert(body, body + take);
-            if record.outcome.is_none() && record.seen.covers(record.body_len) {
+            let body_end = body + (range.end - position);
+            if record.outcome.is_some() {
+                out.duplicate_bytes += body_end - body;
+                return Ok(Progress::Taken);
+            }
+            if !record.seen.fits(body, body_end) {
+                return Ok(Progress::Refused(Refusal::TooFragmented));
+            }
+            record.seen.insert(body, body_end);
+            if record.seen.covers(record.body_len) {
                 record.outcome = Some(Verified { content_type: ContentType::ChangeCipherSpec, data_len: 0 });
                 return Ok(Progress::Completed(RecordDone {
                     seq: record.seq,
@@ -530,58 +530,89 @@ impl RecordOpener {
             }
             return Ok(Progress::Taken);
         }
+        if position == range.end {
+            // Only header bytes, which were known: nothing changes.
+            return Ok(Progress::Taken);
+        }
         let ciphertext_len = record.body_len - explicit_len - TAG_LEN;
-        while position < range.end {
-            let body = relative - HEADER_LEN;
-            if body < explicit_len {
-                let take = (explicit_len - body).min(range.end - position);
-                if record.outcome.is_none() {
-                    let new = record.seen.insert(body, body + take);
-                    out.duplicate_bytes += take - new;
-                    record.explicit_nonce[body..body + take].copy_from_slice(&chunk[position..position + take]);
-                    if record.key.is_none() && record.seen.covers_range(0, explicit_len) {
-                        let nonce = framing.nonce(&self.iv, record.seq, Some(&record.explicit_nonce));
-                        record.key = Some(self.aead.record_key(nonce));
-                    }
+        // The TLS 1.2 GCM explicit nonce: stored (first copy wins) until complete.
+        let body = relative - HEADER_LEN;
+        if body < explicit_len && position < range.end {
+            let take = (explicit_len - body).min(range.end - position);
+            if record.outcome.is_none() {
+                if !record.seen.fits(body, body + take) {
+                    return Ok(Progress::Refused(Refusal::TooFragmented));
                 }
-                position += take;
-                relative += take;
-                continue;
+                let new = record.seen.insert(body, body + take);
+                out.duplicate_bytes += take - new;
+                for &(a, b) in record.seen.last_insert_gaps() {
+                    record.explicit_nonce[a..b].copy_from_slice(&chunk[position + (a - body)..position + (b - body)]);
+                }
+                if record.key.is_none() && record.seen.covers_range(0, explicit_len) {
+                    let nonce = framing.nonce(&self.iv, record.seq, Some(&record.explicit_nonce));
+                    record.key = Some(self.aead.record_key(nonce));
+                }
+            } else {
+                out.duplicate_bytes += take;
             }
+            position += take;
+            relative += take;
+        }
+        if position < range.end {
+            // Ciphertext and tag, entered into the seen set as one range.
+            let body = relative - HEADER_LEN;
+            let body_end = body + (range.end - position);
             let ct = body - explicit_len;
-            if ct < ciphertext_len {
-                let take = (ciphertext_len - ct).min(range.end - position);
-                let Some(key) = record.key else {
-                    return Ok(Progress::Refused(Refusal::NonceUnknown));
-                };
-                let bytes = &mut chunk[position..position + take];
-                match record.outcome {
-                    Some(verified) => {
-                        // A retransmission of a verified record: decrypt and deliver its data.
+            let ct_end = (body_end - explicit_len).min(ciphertext_len).max(ct.min(ciphertext_len));
+            let ct_take = ct_end.saturating_sub(ct);
+            let key = match record.key {
+                Some(key) => key,
+                None if ct_take > 0 => return Ok(Progress::Refused(Refusal::NonceUnknown)),
+                // Only tag bytes: no key needed to store them.
+                None => self.aead.record_key([0; 12]),
+            };
+            match record.outcome {
+                Some(verified) => {
+                    // A retransmission of a verified record: decrypt and deliver its data again.
+                    out.duplicate_bytes += body_end - body;
+                    if ct_take > 0 {
+                        let bytes = &mut chunk[position..position + ct_take];
                         self.aead.crypt_range(&key, ciphertext_len, ct, bytes, Direction::Decrypt);
-                        out.duplicate_bytes += take;
                         if verified.content_type == ContentType::ApplicationData && ct < verified.data_len {
-                            let data_end = (ct + take).min(verified.data_len);
+                            let data_end = ct_end.min(verified.data_len);
                             out.releases.push(Release {
                                 plaintext_offset: record.plaintext_start + ct as u64,
                                 source: ReleaseSource::Chunk(position..position + (data_end - ct)),
                             });
                         }
                     }
-                    None => {
-                        let new = record.seen.insert(body, body + take);
+                }
+                None => {
+                    if !record.seen.fits(body, body_end) {
+                        return Ok(Progress::Refused(Refusal::TooFragmented));
+                    }
+                    let new = record.seen.insert(body, body_end);
+                    out.duplicate_bytes += (body_end - body) - new;
+                    let mut gaps = [(0usize, 0usize); MAX_PIECES + 1];
+                    let gap_count = record.seen.last_insert_gaps().len();
+                    gaps[..gap_count].copy_from_slice(record.seen.last_insert_gaps());
+                    let gaps = &gaps[..gap_count];
+                    let is_new = |body_offset: usize| gaps.iter().any(|&(a, b)| a <= body_offset && body_offset < b);
+                    if ct_take > 0 {
+                        let bytes = &mut chunk[position..position + ct_take];
                         let contribution = self.aead.crypt_range(&key, ciphertext_len, ct, bytes, Direction::Decrypt);
-                        let fresh = new == take;
+                        let (ct_body_start, ct_body_end) = (explicit_len + ct, explicit_len + ct_end);
+                        let ct_new: usize =
+                            gaps.iter().map(|&(a, b)| b.min(ct_body_end).saturating_sub(a.max(ct_body_start))).sum();
+                        let fresh = ct_new == ct_take;
                         if fresh {
                             record.mac.add(contribution);
                         } else {
                             // Partly seen before: authenticate only the new sub-ranges.
-                            out.duplicate_bytes += take - new;
-                            add_new_ranges(&self.aead, record, ciphertext_len, explicit_len, ct, take, chunk, position);
+                            add_new_ranges(&self.aead, record, ciphertext_len, explicit_len, ct, ct_take, chunk, position);
                         }
-                        let bytes = &chunk[position..position + take];
                         // Release what lies before the hold point; copy the rest to `held`.
-                        let release_end = (ct + take).min(record.hold_from).max(ct);
+                        let release_end = ct_end.min(record.hold_from).max(ct);
                         if release_end > ct {
                             record.released_early = true;
                             out.releases.push(Release {
@@ -590,30 +621,23 @@ impl RecordOpener {
                             });
                         }
                         // Held bytes: the first copy is the authenticated one; keep it.
-                        for (i, byte) in bytes.iter().enumerate().skip(release_end - ct) {
-                            let body_offset = explicit_len + ct + i;
-                            if fresh || record.seen.last_insert_gaps().iter().any(|&(a, b)| a <= body_offset && body_offset < b) {
-                                record.held[ct + i - record.hold_from] = *byte;
+                        for offset in release_end..ct_end {
+                            if fresh || is_new(explicit_len + offset) {
+                                record.held[offset - record.hold_from] = chunk[position + offset - ct];
                             }
                         }
                     }
+                    // Tag bytes (first copy wins).
+                    let tag_start = explicit_len + ciphertext_len;
+                    for &(a, b) in gaps {
+                        let (a, b) = (a.max(tag_start), b);
+                        if a < b {
+                            record.tag[a - tag_start..b - tag_start]
+                                .copy_from_slice(&chunk[position + (a - body)..position + (b - body)]);
+                        }
+                    }
                 }
-                position += take;
-                relative += take;
-                continue;
             }
-            // Tag bytes.
-            let tag_offset = ct - ciphertext_len;
-            let take = (TAG_LEN - tag_offset).min(range.end - position);
-            if record.outcome.is_none() {
-                let new = record.seen.insert(body, body + take);
-                out.duplicate_bytes += take - new;
-                record.tag[tag_offset..tag_offset + take].copy_from_slice(&chunk[position..position + take]);
-            } else {
-                out.duplicate_bytes += take;
-            }
-            position += take;
-            relative += take;
         }
         let record = &self.records[index];
         if record.outcome.is_none() && record.seen.covers(record.body_len) {
