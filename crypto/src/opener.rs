@@ -125,6 +125,9 @@ pub enum Stop {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordDone {
     pub seq: u64,
+    /// Stream offset of the record's header, and the record's length with header and tag.
+    pub stream_offset: u64,
+    pub record_len: usize,
     /// The inner content type (TLS 1.3) or the header's (TLS 1.2).
     pub content_type: ContentType,
     /// Application data bytes of the record (0 for other types).
@@ -289,6 +292,12 @@ impl RecordOpener {
     /// Records tracked now.
     pub fn tracked_records(&self) -> usize {
         self.records.len()
+    }
+
+    /// Stream offset of the first record not yet verified (or of the next header): where a
+    /// reader that gives up would report a gap.
+    pub fn first_incomplete_offset(&self) -> u64 {
+        self.records.iter().find(|record| record.outcome.is_none()).map_or(self.next_header, |record| record.start)
     }
 
     /// Whether every byte seen so far belongs to verified records.
@@ -522,6 +531,8 @@ impl RecordOpener {
                 record.outcome = Some(Verified { content_type: ContentType::ChangeCipherSpec, data_len: 0 });
                 return Ok(Progress::Completed(RecordDone {
                     seq: record.seq,
+                    stream_offset: record.start,
+                    record_len: HEADER_LEN + record.body_len,
                     content_type: ContentType::ChangeCipherSpec,
                     data_len: 0,
                     plaintext: None,
@@ -681,6 +692,7 @@ impl RecordOpener {
             }
         };
         let seq = record.seq;
+        let (stream_offset, record_len) = (record.start, HEADER_LEN + record.body_len);
         let mut plaintext = None;
         if content_type == ContentType::ApplicationData {
             if data_len > record.hold_from {
@@ -726,7 +738,7 @@ impl RecordOpener {
             }
             self.next_plaintext -= shortfall;
         }
-        Ok(RecordDone { seq, content_type, data_len, plaintext, unprotected: false })
+        Ok(RecordDone { seq, stream_offset, record_len, content_type, data_len, plaintext, unprotected: false })
     }
 }
 

@@ -108,7 +108,10 @@ macro_rules! suite {
     };
 }
 
-/// Every suite the record engine supports.
+/// Every suite cutls decrypts: the TLS 1.3 AEAD suites, and TLS 1.2 ECDHE (RSA and ECDSA),
+/// DHE-RSA and RSA key exchange with AES-GCM or ChaCha20-Poly1305. The record layer of DHE-DSS,
+/// static ECDH and PSK suites would be the same, but the project does not offer them (they are
+/// reported as unsupported, by name).
 pub static SUPPORTED_SUITES: &[CipherSuite] = &[
     suite!(0x1301, "TLS_AES_128_GCM_SHA256", Tls13, Aes128Gcm, Sha256),
     suite!(0x1302, "TLS_AES_256_GCM_SHA384", Tls13, Aes256Gcm, Sha384),
@@ -121,23 +124,9 @@ pub static SUPPORTED_SUITES: &[CipherSuite] = &[
     suite!(0x009f, "TLS_DHE_RSA_WITH_AES_256_GCM_SHA384", Tls12, Aes256Gcm, Sha384),
     suite!(0x009c, "TLS_RSA_WITH_AES_128_GCM_SHA256", Tls12, Aes128Gcm, Sha256),
     suite!(0x009d, "TLS_RSA_WITH_AES_256_GCM_SHA384", Tls12, Aes256Gcm, Sha384),
-    suite!(0x00a2, "TLS_DHE_DSS_WITH_AES_128_GCM_SHA256", Tls12, Aes128Gcm, Sha256),
-    suite!(0x00a3, "TLS_DHE_DSS_WITH_AES_256_GCM_SHA384", Tls12, Aes256Gcm, Sha384),
-    suite!(0x00a8, "TLS_PSK_WITH_AES_128_GCM_SHA256", Tls12, Aes128Gcm, Sha256),
-    suite!(0x00a9, "TLS_PSK_WITH_AES_256_GCM_SHA384", Tls12, Aes256Gcm, Sha384),
-    suite!(0x00aa, "TLS_DHE_PSK_WITH_AES_128_GCM_SHA256", Tls12, Aes128Gcm, Sha256),
-    suite!(0x00ab, "TLS_DHE_PSK_WITH_AES_256_GCM_SHA384", Tls12, Aes256Gcm, Sha384),
-    suite!(0x00ac, "TLS_RSA_PSK_WITH_AES_128_GCM_SHA256", Tls12, Aes128Gcm, Sha256),
-    suite!(0x00ad, "TLS_RSA_PSK_WITH_AES_256_GCM_SHA384", Tls12, Aes256Gcm, Sha384),
-    suite!(0xd001, "TLS_ECDHE_PSK_WITH_AES_128_GCM_SHA256", Tls12, Aes128Gcm, Sha256),
-    suite!(0xd002, "TLS_ECDHE_PSK_WITH_AES_256_GCM_SHA384", Tls12, Aes256Gcm, Sha384),
     suite!(0xcca8, "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256", Tls12, Chacha20Poly1305, Sha256),
     suite!(0xcca9, "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256", Tls12, Chacha20Poly1305, Sha256),
     suite!(0xccaa, "TLS_DHE_RSA_WITH_CHACHA20_POLY1305_SHA256", Tls12, Chacha20Poly1305, Sha256),
-    suite!(0xccab, "TLS_PSK_WITH_CHACHA20_POLY1305_SHA256", Tls12, Chacha20Poly1305, Sha256),
-    suite!(0xccac, "TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256", Tls12, Chacha20Poly1305, Sha256),
-    suite!(0xccad, "TLS_DHE_PSK_WITH_CHACHA20_POLY1305_SHA256", Tls12, Chacha20Poly1305, Sha256),
-    suite!(0xccae, "TLS_RSA_PSK_WITH_CHACHA20_POLY1305_SHA256", Tls12, Chacha20Poly1305, Sha256),
 ];
 
 /// A suite the engine does not support, by its IANA number and name when the name is known.
@@ -150,7 +139,7 @@ pub struct UnsupportedSuite {
 impl fmt::Display for UnsupportedSuite {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.name {
-            Some(name) => write!(f, "unsupported: {name}"),
+            Some(name) => write!(f, "unsupported: {name} (0x{:04x})", self.id),
             None => write!(f, "unsupported: suite 0x{:04x}", self.id),
         }
     }
@@ -219,6 +208,20 @@ static OTHER_SUITE_NAMES: &[(u16, &str)] = &[
     (0x00a7, "TLS_DH_anon_WITH_AES_256_GCM_SHA384"),
     (0x00ae, "TLS_PSK_WITH_AES_128_CBC_SHA256"),
     (0x00af, "TLS_PSK_WITH_AES_256_CBC_SHA384"),
+    (0x00a2, "TLS_DHE_DSS_WITH_AES_128_GCM_SHA256"),
+    (0x00a3, "TLS_DHE_DSS_WITH_AES_256_GCM_SHA384"),
+    (0x00a8, "TLS_PSK_WITH_AES_128_GCM_SHA256"),
+    (0x00a9, "TLS_PSK_WITH_AES_256_GCM_SHA384"),
+    (0x00aa, "TLS_DHE_PSK_WITH_AES_128_GCM_SHA256"),
+    (0x00ab, "TLS_DHE_PSK_WITH_AES_256_GCM_SHA384"),
+    (0x00ac, "TLS_RSA_PSK_WITH_AES_128_GCM_SHA256"),
+    (0x00ad, "TLS_RSA_PSK_WITH_AES_256_GCM_SHA384"),
+    (0xd001, "TLS_ECDHE_PSK_WITH_AES_128_GCM_SHA256"),
+    (0xd002, "TLS_ECDHE_PSK_WITH_AES_256_GCM_SHA384"),
+    (0xccab, "TLS_PSK_WITH_CHACHA20_POLY1305_SHA256"),
+    (0xccac, "TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256"),
+    (0xccad, "TLS_DHE_PSK_WITH_CHACHA20_POLY1305_SHA256"),
+    (0xccae, "TLS_RSA_PSK_WITH_CHACHA20_POLY1305_SHA256"),
     (0x00ff, "TLS_EMPTY_RENEGOTIATION_INFO_SCSV"),
     (0x1304, "TLS_AES_128_CCM_SHA256"),
     (0x1305, "TLS_AES_128_CCM_8_SHA256"),
@@ -287,7 +290,7 @@ mod tests {
     #[test]
     fn unsupported_suites_are_named() {
         let error = CipherSuite::from_id(0xc0a0).unwrap_err();
-        assert_eq!(error.to_string(), "unsupported: TLS_RSA_WITH_AES_128_CCM_8");
+        assert_eq!(error.to_string(), "unsupported: TLS_RSA_WITH_AES_128_CCM_8 (0xc0a0)");
         let error = CipherSuite::from_id(0xfefe).unwrap_err();
         assert_eq!(error.to_string(), "unsupported: suite 0xfefe");
     }
