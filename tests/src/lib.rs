@@ -1,1 +1,3 @@
 //! Cross-crate tests live in `tests/tests/`; this library holds their shared helpers.
+
+pub mod lab;

@@ -2,3 +2,5 @@
 //! arguments (without the program and subcommand names); `src/bin/cutls.rs` only dispatches.
 
 pub mod args;
+pub mod decrypt;
+pub mod run;

@@ -6,6 +6,8 @@ const USAGE: &str = "usage: cutls <command> [options]
 
 commands:
   help                 this text
+  decrypt              decrypt the TLS connections of a capture with a key log
+  run                  the daemon; with two ports and no listeners, a transparent bridge
 ";
 
 fn main() -> ExitCode {
@@ -14,12 +16,13 @@ fn main() -> ExitCode {
         eprint!("{USAGE}");
         return ExitCode::from(2);
     };
-    let _ = rest;
     match command.as_str() {
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             ExitCode::SUCCESS
         }
+        "run" => cutls_tools::run::main(rest),
+        "decrypt" => cutls_tools::decrypt::main(rest),
         other => {
             eprintln!("cutls: unknown command {other:?}\n");
             eprint!("{USAGE}");

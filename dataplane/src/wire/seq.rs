@@ -1,0 +1,158 @@
+//! TCP sequence numbers: 32-bit values compared and subtracted modulo 2^32 (RFC 9293 section
+//! 3.4), as smoltcp's `TcpSeqNumber`.
+//!
+//! Two sequence numbers compare by the sign of their wrapping difference, so `a < b` means "b
+//! is less than 2^31 ahead of a". That order is not transitive over the whole space; it is
+//! meaningful for numbers within a window of each other, which is the only way TCP uses it.
+//! Arithmetic never panics: adding or subtracting a length wraps modulo 2^32.
+
+use core::cmp::Ordering;
+use core::fmt;
+use core::ops::{Add, AddAssign, Sub, SubAssign};
+
+/// A TCP sequence or acknowledgment number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct SeqNumber(pub u32);
+
+impl SeqNumber {
+    /// The signed distance from `other` to `self`: positive when `self` is ahead.
+    pub fn wrapping_distance_from(self, other: SeqNumber) -> i32 {
+        self.0.wrapping_sub(other.0) as i32
+    }
+
+    /// The later of two sequence numbers in sequence-space order.
+    pub fn max(self, other: SeqNumber) -> SeqNumber {
+        if self >= other {
+            self
+        } else {
+            other
+        }
+    }
+
+    /// The earlier of two sequence numbers in sequence-space order.
+    pub fn min(self, other: SeqNumber) -> SeqNumber {
+        if self <= other {
+            self
+        } else {
+            other
+        }
+    }
+
+    /// True when `self` lies in the half-open range `[start, end)` of sequence space.
+    pub fn is_in_range(self, start: SeqNumber, end: SeqNumber) -> bool {
+        self.0.wrapping_sub(start.0) < end.0.wrapping_sub(start.0)
+    }
+}
+
+impl fmt::Display for SeqNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl PartialOrd for SeqNumber {
+    fn partial_cmp(&self, other: &SeqNumber) -> Option<Ordering> {
+        Some(self.wrapping_distance_from(*other).cmp(&0))
+    }
+}
+
+impl Add<usize> for SeqNumber {
+    type Output = SeqNumber;
+
+    /// Advances by a length; lengths wrap modulo 2^32 as sequence space does.
+    fn add(self, length: usize) -> SeqNumber {
+        // Truncating to u32 is reduction modulo 2^32, the arithmetic of sequence space.
+        SeqNumber(self.0.wrapping_add(length as u32))
+    }
+}
+
+impl AddAssign<usize> for SeqNumber {
+    fn add_assign(&mut self, length: usize) {
+        *self = *self + length;
+    }
+}
+
+impl Sub<usize> for SeqNumber {
+    type Output = SeqNumber;
+
+    fn sub(self, length: usize) -> SeqNumber {
+        // Truncating to u32 is reduction modulo 2^32, the arithmetic of sequence space.
+        SeqNumber(self.0.wrapping_sub(length as u32))
+    }
+}
+
+impl SubAssign<usize> for SeqNumber {
+    fn sub_assign(&mut self, length: usize) {
+        *self = *self - length;
+    }
+}
+
+impl Sub<SeqNumber> for SeqNumber {
+    type Output = i32;
+
+    /// The signed distance `self - other` in sequence space.
+    fn sub(self, other: SeqNumber) -> i32 {
+        self.wrapping_distance_from(other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn addition_wraps() {
+        assert_eq!(SeqNumber(u32::MAX) + 1, SeqNumber(0));
+        assert_eq!(SeqNumber(0xffff_fff0) + 0x20, SeqNumber(0x10));
+        let mut seq = SeqNumber(5);
+        seq -= 10;
+        assert_eq!(seq, SeqNumber(u32::MAX - 4));
+        seq += 10;
+        assert_eq!(seq, SeqNumber(5));
+        assert_eq!(SeqNumber(3) - 4usize, SeqNumber(u32::MAX));
+    }
+
+    #[test]
+    fn difference_is_signed_across_the_wrap() {
+        assert_eq!(SeqNumber(0x10) - SeqNumber(0xffff_fff0), 0x20);
+        assert_eq!(SeqNumber(0xffff_fff0) - SeqNumber(0x10), -0x20);
+        assert_eq!(SeqNumber(7) - SeqNumber(7), 0);
+    }
+
+    #[test]
+    fn order_follows_the_wrap() {
+        assert!(SeqNumber(0xffff_fff0) < SeqNumber(0x10));
+        assert!(SeqNumber(0x10) > SeqNumber(0xffff_fff0));
+        assert!(SeqNumber(1) < SeqNumber(2));
+        assert_eq!(SeqNumber(0xffff_fff0).max(SeqNumber(0x10)), SeqNumber(0x10));
+        assert_eq!(
+            SeqNumber(0xffff_fff0).min(SeqNumber(0x10)),
+            SeqNumber(0xffff_fff0)
+        );
+    }
+
+    #[test]
+    fn range_membership_wraps() {
+        let start = SeqNumber(0xffff_fffe);
+        let end = start + 4;
+        assert!(SeqNumber(0xffff_ffff).is_in_range(start, end));
+        assert!(SeqNumber(1).is_in_range(start, end));
+        assert!(!SeqNumber(2).is_in_range(start, end));
+        assert!(!SeqNumber(0xffff_fffd).is_in_range(start, end));
+    }
+
+    proptest! {
+        #[test]
+        fn add_then_subtract_is_identity(start in any::<u32>(), length in 0usize..(1 << 31)) {
+            let seq = SeqNumber(start);
+            let later = seq + length;
+            prop_assert_eq!(later - length, seq);
+            prop_assert_eq!((later - seq) as i64, length as i64);
+            if length > 0 {
+                prop_assert!(later > seq);
+                prop_assert!(seq < later);
+            }
+        }
+    }
+}
