@@ -3,8 +3,10 @@ CARGO ?= cargo
 TEST_PROFILE ?= ci-test
 # Property-test cases per suite; CI runs at least 10,000.
 PROPTEST_CASES ?= 10000
+# Commands the lab tests run, each with the Debian package that provides it.
+LAB_DEPS = ip:iproute2 ethtool:ethtool nginx:nginx curl:curl openssl:openssl ping:iputils-ping
 
-.PHONY: all build test test-deps unit bench-crypto clean
+.PHONY: all build test test-deps unit bench-crypto bench-decrypt demo-decrypt clean lab-up lab-down bench-bridge
 
 all: build
 
@@ -16,9 +18,42 @@ test: test-deps unit
 
 test-deps:
 	@command -v cargo >/dev/null || { echo "cargo not found: install the Rust toolchain" >&2; exit 1; }
+	@missing=""; for dep in $(LAB_DEPS); do \
+	  PATH="$$PATH:/usr/sbin:/sbin" command -v $${dep%%:*} >/dev/null 2>&1 || missing="$$missing $${dep#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "test-deps: installing$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
 
 unit:
 	PROPTEST_CASES=$(PROPTEST_CASES) $(CARGO) test --workspace --profile $(TEST_PROFILE)
+
+# The lab (tools/lab, docs/lab.md): client, box and server network namespaces. Needs root.
+lab-up:
+	tools/lab up
+	@tools/lab env
+
+lab-down:
+	tools/lab down
+
+# Forwarding rate and TCP throughput of each cutls backend against a Linux bridge, in the lab.
+bench-bridge: test-deps
+	$(CARGO) bench -p cutls-tests --bench bridge
+
+# The main job available today: decrypt a real capture (../shared/captures) and show it.
+DEMO_CAPTURE ?= ../shared/captures/zeek/tls-1.2-stream-keylog.pcap
+DEMO_KEYLOG ?= ../shared/captures/zeek/tls-1.2-stream-keylog.keys
+demo-decrypt:
+	$(CARGO) build --release -p cutls-tools
+	rm -rf target/demo-decrypt
+	target/release/cutls decrypt --keylog $(DEMO_KEYLOG) $(DEMO_CAPTURE) --out target/demo-decrypt
+	@for f in target/demo-decrypt/*; do echo "== $$f ($$(wc -c < $$f) bytes, sha256 $$(sha256sum < $$f | cut -c1-16)...)"; head -c 300 $$f | tr -c '[:print:]\n' '.'; echo; done
+
+# cutls decrypt against tshark on the same captures (installs tshark if missing).
+bench-decrypt:
+	@command -v tshark >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tshark; }
+	$(CARGO) bench -p cutls-tests --bench decrypt
 
 bench-crypto:
 	$(CARGO) bench -p cutls-crypto --bench crypto

@@ -1,3 +1,4 @@
 //! Cross-crate tests live in `tests/tests/`; this library holds their shared helpers.
 
 pub mod lab;
+pub mod synthetic;
