@@ -1,3 +1,5 @@
-//! cutls-control: configuration, certificates, the session database, load balancing, health
-//! checks, the management socket, metrics and recovery. Nothing here yet: see the README's
-//! "What does not work yet".
+//! cutls-control: configuration, certificates and TLS settings, and (to come) the session
+//! database, load balancing, health checks, the management socket, metrics and recovery.
+
+pub mod config;
+pub mod tls;

@@ -1,0 +1,470 @@
+//! The configuration file: ports, listeners (VIP, certificates per SNI name, ALPN, hold-back
+//! mode), backend pools.
+//!
+//! TOML, read in two steps: `toml` + serde turn the text into raw structures that keep every
+//! value's place in the file (`Spanned`), then [`Config::load`] checks what serde cannot
+//! (addresses, cross references, duplicate VIPs) and names the file, line and field of the first
+//! problem. Parse, don't validate: the checked [`Config`] holds only typed values.
+//!
+//! ```toml
+//! [box]
+//! outside = "outside"          # interface toward the router
+//! inside = "inside"            # interface toward the servers
+//! io = "xdp"                   # xdp | xdp-generic | packet
+//! mode = "transparent"         # transparent | snat
+//! snat_address = "198.18.2.1"  # required with mode = "snat"
+//!
+//! [[listener]]
+//! vip = "198.18.1.100:443"
+//! pool = "web"
+//! hold_back = "cut-through"    # cut-through | verify-first
+//! alpn = ["h2", "http/1.1"]
+//! certificates = [
+//!   { names = ["www.example.test", "*.example.test"], chain = "certs/example.pem", key = "certs/example.key" },
+//! ]
+//! default_certificate = 0      # index into certificates, for clients without a matching SNI
+//!
+//! [[pool]]
+//! name = "web"
+//! backends = ["198.18.2.10:80", "198.18.2.11:80"]
+//! ```
+//!
+//! Relative paths are relative to the configuration file's folder.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A configuration error, with its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based line, when the error has a place in the file.
+    pub line: Option<usize>,
+    /// The field, as a path (`listener[0].vip`).
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, ": {field}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// How the box reaches the backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddressMode {
+    /// The backend sees the client's address; it must route replies back through the box.
+    Transparent,
+    /// The backend sees the box's `snat_address` and a port the box owns.
+    Snat(IpAddr),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoKind {
+    Xdp,
+    XdpGeneric,
+    Packet,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HoldBack {
+    CutThrough,
+    VerifyFirst,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub outside: String,
+    pub inside: String,
+    pub io: IoKind,
+    pub mode: AddressMode,
+    pub listeners: Vec<Listener>,
+    pub pools: Vec<Pool>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listener {
+    pub vip: SocketAddr,
+    /// Index into [`Config::pools`].
+    pub pool: usize,
+    pub hold_back: HoldBack,
+    pub alpn: Vec<String>,
+    pub certificates: Vec<CertificateFiles>,
+    pub default_certificate: Option<usize>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateFiles {
+    /// SNI names; `*.example.test` matches one label.
+    pub names: Vec<String>,
+    pub chain: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pool {
+    pub name: String,
+    pub backends: Vec<SocketAddr>,
+    /// Splice as plain TCP, without decryption.
+    pub passthrough: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(rename = "box")]
+    ports: Spanned<RawBox>,
+    #[serde(default, rename = "listener")]
+    listeners: Vec<Spanned<RawListener>>,
+    #[serde(default, rename = "pool")]
+    pools: Vec<Spanned<RawPool>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBox {
+    outside: Spanned<String>,
+    inside: Spanned<String>,
+    #[serde(default)]
+    io: Option<Spanned<String>>,
+    #[serde(default)]
+    mode: Option<Spanned<String>>,
+    #[serde(default)]
+    snat_address: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    vip: Spanned<String>,
+    pool: Spanned<String>,
+    #[serde(default)]
+    hold_back: Option<Spanned<String>>,
+    #[serde(default)]
+    alpn: Vec<Spanned<String>>,
+    #[serde(default)]
+    certificates: Vec<Spanned<RawCertificate>>,
+    #[serde(default)]
+    default_certificate: Option<Spanned<usize>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertificate {
+    names: Vec<Spanned<String>>,
+    chain: Spanned<String>,
+    key: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    name: Spanned<String>,
+    backends: Vec<Spanned<String>>,
+    #[serde(default)]
+    passthrough: bool,
+}
+
+/// Errors with places in one file.
+struct Places<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Places<'_> {
+    fn error(&self, span: Option<Range<usize>>, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line: span.map(|span| line_of(self.text, span.start)),
+            field: Some(field.into()),
+            message: message.into(),
+        }
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+impl Config {
+    /// Reads and checks the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            field: None,
+            message: error.to_string(),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Checks `text` as if read from `path` (relative file names resolve against its folder).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let places = Places { file: path, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|error| ConfigError {
+            file: path.to_path_buf(),
+            line: error.span().map(|span| line_of(text, span.start)),
+            field: None,
+            message: error.message().trim().to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let ports = raw.ports.get_ref();
+        let io = match ports.io.as_ref() {
+            None => IoKind::Xdp,
+            Some(io) => match io.get_ref().as_str() {
+                "xdp" => IoKind::Xdp,
+                "xdp-generic" => IoKind::XdpGeneric,
+                "packet" => IoKind::Packet,
+                other => {
+                    return Err(places.error(
+                        Some(io.span()),
+                        "box.io",
+                        format!("unknown I/O {other:?} (xdp, xdp-generic or packet)"),
+                    ))
+                }
+            },
+        };
+        let mode = match (ports.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())), ports.snat_address.as_ref()) {
+            (None | Some(("transparent", _)), None) => AddressMode::Transparent,
+            (None | Some(("transparent", _)), Some(address)) => {
+                return Err(places.error(Some(address.span()), "box.snat_address", "only meaningful with mode = \"snat\""))
+            }
+            (Some(("snat", span)), None) => {
+                return Err(places.error(Some(span), "box.mode", "mode = \"snat\" needs box.snat_address"))
+            }
+            (Some(("snat", _)), Some(address)) => AddressMode::Snat(address.get_ref().parse().map_err(|_| {
+                places.error(Some(address.span()), "box.snat_address", format!("not an IP address: {:?}", address.get_ref()))
+            })?),
+            (Some((other, span)), _) => {
+                return Err(places.error(Some(span), "box.mode", format!("unknown mode {other:?} (transparent or snat)")))
+            }
+        };
+        if ports.outside.get_ref() == ports.inside.get_ref() {
+            return Err(places.error(Some(ports.inside.span()), "box.inside", "must differ from box.outside"));
+        }
+
+        let mut pools = Vec::new();
+        let mut pool_names = HashSet::new();
+        for (index, raw_pool) in raw.pools.iter().enumerate() {
+            let pool = raw_pool.get_ref();
+            let field = format!("pool[{index}]");
+            if !pool_names.insert(pool.name.get_ref().clone()) {
+                return Err(places.error(Some(pool.name.span()), format!("{field}.name"), "duplicate pool name"));
+            }
+            if pool.backends.is_empty() {
+                return Err(places.error(Some(raw_pool.span()), format!("{field}.backends"), "a pool needs at least one backend"));
+            }
+            let mut backends = Vec::new();
+            for (i, backend) in pool.backends.iter().enumerate() {
+                backends.push(backend.get_ref().parse().map_err(|_| {
+                    places.error(
+                        Some(backend.span()),
+                        format!("{field}.backends[{i}]"),
+                        format!("not an address:port: {:?}", backend.get_ref()),
+                    )
+                })?);
+            }
+            pools.push(Pool { name: pool.name.get_ref().clone(), backends, passthrough: pool.passthrough });
+        }
+
+        let mut listeners = Vec::new();
+        let mut vips = HashSet::new();
+        for (index, raw_listener) in raw.listeners.iter().enumerate() {
+            let listener = raw_listener.get_ref();
+            let field = format!("listener[{index}]");
+            let vip: SocketAddr = listener.vip.get_ref().parse().map_err(|_| {
+                places.error(Some(listener.vip.span()), format!("{field}.vip"), format!("not an address:port: {:?}", listener.vip.get_ref()))
+            })?;
+            if !vips.insert(vip) {
+                return Err(places.error(Some(listener.vip.span()), format!("{field}.vip"), "duplicate VIP"));
+            }
+            let pool = pools.iter().position(|p| &p.name == listener.pool.get_ref()).ok_or_else(|| {
+                places.error(Some(listener.pool.span()), format!("{field}.pool"), format!("no pool named {:?}", listener.pool.get_ref()))
+            })?;
+            let hold_back = match listener.hold_back.as_ref().map(|h| (h.get_ref().as_str(), h.span())) {
+                None | Some(("cut-through", _)) => HoldBack::CutThrough,
+                Some(("verify-first", _)) => HoldBack::VerifyFirst,
+                Some((other, span)) => {
+                    return Err(places.error(
+                        Some(span),
+                        format!("{field}.hold_back"),
+                        format!("unknown mode {other:?} (cut-through or verify-first)"),
+                    ))
+                }
+            };
+            let mut alpn = Vec::new();
+            for (i, protocol) in listener.alpn.iter().enumerate() {
+                let value = protocol.get_ref();
+                if value.is_empty() || value.len() > 255 {
+                    return Err(places.error(Some(protocol.span()), format!("{field}.alpn[{i}]"), "ALPN names are 1 to 255 bytes"));
+                }
+                alpn.push(value.clone());
+            }
+            let mut certificates = Vec::new();
+            for (i, raw_certificate) in listener.certificates.iter().enumerate() {
+                let certificate = raw_certificate.get_ref();
+                let cfield = format!("{field}.certificates[{i}]");
+                if certificate.names.is_empty() {
+                    return Err(places.error(Some(raw_certificate.span()), format!("{cfield}.names"), "needs at least one name"));
+                }
+                for (n, name) in certificate.names.iter().enumerate() {
+                    if !valid_sni_pattern(name.get_ref()) {
+                        return Err(places.error(
+                            Some(name.span()),
+                            format!("{cfield}.names[{n}]"),
+                            format!("not a DNS name or *.wildcard: {:?}", name.get_ref()),
+                        ));
+                    }
+                }
+                certificates.push(CertificateFiles {
+                    names: certificate.names.iter().map(|n| n.get_ref().to_ascii_lowercase()).collect(),
+                    chain: base.join(certificate.chain.get_ref()),
+                    key: base.join(certificate.key.get_ref()),
+                });
+            }
+            let default_certificate = match &listener.default_certificate {
+                None => None,
+                Some(index) if *index.get_ref() < certificates.len() => Some(*index.get_ref()),
+                Some(index) => {
+                    return Err(places.error(
+                        Some(index.span()),
+                        format!("{field}.default_certificate"),
+                        format!("there are {} certificates", certificates.len()),
+                    ))
+                }
+            };
+            if certificates.is_empty() && !pools[pool].passthrough {
+                return Err(places.error(
+                    Some(raw_listener.span()),
+                    format!("{field}.certificates"),
+                    "a listener needs certificates unless its pool is passthrough",
+                ));
+            }
+            listeners.push(Listener { vip, pool, hold_back, alpn, certificates, default_certificate });
+        }
+        Ok(Config {
+            outside: ports.outside.get_ref().clone(),
+            inside: ports.inside.get_ref().clone(),
+            io,
+            mode,
+            listeners,
+            pools,
+        })
+    }
+}
+
+/// A DNS name (letters, digits, hyphens, dots) or `*.` followed by one.
+fn valid_sni_pattern(name: &str) -> bool {
+    let name = name.strip_prefix("*.").unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[box]
+outside = "outside"
+inside = "inside"
+mode = "snat"
+snat_address = "198.18.2.1"
+
+[[listener]]
+vip = "198.18.1.100:443"
+pool = "web"
+alpn = ["h2", "http/1.1"]
+certificates = [
+  { names = ["www.example.test", "*.Example.test"], chain = "certs/a.pem", key = "certs/a.key" },
+]
+default_certificate = 0
+
+[[pool]]
+name = "web"
+backends = ["198.18.2.10:80", "[2001:db8::10]:80"]
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/cutls/cutls.toml"), text)
+    }
+
+    #[test]
+    fn a_good_file() {
+        let config = parse(GOOD).unwrap();
+        assert_eq!(config.mode, AddressMode::Snat("198.18.2.1".parse().unwrap()));
+        assert_eq!(config.io, IoKind::Xdp);
+        let listener = &config.listeners[0];
+        assert_eq!(listener.vip, "198.18.1.100:443".parse().unwrap());
+        assert_eq!(listener.pool, 0);
+        assert_eq!(listener.hold_back, HoldBack::CutThrough);
+        assert_eq!(listener.alpn, ["h2", "http/1.1"]);
+        assert_eq!(listener.certificates[0].names, ["www.example.test", "*.example.test"]);
+        assert_eq!(listener.certificates[0].chain, Path::new("/etc/cutls/certs/a.pem"));
+        assert_eq!(config.pools[0].backends[1], "[2001:db8::10]:80".parse().unwrap());
+    }
+
+    fn error_of(text: &str) -> ConfigError {
+        parse(text).unwrap_err()
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let error = error_of(&GOOD.replace("198.18.2.10:80", "198.18.2.10"));
+        assert_eq!(error.line, Some(19));
+        assert_eq!(error.field.as_deref(), Some("pool[0].backends[0]"));
+        assert_eq!(error.to_string(), "/etc/cutls/cutls.toml:19: pool[0].backends[0]: not an address:port: \"198.18.2.10\"");
+
+        let error = error_of(&GOOD.replace("pool = \"web\"", "pool = \"api\""));
+        assert_eq!((error.line, error.field.as_deref()), (Some(10), Some("listener[0].pool")));
+
+        let error = error_of(&GOOD.replace("mode = \"snat\"", "mode = \"nat\""));
+        assert_eq!((error.line, error.field.as_deref()), (Some(5), Some("box.mode")));
+
+        let error = error_of(&GOOD.replace("www.example.test", "www example"));
+        assert_eq!(error.field.as_deref(), Some("listener[0].certificates[0].names[0]"));
+
+        let error = error_of(&GOOD.replace("default_certificate = 0", "default_certificate = 3"));
+        assert_eq!(error.line, Some(15));
+    }
+
+    #[test]
+    fn syntax_and_unknown_fields_have_lines() {
+        let error = error_of(&GOOD.replace("alpn = [", "alpn = [[["));
+        assert_eq!(error.line, Some(12));
+        let error = error_of(&GOOD.replace("inside = \"inside\"", "inside = \"inside\"\nbogus = 1"));
+        assert_eq!(error.line, Some(5));
+        assert!(error.message.contains("bogus"), "{error}");
+    }
+
+    #[test]
+    fn listeners_need_certificates_unless_passthrough() {
+        let text = "[box]\noutside = \"a\"\ninside = \"b\"\n[[listener]]\nvip = \"198.18.1.1:443\"\npool = \"p\"\n[[pool]]\nname = \"p\"\nbackends = [\"198.18.2.2:443\"]\n";
+        assert_eq!(error_of(text).field.as_deref(), Some("listener[0].certificates"));
+        let passthrough = text.replace("backends", "passthrough = true\nbackends");
+        assert!(parse(&passthrough).is_ok());
+    }
+}
