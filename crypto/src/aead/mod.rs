@@ -205,17 +205,31 @@ mod tests {
         buffer
     }
 
+    /// The keys to test for `algorithm`: every GCM backend this CPU has (portable, AES-NI,
+    /// AVX-512), or ChaCha20-Poly1305 portable and as `new(.., true)` builds it.
+    fn keys_under_test(algorithm: AeadAlgorithm, key: &[u8]) -> Vec<(String, AeadKey)> {
+        match algorithm {
+            AeadAlgorithm::Aes128Gcm | AeadAlgorithm::Aes256Gcm => gcm::Backend::all_available()
+                .into_iter()
+                .map(|backend| (format!("{backend:?}"), AeadKey::Gcm(gcm::GcmKey::with_backend(key, backend).unwrap())))
+                .collect(),
+            AeadAlgorithm::Chacha20Poly1305 => [false, true]
+                .into_iter()
+                .map(|accelerate| (format!("accelerate={accelerate}"), AeadKey::new(algorithm, key, accelerate).unwrap()))
+                .collect(),
+        }
+    }
+
     #[test]
     fn ranges_in_any_order_match_the_oracle() {
         for algorithm in [AeadAlgorithm::Aes128Gcm, AeadAlgorithm::Aes256Gcm, AeadAlgorithm::Chacha20Poly1305] {
-            for accelerate in [false, true] {
-                let key: Vec<u8> = (0..algorithm.key_len() as u8).collect();
+            let key: Vec<u8> = (0..algorithm.key_len() as u8).collect();
+            for (accelerate, aead) in keys_under_test(algorithm, &key) {
                 let nonce = [7u8; 12];
                 let aad = [23u8, 3, 3, 0, 200];
-                for len in [0usize, 1, 15, 16, 17, 127, 128, 129, 1000, 1448] {
+                for len in [0usize, 1, 15, 16, 17, 127, 128, 129, 255, 256, 257, 300, 1000, 1448, 4099] {
                     let plaintext: Vec<u8> = (0..len).map(|i| (i * 31 + 5) as u8).collect();
                     let expected = oracle_seal(algorithm, &key, &nonce, &aad, &plaintext);
-                    let aead = AeadKey::new(algorithm, &key, accelerate).unwrap();
                     let record = aead.record_key(nonce);
                     // Seal in three ranges, out of order.
                     let mut buffer = plaintext.clone();
@@ -227,6 +241,14 @@ mod tests {
                     }
                     assert_eq!(&buffer[..], &expected[..len], "{algorithm:?} {accelerate} {len}");
                     assert_eq!(aead.tag(&record, &aad, len, mac)[..], expected[len..], "{algorithm:?} {accelerate} {len}");
+                    // Open it in two ranges, the second first, cut inside a block.
+                    let mut opened = buffer.clone();
+                    let cut = (len * 3 / 5 + 1).min(len);
+                    let mut mac = Auth::zero(algorithm);
+                    mac.add(aead.crypt_range(&record, len, cut, &mut opened[cut..], Direction::Decrypt));
+                    mac.add(aead.crypt_range(&record, len, 0, &mut opened[..cut], Direction::Decrypt));
+                    assert_eq!(opened, plaintext, "{algorithm:?} {accelerate} {len}");
+                    assert!(tags_equal(&aead.tag(&record, &aad, len, mac), &expected[len..]));
                     // Open it byte by byte backwards.
                     let mut mac = Auth::zero(algorithm);
                     for i in (0..len).rev() {

@@ -11,7 +11,8 @@
 //! be hashed on its own and moved to its place with one power.
 //!
 //! Two implementations: a portable constant-time one (integer multiplications with holes, as in
-//! BearSSL's `ghash_ctmul64`) and PCLMULQDQ on x86_64, picked at run time. Tests run both.
+//! BearSSL's `ghash_ctmul64`) and PCLMULQDQ on x86_64, picked at run time. Tests run both. The
+//! 512-bit VPCLMULQDQ operations in [`clmul512`] serve the AVX-512 GCM loop.
 
 /// The low 128 bits of `P` with the `x^128` term dropped, used by [`mul_x`].
 const POLY_LOW: u128 = (1 << 127) | (1 << 126) | (1 << 121) | 1;
@@ -123,6 +124,17 @@ impl Multiplier {
         }
     }
 
+    /// `dot(a, dot(b, c))`: with `b` and `c` known early (powers of the key), only the last
+    /// product waits for `a`.
+    pub(crate) fn dot2(self, a: u128, b: u128, c: u128) -> u128 {
+        match self {
+            Multiplier::Soft => dot_soft(a, dot_soft(b, c)),
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Clmul` is only constructed after detecting pclmulqdq and sse4.1.
+            Multiplier::Clmul => unsafe { clmul::dot2(a, b, c) },
+        }
+    }
+
     /// `h` multiplied into itself `k` times: `dot`-power with `pow(h, 0)` the identity.
     pub(crate) fn pow(self, h: u128, mut k: u64) -> u128 {
         let mut result = DOT_IDENTITY;
@@ -224,6 +236,87 @@ pub(crate) mod clmul {
     pub(crate) unsafe fn dot(a: u128, b: u128) -> u128 {
         store(dot_m128(load(a), load(b)))
     }
+
+    /// `dot(a, dot(b, c))` in one call.
+    ///
+    /// # Safety
+    /// The CPU must support pclmulqdq and sse4.1.
+    #[target_feature(enable = "pclmulqdq,sse2,sse4.1")]
+    pub(crate) unsafe fn dot2(a: u128, b: u128, c: u128) -> u128 {
+        store(dot_m128(load(a), dot_m128(load(b), load(c))))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod clmul512 {
+    //! VPCLMULQDQ on 512-bit vectors: four independent POLYVAL elements per register (128-bit
+    //! lane `j` holds one element, little-endian as in [`super::clmul`]).
+    //!
+    //! Products are summed unreduced ([`Wide`], lane by lane) and reduced once; since the
+    //! reduction is linear, the lanes of a reduced sum can then be added into one element
+    //! ([`sum_lanes`]) to get the reduction of the sum of every product.
+
+    use core::arch::x86_64::*;
+
+    /// Lane-wise sums of 256-bit products, as (low, middle, high) words like [`super::clmul::Wide`].
+    #[derive(Clone, Copy)]
+    pub(crate) struct Wide {
+        pub lo: __m512i,
+        pub mid: __m512i,
+        pub hi: __m512i,
+    }
+
+    /// `a ^ b ^ c` in one instruction.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) fn xor3(a: __m512i, b: __m512i, c: __m512i) -> __m512i {
+        _mm512_ternarylogic_epi64::<0x96>(a, b, c)
+    }
+
+    /// The lane-wise products `a * b`.
+    #[inline]
+    #[target_feature(enable = "avx512f,vpclmulqdq")]
+    pub(crate) fn mul_wide(a: __m512i, b: __m512i) -> Wide {
+        Wide {
+            lo: _mm512_clmulepi64_epi128::<0x00>(a, b),
+            mid: _mm512_xor_si512(_mm512_clmulepi64_epi128::<0x01>(a, b), _mm512_clmulepi64_epi128::<0x10>(a, b)),
+            hi: _mm512_clmulepi64_epi128::<0x11>(a, b),
+        }
+    }
+
+    /// `acc += a * b`, lane-wise and unreduced.
+    #[inline]
+    #[target_feature(enable = "avx512f,vpclmulqdq")]
+    pub(crate) fn mul_add(acc: &mut Wide, a: __m512i, b: __m512i) {
+        acc.lo = _mm512_xor_si512(acc.lo, _mm512_clmulepi64_epi128::<0x00>(a, b));
+        acc.mid = xor3(acc.mid, _mm512_clmulepi64_epi128::<0x01>(a, b), _mm512_clmulepi64_epi128::<0x10>(a, b));
+        acc.hi = _mm512_xor_si512(acc.hi, _mm512_clmulepi64_epi128::<0x11>(a, b));
+    }
+
+    /// Lane-wise Montgomery reduction, `product * x^-128 mod P` (the same two folds as the
+    /// portable [`super::montgomery_reduce_soft`]). With words `c0 = lo.0`, `c1 = lo.1 ^ mid.0`,
+    /// `c2 = hi.0 ^ mid.1`, `c3 = hi.1`, the middle word is folded in along the way instead of
+    /// being shifted into place first:
+    /// - `t = c0 * K`; `mid' = mid ^ swap(lo) ^ t` = `[c1 ^ t.0, mid.1 ^ c0 ^ t.1]`: its low word
+    ///   is the new `c1`, its high word plus `hi.0` is the new `c2`;
+    /// - `u = mid'.0 * K`; `hi ^ swap(mid') ^ u` = `[c2 ^ u.0, c3 ^ c1 ^ u.1]`, the result.
+    #[inline]
+    #[target_feature(enable = "avx512f,vpclmulqdq")]
+    pub(crate) fn reduce(w: Wide) -> __m512i {
+        let constant = _mm512_set1_epi64(super::REDUCTION_CONSTANT as i64);
+        let t = _mm512_clmulepi64_epi128::<0x00>(w.lo, constant);
+        let mid = xor3(w.mid, _mm512_shuffle_epi32::<0x4e>(w.lo), t);
+        let u = _mm512_clmulepi64_epi128::<0x00>(mid, constant);
+        xor3(w.hi, _mm512_shuffle_epi32::<0x4e>(mid), u)
+    }
+
+    /// The sum of the four lanes.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2")]
+    pub(crate) fn sum_lanes(v: __m512i) -> __m128i {
+        let halves = _mm256_xor_si256(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v));
+        _mm_xor_si128(_mm256_castsi256_si128(halves), _mm256_extracti128_si256::<1>(halves))
+    }
 }
 
 #[cfg(test)]
@@ -286,6 +379,60 @@ mod tests {
         let x2 = u128::from_le_bytes(hex::decode("d1a24ddd2721d006bbe45f20d3c9f362").unwrap().try_into().unwrap());
         let s = dot_soft(dot_soft(x1, h) ^ x2, h);
         assert_eq!(hex::encode(s.to_le_bytes()), "f7a3b47b846119fae5b7866cf5e5b77e");
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn clmul512_matches_soft() {
+        use core::arch::x86_64::*;
+        let detected = std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("vpclmulqdq");
+        if !detected {
+            return;
+        }
+        /// # Safety
+        /// The CPU must support AVX-512F, AVX2 and VPCLMULQDQ.
+        #[target_feature(enable = "avx512f,avx2,vpclmulqdq")]
+        unsafe fn lanes(a: &[u128; 4], b: &[u128; 4], c: &[u128; 4]) -> ([u128; 4], u128) {
+            // SAFETY: 64-byte unaligned loads and stores on 64-byte arrays.
+            unsafe {
+                let va = _mm512_loadu_si512(a.as_ptr() as *const __m512i);
+                let vb = _mm512_loadu_si512(b.as_ptr() as *const __m512i);
+                let vc = _mm512_loadu_si512(c.as_ptr() as *const __m512i);
+                let single = clmul512::reduce(clmul512::mul_wide(va, vb));
+                let mut out = [0u128; 4];
+                _mm512_storeu_si512(out.as_mut_ptr() as *mut __m512i, single);
+                let mut sum = clmul512::mul_wide(va, vb);
+                clmul512::mul_add(&mut sum, vc, vb);
+                let mut total = 0u128;
+                _mm_storeu_si128(&mut total as *mut u128 as *mut __m128i, clmul512::sum_lanes(clmul512::reduce(sum)));
+                (out, total)
+            }
+        }
+        let mut x = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210u128;
+        let mut y = 0xdead_beef_0000_ffff_1234_5678_9abc_def0u128;
+        let mut next = || {
+            x = x.rotate_left(13) ^ y.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            y = y.rotate_right(7) ^ x;
+            x
+        };
+        for round in 0..300 {
+            let mut a: [u128; 4] = core::array::from_fn(|_| next());
+            let b: [u128; 4] = core::array::from_fn(|_| next());
+            let c: [u128; 4] = core::array::from_fn(|_| next());
+            if round == 0 {
+                a = [u128::MAX; 4];
+            }
+            // SAFETY: the features were detected above.
+            let (products, total) = unsafe { lanes(&a, &b, &c) };
+            let mut expected_total = 0;
+            for j in 0..4 {
+                assert_eq!(products[j], dot_soft(a[j], b[j]));
+                expected_total ^= dot_soft(a[j], b[j]) ^ dot_soft(c[j], b[j]);
+            }
+            assert_eq!(total, expected_total);
+        }
     }
 
     #[cfg(target_arch = "x86_64")]
