@@ -557,6 +557,7 @@ impl RecordOpener {
                 let new = record.seen.insert(body, body + take);
                 out.duplicate_bytes += take - new;
                 for &(a, b) in record.seen.last_insert_gaps() {
+                    let (a, b) = (a as usize, b as usize);
                     record.explicit_nonce[a..b].copy_from_slice(&chunk[position + (a - body)..position + (b - body)]);
                 }
                 if record.key.is_none() && record.seen.covers_range(0, explicit_len) {
@@ -606,7 +607,9 @@ impl RecordOpener {
                     out.duplicate_bytes += (body_end - body) - new;
                     let mut gaps = [(0usize, 0usize); MAX_PIECES + 1];
                     let gap_count = record.seen.last_insert_gaps().len();
-                    gaps[..gap_count].copy_from_slice(record.seen.last_insert_gaps());
+                    for (slot, &(a, b)) in gaps.iter_mut().zip(record.seen.last_insert_gaps()) {
+                        *slot = (a as usize, b as usize);
+                    }
                     let gaps = &gaps[..gap_count];
                     let is_new = |body_offset: usize| gaps.iter().any(|&(a, b)| a <= body_offset && body_offset < b);
                     if ct_take > 0 {
@@ -772,6 +775,7 @@ fn add_new_ranges(
     let Some(key) = record.key else { return };
     // `seen` already includes this chunk; the new sub-ranges are those that were gaps before.
     for &(gap_start, gap_end) in record.seen.last_insert_gaps() {
+        let (gap_start, gap_end) = (gap_start as usize, gap_end as usize);
         let from = gap_start.max(explicit_len + ct) - explicit_len;
         let to = gap_end.min(explicit_len + ct + take) - explicit_len;
         if from >= to {
@@ -796,23 +800,31 @@ fn add_new_ranges(
 const MAX_PIECES: usize = 16;
 
 /// A set of disjoint byte ranges of one record, with the gaps the last insertion filled. Fixed
-/// capacity: no allocation per record.
+/// capacity and 16-bit offsets (a record body is at most 18 KiB): a record's piece set is 136
+/// bytes, and no allocation happens per record.
 #[derive(Default)]
 struct Intervals {
-    ranges: [(usize, usize); MAX_PIECES],
-    len: usize,
-    last_gaps: [(usize, usize); MAX_PIECES + 1],
-    last_gaps_len: usize,
+    ranges: [(u16, u16); MAX_PIECES],
+    len: u8,
+    last_gaps: [(u16, u16); MAX_PIECES + 1],
+    last_gaps_len: u8,
+}
+
+/// Record bodies are at most `MAX_BODY_LEN_TLS12` (18432) bytes, which fits in a `u16`.
+fn narrow(offset: usize) -> u16 {
+    debug_assert!(offset <= u16::MAX as usize);
+    offset as u16
 }
 
 impl Intervals {
-    fn ranges(&self) -> &[(usize, usize)] {
-        &self.ranges[..self.len]
+    fn ranges(&self) -> &[(u16, u16)] {
+        &self.ranges[..self.len as usize]
     }
 
     /// Whether `[start, end)` can be added without exceeding the capacity.
     fn fits(&self, start: usize, end: usize) -> bool {
-        self.len < MAX_PIECES || self.ranges().iter().any(|&(a, b)| a <= end && start <= b)
+        let (start, end) = (narrow(start), narrow(end));
+        (self.len as usize) < MAX_PIECES || self.ranges().iter().any(|&(a, b)| a <= end && start <= b)
     }
 
     /// Adds `[start, end)` (the caller checked [`Self::fits`]); returns how many bytes were new.
@@ -821,8 +833,9 @@ impl Intervals {
         if start >= end {
             return 0;
         }
+        let (start, end) = (narrow(start), narrow(end));
         let mut cursor = start;
-        for i in 0..self.len {
+        for i in 0..self.len as usize {
             let (a, b) = self.ranges[i];
             if b <= cursor {
                 continue;
@@ -831,7 +844,7 @@ impl Intervals {
                 break;
             }
             if a > cursor {
-                self.last_gaps[self.last_gaps_len] = (cursor, a);
+                self.last_gaps[self.last_gaps_len as usize] = (cursor, a);
                 self.last_gaps_len += 1;
             }
             cursor = cursor.max(b);
@@ -840,15 +853,15 @@ impl Intervals {
             }
         }
         if cursor < end {
-            self.last_gaps[self.last_gaps_len] = (cursor, end);
+            self.last_gaps[self.last_gaps_len as usize] = (cursor, end);
             self.last_gaps_len += 1;
         }
-        let new = self.last_insert_gaps().iter().map(|(a, b)| b - a).sum();
+        let new = self.last_insert_gaps().iter().map(|&(a, b)| (b - a) as usize).sum();
         // Merge every range touching [start, end) into one, keeping the array sorted.
         let (mut merged_start, mut merged_end) = (start, end);
         let mut kept = 0;
         let mut insert_at = None;
-        for i in 0..self.len {
+        for i in 0..self.len as usize {
             let (a, b) = self.ranges[i];
             if b < start || a > end {
                 if a > end && insert_at.is_none() {
@@ -865,23 +878,24 @@ impl Intervals {
         if kept < MAX_PIECES {
             self.ranges.copy_within(at..kept, at + 1);
             self.ranges[at] = (merged_start, merged_end);
-            self.len = kept + 1;
+            self.len = kept as u8 + 1;
         } else {
             // Unreachable when the caller checked `fits`: nothing merged and the array is full.
-            self.len = kept;
+            self.len = kept as u8;
         }
         new
     }
 
-    fn last_insert_gaps(&self) -> &[(usize, usize)] {
-        &self.last_gaps[..self.last_gaps_len]
+    fn last_insert_gaps(&self) -> &[(u16, u16)] {
+        &self.last_gaps[..self.last_gaps_len as usize]
     }
 
     fn covers(&self, len: usize) -> bool {
-        len == 0 || self.ranges().first() == Some(&(0, len))
+        len == 0 || self.ranges().first() == Some(&(0, narrow(len)))
     }
 
     fn covers_range(&self, start: usize, end: usize) -> bool {
+        let (start, end) = (narrow(start), narrow(end));
         self.ranges().iter().any(|&(a, b)| a <= start && end <= b)
     }
 }

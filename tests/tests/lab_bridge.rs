@@ -449,7 +449,6 @@ fn send_and_capture(lab: &Lab, frames: &[Vec<u8>]) -> std::io::Result<Vec<Vec<u8
     while received.len() < frames.len() && std::time::Instant::now() < deadline {
         let batch = capture.recv_batch(64)?;
         if batch.is_empty() {
-            drop(batch);
             std::thread::sleep(Duration::from_millis(5));
             continue;
         }

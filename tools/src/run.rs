@@ -47,7 +47,8 @@ options:
   --inside-mac MAC   (repeatable) replay a one-link capture: frames from these source MACs
                      arrive on the inside port, all others on the outside port
   --write-dir DIR    write what each port transmits to DIR/<port>.pcap
-  --cores N          poll loops, one per core (default 1); AF_XDP needs N receive queues
+  --cores N          poll loops, one per core (default 1); AF_XDP needs exactly N
+                     receive queues per port
   --first-core K     pin loop i to core K + i (default 0)
   --batch N          frames per receive (default 64)
 ";
@@ -247,14 +248,17 @@ pub fn run(options: &RunOptions, stop: &AtomicBool) -> io::Result<bool> {
                 AttachPreference::Generic
             };
             let loops = options.cores as u32;
+            // One AF_XDP socket, so one loop, per receive queue: frames of a queue without a
+            // socket would go to the box's own stack instead of across the bridge.
             for interface in [&options.outside, &options.inside] {
                 let queues = frame_io::receive_queue_count(interface)?;
-                if queues < loops {
+                if queues != loops {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidInput,
                         format!(
-                            "{interface}: {queues} receive queue(s), but --cores {loops} needs \
-                             one per loop"
+                            "{interface}: {queues} receive queue(s) but --cores {loops}; AF_XDP \
+                             needs one loop per queue (--cores {queues}, or `ethtool -L \
+                             {interface} combined {loops}`)"
                         ),
                     ));
                 }
