@@ -6,7 +6,7 @@ PROPTEST_CASES ?= 10000
 # Commands the lab tests run, each with the Debian package that provides it.
 LAB_DEPS = ip:iproute2 ethtool:ethtool nginx:nginx curl:curl openssl:openssl ping:iputils-ping
 
-.PHONY: all build test test-deps unit bench-crypto bench-decrypt demo-decrypt clean lab-up lab-down bench-bridge
+.PHONY: all build test test-deps unit bench-crypto bench-decrypt demo demo-decrypt clean lab-up lab-down bench-bridge
 
 all: build
 
@@ -41,7 +41,13 @@ lab-down:
 bench-bridge: test-deps
 	$(CARGO) bench -p cutls-tests --bench bridge
 
-# The main job available today: decrypt a real capture (../shared/captures) and show it.
+# The main job: the lab demo (namespaces, nginx backends, cutls terminating TLS, curl and
+# openssl through it, the counters). Needs root.
+demo: test-deps
+	$(CARGO) build --release -p cutls-tools
+	tools/demo
+
+# Decrypt a real capture (../shared/captures) and show it.
 DEMO_CAPTURE ?= ../shared/captures/zeek/tls-1.2-stream-keylog.pcap
 DEMO_KEYLOG ?= ../shared/captures/zeek/tls-1.2-stream-keylog.keys
 demo-decrypt:

@@ -300,6 +300,30 @@ impl RecordOpener {
         self.records.iter().find(|record| record.outcome.is_none()).map_or(self.next_header, |record| record.start)
     }
 
+    /// Where a peer's acknowledgement of the plaintext before `plaintext` falls in the record
+    /// stream: past every record whose data it covers entirely (tag included), or inside a
+    /// record just past the last ciphertext byte that carries acknowledged plaintext. Records
+    /// already forgotten ([`Self::acknowledge`]) count as acknowledged.
+    pub fn ciphertext_for_plaintext_ack(&self, plaintext: u64) -> u64 {
+        let mut acked = self.records.front().map_or(self.next_header, |record| record.start);
+        for record in &self.records {
+            let data_len = match record.outcome {
+                Some(verified) => verified.data_len as u64,
+                None => break_even(record, self.framing),
+            };
+            if record.outcome.is_some() && plaintext >= record.plaintext_start + data_len {
+                acked = record.end();
+                continue;
+            }
+            if plaintext > record.plaintext_start {
+                let data_start = record.start + (HEADER_LEN + self.framing.explicit_nonce_len()) as u64;
+                acked = data_start + (plaintext - record.plaintext_start);
+            }
+            break;
+        }
+        acked
+    }
+
     /// Whether every byte seen so far belongs to verified records.
     pub fn is_idle(&self) -> bool {
         self.header_seen == 0 && self.records.iter().all(|record| record.outcome.is_some())
@@ -742,6 +766,15 @@ impl RecordOpener {
             self.next_plaintext -= shortfall;
         }
         Ok(RecordDone { seq, stream_offset, record_len, content_type, data_len, plaintext, unprotected: false })
+    }
+}
+
+/// The data a record not yet verified is predicted to carry.
+fn break_even(record: &Record, framing: Framing) -> u64 {
+    let ciphertext = record.body_len.saturating_sub(framing.explicit_nonce_len() + TAG_LEN) as u64;
+    match framing.version {
+        ProtocolVersion::Tls13 => ciphertext.saturating_sub(1),
+        ProtocolVersion::Tls12 => ciphertext,
     }
 }
 

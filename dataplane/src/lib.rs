@@ -5,4 +5,5 @@
 pub mod bridge;
 pub mod io;
 pub mod pcap;
+pub mod session;
 pub mod wire;

@@ -4,3 +4,4 @@
 pub mod args;
 pub mod decrypt;
 pub mod run;
+pub mod serve;

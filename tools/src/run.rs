@@ -202,6 +202,18 @@ fn positive(args: &mut Args, name: &str, default: usize) -> Result<usize, ArgErr
 
 /// Entry point of `cutls run`.
 pub fn main(argv: &[String]) -> ExitCode {
+    // With a configuration file the box terminates TLS for its listeners.
+    let mut config = None;
+    for (i, arg) in argv.iter().enumerate() {
+        if let Some(path) = arg.strip_prefix("--config=") {
+            config = Some(PathBuf::from(path));
+        } else if arg == "--config" {
+            config = argv.get(i + 1).map(PathBuf::from);
+        }
+    }
+    if let Some(path) = config {
+        return crate::serve::main(path);
+    }
     let options = match RunOptions::parse(argv) {
         Ok(options) => options,
         Err(error) => {

@@ -1,0 +1,218 @@
+//! Building the frames the engine sends: TCP segments, ARP replies and requests, NDP
+//! advertisements and solicitations. Every frame gets full, freshly computed checksums.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use crate::wire::checksum::upper_layer_checksum_v6;
+use crate::wire::{
+    ArpOperation, ArpRepr, EtherType, EthernetAddress, EthernetRepr, IpProtocol, Ipv4Repr, Ipv6Repr, SeqNumber,
+    TcpFlags, TcpOptions, TcpRepr,
+};
+
+const ETHERNET_HEADER_LEN: usize = 14;
+const IPV4_HEADER_LEN: usize = 20;
+const IPV6_HEADER_LEN: usize = 40;
+
+/// Source and destination MAC of a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub source: EthernetAddress,
+    pub destination: EthernetAddress,
+}
+
+/// A TCP segment to send.
+pub struct Segment<'a> {
+    pub source: SocketAddr,
+    pub destination: SocketAddr,
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: TcpFlags,
+    pub window: u16,
+    pub options: TcpOptions,
+    pub payload: &'a [u8],
+}
+
+/// An Ethernet + IP + TCP frame, or `None` when the segment cannot be encoded (mixed address
+/// families or an oversized payload: the callers never build those).
+pub fn tcp_frame(link: Link, segment: &Segment<'_>) -> Option<Vec<u8>> {
+    let tcp = TcpRepr {
+        src_port: segment.source.port(),
+        dst_port: segment.destination.port(),
+        seq_number: SeqNumber(segment.seq),
+        ack_number: SeqNumber(segment.ack),
+        flags: segment.flags,
+        window: segment.window,
+        urgent_pointer: 0,
+        options: segment.options,
+        payload: segment.payload,
+    };
+    let tcp_len = tcp.buffer_len();
+    match (segment.source.ip(), segment.destination.ip()) {
+        (IpAddr::V4(source), IpAddr::V4(destination)) => {
+            let mut frame = vec![0u8; ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + tcp_len];
+            ethernet(link, EtherType::Ipv4, &mut frame)?;
+            let ip = Ipv4Repr {
+                source,
+                destination,
+                protocol: IpProtocol::Tcp,
+                payload_len: tcp_len,
+                ttl: 64,
+                identification: 0,
+                dont_fragment: true,
+                dscp: 0,
+                ecn: 0,
+            };
+            ip.emit(&mut frame[ETHERNET_HEADER_LEN..]).ok()?;
+            tcp.emit(&mut frame[ETHERNET_HEADER_LEN + IPV4_HEADER_LEN..], source.into(), destination.into()).ok()?;
+            Some(frame)
+        }
+        (IpAddr::V6(source), IpAddr::V6(destination)) => {
+            let mut frame = vec![0u8; ETHERNET_HEADER_LEN + IPV6_HEADER_LEN + tcp_len];
+            ethernet(link, EtherType::Ipv6, &mut frame)?;
+            let ip = Ipv6Repr {
+                source,
+                destination,
+                next_header: IpProtocol::Tcp,
+                payload_len: tcp_len,
+                hop_limit: 64,
+                traffic_class: 0,
+                flow_label: 0,
+            };
+            ip.emit(&mut frame[ETHERNET_HEADER_LEN..]).ok()?;
+            tcp.emit(&mut frame[ETHERNET_HEADER_LEN + IPV6_HEADER_LEN..], source.into(), destination.into()).ok()?;
+            Some(frame)
+        }
+        _ => None,
+    }
+}
+
+fn ethernet(link: Link, ethertype: EtherType, frame: &mut [u8]) -> Option<()> {
+    EthernetRepr { source: link.source, destination: link.destination, ethertype }.emit(frame).ok()
+}
+
+/// An ARP request or reply.
+pub fn arp_frame(
+    operation: ArpOperation,
+    sender: (EthernetAddress, Ipv4Addr),
+    target: (EthernetAddress, Ipv4Addr),
+    destination: EthernetAddress,
+) -> Option<Vec<u8>> {
+    let mut frame = vec![0u8; ETHERNET_HEADER_LEN + 28];
+    ethernet(Link { source: sender.0, destination }, EtherType::Arp, &mut frame)?;
+    ArpRepr {
+        operation,
+        sender_hardware_addr: sender.0,
+        sender_protocol_addr: sender.1,
+        target_hardware_addr: target.0,
+        target_protocol_addr: target.1,
+    }
+    .emit(&mut frame[ETHERNET_HEADER_LEN..])
+    .ok()?;
+    Some(frame)
+}
+
+/// ICMPv6 neighbour discovery: a solicitation (type 135) or advertisement (type 136) for
+/// `target`, with the source or target link-layer address option.
+pub fn ndp_frame(
+    advertisement: bool,
+    link: Link,
+    source: Ipv6Addr,
+    destination: Ipv6Addr,
+    target: Ipv6Addr,
+    our_mac: EthernetAddress,
+) -> Option<Vec<u8>> {
+    let mut icmp = vec![0u8; 32];
+    icmp[0] = if advertisement { 136 } else { 135 };
+    if advertisement {
+        // Solicited and override flags.
+        icmp[4] = 0x60;
+    }
+    icmp[8..24].copy_from_slice(&target.octets());
+    // Option: 1 = source link-layer address (NS), 2 = target link-layer address (NA); 8 bytes.
+    icmp[24] = if advertisement { 2 } else { 1 };
+    icmp[25] = 1;
+    icmp[26..32].copy_from_slice(&our_mac.0);
+    let checksum = upper_layer_checksum_v6(source, destination, IpProtocol::Icmpv6, &icmp);
+    icmp[2..4].copy_from_slice(&checksum.to_be_bytes());
+    let mut frame = vec![0u8; ETHERNET_HEADER_LEN + IPV6_HEADER_LEN + icmp.len()];
+    ethernet(link, EtherType::Ipv6, &mut frame)?;
+    Ipv6Repr {
+        source,
+        destination,
+        next_header: IpProtocol::Icmpv6,
+        payload_len: icmp.len(),
+        hop_limit: 255,
+        traffic_class: 0,
+        flow_label: 0,
+    }
+    .emit(&mut frame[ETHERNET_HEADER_LEN..])
+    .ok()?;
+    frame[ETHERNET_HEADER_LEN + IPV6_HEADER_LEN..].copy_from_slice(&icmp);
+    Some(frame)
+}
+
+/// The solicited-node multicast address of `target` and its Ethernet multicast address.
+pub fn solicited_node(target: Ipv6Addr) -> (Ipv6Addr, EthernetAddress) {
+    let o = target.octets();
+    let address = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00 | o[13] as u16, u16::from_be_bytes([o[14], o[15]]));
+    let a = address.octets();
+    (address, EthernetAddress([0x33, 0x33, a[12], a[13], a[14], a[15]]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{parse_frame, LinkType, NetworkPayload};
+
+    #[test]
+    fn tcp_frames_parse_back_with_good_checksums() {
+        let link = Link { source: EthernetAddress([2, 0, 0, 0, 0, 1]), destination: EthernetAddress([2, 0, 0, 0, 0, 2]) };
+        for (source, destination) in [
+            ("198.18.0.1:443", "198.18.0.2:40000"),
+            ("[2001:db8::1]:443", "[2001:db8::2]:40000"),
+        ] {
+            let segment = Segment {
+                source: source.parse().unwrap(),
+                destination: destination.parse().unwrap(),
+                seq: 7,
+                ack: 9,
+                flags: TcpFlags::ACK | TcpFlags::PSH,
+                window: 100,
+                options: TcpOptions::default(),
+                payload: b"hello",
+            };
+            let frame = tcp_frame(link, &segment).unwrap();
+            let parsed = parse_frame(LinkType::Ethernet, &frame).unwrap();
+            let tcp = parsed.tcp().unwrap();
+            assert!(tcp.checksum_valid);
+            assert_eq!(tcp.payload, b"hello");
+            assert_eq!(tcp.seq_number.0, 7);
+        }
+    }
+
+    #[test]
+    fn arp_and_ndp_frames_parse() {
+        let mac = EthernetAddress([2, 0, 0, 0, 0, 1]);
+        let frame = arp_frame(
+            ArpOperation::Reply,
+            (mac, Ipv4Addr::new(198, 18, 0, 100)),
+            (EthernetAddress([2, 0, 0, 0, 0, 9]), Ipv4Addr::new(198, 18, 0, 10)),
+            EthernetAddress([2, 0, 0, 0, 0, 9]),
+        )
+        .unwrap();
+        let parsed = parse_frame(LinkType::Ethernet, &frame).unwrap();
+        assert!(matches!(parsed.network, NetworkPayload::Arp(arp) if arp.sender_hardware_addr == mac));
+        let target: Ipv6Addr = "2001:db8::100".parse().unwrap();
+        let (group, group_mac) = solicited_node(target);
+        assert_eq!(group, "ff02::1:ff00:100".parse::<Ipv6Addr>().unwrap());
+        let frame = ndp_frame(false, Link { source: mac, destination: group_mac }, "2001:db8::10".parse().unwrap(), group, target, mac)
+            .unwrap();
+        let parsed = parse_frame(LinkType::Ethernet, &frame).unwrap();
+        let icmp = match parsed.transport() {
+            Some(crate::wire::Transport::Icmpv6(message)) => *message,
+            other => panic!("{other:?}"),
+        };
+        assert!(icmp.checksum_valid);
+        assert_eq!(icmp.msg_type, 135);
+    }
+}

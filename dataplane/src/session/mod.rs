@@ -1,0 +1,375 @@
+//! The session engine: TLS termination at the packet level.
+//!
+//! [`Engine::handle_frame`] takes each frame a port received and decides: a frame for a VIP
+//! listener or for one of its sessions is consumed and answered; ARP and NDP for a VIP are
+//! answered on the outside port; everything else is bridged unchanged to the other port. The
+//! engine is deterministic: time comes in as `now_ns`, randomness from a seed, and frames to
+//! send go to an [`Output`] the caller drains, so a pcap replay gives the same frames every run.
+//!
+//! A session's life (DESIGN.md): the engine answers the client's SYN, runs rustls over the
+//! client's in-order handshake bytes, chooses a backend when the ClientHello has been read and
+//! replays the client's SYN to it (transparent mode: the client's own address), takes the keys
+//! out of rustls when the handshake is done, and from then on splices segment by segment
+//! ([`session`]).
+//!
+//! Not supported yet (see the README): SNAT mode, VLAN-tagged sessions (tagged frames are
+//! bridged), passthrough pools, SACK translation (SACK blocks are not forwarded; both sides fall
+//! back to cumulative acknowledgements), ICMP relaying for sessions.
+
+pub mod emit;
+pub mod handover;
+mod session;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use cutls_crypto::ReleaseMode;
+
+use crate::wire::{
+    parse_frame, ArpOperation, EthernetAddress, LinkType, NetworkPayload, TcpFlags, Transport,
+};
+use emit::Link;
+use handover::SecretLog;
+use session::{Session, SessionEvent};
+
+/// The box's two ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Port {
+    /// Toward the router and the clients.
+    Outside,
+    /// Toward the server VLAN.
+    Inside,
+}
+
+/// A listener as the dataplane needs it: values made by the control plane.
+pub struct ListenerSetup {
+    pub vip: SocketAddr,
+    /// Must have `enable_secret_extraction` and `key_log` = `secrets`.
+    pub tls: Arc<rustls::ServerConfig>,
+    pub secrets: Arc<SecretLog>,
+    /// Chosen round robin.
+    pub backends: Vec<SocketAddr>,
+    pub mode: ReleaseMode,
+}
+
+pub struct EngineConfig {
+    pub listeners: Vec<ListenerSetup>,
+    /// The MAC the box answers ARP/NDP for VIPs with, on the outside port.
+    pub outside_mac: EthernetAddress,
+    pub inside_mac: EthernetAddress,
+    pub idle_timeout_ns: u64,
+    pub seed: u64,
+}
+
+/// Frames to send, per port. The caller drains them after each call.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub outside: Vec<Vec<u8>>,
+    pub inside: Vec<Vec<u8>>,
+}
+
+impl Output {
+    pub(crate) fn push(&mut self, port: Port, frame: Option<Vec<u8>>) {
+        if let Some(frame) = frame {
+            match port {
+                Port::Outside => self.outside.push(frame),
+                Port::Inside => self.inside.push(frame),
+            }
+        }
+    }
+}
+
+/// What happened, for the operator (and the tests).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub frames_bridged: u64,
+    pub frames_unparsed_bridged: u64,
+    pub arp_replies: u64,
+    pub ndp_advertisements: u64,
+    pub sessions_started: u64,
+    pub handshakes_completed: u64,
+    pub ended_fin: u64,
+    pub ended_client_reset: u64,
+    pub ended_backend_reset: u64,
+    pub ended_tls_error: u64,
+    pub ended_tag_failure: u64,
+    pub ended_idle: u64,
+    pub ended_backend_unreachable: u64,
+    /// Client segments dropped: out of order during the handshake, or refused by the opener.
+    pub client_segments_dropped: u64,
+    /// Backend segments dropped: ahead of the record frontier, or not placeable.
+    pub backend_segments_dropped: u64,
+    pub records_opened: u64,
+    pub records_sealed: u64,
+    pub records_regenerated: u64,
+}
+
+/// A TCP 4-tuple, from the point of view of the frames' sender.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct FlowKey {
+    source: SocketAddr,
+    destination: SocketAddr,
+}
+
+pub struct Engine {
+    config: EngineConfig,
+    sessions: HashMap<u64, Session>,
+    /// Client -> VIP flows.
+    by_client: HashMap<FlowKey, u64>,
+    /// Backend -> client flows (transparent mode: the backend talks to the client's address).
+    by_backend: HashMap<FlowKey, u64>,
+    /// MAC addresses learned on the inside port.
+    inside_macs: HashMap<IpAddr, EthernetAddress>,
+    next_id: u64,
+    next_backend: Vec<usize>,
+    rng: u64,
+    counters: Counters,
+}
+
+impl Engine {
+    pub fn new(config: EngineConfig) -> Engine {
+        let listeners = config.listeners.len();
+        let rng = config.seed | 1;
+        Engine {
+            config,
+            sessions: HashMap::new(),
+            by_client: HashMap::new(),
+            by_backend: HashMap::new(),
+            inside_macs: HashMap::new(),
+            next_id: 1,
+            next_backend: vec![0; listeners],
+            rng,
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Live sessions.
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// A frame received on `port`.
+    pub fn handle_frame(&mut self, now_ns: u64, port: Port, frame: &[u8], out: &mut Output) {
+        let Ok(parsed) = parse_frame(LinkType::Ethernet, frame) else {
+            self.counters.frames_unparsed_bridged += 1;
+            self.bridge(port, frame, out);
+            return;
+        };
+        let link = match parsed.link {
+            crate::wire::LinkInfo::Ethernet { source, destination } => Link { source, destination },
+            _ => return,
+        };
+        // Sessions over VLAN tags are not supported yet: such frames cross unchanged.
+        if !parsed.vlan_tags.is_empty() {
+            self.bridge(port, frame, out);
+            return;
+        }
+        match (&parsed.network, port) {
+            (NetworkPayload::Arp(arp), _) => {
+                if port == Port::Inside {
+                    self.inside_macs.insert(IpAddr::V4(arp.sender_protocol_addr), arp.sender_hardware_addr);
+                    self.release_waiting_for_mac(now_ns, out);
+                }
+                if port == Port::Outside && arp.operation == ArpOperation::Request && self.is_vip(IpAddr::V4(arp.target_protocol_addr)) {
+                    self.counters.arp_replies += 1;
+                    out.push(
+                        Port::Outside,
+                        emit::arp_frame(
+                            ArpOperation::Reply,
+                            (self.config.outside_mac, arp.target_protocol_addr),
+                            (arp.sender_hardware_addr, arp.sender_protocol_addr),
+                            arp.sender_hardware_addr,
+                        ),
+                    );
+                    return;
+                }
+                self.bridge(port, frame, out);
+            }
+            (NetworkPayload::Ip { ip, transport }, _) => {
+                if port == Port::Inside {
+                    self.inside_macs.entry(ip.source).or_insert(link.source);
+                }
+                match transport {
+                    Transport::Tcp(tcp) => {
+                        let source = SocketAddr::new(ip.source, tcp.src_port);
+                        let destination = SocketAddr::new(ip.destination, tcp.dst_port);
+                        let key = FlowKey { source, destination };
+                        let session = match port {
+                            Port::Outside => self.by_client.get(&key).copied(),
+                            Port::Inside => self.by_backend.get(&key).copied(),
+                        };
+                        if let Some(id) = session {
+                            self.with_session(id, now_ns, out, |session, context| {
+                                session.segment(context, port, link, tcp)
+                            });
+                            return;
+                        }
+                        if port == Port::Outside {
+                            if let Some(listener) = self.listener_for(destination) {
+                                if tcp.flags.contains(TcpFlags::SYN) && !tcp.flags.contains(TcpFlags::ACK) {
+                                    self.new_session(now_ns, listener, key, link, tcp, out);
+                                } else if !tcp.flags.contains(TcpFlags::RST) {
+                                    // A segment for a VIP without a session: tell the client.
+                                    session::reset_unknown(link, key, tcp, out);
+                                }
+                                return;
+                            }
+                        }
+                        self.bridge(port, frame, out);
+                    }
+                    Transport::Icmpv6(message) if message.msg_type == 135 || message.msg_type == 136 => {
+                        let target = ndp_target(message.message);
+                        if port == Port::Inside && message.msg_type == 136 {
+                            if let (Some(target), Some(mac)) = (target, ndp_link_address(message.message)) {
+                                self.inside_macs.insert(IpAddr::V6(target), mac);
+                                self.release_waiting_for_mac(now_ns, out);
+                            }
+                        }
+                        if port == Port::Outside && message.msg_type == 135 {
+                            if let (Some(target), IpAddr::V6(asker)) = (target, ip.source) {
+                                if self.is_vip(IpAddr::V6(target)) {
+                                    self.counters.ndp_advertisements += 1;
+                                    let reply = Link { source: self.config.outside_mac, destination: link.source };
+                                    out.push(
+                                        Port::Outside,
+                                        emit::ndp_frame(true, reply, target, asker, target, self.config.outside_mac),
+                                    );
+                                    return;
+                                }
+                            }
+                        }
+                        self.bridge(port, frame, out);
+                    }
+                    _ => self.bridge(port, frame, out),
+                }
+            }
+            _ => self.bridge(port, frame, out),
+        }
+    }
+
+    /// Timers: retransmissions, backends to (re)try, idle sessions.
+    pub fn poll(&mut self, now_ns: u64, out: &mut Output) {
+        let ids: Vec<u64> = self.sessions.keys().copied().collect();
+        for id in ids {
+            self.with_session(id, now_ns, out, |session, context| session.poll(context));
+        }
+    }
+
+    fn bridge(&mut self, port: Port, frame: &[u8], out: &mut Output) {
+        self.counters.frames_bridged += 1;
+        let other = match port {
+            Port::Outside => Port::Inside,
+            Port::Inside => Port::Outside,
+        };
+        out.push(other, Some(frame.to_vec()));
+    }
+
+    fn is_vip(&self, address: IpAddr) -> bool {
+        self.config.listeners.iter().any(|listener| listener.vip.ip() == address)
+    }
+
+    fn listener_for(&self, destination: SocketAddr) -> Option<usize> {
+        self.config.listeners.iter().position(|listener| listener.vip == destination)
+    }
+
+    fn random(&mut self) -> u64 {
+        // xorshift64*: deterministic from the seed, so replays are repeatable.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn new_session(
+        &mut self,
+        now_ns: u64,
+        listener: usize,
+        key: FlowKey,
+        link: Link,
+        tcp: &crate::wire::TcpSegment<'_>,
+        out: &mut Output,
+    ) {
+        let setup = &self.config.listeners[listener];
+        if setup.backends.is_empty() {
+            session::reset_unknown(link, key, tcp, out);
+            return;
+        }
+        let backend_index = self.next_backend[listener] % setup.backends.len();
+        self.next_backend[listener] = self.next_backend[listener].wrapping_add(1);
+        let backend = setup.backends[backend_index];
+        let isn = self.random() as u32;
+        let id = self.next_id;
+        self.next_id += 1;
+        let setup = &self.config.listeners[listener];
+        let Some(session) = Session::new(now_ns, setup, key.source, key.destination, backend, link, tcp, isn) else {
+            session::reset_unknown(link, key, tcp, out);
+            return;
+        };
+        self.counters.sessions_started += 1;
+        self.by_client.insert(key, id);
+        self.by_backend.insert(FlowKey { source: backend, destination: key.source }, id);
+        self.sessions.insert(id, session);
+        self.with_session(id, now_ns, out, |session, context| session.start(context));
+    }
+
+    /// Runs `work` on a session with what it may touch of the engine, then applies its events.
+    fn with_session(
+        &mut self,
+        id: u64,
+        now_ns: u64,
+        out: &mut Output,
+        work: impl FnOnce(&mut Session, &mut session::Context<'_>) -> Option<SessionEvent>,
+    ) {
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        let mut context = session::Context {
+            now_ns,
+            out,
+            counters: &mut self.counters,
+            inside_macs: &self.inside_macs,
+            idle_timeout_ns: self.config.idle_timeout_ns,
+        };
+        let event = work(session, &mut context);
+        if let Some(SessionEvent::Ended) = event {
+            if let Some(session) = self.sessions.remove(&id) {
+                self.by_client.remove(&FlowKey { source: session.client(), destination: session.vip() });
+                self.by_backend.remove(&FlowKey { source: session.backend(), destination: session.client() });
+            }
+        }
+    }
+
+    fn release_waiting_for_mac(&mut self, now_ns: u64, out: &mut Output) {
+        let waiting: Vec<u64> =
+            self.sessions.iter().filter(|(_, session)| session.waits_for_backend_mac()).map(|(id, _)| *id).collect();
+        for id in waiting {
+            self.with_session(id, now_ns, out, |session, context| session.poll(context));
+        }
+    }
+}
+
+/// The target address of an NDP solicitation or advertisement (bytes 8..24 of the message).
+fn ndp_target(message: &[u8]) -> Option<Ipv6Addr> {
+    let bytes: [u8; 16] = message.get(8..24)?.try_into().ok()?;
+    Some(Ipv6Addr::from(bytes))
+}
+
+/// The link-layer address option (source or target) of an NDP message.
+fn ndp_link_address(message: &[u8]) -> Option<EthernetAddress> {
+    let mut options = message.get(24..)?;
+    while options.len() >= 8 {
+        let kind = options[0];
+        let len = options[1] as usize * 8;
+        if len == 0 || len > options.len() {
+            return None;
+        }
+        if (kind == 1 || kind == 2) && len >= 8 {
+            return EthernetAddress::from_bytes(&options[2..8]);
+        }
+        options = &options[len..];
+    }
+    None
+}

@@ -1,0 +1,1262 @@
+//! One TLS session: the client's TCP endpoint during the handshake, the backend connection,
+//! and then the splice.
+//!
+//! Sequence spaces (DESIGN.md, "Sequence space"):
+//! - client -> box: client offsets count every byte after the client's SYN (handshake records,
+//!   then application records); the [`RecordOpener`] gets them as stream offsets.
+//! - box -> backend: the box replays the client's SYN, so the backend's view of the client's
+//!   stream starts at the client's ISN; plaintext offset P is sequence `client_isn + 1 + P`.
+//! - backend -> box: plaintext offsets from the backend's ISN.
+//! - box -> client: our offsets count the handshake bytes rustls wrote, then the records the
+//!   box seals, one per backend segment, kept in a record map until the client acknowledges
+//!   them, so a retransmission in any segmentation is rebuilt byte for byte.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use cutls_crypto::{
+    ContentType, OpenError, OpenOutput, OpenerConfig, RecordOpener, RecordSealer, ReleaseMode, SealedRecord, Secret,
+    Stop,
+};
+use rustls::ServerConnection;
+
+use super::emit::{self, Link, Segment};
+use super::handover::{session_keys, SecretLog, SessionKeys};
+use super::{Counters, FlowKey, ListenerSetup, Output, Port};
+use crate::wire::{ArpOperation, EthernetAddress, TcpFlags, TcpOptions, TcpSegment, TcpTimestamp};
+
+/// What a session may touch of the engine during one call.
+pub(crate) struct Context<'a> {
+    pub now_ns: u64,
+    pub out: &'a mut Output,
+    pub counters: &'a mut Counters,
+    pub inside_macs: &'a HashMap<IpAddr, EthernetAddress>,
+    pub idle_timeout_ns: u64,
+}
+
+pub(crate) enum SessionEvent {
+    Ended,
+}
+
+/// The largest record overhead of any suite (TLS 1.2 AES-GCM: header, explicit nonce, tag),
+/// taken off the MSS the backend is offered so that every backend segment, sealed, still fits
+/// one client segment.
+const MAX_RECORD_OVERHEAD: u16 = 29;
+/// Handshake bytes buffered from the client at most (a ClientHello with a large PQ key share
+/// and a resumption ticket fits many times over).
+const MAX_HANDSHAKE_BYTES: usize = 64 * 1024;
+const INITIAL_RTO_NS: u64 = 1_000_000_000;
+const MAX_RETRIES: u32 = 6;
+/// Our window scale toward the client (when it offers one).
+const OUR_WINDOW_SCALE: u8 = 7;
+/// Records the box keeps for retransmission before it stops taking new backend data.
+const MAX_MAPPED_RECORDS: usize = 4096;
+
+#[derive(Clone, Copy, Debug)]
+struct SynOptions {
+    mss: u16,
+    window_scale: Option<u8>,
+    timestamp: Option<TcpTimestamp>,
+}
+
+impl SynOptions {
+    fn from(options: &TcpOptions) -> SynOptions {
+        SynOptions {
+            mss: options.max_segment_size.unwrap_or(536),
+            window_scale: options.window_scale.map(|scale| scale.min(14)),
+            timestamp: options.timestamp,
+        }
+    }
+}
+
+enum Backend {
+    /// Waiting for the backend's MAC (ARP/NDP asked at `asked_ns`).
+    Resolving { asked_ns: u64, tries: u32 },
+    SynSent { sent_ns: u64, tries: u32 },
+    Established(BackendInfo),
+}
+
+#[derive(Clone, Copy)]
+struct BackendInfo {
+    isn: u32,
+    mac: EthernetAddress,
+    /// The window scale the backend announced (it scales the windows it sends).
+    window_scale: u8,
+    mss: u16,
+    timestamps: bool,
+    ts_recent: u32,
+}
+
+pub(crate) struct Session {
+    client: SocketAddr,
+    vip: SocketAddr,
+    backend: SocketAddr,
+    /// The client-side link as the client's SYN arrived (source: the client or its router).
+    client_link: Link,
+    mode: ReleaseMode,
+    secrets: Arc<SecretLog>,
+    client_isn: u32,
+    our_isn: u32,
+    syn: SynOptions,
+    /// Our window scale toward the client: 0 unless the client offered scaling.
+    our_window_scale: u8,
+    timestamps: bool,
+    client_ts_recent: u32,
+    last_activity_ns: u64,
+    /// Highest client offset seen, to unwrap 32-bit sequence numbers.
+    client_reference: u64,
+    /// Next client offset expected during the handshake.
+    client_next: u64,
+    /// In-order client bytes not yet given to rustls.
+    handshake_in: Vec<u8>,
+    /// Every handshake byte rustls wrote toward the client (our offsets 0..len).
+    handshake_out: Vec<u8>,
+    /// Our offsets acknowledged by the client, and sent.
+    acked: u64,
+    sent: u64,
+    /// The client's window, in bytes.
+    client_window: u64,
+    rto_deadline_ns: Option<u64>,
+    rto_ns: u64,
+    retries: u32,
+    tls: Option<Box<ServerConnection>>,
+    client_random: Option<[u8; 32]>,
+    backend_state: Backend,
+    keys: Option<SessionKeys>,
+    /// Client offset where application records start (after its Finished).
+    client_handshake_len: u64,
+    /// Application bytes that came with the client's Finished (already acknowledged).
+    early_application: Vec<u8>,
+    splice: Option<Box<Splice>>,
+    /// Set when a step deep inside ended the session; the next return reports it.
+    ended: bool,
+}
+
+/// A record the box sealed toward the client, until the client acknowledges it.
+struct MappedRecord {
+    plaintext_start: u64,
+    data_len: u64,
+    cipher_start: u64,
+    sealed: SealedRecord,
+    /// Records the box wrote on its own (close_notify, KeyUpdate): retransmitted by timer.
+    synthetic: Option<SyntheticRecord>,
+}
+
+struct SyntheticRecord {
+    plaintext: Vec<u8>,
+    fin: bool,
+}
+
+struct Splice {
+    opener: RecordOpener,
+    sealer: RecordSealer,
+    out: OpenOutput,
+    client_secret: Option<Secret>,
+    server_secret: Option<Secret>,
+    backend: BackendInfo,
+    records: VecDeque<MappedRecord>,
+    /// Next backend plaintext offset, and our offset of the next record.
+    plaintext_frontier: u64,
+    cipher_frontier: u64,
+    backend_reference: u64,
+    /// Added to the backend's timestamps toward the client, so they continue ours.
+    ts_offset: u32,
+    /// The client's last acknowledgement and window, as forwarded to the backend.
+    client_acked_cipher: u64,
+    /// Plaintext offset of the backend's FIN (its sequence number minus one), once seen.
+    backend_fin: Option<u64>,
+    /// Our offset just past the close_notify record sent with the FIN.
+    client_fin_cipher: Option<u64>,
+    /// The client's FIN (client offset), once seen, and whether it went to the backend.
+    client_fin: Option<u64>,
+    client_fin_forwarded: bool,
+    /// The client closed with close_notify: a FIN goes to the backend after its data.
+    client_close_notify: bool,
+    backend_acked_fin: bool,
+    client_acked_fin: bool,
+    /// The backend's receive window, in bytes.
+    backend_window: u64,
+    /// Our acknowledgement toward the client, mapped from the backend's: a client offset.
+    backend_acked_cipher: u64,
+}
+
+impl Session {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        now_ns: u64,
+        setup: &ListenerSetup,
+        client: SocketAddr,
+        vip: SocketAddr,
+        backend: SocketAddr,
+        client_link: Link,
+        syn: &TcpSegment<'_>,
+        our_isn: u32,
+    ) -> Option<Session> {
+        if client.is_ipv4() != backend.is_ipv4() {
+            // Transparent mode keeps the client's address: the backend must be of its family.
+            return None;
+        }
+        let tls = ServerConnection::new(setup.tls.clone()).ok()?;
+        let options = SynOptions::from(&syn.options);
+        Some(Session {
+            client,
+            vip,
+            backend,
+            client_link,
+            mode: setup.mode,
+            secrets: setup.secrets.clone(),
+            client_isn: syn.seq_number.0,
+            our_isn,
+            syn: options,
+            our_window_scale: if options.window_scale.is_some() { OUR_WINDOW_SCALE } else { 0 },
+            timestamps: options.timestamp.is_some(),
+            client_ts_recent: options.timestamp.map_or(0, |ts| ts.value),
+            last_activity_ns: now_ns,
+            client_reference: 0,
+            client_next: 0,
+            handshake_in: Vec::new(),
+            handshake_out: Vec::new(),
+            acked: 0,
+            sent: 0,
+            client_window: syn.window as u64,
+            rto_deadline_ns: None,
+            rto_ns: INITIAL_RTO_NS,
+            retries: 0,
+            tls: Some(Box::new(tls)),
+            client_random: None,
+            backend_state: Backend::Resolving { asked_ns: 0, tries: 0 },
+            keys: None,
+            client_handshake_len: 0,
+            early_application: Vec::new(),
+            splice: None,
+            ended: false,
+        })
+    }
+
+    pub(crate) fn client(&self) -> SocketAddr {
+        self.client
+    }
+
+    pub(crate) fn vip(&self) -> SocketAddr {
+        self.vip
+    }
+
+    pub(crate) fn backend(&self) -> SocketAddr {
+        self.backend
+    }
+
+    pub(crate) fn waits_for_backend_mac(&self) -> bool {
+        matches!(self.backend_state, Backend::Resolving { tries, .. } if tries > 0)
+    }
+
+    /// The SYN arrived: answer it.
+    pub(crate) fn start(&mut self, context: &mut Context<'_>) -> Option<SessionEvent> {
+        self.send_syn_ack(context);
+        None
+    }
+
+    pub(crate) fn segment(
+        &mut self,
+        context: &mut Context<'_>,
+        port: Port,
+        _link: Link,
+        tcp: &TcpSegment<'_>,
+    ) -> Option<SessionEvent> {
+        self.last_activity_ns = context.now_ns;
+        let event = match port {
+            Port::Outside => self.client_segment(context, tcp),
+            Port::Inside => self.backend_segment(context, tcp),
+        };
+        if self.ended {
+            return Some(SessionEvent::Ended);
+        }
+        event
+    }
+
+    /// Timers: handshake retransmission, backend connection, synthetic records, idle.
+    pub(crate) fn poll(&mut self, context: &mut Context<'_>) -> Option<SessionEvent> {
+        if context.now_ns.saturating_sub(self.last_activity_ns) > context.idle_timeout_ns {
+            context.counters.ended_idle += 1;
+            self.reset_both(context);
+            return Some(SessionEvent::Ended);
+        }
+        if let Some(event) = self.poll_backend(context) {
+            return Some(event);
+        }
+        if let Some(deadline) = self.rto_deadline_ns {
+            if context.now_ns >= deadline {
+                self.retries += 1;
+                if self.retries > MAX_RETRIES {
+                    context.counters.ended_tls_error += 1;
+                    self.reset_both(context);
+                    return Some(SessionEvent::Ended);
+                }
+                self.rto_ns = (self.rto_ns * 2).min(60_000_000_000);
+                self.sent = self.acked;
+                self.transmit_handshake(context);
+                self.retransmit_synthetic(context);
+                self.rto_deadline_ns = Some(context.now_ns + self.rto_ns);
+            }
+        }
+        None
+    }
+
+    // -------------------------------------------------------------------------------------
+    // Client side.
+
+    fn client_segment(&mut self, context: &mut Context<'_>, tcp: &TcpSegment<'_>) -> Option<SessionEvent> {
+        if tcp.flags.contains(TcpFlags::RST) {
+            context.counters.ended_client_reset += 1;
+            self.reset_backend(context);
+            return Some(SessionEvent::Ended);
+        }
+        if tcp.flags.contains(TcpFlags::SYN) {
+            if tcp.seq_number.0 == self.client_isn {
+                self.send_syn_ack(context);
+            }
+            return None;
+        }
+        if let Some(ts) = tcp.options.timestamp {
+            self.client_ts_recent = ts.value;
+        }
+        let scale = self.syn.window_scale.unwrap_or(0);
+        self.client_window = (tcp.window as u64) << scale;
+        if tcp.flags.contains(TcpFlags::ACK) {
+            let acked = self.our_offset(tcp.ack_number.0);
+            if acked > self.acked && acked <= self.handshake_out.len() as u64 {
+                self.acked = acked;
+                self.retries = 0;
+                self.rto_ns = INITIAL_RTO_NS;
+                self.rto_deadline_ns =
+                    if self.acked < self.handshake_out.len() as u64 { Some(context.now_ns + self.rto_ns) } else { None };
+            }
+        }
+        if self.splice.is_some() {
+            return self.client_segment_splice(context, tcp);
+        }
+        let offset = self.client_offset(tcp.seq_number.0);
+        let payload = tcp.payload;
+        if !payload.is_empty() {
+            let end = offset + payload.len() as u64;
+            if offset <= self.client_next && end > self.client_next && self.tls.is_some() {
+                let fresh = &payload[(self.client_next - offset) as usize..];
+                if self.handshake_in.len() + fresh.len() > MAX_HANDSHAKE_BYTES {
+                    context.counters.ended_tls_error += 1;
+                    self.reset_both(context);
+                    return Some(SessionEvent::Ended);
+                }
+                self.handshake_in.extend_from_slice(fresh);
+                self.client_next = end;
+                if let Err(()) = self.drive_tls(context) {
+                    context.counters.ended_tls_error += 1;
+                    self.transmit_handshake(context);
+                    self.send_to_client(context, TcpFlags::RST | TcpFlags::ACK, self.handshake_out.len() as u64, &[]);
+                    self.reset_backend(context);
+                    return Some(SessionEvent::Ended);
+                }
+            } else if offset > self.client_next || self.tls.is_none() {
+                // Out of order, or application data before the splice is ready: TCP resends.
+                context.counters.client_segments_dropped += 1;
+            }
+            self.send_ack_to_client(context);
+        }
+        if tcp.flags.contains(TcpFlags::FIN) {
+            // The client gave up before the splice started.
+            context.counters.ended_fin += 1;
+            self.send_to_client(context, TcpFlags::RST | TcpFlags::ACK, self.sent, &[]);
+            self.reset_backend(context);
+            return Some(SessionEvent::Ended);
+        }
+        self.transmit_handshake(context);
+        None
+    }
+
+    /// Feeds rustls one whole record at a time while it is handshaking (the client's first
+    /// application record must stay for the record engine), then hands the keys over.
+    fn drive_tls(&mut self, context: &mut Context<'_>) -> Result<(), ()> {
+        let Some(tls) = self.tls.as_mut() else { return Ok(()) };
+        while tls.is_handshaking() && self.handshake_in.len() >= 5 {
+            let len = 5 + u16::from_be_bytes([self.handshake_in[3], self.handshake_in[4]]) as usize;
+            if self.handshake_in.len() < len {
+                break;
+            }
+            let record: Vec<u8> = self.handshake_in.drain(..len).collect();
+            if self.client_random.is_none() && record.len() >= 43 && record[0] == 22 && record[5] == 1 {
+                let mut random = [0u8; 32];
+                random.copy_from_slice(&record[11..43]);
+                self.client_random = Some(random);
+            }
+            let mut reader = &record[..];
+            while !reader.is_empty() {
+                if tls.read_tls(&mut reader).is_err() {
+                    return Err(());
+                }
+            }
+            let processed = tls.process_new_packets();
+            while tls.wants_write() {
+                if tls.write_tls(&mut self.handshake_out).is_err() {
+                    return Err(());
+                }
+            }
+            if processed.is_err() {
+                return Err(());
+            }
+        }
+        let handshaking = tls.is_handshaking();
+        if !handshaking {
+            while tls.wants_write() {
+                if tls.write_tls(&mut self.handshake_out).is_err() {
+                    return Err(());
+                }
+            }
+        }
+        // The ClientHello has been read: the backend connection starts alongside the handshake.
+        if self.client_random.is_some() && matches!(self.backend_state, Backend::Resolving { tries: 0, .. }) {
+            self.connect_backend(context);
+        }
+        if !handshaking {
+            self.hand_over(context)?;
+        }
+        Ok(())
+    }
+
+    /// Takes the keys out of rustls and drops it.
+    fn hand_over(&mut self, context: &mut Context<'_>) -> Result<(), ()> {
+        let Some(tls) = self.tls.take() else { return Ok(()) };
+        let Some(suite) = tls.negotiated_cipher_suite() else { return Err(()) };
+        let extracted = tls.dangerous_extract_secrets().map_err(|_| ())?;
+        let secrets = self.client_random.and_then(|random| self.secrets.take(&random));
+        let keys = session_keys(suite, extracted, secrets).map_err(|_| ())?;
+        self.keys = Some(keys);
+        context.counters.handshakes_completed += 1;
+        self.client_handshake_len = self.client_next - self.handshake_in.len() as u64;
+        self.early_application = std::mem::take(&mut self.handshake_in);
+        self.try_start_splice(context);
+        Ok(())
+    }
+
+    fn transmit_handshake(&mut self, context: &mut Context<'_>) {
+        let total = self.handshake_out.len() as u64;
+        let mss = self.syn.mss.max(64) as u64;
+        while self.sent < total && self.sent < self.acked + self.client_window.max(mss) {
+            let end = (self.sent + mss).min(total);
+            let bytes = self.handshake_out[self.sent as usize..end as usize].to_vec();
+            self.send_to_client(context, TcpFlags::ACK | TcpFlags::PSH, self.sent, &bytes);
+            self.sent = end;
+        }
+        if self.acked < total && self.rto_deadline_ns.is_none() {
+            self.rto_deadline_ns = Some(context.now_ns + self.rto_ns);
+        }
+    }
+
+    fn send_syn_ack(&mut self, context: &mut Context<'_>) {
+        let mut options = TcpOptions::default();
+        let ip_overhead = if self.client.is_ipv4() { 40 } else { 60 };
+        options.max_segment_size = Some(1500 - ip_overhead);
+        if self.syn.window_scale.is_some() {
+            options.window_scale = Some(self.our_window_scale);
+        }
+        options.sack_permitted = false;
+        if self.timestamps {
+            options.timestamp = Some(TcpTimestamp { value: ts_now(context.now_ns), echo_reply: self.client_ts_recent });
+        }
+        let segment = Segment {
+            source: self.vip,
+            destination: self.client,
+            seq: self.our_isn,
+            ack: self.client_isn.wrapping_add(1),
+            flags: TcpFlags::SYN | TcpFlags::ACK,
+            window: 65535,
+            options,
+            payload: &[],
+        };
+        context.out.push(Port::Outside, emit::tcp_frame(self.reply_link(), &segment));
+    }
+
+    fn send_ack_to_client(&mut self, context: &mut Context<'_>) {
+        self.send_to_client(context, TcpFlags::ACK, self.sent, &[]);
+    }
+
+    /// A segment to the client at our offset `offset`, acknowledging what the box took.
+    fn send_to_client(&mut self, context: &mut Context<'_>, flags: TcpFlags, offset: u64, payload: &[u8]) {
+        let ack_offset = match &self.splice {
+            Some(splice) => splice.client_ack_offset(self.client_handshake_len),
+            None => self.client_next,
+        };
+        let window = (self.our_receive_window() >> self.our_window_scale).min(65535) as u16;
+        self.emit_to_client(context, flags, offset, ack_offset, window, None, payload);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn emit_to_client(
+        &self,
+        context: &mut Context<'_>,
+        flags: TcpFlags,
+        offset: u64,
+        ack_offset: u64,
+        window: u16,
+        ts_value: Option<u32>,
+        payload: &[u8],
+    ) {
+        let mut options = TcpOptions::default();
+        if self.timestamps {
+            let value = ts_value.unwrap_or_else(|| ts_now(context.now_ns));
+            options.timestamp = Some(TcpTimestamp { value, echo_reply: self.client_ts_recent });
+        }
+        let segment = Segment {
+            source: self.vip,
+            destination: self.client,
+            seq: self.our_isn.wrapping_add(1).wrapping_add(offset as u32),
+            ack: self.client_isn.wrapping_add(1).wrapping_add(ack_offset as u32),
+            flags,
+            window,
+            options,
+            payload,
+        };
+        context.out.push(Port::Outside, emit::tcp_frame(self.reply_link(), &segment));
+    }
+
+    fn our_receive_window(&self) -> u64 {
+        match &self.splice {
+            // The backend's window, in plaintext bytes; ciphertext carries at least as many.
+            Some(splice) => splice.backend_window,
+            None => 65535,
+        }
+    }
+
+    fn reply_link(&self) -> Link {
+        Link { source: self.client_link.destination, destination: self.client_link.source }
+    }
+
+    fn client_offset(&mut self, seq: u32) -> u64 {
+        let offset = unwrap(self.client_reference, seq.wrapping_sub(self.client_isn.wrapping_add(1)));
+        self.client_reference = self.client_reference.max(offset);
+        offset
+    }
+
+    fn our_offset(&self, ack: u32) -> u64 {
+        let reference = self.splice.as_ref().map_or(self.sent, |splice| splice.cipher_frontier);
+        unwrap(reference, ack.wrapping_sub(self.our_isn.wrapping_add(1)))
+    }
+
+    // -------------------------------------------------------------------------------------
+    // Backend side.
+
+    fn backend_link(&self, mac: EthernetAddress) -> Link {
+        // Transparent: the frame looks like the client's, from the client's side of the wire.
+        Link { source: self.client_link.source, destination: mac }
+    }
+
+    fn connect_backend(&mut self, context: &mut Context<'_>) {
+        match context.inside_macs.get(&self.backend.ip()).copied() {
+            Some(mac) => {
+                self.send_backend_syn(context, mac);
+                self.backend_state = Backend::SynSent { sent_ns: context.now_ns, tries: 1 };
+            }
+            None => {
+                self.ask_backend_mac(context);
+                let tries = match self.backend_state {
+                    Backend::Resolving { tries, .. } => tries + 1,
+                    _ => 1,
+                };
+                self.backend_state = Backend::Resolving { asked_ns: context.now_ns, tries };
+            }
+        }
+    }
+
+    fn ask_backend_mac(&self, context: &mut Context<'_>) {
+        let our_mac = self.client_link.source;
+        match (self.client.ip(), self.backend.ip()) {
+            (IpAddr::V4(client), IpAddr::V4(backend)) => context.out.push(
+                Port::Inside,
+                emit::arp_frame(
+                    ArpOperation::Request,
+                    (our_mac, client),
+                    (EthernetAddress([0; 6]), backend),
+                    EthernetAddress::BROADCAST,
+                ),
+            ),
+            (IpAddr::V6(client), IpAddr::V6(backend)) => {
+                let (group, group_mac) = emit::solicited_node(backend);
+                context.out.push(
+                    Port::Inside,
+                    emit::ndp_frame(false, Link { source: our_mac, destination: group_mac }, client, group, backend, our_mac),
+                );
+            }
+            _ => {}
+        }
+    }
+
+    fn send_backend_syn(&self, context: &mut Context<'_>, mac: EthernetAddress) {
+        let mut options = TcpOptions::default();
+        options.max_segment_size = Some(self.syn.mss.saturating_sub(MAX_RECORD_OVERHEAD).max(64));
+        options.window_scale = self.syn.window_scale;
+        options.timestamp = self.syn.timestamp.map(|ts| TcpTimestamp { value: ts.value, echo_reply: 0 });
+        let segment = Segment {
+            source: self.client,
+            destination: self.backend,
+            seq: self.client_isn,
+            ack: 0,
+            flags: TcpFlags::SYN,
+            window: 65535,
+            options,
+            payload: &[],
+        };
+        context.out.push(Port::Inside, emit::tcp_frame(self.backend_link(mac), &segment));
+    }
+
+    fn poll_backend(&mut self, context: &mut Context<'_>) -> Option<SessionEvent> {
+        match self.backend_state {
+            Backend::Resolving { asked_ns, tries } if tries > 0 => {
+                if context.inside_macs.contains_key(&self.backend.ip()) {
+                    self.connect_backend(context);
+                } else if context.now_ns >= asked_ns + INITIAL_RTO_NS {
+                    if tries >= MAX_RETRIES {
+                        return Some(self.backend_unreachable(context));
+                    }
+                    self.connect_backend(context);
+                }
+            }
+            Backend::SynSent { sent_ns, tries } if context.now_ns >= sent_ns + (INITIAL_RTO_NS << tries.min(6)) => {
+                if tries >= MAX_RETRIES {
+                    return Some(self.backend_unreachable(context));
+                }
+                if let Some(mac) = context.inside_macs.get(&self.backend.ip()).copied() {
+                    self.send_backend_syn(context, mac);
+                }
+                self.backend_state = Backend::SynSent { sent_ns: context.now_ns, tries: tries + 1 };
+            }
+            _ => {}
+        }
+        None
+    }
+
+    fn backend_unreachable(&mut self, context: &mut Context<'_>) -> SessionEvent {
+        context.counters.ended_backend_unreachable += 1;
+        self.send_to_client(context, TcpFlags::RST | TcpFlags::ACK, self.sent, &[]);
+        SessionEvent::Ended
+    }
+
+    fn backend_segment(&mut self, context: &mut Context<'_>, tcp: &TcpSegment<'_>) -> Option<SessionEvent> {
+        if tcp.flags.contains(TcpFlags::RST) {
+            context.counters.ended_backend_reset += 1;
+            let offset = self.splice.as_ref().map_or(self.sent, |splice| splice.cipher_frontier);
+            self.send_to_client(context, TcpFlags::RST | TcpFlags::ACK, offset, &[]);
+            return Some(SessionEvent::Ended);
+        }
+        if tcp.flags.contains(TcpFlags::SYN) && tcp.flags.contains(TcpFlags::ACK) {
+            if tcp.ack_number.0 != self.client_isn.wrapping_add(1) {
+                return None;
+            }
+            let Some(mac) = context.inside_macs.get(&self.backend.ip()).copied() else { return None };
+            let info = BackendInfo {
+                isn: tcp.seq_number.0,
+                mac,
+                window_scale: if self.syn.window_scale.is_some() { tcp.options.window_scale.unwrap_or(0).min(14) } else { 0 },
+                mss: tcp.options.max_segment_size.unwrap_or(536),
+                timestamps: tcp.options.timestamp.is_some() && self.timestamps,
+                ts_recent: tcp.options.timestamp.map_or(0, |ts| ts.value),
+            };
+            // Complete the backend's handshake (also when its SYN-ACK is a retransmission).
+            let mut options = TcpOptions::default();
+            if info.timestamps {
+                options.timestamp = Some(TcpTimestamp { value: self.client_ts_recent, echo_reply: info.ts_recent });
+            }
+            let segment = Segment {
+                source: self.client,
+                destination: self.backend,
+                seq: self.client_isn.wrapping_add(1),
+                ack: info.isn.wrapping_add(1),
+                flags: TcpFlags::ACK,
+                window: (65535u64 >> self.syn.window_scale.unwrap_or(0)).max(1) as u16,
+                options,
+                payload: &[],
+            };
+            context.out.push(Port::Inside, emit::tcp_frame(self.backend_link(mac), &segment));
+            if !matches!(self.backend_state, Backend::Established(_)) {
+                self.backend_state = Backend::Established(info);
+                self.try_start_splice(context);
+            }
+            return None;
+        }
+        if self.splice.is_some() {
+            return self.backend_segment_splice(context, tcp);
+        }
+        // Data from the backend before the client's handshake is done: not taken, not acked.
+        if !tcp.payload.is_empty() {
+            context.counters.backend_segments_dropped += 1;
+        }
+        None
+    }
+
+    fn reset_backend(&self, context: &mut Context<'_>) {
+        let (Backend::Established(info), Some(mac)) = (&self.backend_state, context.inside_macs.get(&self.backend.ip()))
+        else {
+            return;
+        };
+        let plaintext = self.splice.as_ref().map_or(0, |splice| splice.opener.next_plaintext_offset());
+        let segment = Segment {
+            source: self.client,
+            destination: self.backend,
+            seq: self.client_isn.wrapping_add(1).wrapping_add(plaintext as u32),
+            ack: info.isn.wrapping_add(1),
+            flags: TcpFlags::RST | TcpFlags::ACK,
+            window: 0,
+            options: TcpOptions::default(),
+            payload: &[],
+        };
+        context.out.push(Port::Inside, emit::tcp_frame(self.backend_link(*mac), &segment));
+    }
+
+    fn reset_both(&self, context: &mut Context<'_>) {
+        let offset = self.splice.as_ref().map_or(self.sent, |splice| splice.cipher_frontier);
+        let mut options = TcpOptions::default();
+        options.timestamp = None;
+        let segment = Segment {
+            source: self.vip,
+            destination: self.client,
+            seq: self.our_isn.wrapping_add(1).wrapping_add(offset as u32),
+            ack: 0,
+            flags: TcpFlags::RST,
+            window: 0,
+            options,
+            payload: &[],
+        };
+        context.out.push(Port::Outside, emit::tcp_frame(self.reply_link(), &segment));
+        self.reset_backend(context);
+    }
+
+    // -------------------------------------------------------------------------------------
+    // The splice.
+
+    fn try_start_splice(&mut self, context: &mut Context<'_>) {
+        if self.splice.is_some() || self.keys.is_none() {
+            return;
+        }
+        let Backend::Established(backend) = self.backend_state else { return };
+        let Some(keys) = self.keys.take() else { return };
+        let config = OpenerConfig { mode: self.mode, max_records: 256, keep_completed: true, hold_whole_below: 32 };
+        let opener = RecordOpener::new(&keys.client.keys, keys.client.seq, self.client_handshake_len, config);
+        let sealer = RecordSealer::new(&keys.server.keys, keys.server.seq);
+        let handshake_len = self.handshake_out.len() as u64;
+        self.splice = Some(Box::new(Splice {
+            opener,
+            sealer,
+            out: OpenOutput::default(),
+            client_secret: keys.client.secret,
+            server_secret: keys.server.secret,
+            backend,
+            records: VecDeque::new(),
+            plaintext_frontier: 0,
+            cipher_frontier: handshake_len,
+            backend_reference: 0,
+            ts_offset: ts_now(context.now_ns).wrapping_add(1).wrapping_sub(backend.ts_recent),
+            client_acked_cipher: self.acked,
+            backend_fin: None,
+            client_fin_cipher: None,
+            client_fin: None,
+            client_fin_forwarded: false,
+            client_close_notify: false,
+            backend_acked_fin: false,
+            client_acked_fin: false,
+            backend_window: 65535,
+            backend_acked_cipher: self.client_handshake_len,
+        }));
+        let early = std::mem::take(&mut self.early_application);
+        if !early.is_empty() {
+            let offset = self.client_handshake_len;
+            if self.open_client_bytes(context, offset, early, None).is_err() {
+                self.ended = true;
+            }
+        }
+        // The client's acknowledgement of what we took so far.
+        self.send_ack_to_client(context);
+    }
+
+    fn client_segment_splice(&mut self, context: &mut Context<'_>, tcp: &TcpSegment<'_>) -> Option<SessionEvent> {
+        let offset = self.client_offset(tcp.seq_number.0);
+        let scale = self.syn.window_scale.unwrap_or(0);
+        let client_window = (tcp.window as u64) << scale;
+        let Some(splice) = self.splice.as_mut() else { return None };
+        if tcp.flags.contains(TcpFlags::ACK) {
+            let acked = unwrap(splice.cipher_frontier, tcp.ack_number.0.wrapping_sub(self.our_isn.wrapping_add(1)));
+            splice.client_ack(acked);
+        }
+        let _ = client_window;
+        let mut forwarded = false;
+        if !tcp.payload.is_empty() {
+            let end = offset + tcp.payload.len() as u64;
+            if end <= self.client_handshake_len {
+                // A retransmitted handshake record: acknowledge it again.
+                self.send_ack_to_client(context);
+            } else {
+                let skip = self.client_handshake_len.saturating_sub(offset) as usize;
+                let ts = tcp.options.timestamp;
+                match self.open_client_bytes(context, offset + skip as u64, tcp.payload[skip..].to_vec(), ts) {
+                    Ok(sent) => forwarded = sent,
+                    Err(event) => return Some(event),
+                }
+            }
+        }
+        if tcp.flags.contains(TcpFlags::FIN) {
+            let fin_offset = offset + tcp.payload.len() as u64;
+            if let Some(splice) = self.splice.as_mut() {
+                splice.client_fin = Some(fin_offset);
+            }
+        }
+        if let Some(event) = self.forward_client_fin(context) {
+            return Some(event);
+        }
+        if !forwarded {
+            // A pure acknowledgement or window update: pass it on.
+            self.ack_backend(context, tcp.options.timestamp);
+        }
+        self.check_closed(context)
+    }
+
+    /// Opens client bytes at client offset `offset` and forwards the plaintext to the backend.
+    /// Returns whether a segment went to the backend.
+    fn open_client_bytes(
+        &mut self,
+        context: &mut Context<'_>,
+        offset: u64,
+        mut chunk: Vec<u8>,
+        ts: Option<TcpTimestamp>,
+    ) -> Result<bool, SessionEvent> {
+        let Some(splice) = self.splice.as_mut() else { return Ok(false) };
+        let mut out = std::mem::take(&mut splice.out);
+        let mut result = splice.opener.open(offset, &mut chunk, &mut out);
+        let mut key_update_answer = false;
+        loop {
+            match result {
+                Err(OpenError::TagMismatch { .. }) => {
+                    context.counters.ended_tag_failure += 1;
+                    self.fail_with_alert(context, 20); // bad_record_mac
+                    return Err(SessionEvent::Ended);
+                }
+                Err(_) => {
+                    context.counters.ended_tls_error += 1;
+                    self.fail_with_alert(context, 10); // unexpected_message
+                    return Err(SessionEvent::Ended);
+                }
+                Ok(step) => match step.stop {
+                    None => break,
+                    Some(Stop::Refused(_)) => {
+                        context.counters.client_segments_dropped += 1;
+                        break;
+                    }
+                    Some(Stop::Record(done)) => {
+                        context.counters.records_opened += 1;
+                        let plaintext = done.plaintext.clone().map(|range| out.held[range].to_vec());
+                        let Some(splice) = self.splice.as_mut() else { return Ok(false) };
+                        match done.content_type {
+                            ContentType::Handshake => {
+                                // TLS 1.3 KeyUpdate (24, length 1, request flag).
+                                match plaintext.as_deref() {
+                                    Some([24, 0, 0, 1, request]) if *request <= 1 => {
+                                        let Some(next) = splice.client_secret.as_ref().map(Secret::next_generation) else {
+                                            return Err(self.fail_tls(context));
+                                        };
+                                        splice.opener.rekey(&next.traffic_keys(next_aead(&splice.sealer)));
+                                        splice.client_secret = Some(next);
+                                        key_update_answer |= *request == 1;
+                                    }
+                                    _ => return Err(self.fail_tls(context)),
+                                }
+                            }
+                            ContentType::Alert => match plaintext.as_deref() {
+                                Some([_, 0]) => splice.client_close_notify = true,
+                                _ => {
+                                    context.counters.ended_client_reset += 1;
+                                    self.reset_backend(context);
+                                    return Err(SessionEvent::Ended);
+                                }
+                            },
+                            ContentType::ApplicationData => {}
+                            _ => return Err(self.fail_tls(context)),
+                        }
+                        let Some(splice) = self.splice.as_mut() else { return Ok(false) };
+                        result = splice.opener.open_more(offset, &mut chunk, step.consumed, &mut out);
+                    }
+                },
+            }
+        }
+        // Plaintext to the backend, in contiguous runs of at most the backend's MSS.
+        let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
+        for release in &out.releases {
+            let bytes = out.bytes(&chunk, release);
+            match runs.last_mut() {
+                Some((start, run)) if *start + run.len() as u64 == release.plaintext_offset => run.extend_from_slice(bytes),
+                _ => runs.push((release.plaintext_offset, bytes.to_vec())),
+            }
+        }
+        let Some(splice) = self.splice.as_mut() else { return Ok(false) };
+        splice.out = out;
+        let mss = splice.backend.mss.max(64) as usize;
+        let mut sent = false;
+        for (start, run) in runs {
+            for (i, piece) in run.chunks(mss).enumerate() {
+                self.send_to_backend(context, start + (i * mss) as u64, TcpFlags::ACK | TcpFlags::PSH, piece, ts);
+                sent = true;
+            }
+        }
+        if key_update_answer {
+            self.send_key_update(context);
+        }
+        Ok(sent)
+    }
+
+    fn fail_tls(&mut self, context: &mut Context<'_>) -> SessionEvent {
+        context.counters.ended_tls_error += 1;
+        self.fail_with_alert(context, 10);
+        SessionEvent::Ended
+    }
+
+    /// A fatal alert to the client, then resets both ways.
+    fn fail_with_alert(&mut self, context: &mut Context<'_>, description: u8) {
+        if let Some(splice) = self.splice.as_mut() {
+            let plaintext = [2, description];
+            let mut record = vec![0u8; splice.sealer.record_len(plaintext.len())];
+            if splice.sealer.seal(ContentType::Alert, &plaintext, &mut record).is_ok() {
+                let offset = splice.cipher_frontier;
+                splice.cipher_frontier += record.len() as u64;
+                self.send_to_client(context, TcpFlags::ACK | TcpFlags::PSH, offset, &record);
+            }
+        }
+        self.reset_both(context);
+    }
+
+    /// Our own KeyUpdate toward the client (answering update_requested), then new keys.
+    fn send_key_update(&mut self, context: &mut Context<'_>) {
+        let Some(splice) = self.splice.as_mut() else { return };
+        let Some(next) = splice.server_secret.as_ref().map(Secret::next_generation) else { return };
+        splice.push_synthetic(ContentType::Handshake, vec![24, 0, 0, 1, 0], false);
+        let aead = next_aead(&splice.sealer);
+        splice.sealer.rekey(&next.traffic_keys(aead));
+        splice.server_secret = Some(next);
+        self.retransmit_synthetic(context);
+    }
+
+    /// A segment to the backend carrying plaintext at `plaintext_offset`.
+    fn send_to_backend(
+        &self,
+        context: &mut Context<'_>,
+        plaintext_offset: u64,
+        flags: TcpFlags,
+        payload: &[u8],
+        client_ts: Option<TcpTimestamp>,
+    ) {
+        let Some(splice) = self.splice.as_ref() else { return };
+        let backend = splice.backend;
+        let mut options = TcpOptions::default();
+        if backend.timestamps {
+            let value = client_ts.map_or(self.client_ts_recent, |ts| ts.value);
+            let echo = client_ts.map_or(backend.ts_recent, |ts| ts.echo_reply.wrapping_sub(splice.ts_offset));
+            options.timestamp = Some(TcpTimestamp { value, echo_reply: echo });
+        }
+        let plaintext_acked = splice.backend_plaintext_acked();
+        let window_scale = self.syn.window_scale.unwrap_or(0);
+        // The client's window is in ciphertext; the backend's plaintext fits it with overhead.
+        let client_window = self.client_window * 16 / 17;
+        let segment = Segment {
+            source: self.client,
+            destination: self.backend,
+            seq: self.client_isn.wrapping_add(1).wrapping_add(plaintext_offset as u32),
+            ack: backend.isn.wrapping_add(1).wrapping_add(plaintext_acked as u32),
+            flags,
+            window: (client_window >> window_scale).min(65535) as u16,
+            options,
+            payload,
+        };
+        context.out.push(Port::Inside, emit::tcp_frame(self.backend_link(backend.mac), &segment));
+    }
+
+    fn ack_backend(&self, context: &mut Context<'_>, ts: Option<TcpTimestamp>) {
+        let Some(splice) = self.splice.as_ref() else { return };
+        let offset = splice.opener.next_plaintext_offset() + splice.client_fin_forwarded as u64;
+        self.send_to_backend(context, offset, TcpFlags::ACK, &[], ts);
+    }
+
+    /// The client's FIN goes to the backend once everything before it was opened.
+    fn forward_client_fin(&mut self, context: &mut Context<'_>) -> Option<SessionEvent> {
+        let Some(splice) = self.splice.as_mut() else { return None };
+        if splice.client_fin_forwarded {
+            return None;
+        }
+        let complete = match splice.client_fin {
+            Some(fin) => splice.opener.is_idle() && splice.opener.next_header_offset() >= fin,
+            None => false,
+        };
+        if complete || (splice.client_close_notify && splice.opener.is_idle()) {
+            let offset = splice.opener.next_plaintext_offset();
+            splice.client_fin_forwarded = true;
+            self.send_to_backend(context, offset, TcpFlags::FIN | TcpFlags::ACK, &[], None);
+        }
+        None
+    }
+
+    fn backend_segment_splice(&mut self, context: &mut Context<'_>, tcp: &TcpSegment<'_>) -> Option<SessionEvent> {
+        let Some(splice) = self.splice.as_mut() else { return None };
+        if let Some(ts) = tcp.options.timestamp {
+            splice.backend.ts_recent = ts.value;
+        }
+        splice.backend_window = (tcp.window as u64) << splice.backend.window_scale;
+        let backend_isn = splice.backend.isn;
+        let offset = unwrap(splice.backend_reference, tcp.seq_number.0.wrapping_sub(backend_isn.wrapping_add(1)));
+        splice.backend_reference = splice.backend_reference.max(offset);
+        if tcp.flags.contains(TcpFlags::ACK) {
+            // Plaintext of the client's stream the backend has: map to the client's records.
+            let acked = unwrap(splice.opener.next_plaintext_offset(), tcp.ack_number.0.wrapping_sub(self.client_isn.wrapping_add(1)));
+            let data_acked = acked.min(splice.opener.next_plaintext_offset());
+            if splice.client_fin_forwarded && acked > splice.opener.next_plaintext_offset() {
+                splice.backend_acked_fin = true;
+            }
+            let cipher = splice.opener.ciphertext_for_plaintext_ack(data_acked);
+            splice.opener.acknowledge(cipher);
+            splice.backend_acked_cipher = cipher;
+        }
+        let ts_value = tcp.options.timestamp.map(|ts| ts.value.wrapping_add(splice.ts_offset));
+        let mut sent = false;
+        if !tcp.payload.is_empty() {
+            sent = self.seal_backend_bytes(context, offset, tcp.payload, ts_value);
+        }
+        if tcp.flags.contains(TcpFlags::FIN) {
+            let fin_offset = offset + tcp.payload.len() as u64;
+            if let Some(splice) = self.splice.as_mut() {
+                if splice.backend_fin.is_none() && fin_offset == splice.plaintext_frontier {
+                    splice.backend_fin = Some(fin_offset);
+                    // close_notify, sealed, carries the FIN to the client.
+                    splice.push_synthetic(ContentType::Alert, vec![1, 0], true);
+                    splice.client_fin_cipher = Some(splice.cipher_frontier);
+                    self.retransmit_synthetic(context);
+                    sent = true;
+                }
+            }
+        }
+        if !sent {
+            let Some(splice) = self.splice.as_ref() else { return None };
+            let window = (splice.backend_window >> self.our_window_scale).min(65535) as u16;
+            let ack_offset = splice.client_ack_offset(self.client_handshake_len);
+            self.emit_to_client(context, TcpFlags::ACK, splice.cipher_frontier, ack_offset, window, ts_value, &[]);
+        }
+        self.check_closed(context)
+    }
+
+    /// Backend plaintext at `offset`: new bytes become one record; bytes already sealed are
+    /// rebuilt from the record map. Returns whether anything went to the client.
+    fn seal_backend_bytes(&mut self, context: &mut Context<'_>, offset: u64, payload: &[u8], ts: Option<u32>) -> bool {
+        let Some(splice) = self.splice.as_mut() else { return false };
+        let end = offset + payload.len() as u64;
+        if offset > splice.plaintext_frontier {
+            // Ahead of a gap: the record framing of the gap is not decided yet. Dropped; the
+            // backend sends it again after the gap.
+            context.counters.backend_segments_dropped += 1;
+            return false;
+        }
+        let mut pieces: Vec<(u64, Vec<u8>)> = Vec::new();
+        // Retransmitted bytes: regenerate the records' bytes that carry them.
+        if offset < splice.plaintext_frontier {
+            let old_end = end.min(splice.plaintext_frontier);
+            for record in splice.records.iter().filter(|r| r.data_len > 0) {
+                let record_end = record.plaintext_start + record.data_len;
+                if record_end <= offset || record.plaintext_start >= old_end {
+                    continue;
+                }
+                let from = offset.max(record.plaintext_start);
+                let to = old_end.min(record_end);
+                let data_offset = (5 + splice.sealer.framing().explicit_nonce_len()) as u64;
+                let range_start = if from == record.plaintext_start { 0 } else { data_offset + (from - record.plaintext_start) };
+                let range_end = if to == record_end {
+                    record.sealed.record_len as u64
+                } else {
+                    data_offset + (to - record.plaintext_start)
+                };
+                let data = &payload[(from - offset) as usize..(to - offset) as usize];
+                let mut bytes = vec![0u8; (range_end - range_start) as usize];
+                if splice.sealer.regenerate(&record.sealed, range_start as usize..range_end as usize, data, &mut bytes).is_ok() {
+                    context.counters.records_regenerated += 1;
+                    pieces.push((record.cipher_start + range_start, bytes));
+                }
+            }
+        }
+        // New bytes: one record.
+        if end > splice.plaintext_frontier {
+            if splice.records.len() >= MAX_MAPPED_RECORDS {
+                context.counters.backend_segments_dropped += 1;
+            } else {
+                let fresh = &payload[(splice.plaintext_frontier - offset) as usize..];
+                for data in fresh.chunks(cutls_crypto::record::MAX_FRAGMENT_LEN) {
+                    let mut record = vec![0u8; splice.sealer.record_len(data.len())];
+                    let Ok(sealed) = splice.sealer.seal(ContentType::ApplicationData, data, &mut record) else { break };
+                    context.counters.records_sealed += 1;
+                    splice.records.push_back(MappedRecord {
+                        plaintext_start: splice.plaintext_frontier,
+                        data_len: data.len() as u64,
+                        cipher_start: splice.cipher_frontier,
+                        sealed,
+                        synthetic: None,
+                    });
+                    pieces.push((splice.cipher_frontier, record.clone()));
+                    splice.plaintext_frontier += data.len() as u64;
+                    splice.cipher_frontier += record.len() as u64;
+                }
+            }
+        }
+        let window = (splice.backend_window >> self.our_window_scale).min(65535) as u16;
+        let ack_offset = splice.client_ack_offset(self.client_handshake_len);
+        let sent = !pieces.is_empty();
+        for (cipher, bytes) in pieces {
+            self.emit_to_client(context, TcpFlags::ACK | TcpFlags::PSH, cipher, ack_offset, window, ts, &bytes);
+        }
+        sent
+    }
+
+    /// Sends (again) the records the box wrote on its own that the client has not acknowledged.
+    fn retransmit_synthetic(&mut self, context: &mut Context<'_>) {
+        let Some(splice) = self.splice.as_ref() else { return };
+        let window = (splice.backend_window >> self.our_window_scale).min(65535) as u16;
+        let ack_offset = splice.client_ack_offset(self.client_handshake_len);
+        let mut frames = Vec::new();
+        for record in &splice.records {
+            let Some(synthetic) = &record.synthetic else { continue };
+            let mut bytes = vec![0u8; record.sealed.record_len];
+            let range = 0..record.sealed.record_len;
+            if splice.sealer.regenerate(&record.sealed, range, &synthetic.plaintext, &mut bytes).is_ok() {
+                let flags = if synthetic.fin { TcpFlags::ACK | TcpFlags::PSH | TcpFlags::FIN } else { TcpFlags::ACK | TcpFlags::PSH };
+                frames.push((record.cipher_start, flags, bytes));
+            }
+        }
+        for (offset, flags, bytes) in frames {
+            self.emit_to_client(context, flags, offset, ack_offset, window, None, &bytes);
+        }
+        if self.splice.as_ref().is_some_and(|s| s.records.iter().any(|r| r.synthetic.is_some())) && self.rto_deadline_ns.is_none() {
+            self.rto_deadline_ns = Some(context.now_ns + self.rto_ns);
+        }
+    }
+
+    fn check_closed(&mut self, context: &mut Context<'_>) -> Option<SessionEvent> {
+        let splice = self.splice.as_ref()?;
+        let client_done = splice.client_fin_forwarded && splice.backend_acked_fin;
+        let backend_done = splice.backend_fin.is_some() && splice.client_acked_fin;
+        if client_done && backend_done {
+            context.counters.ended_fin += 1;
+            return Some(SessionEvent::Ended);
+        }
+        None
+    }
+}
+
+impl Splice {
+    /// The client acknowledged our offset `acked`: forget records it has, note its FIN ack.
+    fn client_ack(&mut self, acked: u64) {
+        if acked > self.client_acked_cipher {
+            self.client_acked_cipher = acked;
+        }
+        if let Some(fin) = self.client_fin_cipher {
+            if acked > fin {
+                self.client_acked_fin = true;
+            }
+        }
+        while let Some(record) = self.records.front() {
+            if record.cipher_start + record.sealed.record_len as u64 <= self.client_acked_cipher {
+                self.records.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// The backend-plaintext the client has acknowledged: whole records it has, and inside a
+    /// record the bytes before the one acknowledged, never the last one before the tag (so that
+    /// the backend sends it again and the box can rebuild the tag).
+    fn backend_plaintext_acked(&self) -> u64 {
+        let mut acked = match self.records.front() {
+            Some(record) => record.plaintext_start,
+            None => self.plaintext_frontier,
+        };
+        for record in &self.records {
+            let record_end = record.cipher_start + record.sealed.record_len as u64;
+            if self.client_acked_cipher >= record_end {
+                acked = record.plaintext_start + record.data_len;
+                continue;
+            }
+            let data_start = record.cipher_start + (5 + self.sealer.framing().explicit_nonce_len()) as u64;
+            if record.data_len > 0 && self.client_acked_cipher > data_start {
+                acked = record.plaintext_start + (self.client_acked_cipher - data_start).min(record.data_len - 1);
+            }
+            break;
+        }
+        acked + self.backend_fin_acked() as u64
+    }
+
+    fn backend_fin_acked(&self) -> bool {
+        self.client_acked_fin
+    }
+
+    /// Our acknowledgement toward the client: what the backend has acknowledged, mapped.
+    fn client_ack_offset(&self, client_handshake_len: u64) -> u64 {
+        let fin = match self.client_fin {
+            Some(fin) if self.client_fin_forwarded && self.backend_acked_fin => Some(fin + 1),
+            _ => None,
+        };
+        fin.unwrap_or(self.backend_acked_cipher.max(client_handshake_len))
+    }
+
+    /// Seals a record the box writes on its own (no backend bytes) and maps it.
+    fn push_synthetic(&mut self, content_type: ContentType, plaintext: Vec<u8>, fin: bool) {
+        let mut record = vec![0u8; self.sealer.record_len(plaintext.len())];
+        let Ok(sealed) = self.sealer.seal(content_type, &plaintext, &mut record) else { return };
+        self.records.push_back(MappedRecord {
+            plaintext_start: self.plaintext_frontier,
+            data_len: 0,
+            cipher_start: self.cipher_frontier,
+            sealed,
+            synthetic: Some(SyntheticRecord { plaintext, fin }),
+        });
+        self.cipher_frontier += record.len() as u64;
+    }
+}
+
+fn next_aead(sealer: &RecordSealer) -> cutls_crypto::AeadAlgorithm {
+    sealer.framing().aead
+}
+
+/// A RST for a segment to a VIP that no session owns (RFC 9293 section 3.10.7.1).
+pub(crate) fn reset_unknown(link: Link, key: FlowKey, tcp: &TcpSegment<'_>, out: &mut Output) {
+    let (seq, ack, flags) = if tcp.flags.contains(TcpFlags::ACK) {
+        (tcp.ack_number.0, 0, TcpFlags::RST)
+    } else {
+        let len = tcp.payload.len() as u32 + tcp.flags.contains(TcpFlags::SYN) as u32 + tcp.flags.contains(TcpFlags::FIN) as u32;
+        (0, tcp.seq_number.0.wrapping_add(len), TcpFlags::RST | TcpFlags::ACK)
+    };
+    let segment = Segment {
+        source: key.destination,
+        destination: key.source,
+        seq,
+        ack,
+        flags,
+        window: 0,
+        options: TcpOptions::default(),
+        payload: &[],
+    };
+    out.push(Port::Outside, emit::tcp_frame(Link { source: link.destination, destination: link.source }, &segment));
+}
+
+/// Our timestamp clock: milliseconds.
+fn ts_now(now_ns: u64) -> u32 {
+    (now_ns / 1_000_000) as u32
+}
+
+/// The 64-bit offset of a 32-bit distance, the one closest to `reference`.
+fn unwrap(reference: u64, distance: u32) -> u64 {
+    let base = reference & !0xffff_ffff;
+    let candidate = base | distance as u64;
+    if candidate + (1 << 31) < reference {
+        candidate + (1 << 32)
+    } else if candidate > reference + (1 << 31) && candidate >= 1 << 32 {
+        candidate - (1 << 32)
+    } else {
+        candidate
+    }
+}
