@@ -285,7 +285,12 @@ impl Session {
             return Some(event);
         }
         if let Some(deadline) = self.rto_deadline_ns {
-            if context.now_ns >= deadline {
+            let outstanding = self.acked < self.handshake_out.len() as u64
+                || self.splice.as_ref().is_some_and(|splice| splice.records.iter().any(|r| r.synthetic.is_some()));
+            if !outstanding {
+                self.rto_deadline_ns = None;
+                self.retries = 0;
+            } else if context.now_ns >= deadline {
                 self.retries += 1;
                 if self.retries > MAX_RETRIES {
                     context.counters.ended_tls_error += 1;
@@ -323,8 +328,9 @@ impl Session {
         let scale = self.syn.window_scale.unwrap_or(0);
         self.client_window = (tcp.window as u64) << scale;
         if tcp.flags.contains(TcpFlags::ACK) {
-            let acked = self.our_offset(tcp.ack_number.0);
-            if acked > self.acked && acked <= self.handshake_out.len() as u64 {
+            // Past the handshake bytes means all of them (the rest is the splice's).
+            let acked = self.our_offset(tcp.ack_number.0).min(self.handshake_out.len() as u64);
+            if acked > self.acked {
                 self.acked = acked;
                 self.retries = 0;
                 self.rto_ns = INITIAL_RTO_NS;
@@ -475,7 +481,9 @@ impl Session {
     }
 
     fn send_ack_to_client(&mut self, context: &mut Context<'_>) {
-        self.send_to_client(context, TcpFlags::ACK, self.sent, &[]);
+        // A pure ACK carries our next sequence number, or the client would take it as old.
+        let offset = self.splice.as_ref().map_or(self.sent, |splice| splice.cipher_frontier);
+        self.send_to_client(context, TcpFlags::ACK, offset, &[]);
     }
 
     /// A segment to the client at our offset `offset`, acknowledging what the box took.
