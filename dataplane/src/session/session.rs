@@ -1111,11 +1111,17 @@ impl Session {
                 }
             }
         }
+        // Before the AES-GCM confidentiality limit (RFC 8446 section 5.5), TLS 1.3 moves to the
+        // next key generation on its own.
+        let key_update_due = splice.sealer.needs_key_update() && splice.server_secret.is_some();
         let window = (splice.backend_window >> self.our_window_scale).min(65535) as u16;
         let ack_offset = splice.client_ack_offset(self.client_handshake_len);
         let sent = !pieces.is_empty();
         for (cipher, bytes) in pieces {
             self.emit_to_client(context, TcpFlags::ACK | TcpFlags::PSH, cipher, ack_offset, window, ts, &bytes);
+        }
+        if key_update_due {
+            self.send_key_update(context);
         }
         sent
     }
