@@ -20,7 +20,7 @@ pub mod emit;
 pub mod handover;
 mod session;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
@@ -105,6 +105,11 @@ pub struct Counters {
     pub records_regenerated: u64,
 }
 
+/// How long an ended session's backend flow is still recognised (its late segments are reset
+/// and dropped rather than bridged), and how many such flows are kept at most.
+const ENDED_FLOW_TTL_NS: u64 = 120_000_000_000;
+const MAX_ENDED_FLOWS: usize = 1 << 16;
+
 /// A TCP 4-tuple, from the point of view of the frames' sender.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct FlowKey {
@@ -121,6 +126,11 @@ pub struct Engine {
     by_backend: HashMap<FlowKey, u64>,
     /// MAC addresses learned on the inside port.
     inside_macs: HashMap<IpAddr, EthernetAddress>,
+    /// Backend addresses the box asked for (ARP/NDP): their replies are consumed, not bridged.
+    resolving: HashSet<IpAddr>,
+    /// Backend -> client flows of ended sessions, until the time given: their segments are
+    /// answered with RST and dropped, never bridged (they would carry plaintext to the client).
+    ended_backend_flows: HashMap<FlowKey, u64>,
     next_id: u64,
     next_backend: Vec<usize>,
     rng: u64,
@@ -137,6 +147,8 @@ impl Engine {
             by_client: HashMap::new(),
             by_backend: HashMap::new(),
             inside_macs: HashMap::new(),
+            resolving: HashSet::new(),
+            ended_backend_flows: HashMap::new(),
             next_id: 1,
             next_backend: vec![0; listeners],
             rng,
@@ -172,8 +184,13 @@ impl Engine {
         match (&parsed.network, port) {
             (NetworkPayload::Arp(arp), _) => {
                 if port == Port::Inside {
-                    self.inside_macs.insert(IpAddr::V4(arp.sender_protocol_addr), arp.sender_hardware_addr);
+                    let sender = IpAddr::V4(arp.sender_protocol_addr);
+                    self.inside_macs.insert(sender, arp.sender_hardware_addr);
                     self.release_waiting_for_mac(now_ns, out);
+                    if arp.operation == ArpOperation::Reply && self.resolving.remove(&sender) {
+                        // The answer to the box's own request: not for the client's side.
+                        return;
+                    }
                 }
                 if port == Port::Outside && arp.operation == ArpOperation::Request && self.is_vip(IpAddr::V4(arp.target_protocol_addr)) {
                     self.counters.arp_replies += 1;
@@ -209,6 +226,19 @@ impl Engine {
                             });
                             return;
                         }
+                        if port == Port::Inside {
+                            if let Some(&until) = self.ended_backend_flows.get(&key) {
+                                if now_ns < until {
+                                    // A backend still talking to an ended session: reset it,
+                                    // and never let its plaintext cross to the outside.
+                                    if !tcp.flags.contains(TcpFlags::RST) {
+                                        session::reset_backend_of_ended(link, key, tcp, out);
+                                    }
+                                    return;
+                                }
+                                self.ended_backend_flows.remove(&key);
+                            }
+                        }
                         if port == Port::Outside {
                             if let Some(listener) = self.listener_for(destination) {
                                 if tcp.flags.contains(TcpFlags::SYN) && !tcp.flags.contains(TcpFlags::ACK) {
@@ -228,6 +258,9 @@ impl Engine {
                             if let (Some(target), Some(mac)) = (target, ndp_link_address(message.message)) {
                                 self.inside_macs.insert(IpAddr::V6(target), mac);
                                 self.release_waiting_for_mac(now_ns, out);
+                                if self.resolving.remove(&IpAddr::V6(target)) {
+                                    return;
+                                }
                             }
                         }
                         if port == Port::Outside && message.msg_type == 135 {
@@ -331,13 +364,21 @@ impl Engine {
             out,
             counters: &mut self.counters,
             inside_macs: &self.inside_macs,
+            resolving: &mut self.resolving,
             idle_timeout_ns: self.config.idle_timeout_ns,
         };
         let event = work(session, &mut context);
         if let Some(SessionEvent::Ended) = event {
             if let Some(session) = self.sessions.remove(&id) {
                 self.by_client.remove(&FlowKey { source: session.client(), destination: session.vip() });
-                self.by_backend.remove(&FlowKey { source: session.backend(), destination: session.client() });
+                let backend_flow = FlowKey { source: session.backend(), destination: session.client() };
+                self.by_backend.remove(&backend_flow);
+                if self.ended_backend_flows.len() >= MAX_ENDED_FLOWS {
+                    self.ended_backend_flows.retain(|_, until| *until > now_ns);
+                }
+                if self.ended_backend_flows.len() < MAX_ENDED_FLOWS {
+                    self.ended_backend_flows.insert(backend_flow, now_ns + ENDED_FLOW_TTL_NS);
+                }
             }
         }
     }

@@ -32,6 +32,8 @@ pub(crate) struct Context<'a> {
     pub out: &'a mut Output,
     pub counters: &'a mut Counters,
     pub inside_macs: &'a HashMap<IpAddr, EthernetAddress>,
+    /// Addresses the box is resolving on the inside port: their replies are the box's.
+    pub resolving: &'a mut std::collections::HashSet<IpAddr>,
     pub idle_timeout_ns: u64,
 }
 
@@ -131,6 +133,8 @@ pub(crate) struct Session {
     splice: Option<Box<Splice>>,
     /// Set when a step deep inside ended the session; the next return reports it.
     ended: bool,
+    /// A client FIN that came after the handshake but before the splice started.
+    pending_client_fin: Option<u64>,
 }
 
 /// A record the box sealed toward the client, until the client acknowledges it.
@@ -160,8 +164,6 @@ struct Splice {
     plaintext_frontier: u64,
     cipher_frontier: u64,
     backend_reference: u64,
-    /// Added to the backend's timestamps toward the client, so they continue ours.
-    ts_offset: u32,
     /// The client's last acknowledgement and window, as forwarded to the backend.
     client_acked_cipher: u64,
     /// Plaintext offset of the backend's FIN (its sequence number minus one), once seen.
@@ -179,6 +181,8 @@ struct Splice {
     backend_window: u64,
     /// Our acknowledgement toward the client, mapped from the backend's: a client offset.
     backend_acked_cipher: u64,
+    /// End of the plaintext sent to the backend so far (its rcv_nxt once it has it all).
+    forwarded_plaintext: u64,
 }
 
 impl Session {
@@ -231,6 +235,7 @@ impl Session {
             early_application: Vec::new(),
             splice: None,
             ended: false,
+            pending_client_fin: None,
         })
     }
 
@@ -367,9 +372,15 @@ impl Session {
             }
             self.send_ack_to_client(context);
         }
+        if tcp.flags.contains(TcpFlags::FIN) && self.keys.is_some() {
+            // Handshake done, backend not connected yet: the FIN (after its close_notify) waits
+            // for the splice, which forwards it in order.
+            self.pending_client_fin = Some(offset + payload.len() as u64);
+            return None;
+        }
         if tcp.flags.contains(TcpFlags::FIN) {
-            // The client gave up before the splice started.
-            context.counters.ended_fin += 1;
+            // The client gave up during the handshake.
+            context.counters.ended_client_reset += 1;
             self.send_to_client(context, TcpFlags::RST | TcpFlags::ACK, self.sent, &[]);
             self.reset_backend(context);
             return Some(SessionEvent::Ended);
@@ -444,7 +455,8 @@ impl Session {
 
     fn transmit_handshake(&mut self, context: &mut Context<'_>) {
         let total = self.handshake_out.len() as u64;
-        let mss = self.syn.mss.max(64) as u64;
+        // The client's MSS counts payload only; with timestamps 12 bytes of options go too.
+        let mss = self.syn.mss.max(64) as u64 - if self.timestamps { 12 } else { 0 };
         while self.sent < total && self.sent < self.acked + self.client_window.max(mss) {
             let end = (self.sent + mss).min(total);
             let bytes = self.handshake_out[self.sent as usize..end as usize].to_vec();
@@ -493,7 +505,7 @@ impl Session {
             None => self.client_next,
         };
         let window = (self.our_receive_window() >> self.our_window_scale).min(65535) as u16;
-        self.emit_to_client(context, flags, offset, ack_offset, window, None, payload);
+        self.emit_to_client(context, flags, offset, ack_offset, window, payload);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -504,13 +516,13 @@ impl Session {
         offset: u64,
         ack_offset: u64,
         window: u16,
-        ts_value: Option<u32>,
         payload: &[u8],
     ) {
         let mut options = TcpOptions::default();
         if self.timestamps {
-            let value = ts_value.unwrap_or_else(|| ts_now(context.now_ns));
-            options.timestamp = Some(TcpTimestamp { value, echo_reply: self.client_ts_recent });
+            // One clock toward the client, ours, whatever the segment carries: the backend's
+            // clock runs at its own rate and mixing them would step back (PAWS drops those).
+            options.timestamp = Some(TcpTimestamp { value: ts_now(context.now_ns), echo_reply: self.client_ts_recent });
         }
         let segment = Segment {
             source: self.vip,
@@ -574,6 +586,7 @@ impl Session {
     }
 
     fn ask_backend_mac(&self, context: &mut Context<'_>) {
+        context.resolving.insert(self.backend.ip());
         let our_mac = self.client_link.source;
         match (self.client.ip(), self.backend.ip()) {
             (IpAddr::V4(client), IpAddr::V4(backend)) => context.out.push(
@@ -703,7 +716,7 @@ impl Session {
         else {
             return;
         };
-        let plaintext = self.splice.as_ref().map_or(0, |splice| splice.opener.next_plaintext_offset());
+        let plaintext = self.splice.as_ref().map_or(0, |splice| splice.forwarded_plaintext);
         let segment = Segment {
             source: self.client,
             destination: self.backend,
@@ -759,7 +772,6 @@ impl Session {
             plaintext_frontier: 0,
             cipher_frontier: handshake_len,
             backend_reference: 0,
-            ts_offset: ts_now(context.now_ns).wrapping_add(1).wrapping_sub(backend.ts_recent),
             client_acked_cipher: self.acked,
             backend_fin: None,
             client_fin_cipher: None,
@@ -770,6 +782,7 @@ impl Session {
             client_acked_fin: false,
             backend_window: 65535,
             backend_acked_cipher: self.client_handshake_len,
+            forwarded_plaintext: 0,
         }));
         let early = std::mem::take(&mut self.early_application);
         if !early.is_empty() {
@@ -777,6 +790,12 @@ impl Session {
             if self.open_client_bytes(context, offset, early, None).is_err() {
                 self.ended = true;
             }
+        }
+        if let (Some(fin), Some(splice)) = (self.pending_client_fin.take(), self.splice.as_mut()) {
+            splice.client_fin = Some(fin);
+        }
+        if self.forward_client_fin(context).is_some() {
+            self.ended = true;
         }
         // The client's acknowledgement of what we took so far.
         self.send_ack_to_client(context);
@@ -819,6 +838,15 @@ impl Session {
         if !forwarded {
             // A pure acknowledgement or window update: pass it on.
             self.ack_backend(context, tcp.options.timestamp);
+        }
+        if !tcp.payload.is_empty() {
+            if let Some(splice) = self.splice.as_ref() {
+                let end = offset + tcp.payload.len() as u64;
+                if end <= splice.client_ack_offset(self.client_handshake_len) {
+                    // Already acknowledged: our ACK was lost. Say it again (RFC 9293 3.10.7.4).
+                    self.send_ack_to_client(context);
+                }
+            }
         }
         self.check_closed(context)
     }
@@ -901,7 +929,8 @@ impl Session {
         }
         let Some(splice) = self.splice.as_mut() else { return Ok(false) };
         splice.out = out;
-        let mss = splice.backend.mss.max(64) as usize;
+        // The backend's MSS counts payload only; the timestamp option takes 12 bytes of it.
+        let mss = (splice.backend.mss.max(64) - if splice.backend.timestamps { 12 } else { 0 }) as usize;
         let mut sent = false;
         for (start, run) in runs {
             for (i, piece) in run.chunks(mss).enumerate() {
@@ -948,20 +977,22 @@ impl Session {
 
     /// A segment to the backend carrying plaintext at `plaintext_offset`.
     fn send_to_backend(
-        &self,
+        &mut self,
         context: &mut Context<'_>,
         plaintext_offset: u64,
         flags: TcpFlags,
         payload: &[u8],
         client_ts: Option<TcpTimestamp>,
     ) {
-        let Some(splice) = self.splice.as_ref() else { return };
+        let Some(splice) = self.splice.as_mut() else { return };
+        splice.forwarded_plaintext = splice.forwarded_plaintext.max(plaintext_offset + payload.len() as u64);
         let backend = splice.backend;
         let mut options = TcpOptions::default();
         if backend.timestamps {
+            // The client's clock toward the backend (monotone), and the backend's latest TSval
+            // as the echo (RFC 7323 TS.Recent: the box is the backend's peer).
             let value = client_ts.map_or(self.client_ts_recent, |ts| ts.value);
-            let echo = client_ts.map_or(backend.ts_recent, |ts| ts.echo_reply.wrapping_sub(splice.ts_offset));
-            options.timestamp = Some(TcpTimestamp { value, echo_reply: echo });
+            options.timestamp = Some(TcpTimestamp { value, echo_reply: backend.ts_recent });
         }
         let plaintext_acked = splice.backend_plaintext_acked();
         let window_scale = self.syn.window_scale.unwrap_or(0);
@@ -980,9 +1011,9 @@ impl Session {
         context.out.push(Port::Inside, emit::tcp_frame(self.backend_link(backend.mac), &segment));
     }
 
-    fn ack_backend(&self, context: &mut Context<'_>, ts: Option<TcpTimestamp>) {
+    fn ack_backend(&mut self, context: &mut Context<'_>, ts: Option<TcpTimestamp>) {
         let Some(splice) = self.splice.as_ref() else { return };
-        let offset = splice.opener.next_plaintext_offset() + splice.client_fin_forwarded as u64;
+        let offset = splice.forwarded_plaintext + splice.client_fin_forwarded as u64;
         self.send_to_backend(context, offset, TcpFlags::ACK, &[], ts);
     }
 
@@ -996,7 +1027,7 @@ impl Session {
             Some(fin) => splice.opener.is_idle() && splice.opener.next_header_offset() >= fin,
             None => false,
         };
-        if complete || (splice.client_close_notify && splice.opener.is_idle()) {
+        if complete {
             let offset = splice.opener.next_plaintext_offset();
             splice.client_fin_forwarded = true;
             self.send_to_backend(context, offset, TcpFlags::FIN | TcpFlags::ACK, &[], None);
@@ -1024,10 +1055,9 @@ impl Session {
             splice.opener.acknowledge(cipher);
             splice.backend_acked_cipher = cipher;
         }
-        let ts_value = tcp.options.timestamp.map(|ts| ts.value.wrapping_add(splice.ts_offset));
         let mut sent = false;
         if !tcp.payload.is_empty() {
-            sent = self.seal_backend_bytes(context, offset, tcp.payload, ts_value);
+            sent = self.seal_backend_bytes(context, offset, tcp.payload);
         }
         if tcp.flags.contains(TcpFlags::FIN) {
             let fin_offset = offset + tcp.payload.len() as u64;
@@ -1046,14 +1076,14 @@ impl Session {
             let Some(splice) = self.splice.as_ref() else { return None };
             let window = (splice.backend_window >> self.our_window_scale).min(65535) as u16;
             let ack_offset = splice.client_ack_offset(self.client_handshake_len);
-            self.emit_to_client(context, TcpFlags::ACK, splice.cipher_frontier, ack_offset, window, ts_value, &[]);
+            self.emit_to_client(context, TcpFlags::ACK, splice.cipher_frontier, ack_offset, window, &[]);
         }
         self.check_closed(context)
     }
 
     /// Backend plaintext at `offset`: new bytes become one record; bytes already sealed are
     /// rebuilt from the record map. Returns whether anything went to the client.
-    fn seal_backend_bytes(&mut self, context: &mut Context<'_>, offset: u64, payload: &[u8], ts: Option<u32>) -> bool {
+    fn seal_backend_bytes(&mut self, context: &mut Context<'_>, offset: u64, payload: &[u8]) -> bool {
         let Some(splice) = self.splice.as_mut() else { return false };
         let end = offset + payload.len() as u64;
         if offset > splice.plaintext_frontier {
@@ -1118,7 +1148,7 @@ impl Session {
         let ack_offset = splice.client_ack_offset(self.client_handshake_len);
         let sent = !pieces.is_empty();
         for (cipher, bytes) in pieces {
-            self.emit_to_client(context, TcpFlags::ACK | TcpFlags::PSH, cipher, ack_offset, window, ts, &bytes);
+            self.emit_to_client(context, TcpFlags::ACK | TcpFlags::PSH, cipher, ack_offset, window, &bytes);
         }
         if key_update_due {
             self.send_key_update(context);
@@ -1142,7 +1172,7 @@ impl Session {
             }
         }
         for (offset, flags, bytes) in frames {
-            self.emit_to_client(context, flags, offset, ack_offset, window, None, &bytes);
+            self.emit_to_client(context, flags, offset, ack_offset, window, &bytes);
         }
         if self.splice.as_ref().is_some_and(|s| s.records.iter().any(|r| r.synthetic.is_some())) && self.rto_deadline_ns.is_none() {
             self.rto_deadline_ns = Some(context.now_ns + self.rto_ns);
@@ -1255,6 +1285,26 @@ pub(crate) fn reset_unknown(link: Link, key: FlowKey, tcp: &TcpSegment<'_>, out:
         payload: &[],
     };
     out.push(Port::Outside, emit::tcp_frame(Link { source: link.destination, destination: link.source }, &segment));
+}
+
+/// A RST for a backend segment of a session that has ended (sent back on the inside port).
+pub(crate) fn reset_backend_of_ended(link: Link, key: FlowKey, tcp: &TcpSegment<'_>, out: &mut Output) {
+    let (seq, ack, flags) = if tcp.flags.contains(TcpFlags::ACK) {
+        (tcp.ack_number.0, 0, TcpFlags::RST)
+    } else {
+        (0, tcp.seq_number.0.wrapping_add(tcp.payload.len() as u32), TcpFlags::RST | TcpFlags::ACK)
+    };
+    let segment = Segment {
+        source: key.destination,
+        destination: key.source,
+        seq,
+        ack,
+        flags,
+        window: 0,
+        options: TcpOptions::default(),
+        payload: &[],
+    };
+    out.push(Port::Inside, emit::tcp_frame(Link { source: link.destination, destination: link.source }, &segment));
 }
 
 /// Our timestamp clock: milliseconds.
