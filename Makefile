@@ -6,7 +6,7 @@ PROPTEST_CASES ?= 10000
 # Commands the lab tests run, each with the Debian package that provides it.
 LAB_DEPS = ip:iproute2 ethtool:ethtool nginx:nginx curl:curl openssl:openssl ping:iputils-ping
 
-.PHONY: all build test test-deps unit bench-crypto bench-decrypt demo demo-decrypt clean lab-up lab-down bench-bridge
+.PHONY: all build test test-deps unit bench-crypto bench-decrypt bench-handshake demo demo-decrypt clean lab-up lab-down bench-bridge
 
 all: build
 
@@ -60,6 +60,10 @@ demo-decrypt:
 bench-decrypt:
 	@command -v tshark >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tshark; }
 	$(CARGO) bench -p cutls-tests --bench decrypt
+
+# What one TLS handshake costs the poll loop that runs it.
+bench-handshake:
+	$(CARGO) bench -p cutls-control --bench handshake
 
 bench-crypto:
 	$(CARGO) bench -p cutls-crypto --bench crypto
