@@ -177,6 +177,28 @@ fn twenty_sequential_connections_leave_no_sessions() {
     assert_eq!(lab.client.resolutions_sent, 1);
 }
 
+/// Issue 5's leak check: 10,000 sequential connections through one engine leave no session
+/// behind, and the engine's own tables do not grow with them (the ended-flow table is bounded).
+#[test]
+fn ten_thousand_sequential_connections_leave_nothing_behind() {
+    let addresses = Addresses::ipv4();
+    let mut lab = engine_lab(&addresses, ReleaseMode::CutThrough, 10_000, WireConfig::default());
+    let suites = [Suite::Tls13Aes128Gcm, Suite::Tls12EcdsaChacha20];
+    for i in 0..10_000usize {
+        let suite = suites[i % suites.len()];
+        let session = open(&mut lab, suite, 100, 200, i as u64, Extras::default());
+        lab.run_until(&format!("connection {i} to finish"), EXCHANGE_LIMIT_NS, |lab| exchange_finished(lab, session));
+        if i % 1000 == 999 {
+            assert!(lab.settle(SETTLE_NS), "{}", lab.stuck("sessions left after a thousand connections"));
+            assert_eq!(lab.boxed.engine.sessions(), 0, "after {} connections", i + 1);
+        }
+    }
+    let counters = lab.boxed.engine.counters().clone();
+    assert_eq!(counters.handshakes_completed, 10_000);
+    assert_eq!(counters.sessions_started, 10_000);
+    assert_eq!(counters.ended_tag_failure + counters.ended_tls_error + counters.ended_idle, 0, "{counters:?}");
+}
+
 #[test]
 fn four_concurrent_connections() {
     let mut lab = engine_lab(&Addresses::ipv4(), ReleaseMode::CutThrough, 4, WireConfig::default());
