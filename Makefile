@@ -1,6 +1,10 @@
 # The verbs a person types. `make test` is what CI runs (.ci/run).
 CARGO ?= cargo
 TEST_PROFILE ?= ci-test
+# make demo options: IO=xdp|xdp-generic|packet, FAMILY=4|6, SNAT=0|1.
+IO ?= xdp
+FAMILY ?= 4
+SNAT ?= 0
 # Property-test cases per suite; CI runs at least 10,000.
 PROPTEST_CASES ?= 10000
 # Commands the lab tests run, each with the Debian package that provides it.
@@ -45,7 +49,7 @@ bench-bridge: test-deps
 # openssl through it, the counters). Needs root.
 demo: test-deps
 	$(CARGO) build --release -p cutls-tools
-	tools/demo
+	SNAT=$(SNAT) FAMILY=$(FAMILY) IO=$(IO) tools/demo
 
 # Decrypt a real capture (../shared/captures) and show it.
 DEMO_CAPTURE ?= ../shared/captures/zeek/tls-1.2-stream-keylog.pcap

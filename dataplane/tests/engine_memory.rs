@@ -772,6 +772,7 @@ fn engine_lab(addresses: &Addresses, mode: ReleaseMode, seed: u64, wire: WireCon
     };
     let engine = Engine::new(EngineConfig {
         listeners: vec![listener],
+        snat_address: None,
         outside_mac: addresses.outside_mac,
         inside_mac: addresses.inside_mac,
         idle_timeout_ns: 60_000 * MS,

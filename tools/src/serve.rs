@@ -7,7 +7,7 @@
 //! loop (a full handshake costs tens of microseconds; measuring how much that delays other
 //! sessions is still to do).
 //!
-//! Not supported yet: several loops (steering sessions to cores), SNAT mode, passthrough pools,
+//! Not supported yet: several loops (steering sessions to cores), passthrough pools,
 //! configuration reload, the management socket.
 
 use std::io;
@@ -58,9 +58,6 @@ pub fn main(config_path: PathBuf) -> ExitCode {
 
 /// Builds the engine from the configuration and runs it until `stop`.
 pub fn serve(config: &Config, stop: &AtomicBool) -> io::Result<()> {
-    if let AddressMode::Snat(_) = config.mode {
-        return Err(io::Error::new(io::ErrorKind::Unsupported, "mode = \"snat\" is not supported yet"));
-    }
     let mut listeners = Vec::new();
     for listener in &config.listeners {
         let pool = &config.pools[listener.pool];
@@ -82,6 +79,10 @@ pub fn serve(config: &Config, stop: &AtomicBool) -> io::Result<()> {
     }
     let engine_config = EngineConfig {
         listeners,
+        snat_address: match config.mode {
+            AddressMode::Transparent => None,
+            AddressMode::Snat(address) => Some(address),
+        },
         outside_mac: interface_mac(&config.outside)?,
         inside_mac: interface_mac(&config.inside)?,
         idle_timeout_ns: IDLE_TIMEOUT.as_nanos() as u64,

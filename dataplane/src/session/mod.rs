@@ -12,7 +12,11 @@
 //! out of rustls when the handshake is done, and from then on splices segment by segment
 //! ([`session`]).
 //!
-//! Not supported yet (see the README): SNAT mode, VLAN-tagged sessions (tagged frames are
+//! Transparent mode (the backend sees the client's address and must route back through the box)
+//! and SNAT mode (the backend sees the box's address and a port it owns; the box answers ARP/NDP
+//! for that address on the inside port).
+//!
+//! Not supported yet (see the README): VLAN-tagged sessions (tagged frames are
 //! bridged), passthrough pools, SACK translation (SACK blocks are not forwarded; both sides fall
 //! back to cumulative acknowledgements), ICMP relaying for sessions.
 
@@ -31,7 +35,7 @@ use crate::wire::{
 };
 use emit::Link;
 use handover::SecretLog;
-use session::{Session, SessionEvent};
+use session::{BackendSide, Session, SessionEvent};
 
 /// The box's two ports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -55,6 +59,9 @@ pub struct ListenerSetup {
 
 pub struct EngineConfig {
     pub listeners: Vec<ListenerSetup>,
+    /// SNAT mode: the box's inside address that backends see (with ports the box chooses);
+    /// `None` is transparent mode (backends see the client's address).
+    pub snat_address: Option<IpAddr>,
     /// The MAC the box answers ARP/NDP for VIPs with, on the outside port.
     pub outside_mac: EthernetAddress,
     pub inside_mac: EthernetAddress,
@@ -110,6 +117,9 @@ pub struct Counters {
 const ENDED_FLOW_TTL_NS: u64 = 120_000_000_000;
 const MAX_ENDED_FLOWS: usize = 1 << 16;
 
+/// SNAT source ports: the box owns 1024..=65535 on its SNAT address.
+const FIRST_SNAT_PORT: u16 = 1024;
+
 /// A TCP 4-tuple, from the point of view of the frames' sender.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct FlowKey {
@@ -133,6 +143,8 @@ pub struct Engine {
     ended_backend_flows: HashMap<FlowKey, u64>,
     next_id: u64,
     next_backend: Vec<usize>,
+    /// SNAT: the next source port to try.
+    next_snat_port: u16,
     rng: u64,
     counters: Counters,
 }
@@ -151,6 +163,7 @@ impl Engine {
             ended_backend_flows: HashMap::new(),
             next_id: 1,
             next_backend: vec![0; listeners],
+            next_snat_port: FIRST_SNAT_PORT,
             rng,
             counters: Counters::default(),
         }
@@ -191,6 +204,21 @@ impl Engine {
                         // The answer to the box's own request: not for the client's side.
                         return;
                     }
+                }
+                if port == Port::Inside
+                    && arp.operation == ArpOperation::Request
+                    && self.config.snat_address == Some(IpAddr::V4(arp.target_protocol_addr))
+                {
+                    out.push(
+                        Port::Inside,
+                        emit::arp_frame(
+                            ArpOperation::Reply,
+                            (self.config.inside_mac, arp.target_protocol_addr),
+                            (arp.sender_hardware_addr, arp.sender_protocol_addr),
+                            arp.sender_hardware_addr,
+                        ),
+                    );
+                    return;
                 }
                 if port == Port::Outside && arp.operation == ArpOperation::Request && self.is_vip(IpAddr::V4(arp.target_protocol_addr)) {
                     self.counters.arp_replies += 1;
@@ -259,6 +287,18 @@ impl Engine {
                                 self.inside_macs.insert(IpAddr::V6(target), mac);
                                 self.release_waiting_for_mac(now_ns, out);
                                 if self.resolving.remove(&IpAddr::V6(target)) {
+                                    return;
+                                }
+                            }
+                        }
+                        if port == Port::Inside && message.msg_type == 135 {
+                            if let (Some(target), IpAddr::V6(asker)) = (target, ip.source) {
+                                if self.config.snat_address == Some(IpAddr::V6(target)) {
+                                    let reply = Link { source: self.config.inside_mac, destination: link.source };
+                                    out.push(
+                                        Port::Inside,
+                                        emit::ndp_frame(true, reply, target, asker, target, self.config.inside_mac),
+                                    );
                                     return;
                                 }
                             }
@@ -336,16 +376,27 @@ impl Engine {
         self.next_backend[listener] = self.next_backend[listener].wrapping_add(1);
         let backend = setup.backends[backend_index];
         let isn = self.random() as u32;
+        let side = match self.config.snat_address {
+            None => BackendSide { source: key.source, mac: None },
+            Some(address) => {
+                let Some(port) = self.snat_port(address, backend) else {
+                    // Every port toward this backend is in use.
+                    session::reset_unknown(link, key, tcp, out);
+                    return;
+                };
+                BackendSide { source: SocketAddr::new(address, port), mac: Some(self.config.inside_mac) }
+            }
+        };
         let id = self.next_id;
         self.next_id += 1;
         let setup = &self.config.listeners[listener];
-        let Some(session) = Session::new(now_ns, setup, key.source, key.destination, backend, link, tcp, isn) else {
+        let Some(session) = Session::new(now_ns, setup, key.source, key.destination, backend, side, link, tcp, isn) else {
             session::reset_unknown(link, key, tcp, out);
             return;
         };
         self.counters.sessions_started += 1;
         self.by_client.insert(key, id);
-        self.by_backend.insert(FlowKey { source: backend, destination: key.source }, id);
+        self.by_backend.insert(FlowKey { source: backend, destination: side.source }, id);
         self.sessions.insert(id, session);
         self.with_session(id, now_ns, out, |session, context| session.start(context));
     }
@@ -371,7 +422,7 @@ impl Engine {
         if let Some(SessionEvent::Ended) = event {
             if let Some(session) = self.sessions.remove(&id) {
                 self.by_client.remove(&FlowKey { source: session.client(), destination: session.vip() });
-                let backend_flow = FlowKey { source: session.backend(), destination: session.client() };
+                let backend_flow = FlowKey { source: session.backend(), destination: session.backend_source() };
                 self.by_backend.remove(&backend_flow);
                 if self.ended_backend_flows.len() >= MAX_ENDED_FLOWS {
                     self.ended_backend_flows.retain(|_, until| *until > now_ns);
@@ -381,6 +432,19 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// A free SNAT port toward `backend` (not used by a live or recently ended session).
+    fn snat_port(&mut self, address: IpAddr, backend: SocketAddr) -> Option<u16> {
+        for _ in FIRST_SNAT_PORT..=u16::MAX {
+            let port = self.next_snat_port;
+            self.next_snat_port = if port == u16::MAX { FIRST_SNAT_PORT } else { port + 1 };
+            let key = FlowKey { source: backend, destination: SocketAddr::new(address, port) };
+            if !self.by_backend.contains_key(&key) && !self.ended_backend_flows.contains_key(&key) {
+                return Some(port);
+            }
+        }
+        None
     }
 
     fn release_waiting_for_mac(&mut self, now_ns: u64, out: &mut Output) {

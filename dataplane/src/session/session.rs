@@ -90,10 +90,22 @@ struct BackendInfo {
     ts_recent: u32,
 }
 
+/// Where the box talks to the backend from: the client's own address and MAC (transparent
+/// mode), or the box's SNAT address, a port it owns and its inside MAC.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BackendSide {
+    pub source: SocketAddr,
+    /// `None`: the client's (or its router's) MAC, as the client's frames carry it.
+    pub mac: Option<EthernetAddress>,
+}
+
 pub(crate) struct Session {
     client: SocketAddr,
     vip: SocketAddr,
     backend: SocketAddr,
+    /// The backend's peer address: the client (transparent) or the box (SNAT).
+    backend_source: SocketAddr,
+    backend_mac_source: EthernetAddress,
     /// The client-side link as the client's SYN arrived (source: the client or its router).
     client_link: Link,
     mode: ReleaseMode,
@@ -193,20 +205,24 @@ impl Session {
         client: SocketAddr,
         vip: SocketAddr,
         backend: SocketAddr,
+        backend_side: BackendSide,
         client_link: Link,
         syn: &TcpSegment<'_>,
         our_isn: u32,
     ) -> Option<Session> {
-        if client.is_ipv4() != backend.is_ipv4() {
-            // Transparent mode keeps the client's address: the backend must be of its family.
+        if backend_side.source.is_ipv4() != backend.is_ipv4() {
+            // The backend must be of the family of the address the box talks to it from.
             return None;
         }
         let tls = ServerConnection::new(setup.tls.clone()).ok()?;
         let options = SynOptions::from(&syn.options);
+        let backend_mac_source = backend_side.mac.unwrap_or(client_link.source);
         Some(Session {
             client,
             vip,
             backend,
+            backend_source: backend_side.source,
+            backend_mac_source,
             client_link,
             mode: setup.mode,
             secrets: setup.secrets.clone(),
@@ -249,6 +265,10 @@ impl Session {
 
     pub(crate) fn backend(&self) -> SocketAddr {
         self.backend
+    }
+
+    pub(crate) fn backend_source(&self) -> SocketAddr {
+        self.backend_source
     }
 
     pub(crate) fn waits_for_backend_mac(&self) -> bool {
@@ -565,7 +585,7 @@ impl Session {
 
     fn backend_link(&self, mac: EthernetAddress) -> Link {
         // Transparent: the frame looks like the client's, from the client's side of the wire.
-        Link { source: self.client_link.source, destination: mac }
+        Link { source: self.backend_mac_source, destination: mac }
     }
 
     fn connect_backend(&mut self, context: &mut Context<'_>) {
@@ -587,8 +607,8 @@ impl Session {
 
     fn ask_backend_mac(&self, context: &mut Context<'_>) {
         context.resolving.insert(self.backend.ip());
-        let our_mac = self.client_link.source;
-        match (self.client.ip(), self.backend.ip()) {
+        let our_mac = self.backend_mac_source;
+        match (self.backend_source.ip(), self.backend.ip()) {
             (IpAddr::V4(client), IpAddr::V4(backend)) => context.out.push(
                 Port::Inside,
                 emit::arp_frame(
@@ -615,7 +635,7 @@ impl Session {
         options.window_scale = self.syn.window_scale;
         options.timestamp = self.syn.timestamp.map(|ts| TcpTimestamp { value: ts.value, echo_reply: 0 });
         let segment = Segment {
-            source: self.client,
+            source: self.backend_source,
             destination: self.backend,
             seq: self.client_isn,
             ack: 0,
@@ -685,7 +705,7 @@ impl Session {
                 options.timestamp = Some(TcpTimestamp { value: self.client_ts_recent, echo_reply: info.ts_recent });
             }
             let segment = Segment {
-                source: self.client,
+                source: self.backend_source,
                 destination: self.backend,
                 seq: self.client_isn.wrapping_add(1),
                 ack: info.isn.wrapping_add(1),
@@ -718,7 +738,7 @@ impl Session {
         };
         let plaintext = self.splice.as_ref().map_or(0, |splice| splice.forwarded_plaintext);
         let segment = Segment {
-            source: self.client,
+            source: self.backend_source,
             destination: self.backend,
             seq: self.client_isn.wrapping_add(1).wrapping_add(plaintext as u32),
             ack: info.isn.wrapping_add(1),
@@ -999,7 +1019,7 @@ impl Session {
         // The client's window is in ciphertext; the backend's plaintext fits it with overhead.
         let client_window = self.client_window * 16 / 17;
         let segment = Segment {
-            source: self.client,
+            source: self.backend_source,
             destination: self.backend,
             seq: self.client_isn.wrapping_add(1).wrapping_add(plaintext_offset as u32),
             ack: backend.isn.wrapping_add(1).wrapping_add(plaintext_acked as u32),
