@@ -440,7 +440,6 @@ fn the_box_consumes_replies_to_its_own_resolution() {
 }
 
 #[test]
-#[ignore = "engine: SACK is not translated yet, so SACK-permitted is not offered to either side (documented limitation)"]
 fn tcp_details_follow_the_rfcs() {
     // The other tests accept what Linux accepts; this one lists what the RFCs or the design
     // promise beyond that: options mirrored in the SYN-ACK and the replayed SYN, timestamps

@@ -17,8 +17,8 @@
 //! for that address on the inside port).
 //!
 //! Not supported yet (see the README): VLAN-tagged sessions (tagged frames are
-//! bridged), passthrough pools, SACK translation (SACK blocks are not forwarded; both sides fall
-//! back to cumulative acknowledgements), ICMP relaying for sessions.
+//! bridged), passthrough pools, SACK blocks from the backend to the client (the client's are
+//! translated), ICMP relaying for sessions.
 
 pub mod emit;
 pub mod handover;

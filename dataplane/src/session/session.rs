@@ -24,7 +24,7 @@ use rustls::ServerConnection;
 use super::emit::{self, Link, Segment};
 use super::handover::{session_keys, SecretLog, SessionKeys};
 use super::{Counters, FlowKey, ListenerSetup, Output, Port};
-use crate::wire::{ArpOperation, EthernetAddress, TcpFlags, TcpOptions, TcpSegment, TcpTimestamp};
+use crate::wire::{ArpOperation, EthernetAddress, SackBlock, SackBlocks, SeqNumber, TcpFlags, TcpOptions, TcpSegment, TcpTimestamp};
 
 /// What a session may touch of the engine during one call.
 pub(crate) struct Context<'a> {
@@ -59,6 +59,7 @@ const MAX_MAPPED_RECORDS: usize = 4096;
 struct SynOptions {
     mss: u16,
     window_scale: Option<u8>,
+    sack_permitted: bool,
     timestamp: Option<TcpTimestamp>,
 }
 
@@ -67,6 +68,7 @@ impl SynOptions {
         SynOptions {
             mss: options.max_segment_size.unwrap_or(536),
             window_scale: options.window_scale.map(|scale| scale.min(14)),
+            sack_permitted: options.sack_permitted,
             timestamp: options.timestamp,
         }
     }
@@ -87,6 +89,8 @@ struct BackendInfo {
     window_scale: u8,
     mss: u16,
     timestamps: bool,
+    /// Both the client and the backend agreed to SACK: blocks are translated both ways.
+    sack: bool,
     ts_recent: u32,
 }
 
@@ -195,6 +199,8 @@ struct Splice {
     backend_acked_cipher: u64,
     /// End of the plaintext sent to the backend so far (its rcv_nxt once it has it all).
     forwarded_plaintext: u64,
+    /// The client's latest SACK blocks, translated into backend plaintext.
+    sack_for_backend: SackBlocks,
 }
 
 impl Session {
@@ -495,7 +501,7 @@ impl Session {
         if self.syn.window_scale.is_some() {
             options.window_scale = Some(self.our_window_scale);
         }
-        options.sack_permitted = false;
+        options.sack_permitted = self.syn.sack_permitted;
         if self.timestamps {
             options.timestamp = Some(TcpTimestamp { value: ts_now(context.now_ns), echo_reply: self.client_ts_recent });
         }
@@ -633,6 +639,7 @@ impl Session {
         let mut options = TcpOptions::default();
         options.max_segment_size = Some(self.syn.mss.saturating_sub(MAX_RECORD_OVERHEAD).max(64));
         options.window_scale = self.syn.window_scale;
+        options.sack_permitted = self.syn.sack_permitted;
         options.timestamp = self.syn.timestamp.map(|ts| TcpTimestamp { value: ts.value, echo_reply: 0 });
         let segment = Segment {
             source: self.backend_source,
@@ -697,6 +704,7 @@ impl Session {
                 window_scale: if self.syn.window_scale.is_some() { tcp.options.window_scale.unwrap_or(0).min(14) } else { 0 },
                 mss: tcp.options.max_segment_size.unwrap_or(536),
                 timestamps: tcp.options.timestamp.is_some() && self.timestamps,
+                sack: tcp.options.sack_permitted && self.syn.sack_permitted,
                 ts_recent: tcp.options.timestamp.map_or(0, |ts| ts.value),
             };
             // Complete the backend's handshake (also when its SYN-ACK is a retransmission).
@@ -803,6 +811,7 @@ impl Session {
             backend_window: 65535,
             backend_acked_cipher: self.client_handshake_len,
             forwarded_plaintext: 0,
+            sack_for_backend: SackBlocks::default(),
         }));
         let early = std::mem::take(&mut self.early_application);
         if !early.is_empty() {
@@ -830,6 +839,11 @@ impl Session {
             let acked = unwrap(splice.cipher_frontier, tcp.ack_number.0.wrapping_sub(self.our_isn.wrapping_add(1)));
             splice.client_ack(acked);
         }
+        splice.sack_for_backend = if splice.backend.sack {
+            splice.client_sack_for_backend(&tcp.options.sack_blocks, self.our_isn, splice.backend.isn)
+        } else {
+            SackBlocks::default()
+        };
         let _ = client_window;
         let mut forwarded = false;
         if !tcp.payload.is_empty() {
@@ -1014,6 +1028,7 @@ impl Session {
             let value = client_ts.map_or(self.client_ts_recent, |ts| ts.value);
             options.timestamp = Some(TcpTimestamp { value, echo_reply: backend.ts_recent });
         }
+        options.sack_blocks = splice.sack_for_backend;
         let plaintext_acked = splice.backend_plaintext_acked();
         let window_scale = self.syn.window_scale.unwrap_or(0);
         // The client's window is in ciphertext; the backend's plaintext fits it with overhead.
@@ -1061,6 +1076,8 @@ impl Session {
             splice.backend.ts_recent = ts.value;
         }
         splice.backend_window = (tcp.window as u64) << splice.backend.window_scale;
+        // The backend's SACK blocks (client plaintext) are not translated back yet: the client
+        // gets cumulative ACKs only (allowed: SACK blocks are advisory).
         let backend_isn = splice.backend.isn;
         let offset = unwrap(splice.backend_reference, tcp.seq_number.0.wrapping_sub(backend_isn.wrapping_add(1)));
         splice.backend_reference = splice.backend_reference.max(offset);
@@ -1265,6 +1282,33 @@ impl Splice {
             _ => None,
         };
         fin.unwrap_or(self.backend_acked_cipher.max(client_handshake_len))
+    }
+
+    /// The client's SACK blocks (our offsets) as backend plaintext: records the block covers
+    /// whole. A partly covered record is not SACKed: the backend resends it and the box rebuilds
+    /// the missing bytes.
+    fn client_sack_for_backend(&self, blocks: &SackBlocks, our_isn: u32, backend_isn: u32) -> SackBlocks {
+        let mut translated = SackBlocks::default();
+        // Three blocks at most: with timestamps, four would not fit the 40 bytes of options.
+        for block in blocks.as_slice().iter().take(3) {
+            let left = unwrap(self.cipher_frontier, block.left.0.wrapping_sub(our_isn.wrapping_add(1)));
+            let right = unwrap(self.cipher_frontier, block.right.0.wrapping_sub(our_isn.wrapping_add(1)));
+            let mut range: Option<(u64, u64)> = None;
+            for record in self.records.iter().filter(|r| r.data_len > 0) {
+                let end = record.cipher_start + record.sealed.record_len as u64;
+                if record.cipher_start >= left && end <= right {
+                    let (start, stop) = (record.plaintext_start, record.plaintext_start + record.data_len);
+                    range = Some(range.map_or((start, stop), |(a, b)| (a.min(start), b.max(stop))));
+                }
+            }
+            if let Some((start, stop)) = range {
+                let _ = translated.push(SackBlock {
+                    left: SeqNumber(backend_isn.wrapping_add(1).wrapping_add(start as u32)),
+                    right: SeqNumber(backend_isn.wrapping_add(1).wrapping_add(stop as u32)),
+                });
+            }
+        }
+        translated
     }
 
     /// Seals a record the box writes on its own (no backend bytes) and maps it.
