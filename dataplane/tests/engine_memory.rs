@@ -382,7 +382,6 @@ fn nothing_waits_for_a_retransmission_timeout_on_a_lossless_wire() {
 }
 
 #[test]
-#[ignore = "engine: a backend segment sent before the TLS handshake is over is dropped unacknowledged; the backend resends it after its retransmission timeout (>= 200 ms)"]
 fn a_backend_that_speaks_first_is_not_held_up() {
     // IMAPS, SMTPS, POP3S: the backend sends its banner as soon as its TCP connection is up,
     // which is before the client's TLS handshake is over. The banner should reach the client

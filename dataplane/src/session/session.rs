@@ -54,6 +54,8 @@ const MAX_RETRIES: u32 = 6;
 const OUR_WINDOW_SCALE: u8 = 7;
 /// Records the box keeps for retransmission before it stops taking new backend data.
 const MAX_MAPPED_RECORDS: usize = 4096;
+/// Backend bytes kept before the splice starts (a banner, not a download).
+const MAX_EARLY_BACKEND_BYTES: usize = 16 * 1024;
 
 #[derive(Clone, Copy, Debug)]
 struct SynOptions {
@@ -151,6 +153,8 @@ pub(crate) struct Session {
     ended: bool,
     /// A client FIN that came after the handshake but before the splice started.
     pending_client_fin: Option<u64>,
+    /// Backend bytes (from its offset 0) sent before the splice started.
+    early_backend: Vec<u8>,
 }
 
 /// A record the box sealed toward the client, until the client acknowledges it.
@@ -258,6 +262,7 @@ impl Session {
             splice: None,
             ended: false,
             pending_client_fin: None,
+            early_backend: Vec::new(),
         })
     }
 
@@ -732,8 +737,19 @@ impl Session {
         if self.splice.is_some() {
             return self.backend_segment_splice(context, tcp);
         }
-        // Data from the backend before the client's handshake is done: not taken, not acked.
+        // Data from the backend before the client's handshake is done (a server that speaks
+        // first: SMTP, IMAP, POP3 banners). Kept, in order and bounded, unacknowledged: the
+        // splice seals it as soon as it starts, and the client's ACK of it goes back to the
+        // backend; if the backend resends it first, the record map rebuilds it.
         if !tcp.payload.is_empty() {
+            if let Backend::Established(info) = &self.backend_state {
+                let offset = tcp.seq_number.0.wrapping_sub(info.isn.wrapping_add(1)) as u64;
+                let held: usize = self.early_backend.len();
+                if offset == held as u64 && held + tcp.payload.len() <= MAX_EARLY_BACKEND_BYTES {
+                    self.early_backend.extend_from_slice(tcp.payload);
+                    return None;
+                }
+            }
             context.counters.backend_segments_dropped += 1;
         }
         None
@@ -822,6 +838,15 @@ impl Session {
         }
         if let (Some(fin), Some(splice)) = (self.pending_client_fin.take(), self.splice.as_mut()) {
             splice.client_fin = Some(fin);
+        }
+        let early_backend = std::mem::take(&mut self.early_backend);
+        if !early_backend.is_empty() {
+            // As the backend itself would have cut them: what fits one client segment sealed.
+            let options = if self.timestamps { 12 } else { 0 };
+            let mss = self.syn.mss.saturating_sub(MAX_RECORD_OVERHEAD + options).max(64) as usize;
+            for (i, piece) in early_backend.chunks(mss).enumerate() {
+                self.seal_backend_bytes(context, (i * mss) as u64, piece);
+            }
         }
         if self.forward_client_fin(context).is_some() {
             self.ended = true;
