@@ -199,6 +199,34 @@ fn ten_thousand_sequential_connections_leave_nothing_behind() {
     assert_eq!(counters.ended_tag_failure + counters.ended_tls_error + counters.ended_idle, 0, "{counters:?}");
 }
 
+/// Under SYN pressure (here: from the first session on) the box answers SYNs with cookies and
+/// keeps no state until the client's ACK proves the cookie; the connections still work, with
+/// only the MSS negotiated.
+#[test]
+fn syn_cookies_carry_whole_connections() {
+    let addresses = Addresses::ipv4();
+    let mut lab = engine_lab_with(&addresses, ReleaseMode::CutThrough, 7, WireConfig::default(), 0);
+    for (i, suite) in [Suite::Tls13Aes128Gcm, Suite::Tls12EcdsaChacha20, Suite::Tls13Chacha20].into_iter().enumerate() {
+        let session = open(&mut lab, suite, 20_000 + i, 50_000 + i, i as u64, Extras::default());
+        lab.run_until(&format!("cookie connection {i} to finish"), EXCHANGE_LIMIT_NS, |lab| exchange_finished(lab, session));
+        // A cookie remembers only the MSS: the client's window scale and timestamps are
+        // declined in the SYN-ACK, so the replayed SYN cannot carry them either.
+        let violations: Vec<String> = lab
+            .violations()
+            .into_iter()
+            .filter(|v| !v.contains("lost window scale or timestamps"))
+            .collect();
+        assert!(violations.is_empty(), "{violations:#?}\n{}", lab.stuck("a clean cookie exchange"));
+        let client = &lab.client.sessions[session];
+        assert!(client.tls_error.is_none(), "{:?}", client.tls_error);
+        let negotiated = client.tls.negotiated_cipher_suite().map(|s| u16::from(s.suite()));
+        assert_eq!(negotiated, Some(suite.id()));
+    }
+    assert!(lab.settle(SETTLE_NS), "{}", lab.stuck("no session left"));
+    let counters = lab.boxed.engine.counters().clone();
+    assert_eq!((counters.syn_cookies_sent, counters.syn_cookies_accepted), (3, 3), "{counters:?}");
+}
+
 #[test]
 fn four_concurrent_connections() {
     let mut lab = engine_lab(&Addresses::ipv4(), ReleaseMode::CutThrough, 4, WireConfig::default());
@@ -760,6 +788,11 @@ impl EngineBox {
 }
 
 fn engine_lab(addresses: &Addresses, mode: ReleaseMode, seed: u64, wire: WireConfig) -> Lab<EngineBox> {
+    engine_lab_with(addresses, mode, seed, wire, usize::MAX)
+}
+
+/// An engine lab whose engine answers SYNs with cookies once `syn_cookies_after` sessions live.
+fn engine_lab_with(addresses: &Addresses, mode: ReleaseMode, seed: u64, wire: WireConfig, syn_cookies_after: usize) -> Lab<EngineBox> {
     let secrets = Arc::new(SecretLog::default());
     let listener = ListenerSetup {
         vip: addresses.vip,
@@ -775,6 +808,7 @@ fn engine_lab(addresses: &Addresses, mode: ReleaseMode, seed: u64, wire: WireCon
         inside_mac: addresses.inside_mac,
         idle_timeout_ns: 60_000 * MS,
         seed,
+        syn_cookies_after,
     });
     hosts_around(EngineBox { engine, output: Output::default() }, addresses, seed, wire)
 }

@@ -30,6 +30,8 @@ use cutls_dataplane::wire::EthernetAddress;
 /// Sessions idle this long are reset.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const BATCH: usize = 64;
+/// Live sessions above which SYNs are answered with SYN cookies.
+const SYN_COOKIES_AFTER: usize = 16_384;
 
 /// Entry point of `cutls run --config FILE`.
 pub fn main(config_path: PathBuf) -> ExitCode {
@@ -87,6 +89,7 @@ pub fn serve(config: &Config, stop: &AtomicBool) -> io::Result<()> {
         inside_mac: interface_mac(&config.inside)?,
         idle_timeout_ns: IDLE_TIMEOUT.as_nanos() as u64,
         seed: seed(),
+        syn_cookies_after: SYN_COOKIES_AFTER,
     };
     let engine = Engine::new(engine_config);
     match config.io {

@@ -35,7 +35,7 @@ use crate::wire::{
 };
 use emit::Link;
 use handover::SecretLog;
-use session::{BackendSide, Session, SessionEvent};
+use session::{BackendSide, ClientSyn, Session, SessionEvent};
 
 /// The box's two ports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -67,6 +67,8 @@ pub struct EngineConfig {
     pub inside_mac: EthernetAddress,
     pub idle_timeout_ns: u64,
     pub seed: u64,
+    /// Live sessions above which SYNs are answered with SYN cookies and no state.
+    pub syn_cookies_after: usize,
 }
 
 /// Frames to send, per port. The caller drains them after each call.
@@ -110,12 +112,23 @@ pub struct Counters {
     pub records_opened: u64,
     pub records_sealed: u64,
     pub records_regenerated: u64,
+    /// SYNs answered with a SYN cookie (no state), and connections made from a valid cookie.
+    pub syn_cookies_sent: u64,
+    pub syn_cookies_accepted: u64,
 }
 
 /// How long an ended session's backend flow is still recognised (its late segments are reset
 /// and dropped rather than bridged), and how many such flows are kept at most.
 const ENDED_FLOW_TTL_NS: u64 = 120_000_000_000;
 const MAX_ENDED_FLOWS: usize = 1 << 16;
+
+/// MSS classes a SYN cookie can remember (the largest not above the client's is offered).
+const COOKIE_MSS: [u16; 4] = [536, 1220, 1440, 1460];
+
+/// SYN cookie time slots: 64 s each; a cookie is good in its slot and the next.
+fn cookie_slot(now_ns: u64) -> u32 {
+    (now_ns >> 36) as u32
+}
 
 /// SNAT source ports: the box owns 1024..=65535 on its SNAT address.
 const FIRST_SNAT_PORT: u16 = 1024;
@@ -146,13 +159,22 @@ pub struct Engine {
     /// SNAT: the next source port to try.
     next_snat_port: u16,
     rng: u64,
+    /// Key of the SYN cookies' MAC.
+    cookie_secret: [u8; 32],
     counters: Counters,
 }
 
 impl Engine {
     pub fn new(config: EngineConfig) -> Engine {
         let listeners = config.listeners.len();
-        let rng = config.seed | 1;
+        let mut rng = config.seed | 1;
+        let mut cookie_secret = [0u8; 32];
+        for chunk in cookie_secret.chunks_mut(8) {
+            rng ^= rng >> 12;
+            rng ^= rng << 25;
+            rng ^= rng >> 27;
+            chunk.copy_from_slice(&rng.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+        }
         Engine {
             config,
             sessions: HashMap::new(),
@@ -165,6 +187,7 @@ impl Engine {
             next_backend: vec![0; listeners],
             next_snat_port: FIRST_SNAT_PORT,
             rng,
+            cookie_secret,
             counters: Counters::default(),
         }
     }
@@ -269,8 +292,23 @@ impl Engine {
                         }
                         if port == Port::Outside {
                             if let Some(listener) = self.listener_for(destination) {
-                                if tcp.flags.contains(TcpFlags::SYN) && !tcp.flags.contains(TcpFlags::ACK) {
-                                    self.new_session(now_ns, listener, key, link, tcp, out);
+                                let syn = tcp.flags.contains(TcpFlags::SYN);
+                                let ack = tcp.flags.contains(TcpFlags::ACK);
+                                if syn && !ack && self.sessions.len() >= self.config.syn_cookies_after {
+                                    self.answer_with_cookie(now_ns, key, link, tcp, out);
+                                } else if syn && !ack {
+                                    let client = ClientSyn::from_segment(tcp);
+                                    self.new_session(now_ns, listener, key, link, tcp, client, None, out);
+                                } else if let Some(client) = self.check_cookie(now_ns, key, tcp) {
+                                    // The client's ACK completes a cookie handshake: the session
+                                    // starts now, and this segment (perhaps a ClientHello) is its first.
+                                    self.counters.syn_cookies_accepted += 1;
+                                    let our_isn = tcp.ack_number.0.wrapping_sub(1);
+                                    if let Some(id) = self.new_session(now_ns, listener, key, link, tcp, client, Some(our_isn), out) {
+                                        self.with_session(id, now_ns, out, |session, context| {
+                                            session.segment(context, port, link, tcp)
+                                        });
+                                    }
                                 } else if !tcp.flags.contains(TcpFlags::RST) {
                                     // A segment for a VIP without a session: tell the client.
                                     session::reset_unknown(link, key, tcp, out);
@@ -358,6 +396,9 @@ impl Engine {
         self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
+    /// Creates a session for a SYN (or for a cookie's ACK, with `cookie_isn` our ISN, its
+    /// SYN-ACK already sent) and returns its id.
+    #[allow(clippy::too_many_arguments)]
     fn new_session(
         &mut self,
         now_ns: u64,
@@ -365,24 +406,26 @@ impl Engine {
         key: FlowKey,
         link: Link,
         tcp: &crate::wire::TcpSegment<'_>,
+        client: ClientSyn,
+        cookie_isn: Option<u32>,
         out: &mut Output,
-    ) {
+    ) -> Option<u64> {
         let setup = &self.config.listeners[listener];
         if setup.backends.is_empty() {
             session::reset_unknown(link, key, tcp, out);
-            return;
+            return None;
         }
         let backend_index = self.next_backend[listener] % setup.backends.len();
         self.next_backend[listener] = self.next_backend[listener].wrapping_add(1);
         let backend = setup.backends[backend_index];
-        let isn = self.random() as u32;
+        let isn = cookie_isn.unwrap_or_else(|| self.random() as u32);
         let side = match self.config.snat_address {
             None => BackendSide { source: key.source, mac: None },
             Some(address) => {
                 let Some(port) = self.snat_port(address, backend) else {
                     // Every port toward this backend is in use.
                     session::reset_unknown(link, key, tcp, out);
-                    return;
+                    return None;
                 };
                 BackendSide { source: SocketAddr::new(address, port), mac: Some(self.config.inside_mac) }
             }
@@ -390,15 +433,64 @@ impl Engine {
         let id = self.next_id;
         self.next_id += 1;
         let setup = &self.config.listeners[listener];
-        let Some(session) = Session::new(now_ns, setup, key.source, key.destination, backend, side, link, tcp, isn) else {
+        let Some(session) = Session::new(now_ns, setup, key.source, key.destination, backend, side, link, &client, isn) else {
             session::reset_unknown(link, key, tcp, out);
-            return;
+            return None;
         };
         self.counters.sessions_started += 1;
         self.by_client.insert(key, id);
         self.by_backend.insert(FlowKey { source: backend, destination: side.source }, id);
         self.sessions.insert(id, session);
-        self.with_session(id, now_ns, out, |session, context| session.start(context));
+        if cookie_isn.is_none() {
+            self.with_session(id, now_ns, out, |session, context| session.start(context));
+        }
+        Some(id)
+    }
+
+    /// Answers a SYN with a SYN cookie: our ISN carries a time slot, an MSS class and a MAC of
+    /// the 4-tuple and the client's ISN, so the client's ACK can rebuild the session without
+    /// any state kept for the SYN.
+    fn answer_with_cookie(&mut self, now_ns: u64, key: FlowKey, link: Link, tcp: &crate::wire::TcpSegment<'_>, out: &mut Output) {
+        let client_mss = tcp.options.max_segment_size.unwrap_or(536);
+        let class = COOKIE_MSS.iter().rposition(|&mss| mss <= client_mss).unwrap_or(0);
+        let slot = cookie_slot(now_ns);
+        let cookie = self.cookie(key, tcp.seq_number.0, slot, class as u32);
+        self.counters.syn_cookies_sent += 1;
+        session::syn_ack_with_cookie(link, key, tcp, cookie, COOKIE_MSS[class], out);
+    }
+
+    /// The session a cookie's ACK stands for, if the cookie is ours and recent.
+    fn check_cookie(&self, now_ns: u64, key: FlowKey, tcp: &crate::wire::TcpSegment<'_>) -> Option<ClientSyn> {
+        if !tcp.flags.contains(TcpFlags::ACK) || tcp.flags.contains(TcpFlags::SYN) || tcp.flags.contains(TcpFlags::RST) {
+            return None;
+        }
+        let cookie = tcp.ack_number.0.wrapping_sub(1);
+        let client_isn = tcp.seq_number.0.wrapping_sub(1);
+        let class = (cookie >> 25) & 0x3;
+        let now = cookie_slot(now_ns);
+        for slot in [now, now.wrapping_sub(1)] {
+            if cookie >> 27 == slot & 0x1f && self.cookie(key, client_isn, slot, class) == cookie {
+                return Some(ClientSyn::from_cookie(client_isn, tcp.window as u64, COOKIE_MSS[class as usize]));
+            }
+        }
+        None
+    }
+
+    fn cookie(&self, key: FlowKey, client_isn: u32, slot: u32, class: u32) -> u32 {
+        let mut input = Vec::with_capacity(48);
+        for address in [key.source, key.destination] {
+            match address.ip() {
+                IpAddr::V4(v4) => input.extend_from_slice(&v4.octets()),
+                IpAddr::V6(v6) => input.extend_from_slice(&v6.octets()),
+            }
+            input.extend_from_slice(&address.port().to_be_bytes());
+        }
+        input.extend_from_slice(&client_isn.to_be_bytes());
+        input.extend_from_slice(&slot.to_be_bytes());
+        input.push(class as u8);
+        let mut mac = [0u8; 4];
+        cutls_crypto::keys::hkdf_expand(cutls_crypto::HashAlgorithm::Sha256, &self.cookie_secret, &input, &mut mac);
+        ((slot & 0x1f) << 27) | (class << 25) | (u32::from_be_bytes(mac) & 0x01ff_ffff)
     }
 
     /// Runs `work` on a session with what it may touch of the engine, then applies its events.

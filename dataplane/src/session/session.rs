@@ -57,8 +57,32 @@ const MAX_MAPPED_RECORDS: usize = 4096;
 /// Backend bytes kept before the splice starts (a banner, not a download).
 const MAX_EARLY_BACKEND_BYTES: usize = 16 * 1024;
 
+/// What the box keeps of a client's SYN: from the SYN itself, or rebuilt from a SYN cookie.
 #[derive(Clone, Copy, Debug)]
-struct SynOptions {
+pub(crate) struct ClientSyn {
+    pub isn: u32,
+    pub window: u64,
+    pub options: SynOptions,
+}
+
+impl ClientSyn {
+    pub(crate) fn from_segment(syn: &TcpSegment<'_>) -> ClientSyn {
+        ClientSyn { isn: syn.seq_number.0, window: syn.window as u64, options: SynOptions::from(&syn.options) }
+    }
+
+    /// A connection the box answered with a SYN cookie: only the MSS survives (the SYN-ACK
+    /// offered no other option).
+    pub(crate) fn from_cookie(client_isn: u32, window: u64, mss: u16) -> ClientSyn {
+        ClientSyn {
+            isn: client_isn,
+            window,
+            options: SynOptions { mss, window_scale: None, sack_permitted: false, timestamp: None },
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SynOptions {
     mss: u16,
     window_scale: Option<u8>,
     sack_permitted: bool,
@@ -217,7 +241,7 @@ impl Session {
         backend: SocketAddr,
         backend_side: BackendSide,
         client_link: Link,
-        syn: &TcpSegment<'_>,
+        syn: &ClientSyn,
         our_isn: u32,
     ) -> Option<Session> {
         if backend_side.source.is_ipv4() != backend.is_ipv4() {
@@ -225,7 +249,7 @@ impl Session {
             return None;
         }
         let tls = ServerConnection::new(setup.tls.clone()).ok()?;
-        let options = SynOptions::from(&syn.options);
+        let options = syn.options;
         let backend_mac_source = backend_side.mac.unwrap_or(client_link.source);
         Some(Session {
             client,
@@ -236,7 +260,7 @@ impl Session {
             client_link,
             mode: setup.mode,
             secrets: setup.secrets.clone(),
-            client_isn: syn.seq_number.0,
+            client_isn: syn.isn,
             our_isn,
             syn: options,
             our_window_scale: if options.window_scale.is_some() { OUR_WINDOW_SCALE } else { 0 },
@@ -249,7 +273,7 @@ impl Session {
             handshake_out: Vec::new(),
             acked: 0,
             sent: 0,
-            client_window: syn.window as u64,
+            client_window: syn.window,
             rto_deadline_ns: None,
             rto_ns: INITIAL_RTO_NS,
             retries: 0,
@@ -1353,6 +1377,24 @@ impl Splice {
 
 fn next_aead(sealer: &RecordSealer) -> cutls_crypto::AeadAlgorithm {
     sealer.framing().aead
+}
+
+/// The SYN-ACK of a SYN cookie: no state kept, only MSS offered (nothing else could be
+/// remembered), the cookie as our initial sequence number.
+pub(crate) fn syn_ack_with_cookie(link: Link, key: FlowKey, syn: &TcpSegment<'_>, cookie: u32, mss: u16, out: &mut Output) {
+    let mut options = TcpOptions::default();
+    options.max_segment_size = Some(mss);
+    let segment = Segment {
+        source: key.destination,
+        destination: key.source,
+        seq: cookie,
+        ack: syn.seq_number.0.wrapping_add(1),
+        flags: TcpFlags::SYN | TcpFlags::ACK,
+        window: 65535,
+        options,
+        payload: &[],
+    };
+    out.push(Port::Outside, emit::tcp_frame(Link { source: link.destination, destination: link.source }, &segment));
 }
 
 /// A RST for a segment to a VIP that no session owns (RFC 9293 section 3.10.7.1).
