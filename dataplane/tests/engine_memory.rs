@@ -809,6 +809,7 @@ fn engine_lab_with(addresses: &Addresses, mode: ReleaseMode, seed: u64, wire: Wi
         idle_timeout_ns: 60_000 * MS,
         seed,
         syn_cookies_after,
+        handshake_threads: 0,
     });
     hosts_around(EngineBox { engine, output: Output::default() }, addresses, seed, wire)
 }

@@ -3,9 +3,10 @@
 //!
 //! One poll loop owns both ports and every session (so both directions of a session always
 //! reach the loop that owns it). Each turn: frames from the outside and inside ports go through
-//! the session engine, what it emits goes out, and its timers run. Handshakes run inline in the
-//! loop (a full handshake costs tens of microseconds; measuring how much that delays other
-//! sessions is still to do).
+//! the session engine, what it emits goes out, and its timers run. Handshakes run on worker
+//! threads (`HANDSHAKE_THREADS`): a full handshake costs 0.1-0.5 ms (docs/bench-handshake.md),
+//! which would otherwise hold every other session's packets; the loop collects finished ones
+//! every turn.
 //!
 //! Not supported yet: several loops (steering sessions to cores), passthrough pools,
 //! configuration reload, the management socket.
@@ -32,6 +33,9 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const BATCH: usize = 64;
 /// Live sessions above which SYNs are answered with SYN cookies.
 const SYN_COOKIES_AFTER: usize = 16_384;
+/// Threads that run TLS handshakes, so that a handshake (0.1-0.5 ms) does not hold the poll
+/// loop (docs/bench-handshake.md).
+const HANDSHAKE_THREADS: usize = 1;
 
 /// Entry point of `cutls run --config FILE`.
 pub fn main(config_path: PathBuf) -> ExitCode {
@@ -90,6 +94,7 @@ pub fn serve(config: &Config, stop: &AtomicBool) -> io::Result<()> {
         idle_timeout_ns: IDLE_TIMEOUT.as_nanos() as u64,
         seed: seed(),
         syn_cookies_after: SYN_COOKIES_AFTER,
+        handshake_threads: HANDSHAKE_THREADS,
     };
     let engine = Engine::new(engine_config);
     match config.io {
@@ -134,19 +139,27 @@ fn poll_loop<P: FrameIo>(mut engine: Engine, mut outside: P, mut inside: P, stop
             flush(&mut out, &mut outside, &mut inside)?;
         }
         let now = start.elapsed().as_nanos() as u64;
+        engine.collect_handshakes(now, &mut out);
+        flush(&mut out, &mut outside, &mut inside)?;
         if now >= last_poll + 1_000_000 {
             engine.poll(now, &mut out);
             flush(&mut out, &mut outside, &mut inside)?;
             last_poll = now;
         }
         if !worked {
+            // With handshakes at the workers, look again soon for their results.
+            let wait = if handshakes_pending(&engine) { Duration::from_micros(50) } else { Duration::from_millis(1) };
             let fds: Vec<_> = [outside.readiness_fd(), inside.readiness_fd()].into_iter().flatten().collect();
-            wait_readable(&fds, Duration::from_millis(1))?;
+            wait_readable(&fds, wait)?;
         }
     }
     println!("{:#?}", engine.counters());
     println!("sessions still open: {}", engine.sessions());
     Ok(())
+}
+
+fn handshakes_pending(engine: &Engine) -> bool {
+    engine.handshakes_pending()
 }
 
 fn flush<P: FrameIo>(out: &mut Output, outside: &mut P, inside: &mut P) -> io::Result<()> {

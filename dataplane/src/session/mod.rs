@@ -22,6 +22,7 @@
 
 pub mod emit;
 pub mod handover;
+pub mod handshake;
 mod session;
 
 use std::collections::{HashMap, HashSet};
@@ -69,6 +70,9 @@ pub struct EngineConfig {
     pub seed: u64,
     /// Live sessions above which SYNs are answered with SYN cookies and no state.
     pub syn_cookies_after: usize,
+    /// Threads that run handshakes off the poll loop; 0 runs them inline (deterministic:
+    /// tests, replays).
+    pub handshake_threads: usize,
 }
 
 /// Frames to send, per port. The caller drains them after each call.
@@ -161,12 +165,18 @@ pub struct Engine {
     rng: u64,
     /// Key of the SYN cookies' MAC.
     cookie_secret: [u8; 32],
+    pool: Option<handshake::HandshakePool>,
     counters: Counters,
 }
 
 impl Engine {
     pub fn new(config: EngineConfig) -> Engine {
         let listeners = config.listeners.len();
+        // A pool that cannot start (no threads) leaves handshakes inline.
+        let pool = match config.handshake_threads {
+            0 => None,
+            threads => handshake::HandshakePool::start(threads).ok(),
+        };
         let mut rng = config.seed | 1;
         let mut cookie_secret = [0u8; 32];
         for chunk in cookie_secret.chunks_mut(8) {
@@ -188,6 +198,8 @@ impl Engine {
             next_snat_port: FIRST_SNAT_PORT,
             rng,
             cookie_secret,
+            // A pool that cannot start (no threads) leaves handshakes inline.
+            pool,
             counters: Counters::default(),
         }
     }
@@ -365,10 +377,29 @@ impl Engine {
 
     /// Timers: retransmissions, backends to (re)try, idle sessions.
     pub fn poll(&mut self, now_ns: u64, out: &mut Output) {
+        self.collect_handshakes(now_ns, out);
         let ids: Vec<u64> = self.sessions.keys().copied().collect();
         for id in ids {
             self.with_session(id, now_ns, out, |session, context| session.poll(context));
         }
+    }
+
+    /// Picks up the handshakes the pool finished (cheap when there are none: call it every
+    /// turn of the loop).
+    pub fn collect_handshakes(&mut self, now_ns: u64, out: &mut Output) {
+        let results: Vec<handshake::JobResult> = match &self.pool {
+            Some(pool) => pool.results().collect(),
+            None => return,
+        };
+        for result in results {
+            let id = result.session;
+            self.with_session(id, now_ns, out, |session, context| session.tls_result(context, result));
+        }
+    }
+
+    /// Whether handshakes are with the pool: the loop should not sleep long.
+    pub fn handshakes_pending(&self) -> bool {
+        self.sessions.values().any(|session| session.tls_in_flight())
     }
 
     fn bridge(&mut self, port: Port, frame: &[u8], out: &mut Output) {
@@ -433,7 +464,7 @@ impl Engine {
         let id = self.next_id;
         self.next_id += 1;
         let setup = &self.config.listeners[listener];
-        let Some(session) = Session::new(now_ns, setup, key.source, key.destination, backend, side, link, &client, isn) else {
+        let Some(session) = Session::new(id, now_ns, setup, key.source, key.destination, backend, side, link, &client, isn) else {
             session::reset_unknown(link, key, tcp, out);
             return None;
         };
@@ -508,6 +539,7 @@ impl Engine {
             counters: &mut self.counters,
             inside_macs: &self.inside_macs,
             resolving: &mut self.resolving,
+            pool: self.pool.as_ref(),
             idle_timeout_ns: self.config.idle_timeout_ns,
         };
         let event = work(session, &mut context);

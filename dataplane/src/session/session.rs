@@ -22,7 +22,8 @@ use cutls_crypto::{
 use rustls::ServerConnection;
 
 use super::emit::{self, Link, Segment};
-use super::handover::{session_keys, SecretLog, SessionKeys};
+use super::handover::{SecretLog, SessionKeys};
+use super::handshake::{self, HandshakePool, Job, JobResult, Outcome};
 use super::{Counters, FlowKey, ListenerSetup, Output, Port};
 use crate::wire::{ArpOperation, EthernetAddress, SackBlock, SackBlocks, SeqNumber, TcpFlags, TcpOptions, TcpSegment, TcpTimestamp};
 
@@ -35,6 +36,8 @@ pub(crate) struct Context<'a> {
     /// Addresses the box is resolving on the inside port: their replies are the box's.
     pub resolving: &'a mut std::collections::HashSet<IpAddr>,
     pub idle_timeout_ns: u64,
+    /// Where handshakes run: `None` inline.
+    pub pool: Option<&'a HandshakePool>,
 }
 
 pub(crate) enum SessionEvent {
@@ -130,6 +133,8 @@ pub(crate) struct BackendSide {
 }
 
 pub(crate) struct Session {
+    /// The engine's id for the session (handshake jobs come back with it).
+    id: u64,
     client: SocketAddr,
     vip: SocketAddr,
     backend: SocketAddr,
@@ -179,6 +184,8 @@ pub(crate) struct Session {
     pending_client_fin: Option<u64>,
     /// Backend bytes (from its offset 0) sent before the splice started.
     early_backend: Vec<u8>,
+    /// The ServerConnection is with a handshake worker.
+    tls_in_flight: bool,
 }
 
 /// A record the box sealed toward the client, until the client acknowledges it.
@@ -234,6 +241,7 @@ struct Splice {
 impl Session {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
+        id: u64,
         now_ns: u64,
         setup: &ListenerSetup,
         client: SocketAddr,
@@ -252,6 +260,7 @@ impl Session {
         let options = syn.options;
         let backend_mac_source = backend_side.mac.unwrap_or(client_link.source);
         Some(Session {
+            id,
             client,
             vip,
             backend,
@@ -287,6 +296,7 @@ impl Session {
             ended: false,
             pending_client_fin: None,
             early_backend: Vec::new(),
+            tls_in_flight: false,
         })
     }
 
@@ -304,6 +314,10 @@ impl Session {
 
     pub(crate) fn backend_source(&self) -> SocketAddr {
         self.backend_source
+    }
+
+    pub(crate) fn tls_in_flight(&self) -> bool {
+        self.tls_in_flight
     }
 
     pub(crate) fn waits_for_backend_mac(&self) -> bool {
@@ -405,7 +419,8 @@ impl Session {
         let payload = tcp.payload;
         if !payload.is_empty() {
             let end = offset + payload.len() as u64;
-            if offset <= self.client_next && end > self.client_next && self.tls.is_some() {
+            let handshaking = self.tls.is_some() || self.tls_in_flight;
+            if offset <= self.client_next && end > self.client_next && handshaking {
                 let fresh = &payload[(self.client_next - offset) as usize..];
                 if self.handshake_in.len() + fresh.len() > MAX_HANDSHAKE_BYTES {
                     context.counters.ended_tls_error += 1;
@@ -415,13 +430,9 @@ impl Session {
                 self.handshake_in.extend_from_slice(fresh);
                 self.client_next = end;
                 if let Err(()) = self.drive_tls(context) {
-                    context.counters.ended_tls_error += 1;
-                    self.transmit_handshake(context);
-                    self.send_to_client(context, TcpFlags::RST | TcpFlags::ACK, self.handshake_out.len() as u64, &[]);
-                    self.reset_backend(context);
-                    return Some(SessionEvent::Ended);
+                    return Some(self.tls_failed(context));
                 }
-            } else if offset > self.client_next || self.tls.is_none() {
+            } else if offset > self.client_next || !handshaking {
                 // Out of order, or application data before the splice is ready: TCP resends.
                 context.counters.client_segments_dropped += 1;
             }
@@ -444,68 +455,93 @@ impl Session {
         None
     }
 
-    /// Feeds rustls one whole record at a time while it is handshaking (the client's first
-    /// application record must stay for the record engine), then hands the keys over.
+    /// Ships the client's complete handshake records to rustls (inline, or to the handshake
+    /// pool: [`super::handshake`]), one job at a time per session.
     fn drive_tls(&mut self, context: &mut Context<'_>) -> Result<(), ()> {
-        let Some(tls) = self.tls.as_mut() else { return Ok(()) };
-        while tls.is_handshaking() && self.handshake_in.len() >= 5 {
-            let len = 5 + u16::from_be_bytes([self.handshake_in[3], self.handshake_in[4]]) as usize;
-            if self.handshake_in.len() < len {
-                break;
-            }
-            let record: Vec<u8> = self.handshake_in.drain(..len).collect();
-            if self.client_random.is_none() && record.len() >= 43 && record[0] == 22 && record[5] == 1 {
+        // The ClientHello's random, read here (cheap), starts the backend connection now and
+        // later finds the TLS 1.3 traffic secrets.
+        if self.client_random.is_none() {
+            let record = &self.handshake_in;
+            if record.len() >= 43 && record[0] == 22 && record[5] == 1 {
                 let mut random = [0u8; 32];
                 random.copy_from_slice(&record[11..43]);
                 self.client_random = Some(random);
             }
-            let mut reader = &record[..];
-            while !reader.is_empty() {
-                if tls.read_tls(&mut reader).is_err() {
-                    return Err(());
-                }
-            }
-            let processed = tls.process_new_packets();
-            while tls.wants_write() {
-                if tls.write_tls(&mut self.handshake_out).is_err() {
-                    return Err(());
-                }
-            }
-            if processed.is_err() {
-                return Err(());
-            }
         }
-        let handshaking = tls.is_handshaking();
-        if !handshaking {
-            while tls.wants_write() {
-                if tls.write_tls(&mut self.handshake_out).is_err() {
-                    return Err(());
-                }
-            }
-        }
-        // The ClientHello has been read: the backend connection starts alongside the handshake.
         if self.client_random.is_some() && matches!(self.backend_state, Backend::Resolving { tries: 0, .. }) {
             self.connect_backend(context);
         }
-        if !handshaking {
-            self.hand_over(context)?;
+        if self.tls_in_flight {
+            return Ok(());
         }
-        Ok(())
+        let complete = complete_records_len(&self.handshake_in);
+        if complete == 0 {
+            return Ok(());
+        }
+        let Some(tls) = self.tls.take() else { return Ok(()) };
+        let job = Job {
+            session: self.id,
+            tls,
+            input: self.handshake_in[..complete].to_vec(),
+            client_random: self.client_random,
+            secrets: self.secrets.clone(),
+        };
+        let job = match context.pool {
+            Some(pool) => match pool.submit(job) {
+                Ok(()) => {
+                    self.tls_in_flight = true;
+                    return Ok(());
+                }
+                Err(job) => job,
+            },
+            None => job,
+        };
+        self.apply_tls_result(context, handshake::run(job))
     }
 
-    /// Takes the keys out of rustls and drops it.
-    fn hand_over(&mut self, context: &mut Context<'_>) -> Result<(), ()> {
-        let Some(tls) = self.tls.take() else { return Ok(()) };
-        let Some(suite) = tls.negotiated_cipher_suite() else { return Err(()) };
-        let extracted = tls.dangerous_extract_secrets().map_err(|_| ())?;
-        let secrets = self.client_random.and_then(|random| self.secrets.take(&random));
-        let keys = session_keys(suite, extracted, secrets).map_err(|_| ())?;
-        self.keys = Some(keys);
-        context.counters.handshakes_completed += 1;
-        self.client_handshake_len = self.client_next - self.handshake_in.len() as u64;
-        self.early_application = std::mem::take(&mut self.handshake_in);
-        self.try_start_splice(context);
-        Ok(())
+    /// A handshake job came back from the pool.
+    pub(crate) fn tls_result(&mut self, context: &mut Context<'_>, result: JobResult) -> Option<SessionEvent> {
+        self.tls_in_flight = false;
+        match self.apply_tls_result(context, result) {
+            Ok(()) => {
+                self.transmit_handshake(context);
+                if self.ended {
+                    return Some(SessionEvent::Ended);
+                }
+                None
+            }
+            Err(()) => Some(self.tls_failed(context)),
+        }
+    }
+
+    fn apply_tls_result(&mut self, context: &mut Context<'_>, result: JobResult) -> Result<(), ()> {
+        self.handshake_in.drain(..result.consumed.min(self.handshake_in.len()));
+        self.handshake_out.extend_from_slice(&result.output);
+        match result.outcome {
+            Outcome::Handshaking => {
+                self.tls = result.tls;
+                // Records that came while the job was away.
+                self.drive_tls(context)
+            }
+            Outcome::Keys(keys) => {
+                self.keys = Some(*keys);
+                context.counters.handshakes_completed += 1;
+                self.client_handshake_len = self.client_next - self.handshake_in.len() as u64;
+                self.early_application = std::mem::take(&mut self.handshake_in);
+                self.try_start_splice(context);
+                Ok(())
+            }
+            Outcome::Failed => Err(()),
+        }
+    }
+
+    /// rustls refused the handshake: its alert (already in the flight) goes out, then RSTs.
+    fn tls_failed(&mut self, context: &mut Context<'_>) -> SessionEvent {
+        context.counters.ended_tls_error += 1;
+        self.transmit_handshake(context);
+        self.send_to_client(context, TcpFlags::RST | TcpFlags::ACK, self.handshake_out.len() as u64, &[]);
+        self.reset_backend(context);
+        SessionEvent::Ended
     }
 
     fn transmit_handshake(&mut self, context: &mut Context<'_>) {
@@ -1416,6 +1452,19 @@ pub(crate) fn reset_unknown(link: Link, key: FlowKey, tcp: &TcpSegment<'_>, out:
         payload: &[],
     };
     out.push(Port::Outside, emit::tcp_frame(Link { source: link.destination, destination: link.source }, &segment));
+}
+
+/// Length of the whole TLS records at the start of `bytes`.
+fn complete_records_len(bytes: &[u8]) -> usize {
+    let mut at = 0;
+    while bytes.len() - at >= 5 {
+        let len = 5 + u16::from_be_bytes([bytes[at + 3], bytes[at + 4]]) as usize;
+        if bytes.len() - at < len {
+            break;
+        }
+        at += len;
+    }
+    at
 }
 
 /// A RST for a backend segment of a session that has ended (sent back on the inside port).
