@@ -3,7 +3,8 @@
 //! For each AEAD at 1448 B and 16384 B records (TLS 1.3 framing): streaming open in order (a
 //! 16 KiB record arrives as 1448-byte segments), open with the segments in random order, and
 //! seal; beside ring's and RustCrypto's one-shot open of the same bytes and `openssl speed -evp`.
-//! Prints GB/s (plaintext bytes) and the ratio of ours to each reference. Median of runs.
+//! Prints GB/s (plaintext bytes) and the ratio of ours to each reference: the median of runs,
+//! interleaved across the implementations compared. Arguments filter rows (`-- chacha 1448`).
 
 use std::hint::black_box;
 use std::process::Command;
@@ -23,9 +24,19 @@ fn main() {
         "{:<18} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8}",
         "aead", "bytes", "open", "open-rnd", "seal", "ring", "rustcr", "openssl", "open/ring", "open/rc", "open/ossl"
     );
+    // Optional filters (`cargo bench -p cutls-crypto --bench crypto -- chacha 1448`): an AEAD
+    // name part and/or a size; no filter runs every row.
+    let filters: Vec<String> = std::env::args().skip(1).filter(|arg| !arg.starts_with('-')).collect();
     for aead in [AeadAlgorithm::Aes128Gcm, AeadAlgorithm::Aes256Gcm, AeadAlgorithm::Chacha20Poly1305] {
         for size in [1448usize, 16384] {
-            row(aead, size);
+            let name = aead.name().to_ascii_lowercase();
+            let selected = filters.iter().all(|filter| match filter.parse::<usize>() {
+                Ok(wanted) => wanted == size,
+                Err(_) => name.contains(&filter.to_ascii_lowercase()),
+            });
+            if selected {
+                row(aead, size);
+            }
         }
     }
 }
@@ -59,30 +70,39 @@ fn row(aead: AeadAlgorithm, size: usize) {
     let config = OpenerConfig { keep_completed: false, ..OpenerConfig::default() };
     let stream_bytes = size * records;
 
-    let mut work = stream.clone();
-    let mut open_with = |order: &[(usize, usize)]| {
-        measure(stream_bytes, passes, || {
-            let mut opener = RecordOpener::new(&keys, 0, 0, config);
-            let mut out = OpenOutput::default();
-            work.copy_from_slice(&stream);
-            for base in (0..stream.len()).step_by(record_len) {
-                for &(a, b) in order {
-                    let step = opener.open((base + a) as u64, &mut work[base + a..base + b], &mut out).unwrap();
-                    debug_assert!(matches!(step.stop, None | Some(Stop::Record(_))));
-                }
+    // One pass of our streaming open over the whole stream, segments in `order`.
+    let open_pass = |order: &[(usize, usize)], work: &mut [u8]| {
+        let mut opener = RecordOpener::new(&keys, 0, 0, config);
+        let mut out = OpenOutput::default();
+        work.copy_from_slice(&stream);
+        for base in (0..stream.len()).step_by(record_len) {
+            for &(a, b) in order {
+                let step = opener.open((base + a) as u64, &mut work[base + a..base + b], &mut out).unwrap();
+                debug_assert!(matches!(step.stop, None | Some(Stop::Record(_))));
             }
-            black_box(&work);
-        })
+        }
+        black_box(&work);
     };
-    let open_in_order = open_with(&segments);
-    let open_random = open_with(&shuffled);
-    let mut seal_buffer = vec![0u8; record_len];
+    if std::env::var_os("CUTLS_BENCH_PROFILE").is_some() {
+        // Only our in-order open, for a few seconds: for `perf record` / callgrind.
+        let seconds: f64 = std::env::var("CUTLS_BENCH_PROFILE").ok().and_then(|v| v.parse().ok()).unwrap_or(3.0);
+        let start = Instant::now();
+        let mut rates = Vec::new();
+        let mut work = stream.clone();
+        // CUTLS_BENCH_ORDER=random profiles the shuffled order instead.
+        let order = if std::env::var("CUTLS_BENCH_ORDER").is_ok_and(|v| v == "random") { &shuffled } else { &segments };
+        while start.elapsed().as_secs_f64() < seconds {
+            // One pass at a time, so that short runs under callgrind work too.
+            let pass = Instant::now();
+            open_pass(order, &mut work);
+            rates.push(stream_bytes as f64 / pass.elapsed().as_secs_f64() / 1e9);
+        }
+        rates.sort_by(|a, b| a.total_cmp(b));
+        println!("{:<18} {:>6} {:>9.2} (open only, median of {} passes)", aead.name(), size, rates[rates.len() / 2], rates.len());
+        return;
+    }
     let iterations = (64 << 20) / size.max(1);
-    let seal = measure(size, iterations, || {
-        black_box(sealer.seal(ContentType::ApplicationData, &data, &mut seal_buffer).unwrap());
-    });
-    let mut work = record.clone();
-
+    let header: [u8; 5] = record[..5].try_into().unwrap();
     // ring one-shot open of the same record (TLS 1.3 AAD = header, nonce = iv ^ 0).
     let ring_algorithm = match aead {
         AeadAlgorithm::Aes128Gcm => &ring::aead::AES_128_GCM,
@@ -90,32 +110,45 @@ fn row(aead: AeadAlgorithm, size: usize) {
         AeadAlgorithm::Chacha20Poly1305 => &ring::aead::CHACHA20_POLY1305,
     };
     let ring_key = ring::aead::LessSafeKey::new(ring::aead::UnboundKey::new(ring_algorithm, &key).unwrap());
-    let header: [u8; 5] = record[..5].try_into().unwrap();
-    let ring_open = measure(size, iterations, || {
-        work.copy_from_slice(&record);
-        let nonce = ring::aead::Nonce::assume_unique_for_key(iv);
-        black_box(ring_key.open_in_place(nonce, ring::aead::Aad::from(header), &mut work[5..]).unwrap());
-    });
-    let rustcrypto_open = measure(size, iterations, || {
-        work.copy_from_slice(&record);
-        let body_end = record.len() - 16;
-        let (body, tag) = work[5..].split_at_mut(body_end - 5);
-        let tag: &[u8] = tag;
-        match aead {
-            AeadAlgorithm::Aes128Gcm => aes_gcm::Aes128Gcm::new_from_slice(&key)
-                .unwrap()
-                .decrypt_in_place_detached((&iv).into(), &header, body, tag.try_into().unwrap())
-                .unwrap(),
-            AeadAlgorithm::Aes256Gcm => aes_gcm::Aes256Gcm::new_from_slice(&key)
-                .unwrap()
-                .decrypt_in_place_detached((&iv).into(), &header, body, tag.try_into().unwrap())
-                .unwrap(),
-            AeadAlgorithm::Chacha20Poly1305 => chacha20poly1305::ChaCha20Poly1305::new_from_slice(&key)
-                .unwrap()
-                .decrypt_in_place_detached((&iv).into(), &header, body, tag.try_into().unwrap())
-                .unwrap(),
-        }
-    });
+    let (mut work_in_order, mut work_random) = (stream.clone(), stream.clone());
+    let (mut work_ring, mut work_rustcrypto) = (record.clone(), record.clone());
+    let mut seal_buffer = vec![0u8; record_len];
+    let mut operations = [
+        Operation::new(stream_bytes, passes, || open_pass(&segments, &mut work_in_order)),
+        Operation::new(stream_bytes, passes, || open_pass(&shuffled, &mut work_random)),
+        Operation::new(size, iterations, || {
+            black_box(sealer.seal(ContentType::ApplicationData, &data, &mut seal_buffer).unwrap());
+        }),
+        Operation::new(size, iterations, || {
+            work_ring.copy_from_slice(&record);
+            let nonce = ring::aead::Nonce::assume_unique_for_key(iv);
+            black_box(ring_key.open_in_place(nonce, ring::aead::Aad::from(header), &mut work_ring[5..]).unwrap());
+        }),
+        Operation::new(size, iterations, || {
+            let work = &mut work_rustcrypto;
+            work.copy_from_slice(&record);
+            let body_end = record.len() - 16;
+            let (body, tag) = work[5..].split_at_mut(body_end - 5);
+            let tag: &[u8] = tag;
+            match aead {
+                AeadAlgorithm::Aes128Gcm => aes_gcm::Aes128Gcm::new_from_slice(&key)
+                    .unwrap()
+                    .decrypt_in_place_detached((&iv).into(), &header, body, tag.try_into().unwrap())
+                    .unwrap(),
+                AeadAlgorithm::Aes256Gcm => aes_gcm::Aes256Gcm::new_from_slice(&key)
+                    .unwrap()
+                    .decrypt_in_place_detached((&iv).into(), &header, body, tag.try_into().unwrap())
+                    .unwrap(),
+                AeadAlgorithm::Chacha20Poly1305 => chacha20poly1305::ChaCha20Poly1305::new_from_slice(&key)
+                    .unwrap()
+                    .decrypt_in_place_detached((&iv).into(), &header, body, tag.try_into().unwrap())
+                    .unwrap(),
+            }
+        }),
+    ];
+    let [open_in_order, open_random, seal, ring_open, rustcrypto_open] = measure(&mut operations)[..] else {
+        unreachable!("five operations")
+    };
     let openssl = openssl_speed(aead, size);
     let ratio = |ours: f64, theirs: Option<f64>| theirs.map_or("-".to_string(), |t| format!("{:.2}x", ours / t));
     println!(
@@ -134,22 +167,45 @@ fn row(aead: AeadAlgorithm, size: usize) {
     );
 }
 
-/// GB/s of `size`-byte operations: median over runs of `iterations` calls.
-fn measure(size: usize, iterations: usize, mut operation: impl FnMut()) -> f64 {
-    for _ in 0..iterations / 10 + 1 {
-        operation();
+/// A measured operation: `iterations` calls per run, each on `size` bytes.
+struct Operation<'a> {
+    size: usize,
+    iterations: usize,
+    call: Box<dyn FnMut() + 'a>,
+}
+
+impl<'a> Operation<'a> {
+    fn new(size: usize, iterations: usize, call: impl FnMut() + 'a) -> Self {
+        Operation { size, iterations, call: Box::new(call) }
     }
-    let mut rates: Vec<f64> = (0..RUNS)
-        .map(|_| {
+}
+
+/// GB/s of each operation: the median of `RUNS` runs. The runs are interleaved (one run of
+/// each operation, then the next round), so that a slow period of this shared machine affects
+/// every operation alike instead of whichever was running.
+fn measure(operations: &mut [Operation]) -> Vec<f64> {
+    for operation in operations.iter_mut() {
+        for _ in 0..operation.iterations / 10 + 1 {
+            (operation.call)();
+        }
+    }
+    let mut rates = vec![Vec::with_capacity(RUNS); operations.len()];
+    for _ in 0..RUNS {
+        for (operation, rates) in operations.iter_mut().zip(&mut rates) {
             let start = Instant::now();
-            for _ in 0..iterations {
-                operation();
+            for _ in 0..operation.iterations {
+                (operation.call)();
             }
-            (size * iterations) as f64 / start.elapsed().as_secs_f64() / 1e9
+            rates.push((operation.size * operation.iterations) as f64 / start.elapsed().as_secs_f64() / 1e9);
+        }
+    }
+    rates
+        .into_iter()
+        .map(|mut rates| {
+            rates.sort_by(|a, b| a.total_cmp(b));
+            rates[RUNS / 2]
         })
-        .collect();
-    rates.sort_by(|a, b| a.total_cmp(b));
-    rates[RUNS / 2]
+        .collect()
 }
 
 /// `openssl speed -evp` of the same AEAD at the same size, in GB/s, if openssl is installed.

@@ -28,7 +28,7 @@ use core::fmt;
 use core::ops::Range;
 use std::collections::VecDeque;
 
-use crate::aead::{tags_equal, AeadKey, Auth, Direction, RecordKey};
+use crate::aead::{tags_equal, AeadKey, Auth, Direction, Lookahead, Prefix, RecordKey};
 use crate::keys::TrafficKeys;
 use crate::record::{ContentType, Framing, Header, HeaderError, EXPLICIT_NONCE_LEN, HEADER_LEN, TAG_LEN};
 use crate::suite::ProtocolVersion;
@@ -203,13 +203,22 @@ pub struct RecordOpener {
     header_seen: u8,
     /// Plaintext offset at which the next record's data will start.
     next_plaintext: u64,
-    records: VecDeque<Record>,
+    /// Boxed, so that records are not moved in and out of the deque (a record is some 500
+    /// bytes); forgotten ones go to `spare_records` and are reused.
+    records: VecDeque<Box<Record>>,
     /// Set when the next record header starts a new key generation (see [`Self::rekey`]).
     key_generation: u32,
     accelerate: bool,
     /// Held-byte buffers of verified records, reused so that steady state does not allocate.
     spare_held: Vec<Vec<u8>>,
+    /// Forgotten records, reused by [`Self::start_record`].
+    spare_records: Vec<Box<Record>>,
+    /// Keystream and key material carried from one in-order chunk to the next.
+    lookahead: Lookahead,
 }
+
+/// Spare records and held buffers kept for reuse.
+const SPARES: usize = 4;
 
 struct Record {
     seq: u64,
@@ -223,6 +232,9 @@ struct Record {
     explicit_nonce: [u8; EXPLICIT_NONCE_LEN],
     /// Body bytes already seen (relative to the body start).
     seen: Intervals,
+    /// Ciphertext taken in order from its start, fresh (see [`crate::aead::Prefix`]).
+    prefix: Prefix,
+    /// The MAC contributions of everything else.
     mac: Auth,
     tag: [u8; TAG_LEN],
     plaintext_start: u64,
@@ -242,6 +254,29 @@ struct Verified {
 }
 
 impl Record {
+    /// A record to be filled in by [`RecordOpener::start_record`].
+    fn blank(algorithm: crate::suite::AeadAlgorithm) -> Record {
+        Record {
+            seq: 0,
+            start: 0,
+            header: [0; HEADER_LEN],
+            outer_type: ContentType::ApplicationData,
+            body_len: 0,
+            unprotected: false,
+            key: None,
+            explicit_nonce: [0; EXPLICIT_NONCE_LEN],
+            seen: Intervals::default(),
+            prefix: Prefix::new(algorithm),
+            mac: Auth::zero(algorithm),
+            tag: [0; TAG_LEN],
+            plaintext_start: 0,
+            hold_from: 0,
+            held: Vec::new(),
+            released_early: false,
+            outcome: None,
+        }
+    }
+
     fn end(&self) -> u64 {
         self.start + (HEADER_LEN + self.body_len) as u64
     }
@@ -276,6 +311,8 @@ impl RecordOpener {
             key_generation: 0,
             accelerate,
             spare_held: Vec::new(),
+            spare_records: Vec::new(),
+            lookahead: Lookahead::default(),
         }
     }
 
@@ -342,7 +379,11 @@ impl RecordOpener {
             let first_dropped = &self.records[keep];
             self.next_header = first_dropped.start;
             self.next_plaintext = first_dropped.plaintext_start;
-            self.records.truncate(keep);
+            while self.records.len() > keep {
+                if let Some(record) = self.records.pop_back() {
+                    self.retire(record);
+                }
+            }
             self.header_seen = 0;
         }
         self.next_seq = 0;
@@ -353,7 +394,9 @@ impl RecordOpener {
     pub fn acknowledge(&mut self, stream_offset: u64) {
         while let Some(record) = self.records.front() {
             if record.outcome.is_some() && record.end() <= stream_offset {
-                self.records.pop_front();
+                if let Some(record) = self.records.pop_front() {
+                    self.retire(record);
+                }
             } else {
                 break;
             }
@@ -409,6 +452,19 @@ impl RecordOpener {
                 return Ok(Step { consumed: position, stop: Some(Stop::Refused(Refusal::BeyondUnknownHeader)) });
             }
             let into_header = into_header as usize;
+            if into_header == 0 && self.header_seen == 0 && chunk.len() - position >= HEADER_LEN {
+                // The whole header in this chunk (the common case): parse it from here.
+                let mut header = [0u8; HEADER_LEN];
+                header.copy_from_slice(&chunk[position..position + HEADER_LEN]);
+                self.header = header;
+                self.header_seen = 0b1_1111;
+                if self.records.len() >= self.config.max_records {
+                    return Ok(Step { consumed: position, stop: Some(Stop::Refused(Refusal::TooManyRecords)) });
+                }
+                self.start_record(header)?;
+                position += HEADER_LEN;
+                continue;
+            }
             let take = (HEADER_LEN - into_header).min(chunk.len() - position);
             for i in 0..take {
                 let bit = 1u8 << (into_header + i);
@@ -423,7 +479,7 @@ impl RecordOpener {
                 if self.records.len() >= self.config.max_records {
                     return Ok(Step { consumed: position, stop: Some(Stop::Refused(Refusal::TooManyRecords)) });
                 }
-                self.start_record()?;
+                self.start_record(self.header)?;
             }
             // Otherwise the chunk ended inside the header: the rest comes with a later chunk.
             position += take;
@@ -433,13 +489,21 @@ impl RecordOpener {
 
     fn forget_completed(&mut self) {
         while self.records.front().is_some_and(|record| record.outcome.is_some()) {
-            self.records.pop_front();
+            if let Some(record) = self.records.pop_front() {
+                self.retire(record);
+            }
         }
     }
 
-    /// The header at `next_header` is complete: track its record.
-    fn start_record(&mut self) -> Result<(), OpenError> {
-        let header_bytes = self.header;
+    /// A record no longer tracked: keep its allocation for the next one.
+    fn retire(&mut self, record: Box<Record>) {
+        if self.spare_records.len() < SPARES {
+            self.spare_records.push(record);
+        }
+    }
+
+    /// The header at `next_header` is complete (`header_bytes`): track its record.
+    fn start_record(&mut self, header_bytes: [u8; HEADER_LEN]) -> Result<(), OpenError> {
         let start = self.next_header;
         let header = Header::parse(&header_bytes, self.framing.version)
             .map_err(|error| OpenError::BadHeader { offset: start, error })?;
@@ -459,32 +523,42 @@ impl RecordOpener {
         };
         let hold_from = self.hold_from(header.content_type, ciphertext_len);
         let held_len = ciphertext_len - hold_from;
-        let mut held = self.spare_held.pop().unwrap_or_default();
-        held.clear();
-        held.resize(held_len, 0);
         let key = if self.framing.explicit_nonce_len() == 0 && !unprotected {
             Some(self.aead.record_key(self.framing.nonce(&self.iv, self.next_seq, None)))
         } else {
             None
         };
-        self.records.push_back(Record {
-            seq: self.next_seq,
-            start,
-            header: header_bytes,
-            outer_type: header.content_type,
-            body_len: header.body_len,
-            unprotected,
-            key,
-            explicit_nonce: [0; EXPLICIT_NONCE_LEN],
-            seen: Intervals::default(),
-            mac: Auth::zero(self.framing.aead),
-            tag: [0; TAG_LEN],
-            plaintext_start: self.next_plaintext,
-            hold_from,
-            held,
-            released_early: false,
-            outcome: None,
-        });
+        // A spare record is overwritten field by field (no large move); its arrays need no
+        // clearing beyond their lengths.
+        let mut record = match self.spare_records.pop() {
+            Some(record) => record,
+            None => Box::new(Record::blank(self.framing.aead)),
+        };
+        let mut held = core::mem::take(&mut record.held);
+        if held.capacity() == 0 {
+            held = self.spare_held.pop().unwrap_or_default();
+        }
+        held.clear();
+        held.resize(held_len, 0);
+        let fields = &mut *record;
+        fields.seq = self.next_seq;
+        fields.start = start;
+        fields.header = header_bytes;
+        fields.outer_type = header.content_type;
+        fields.body_len = header.body_len;
+        fields.unprotected = unprotected;
+        fields.key = key;
+        fields.explicit_nonce = [0; EXPLICIT_NONCE_LEN];
+        fields.seen.clear();
+        fields.prefix = Prefix::new(self.framing.aead);
+        fields.mac = Auth::zero(self.framing.aead);
+        fields.tag = [0; TAG_LEN];
+        fields.plaintext_start = self.next_plaintext;
+        fields.hold_from = hold_from;
+        fields.held = held;
+        fields.released_early = false;
+        fields.outcome = None;
+        self.records.push_back(record);
         if !unprotected {
             self.next_seq += 1;
         }
@@ -511,6 +585,8 @@ impl RecordOpener {
     }
 
     /// Bytes `range` of `chunk` (stream offset `at`) inside record `index`.
+    // Inlined (one caller): the result, a record's outcome, then stays out of memory.
+    #[inline(always)]
     fn record_bytes(
         &mut self,
         index: usize,
@@ -530,8 +606,56 @@ impl RecordOpener {
                 return Ok(Progress::Refused(Refusal::WaitingForEarlierRecord));
             }
         }
-        let record = &mut self.records[index];
+        let record: &mut Record = &mut self.records[index];
         let mut relative = (at - record.start) as usize;
+        // The common case, a stream in order: body bytes that continue exactly what was seen of
+        // a record not yet verified, past its explicit nonce, and continue its in-order prefix
+        // (or are only tag bytes). The same steps as the general path below, without its
+        // bookkeeping for overlaps.
+        if relative >= HEADER_LEN + explicit_len
+            && record.outcome.is_none()
+            && !record.unprotected
+            && record.seen.is_prefix(relative - HEADER_LEN)
+        {
+            let body = relative - HEADER_LEN;
+            let body_end = body + range.len();
+            let ciphertext_len = record.body_len - explicit_len - TAG_LEN;
+            let ct = body - explicit_len;
+            let ct_end = (body_end - explicit_len).min(ciphertext_len);
+            if let Some(key) = record.key.as_mut().filter(|_| ct >= ct_end || ct == record.prefix.next()) {
+                record.seen.extend_prefix(body_end);
+                if ct < ct_end {
+                    let (aad, aad_len) = framing.aad(&record.header, record.seq, ciphertext_len);
+                    let bytes = &mut chunk[range.start..range.start + (ct_end - ct)];
+                    let (prefix, lookahead) = (&mut record.prefix, &mut self.lookahead);
+                    self.aead.crypt_next(key, prefix, &aad[..aad_len], ciphertext_len, bytes, Direction::Decrypt, lookahead);
+                    let release_end = ct_end.min(record.hold_from).max(ct);
+                    if release_end > ct {
+                        record.released_early = true;
+                        out.releases.push(Release {
+                            plaintext_offset: record.plaintext_start + ct as u64,
+                            source: ReleaseSource::Chunk(range.start..range.start + (release_end - ct)),
+                        });
+                    }
+                    if release_end < ct_end {
+                        // `release_end >= hold_from` here (it is `max(ct, hold_from)`).
+                        let source = range.start + (release_end - ct);
+                        record.held[release_end - record.hold_from..ct_end - record.hold_from]
+                            .copy_from_slice(&chunk[source..source + (ct_end - release_end)]);
+                    }
+                }
+                let tag_start = explicit_len + ciphertext_len;
+                if body_end > tag_start {
+                    let from = body.max(tag_start);
+                    record.tag[from - tag_start..body_end - tag_start]
+                        .copy_from_slice(&chunk[range.start + (from - body)..range.end]);
+                }
+                if body_end == record.body_len {
+                    return self.verify(index, out).map(Progress::Completed);
+                }
+                return Ok(Progress::Taken);
+            }
+        }
         let mut position = range.start;
         // Header bytes: known already (the record exists because its header was complete).
         if relative < HEADER_LEN {
@@ -601,7 +725,7 @@ impl RecordOpener {
             let ct = body - explicit_len;
             let ct_end = (body_end - explicit_len).min(ciphertext_len).max(ct.min(ciphertext_len));
             let ct_take = ct_end.saturating_sub(ct);
-            let key = match record.key {
+            let mut key = match record.key {
                 Some(key) => key,
                 None if ct_take > 0 => return Ok(Progress::Refused(Refusal::NonceUnknown)),
                 // Only tag bytes: no key needed to store them.
@@ -613,7 +737,7 @@ impl RecordOpener {
                     out.duplicate_bytes += body_end - body;
                     if ct_take > 0 {
                         let bytes = &mut chunk[position..position + ct_take];
-                        self.aead.crypt_range(&key, ciphertext_len, ct, bytes, Direction::Decrypt);
+                        self.aead.crypt_range(&mut key, ciphertext_len, ct, bytes, Direction::Decrypt);
                         if verified.content_type == ContentType::ApplicationData && ct < verified.data_len {
                             let data_end = ct_end.min(verified.data_len);
                             out.releases.push(Release {
@@ -629,26 +753,49 @@ impl RecordOpener {
                     }
                     let new = record.seen.insert(body, body_end);
                     out.duplicate_bytes += (body_end - body) - new;
-                    let mut gaps = [(0usize, 0usize); MAX_PIECES + 1];
-                    let gap_count = record.seen.last_insert_gaps().len();
-                    for (slot, &(a, b)) in gaps.iter_mut().zip(record.seen.last_insert_gaps()) {
-                        *slot = (a as usize, b as usize);
-                    }
-                    let gaps = &gaps[..gap_count];
-                    let is_new = |body_offset: usize| gaps.iter().any(|&(a, b)| a <= body_offset && body_offset < b);
+                    // The gaps this chunk filled: all of it (the common case), or sub-ranges
+                    // copied out of the set (it is borrowed again below).
+                    let all_new = new == body_end - body;
+                    let whole = [(narrow(body), narrow(body_end))];
+                    let mut gap_array = [(0u16, 0u16); MAX_PIECES + 1];
+                    let gaps: &[(u16, u16)] = if all_new {
+                        &whole
+                    } else {
+                        let filled = record.seen.last_insert_gaps();
+                        gap_array[..filled.len()].copy_from_slice(filled);
+                        &gap_array[..filled.len()]
+                    };
+                    let is_new = |body_offset: usize| {
+                        all_new || gaps.iter().any(|&(a, b)| a as usize <= body_offset && body_offset < b as usize)
+                    };
                     if ct_take > 0 {
-                        let bytes = &mut chunk[position..position + ct_take];
-                        let contribution = self.aead.crypt_range(&key, ciphertext_len, ct, bytes, Direction::Decrypt);
                         let (ct_body_start, ct_body_end) = (explicit_len + ct, explicit_len + ct_end);
-                        let ct_new: usize =
-                            gaps.iter().map(|&(a, b)| b.min(ct_body_end).saturating_sub(a.max(ct_body_start))).sum();
-                        let fresh = ct_new == ct_take;
-                        if fresh {
-                            record.mac.add(contribution);
+                        let fresh = all_new
+                            || gaps
+                                .iter()
+                                .map(|&(a, b)| (b as usize).min(ct_body_end).saturating_sub((a as usize).max(ct_body_start)))
+                                .sum::<usize>()
+                                == ct_take;
+                        let bytes = &mut chunk[position..position + ct_take];
+                        if fresh && ct == record.prefix.next() {
+                            // In order from the record's start: continue its prefix.
+                            let (aad, aad_len) = framing.aad(&record.header, record.seq, ciphertext_len);
+                            let aad = &aad[..aad_len];
+                            let (prefix, lookahead) = (&mut record.prefix, &mut self.lookahead);
+                            self.aead.crypt_next(&mut key, prefix, aad, ciphertext_len, bytes, Direction::Decrypt, lookahead);
                         } else {
-                            // Partly seen before: authenticate only the new sub-ranges.
-                            add_new_ranges(&self.aead, record, ciphertext_len, explicit_len, ct, ct_take, chunk, position);
+                            let lookahead = Some(&mut self.lookahead);
+                            let contribution =
+                                self.aead.crypt_range_with(&mut key, ciphertext_len, ct, bytes, Direction::Decrypt, lookahead);
+                            if fresh {
+                                record.mac.add(contribution);
+                            } else {
+                                // Partly seen before: authenticate only the new sub-ranges.
+                                add_new_ranges(&self.aead, record, &mut key, ciphertext_len, explicit_len, ct, ct_take, chunk, position);
+                            }
                         }
+                        // The key may have derived per-record material (ChaCha20's Poly1305 key).
+                        record.key = Some(key);
                         // Release what lies before the hold point; copy the rest to `held`.
                         let release_end = ct_end.min(record.hold_from).max(ct);
                         if release_end > ct {
@@ -659,16 +806,25 @@ impl RecordOpener {
                             });
                         }
                         // Held bytes: the first copy is the authenticated one; keep it.
-                        for offset in release_end..ct_end {
-                            if fresh || is_new(explicit_len + offset) {
-                                record.held[offset - record.hold_from] = chunk[position + offset - ct];
+                        if release_end == ct_end {
+                            // Nothing held in this chunk.
+                        } else if fresh {
+                            // `release_end >= hold_from` here (it is `max(ct, hold_from)`).
+                            let (from, to) = (release_end - record.hold_from, ct_end - record.hold_from);
+                            let source = position + release_end - ct;
+                            record.held[from..to].copy_from_slice(&chunk[source..source + (to - from)]);
+                        } else {
+                            for offset in release_end..ct_end {
+                                if is_new(explicit_len + offset) {
+                                    record.held[offset - record.hold_from] = chunk[position + offset - ct];
+                                }
                             }
                         }
                     }
                     // Tag bytes (first copy wins).
                     let tag_start = explicit_len + ciphertext_len;
                     for &(a, b) in gaps {
-                        let (a, b) = (a.max(tag_start), b);
+                        let (a, b) = ((a as usize).max(tag_start), b as usize);
                         if a < b {
                             record.tag[a - tag_start..b - tag_start]
                                 .copy_from_slice(&chunk[position + (a - body)..position + (b - body)]);
@@ -685,16 +841,18 @@ impl RecordOpener {
     }
 
     /// All of record `index` has been seen: check the tag, find the content type, release.
+    #[inline(always)]
     fn verify(&mut self, index: usize, out: &mut OpenOutput) -> Result<RecordDone, OpenError> {
         let framing = self.framing;
         let record = &mut self.records[index];
         let ciphertext_len = record.body_len - framing.explicit_nonce_len() - TAG_LEN;
-        let Some(key) = record.key else {
+        let Some(mut key) = record.key else {
             // Unreachable: the explicit nonce is part of the body, so a fully seen record has it.
             return Err(OpenError::TagMismatch { seq: record.seq });
         };
         let (aad, aad_len) = framing.aad(&record.header, record.seq, ciphertext_len);
-        let expected = self.aead.tag(&key, &aad[..aad_len], ciphertext_len, record.mac);
+        let expected = self.aead.tag_with(&mut key, &aad[..aad_len], ciphertext_len, &record.prefix, record.mac);
+        record.key = Some(key);
         if !tags_equal(&expected, &record.tag) {
             return Err(OpenError::TagMismatch { seq: record.seq });
         }
@@ -747,7 +905,7 @@ impl RecordOpener {
         }
         record.outcome = Some(Verified { content_type, data_len });
         let spent = core::mem::take(&mut record.held);
-        if self.spare_held.len() < 4 {
+        if self.spare_held.len() < SPARES {
             self.spare_held.push(spent);
         }
         // Correct the plaintext offsets of later records if this one was not what was predicted.
@@ -798,6 +956,7 @@ fn expand(keys: &TrafficKeys, accelerate: bool) -> AeadKey {
 fn add_new_ranges(
     aead: &AeadKey,
     record: &mut Record,
+    key: &mut RecordKey,
     ciphertext_len: usize,
     explicit_len: usize,
     ct: usize,
@@ -805,7 +964,6 @@ fn add_new_ranges(
     chunk: &[u8],
     position: usize,
 ) {
-    let Some(key) = record.key else { return };
     // `seen` already includes this chunk; the new sub-ranges are those that were gaps before.
     for &(gap_start, gap_end) in record.seen.last_insert_gaps() {
         let (gap_start, gap_end) = (gap_start as usize, gap_end as usize);
@@ -821,7 +979,7 @@ fn add_new_ranges(
             let source = &chunk[position + (done - ct)..position + (done - ct) + n];
             copy[..n].copy_from_slice(source);
             // Encrypting the plaintext gives back the ciphertext and its MAC contribution.
-            let contribution = aead.crypt_range(&key, ciphertext_len, done, &mut copy[..n], Direction::Encrypt);
+            let contribution = aead.crypt_range(key, ciphertext_len, done, &mut copy[..n], Direction::Encrypt);
             record.mac.add(contribution);
             done += n;
         }
@@ -860,6 +1018,11 @@ impl Intervals {
         (self.len as usize) < MAX_PIECES || self.ranges().iter().any(|&(a, b)| a <= end && start <= b)
     }
 
+    fn clear(&mut self) {
+        self.len = 0;
+        self.last_gaps_len = 0;
+    }
+
     /// Adds `[start, end)` (the caller checked [`Self::fits`]); returns how many bytes were new.
     fn insert(&mut self, start: usize, end: usize) -> usize {
         self.last_gaps_len = 0;
@@ -867,6 +1030,19 @@ impl Intervals {
             return 0;
         }
         let (start, end) = (narrow(start), narrow(end));
+        // In-order arrival: the first piece, or one that continues the last piece.
+        let len = self.len as usize;
+        if len == 0 || self.ranges[len - 1].1 == start {
+            if len == 0 {
+                self.ranges[0] = (start, end);
+                self.len = 1;
+            } else {
+                self.ranges[len - 1].1 = end;
+            }
+            self.last_gaps[0] = (start, end);
+            self.last_gaps_len = 1;
+            return (end - start) as usize;
+        }
         let mut cursor = start;
         for i in 0..self.len as usize {
             let (a, b) = self.ranges[i];
@@ -917,6 +1093,25 @@ impl Intervals {
             self.len = kept as u8;
         }
         new
+    }
+
+    /// Whether the set is exactly `[0, end)` (empty when `end` is 0).
+    fn is_prefix(&self, end: usize) -> bool {
+        match self.len {
+            0 => end == 0,
+            1 => self.ranges[0] == (0, narrow(end)),
+            _ => false,
+        }
+    }
+
+    /// From `[0, end)` (see [`Self::is_prefix`]) to `[0, new_end)`: what [`Self::insert`] of
+    /// `[end, new_end)` does then.
+    fn extend_prefix(&mut self, new_end: usize) {
+        let end = if self.len == 0 { 0 } else { self.ranges[0].1 };
+        self.ranges[0] = (0, narrow(new_end));
+        self.len = 1;
+        self.last_gaps[0] = (end, narrow(new_end));
+        self.last_gaps_len = (new_end > end as usize) as u8;
     }
 
     fn last_insert_gaps(&self) -> &[(u16, u16)] {

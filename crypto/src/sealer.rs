@@ -12,7 +12,7 @@
 use core::fmt;
 use core::ops::Range;
 
-use crate::aead::{AeadKey, Auth, Direction};
+use crate::aead::{AeadKey, Auth, Direction, Lookahead, Prefix};
 use crate::keys::TrafficKeys;
 use crate::record::{ContentType, Framing, Header, HEADER_LEN, MAX_FRAGMENT_LEN, TAG_LEN};
 use crate::suite::ProtocolVersion;
@@ -74,6 +74,8 @@ pub struct RecordSealer {
     previous: Option<Generation>,
     next_seq: u64,
     accelerate: bool,
+    /// Reused by [`Self::seal_in_place`] (allocated once, on first use).
+    lookahead: Lookahead,
 }
 
 impl RecordSealer {
@@ -90,6 +92,7 @@ impl RecordSealer {
             previous: None,
             next_seq: seq,
             accelerate,
+            lookahead: Lookahead::default(),
         }
     }
 
@@ -166,6 +169,7 @@ impl RecordSealer {
         };
         let framing = self.framing;
         let generation = &self.current;
+        let lookahead = &mut self.lookahead;
         let (header, explicit) = prefix(framing, &sealed);
         record[..HEADER_LEN].copy_from_slice(&header);
         let explicit_len = framing.explicit_nonce_len();
@@ -175,11 +179,14 @@ impl RecordSealer {
         if framing.version == ProtocolVersion::Tls13 {
             record[data_start + data_len] = content_type.into();
         }
-        let key = record_key(framing, generation, &sealed);
+        let mut key = record_key(framing, generation, &sealed);
         let body = &mut record[data_start..data_start + ciphertext_len];
-        let mac = generation.aead.crypt_range(&key, ciphertext_len, 0, body, Direction::Encrypt);
         let (aad, aad_len) = framing.aad(&header, seq, ciphertext_len);
-        let tag = generation.aead.tag(&key, &aad[..aad_len], ciphertext_len, mac);
+        let aad = &aad[..aad_len];
+        // The whole ciphertext as one in-order range: its hash needs no moving.
+        let mut prefix = Prefix::new(framing.aead);
+        generation.aead.crypt_next(&mut key, &mut prefix, aad, ciphertext_len, body, Direction::Encrypt, lookahead);
+        let tag = generation.aead.tag_with(&mut key, aad, ciphertext_len, &prefix, Auth::zero(framing.aead));
         record[record_len - TAG_LEN..].copy_from_slice(&tag);
         self.next_seq += 1;
         Ok(SealedRecord { tag, ..sealed })
@@ -212,7 +219,7 @@ impl RecordSealer {
         }
         let (header, explicit) = prefix(framing, sealed);
         let ciphertext_len = sealed.record_len - data_start - TAG_LEN;
-        let key = record_key(framing, generation, sealed);
+        let mut key = record_key(framing, generation, sealed);
         // Plaintext of every ciphertext position in the range: data from the caller, then the
         // TLS 1.3 inner type.
         let mut index = 0;
@@ -238,7 +245,7 @@ impl RecordSealer {
                         u8::from(sealed.content_type)
                     };
                 }
-                let _: Auth = generation.aead.crypt_range(&key, ciphertext_len, offset - data_start, run, Direction::Encrypt);
+                let _: Auth = generation.aead.crypt_range(&mut key, ciphertext_len, offset - data_start, run, Direction::Encrypt);
                 index += run_end - offset;
                 offset = run_end;
             } else {

@@ -44,6 +44,21 @@ impl AesKey {
             AesKey::Ni(keys) => unsafe { keys.encrypt_block(block) },
         }
     }
+
+    /// Encrypts the block whose bytes are `block` in little-endian order, kept in registers
+    /// (a block assembled in memory from parts and loaded whole stalls on store forwarding).
+    pub(crate) fn encrypt_u128(&self, block: u128) -> u128 {
+        match self {
+            AesKey::Portable(portable) => {
+                let mut bytes = block.to_le_bytes();
+                portable.encrypt_blocks(core::slice::from_mut(&mut bytes));
+                u128::from_le_bytes(bytes)
+            }
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Ni` keys exist only after `ni::available()` confirmed AES-NI and SSE4.1.
+            AesKey::Ni(keys) => unsafe { keys.encrypt_u128(block) },
+        }
+    }
 }
 
 impl PortableAes {
@@ -104,6 +119,23 @@ pub(crate) mod ni {
             state = _mm_aesenclast_si128(state, self.keys[self.rounds]);
             // SAFETY: as above.
             unsafe { _mm_storeu_si128(block.as_mut_ptr() as *mut __m128i, state) };
+        }
+
+        /// As [`Self::encrypt_block`] on the block whose little-endian value is `block`.
+        ///
+        /// # Safety
+        /// The CPU must support AES-NI and SSE4.1.
+        #[target_feature(enable = "aes,sse2,sse4.1")]
+        pub(crate) unsafe fn encrypt_u128(&self, block: u128) -> u128 {
+            let mut state = _mm_set_epi64x((block >> 64) as i64, block as i64);
+            state = _mm_xor_si128(state, self.keys[0]);
+            for key in &self.keys[1..self.rounds] {
+                state = _mm_aesenc_si128(state, *key);
+            }
+            state = _mm_aesenclast_si128(state, self.keys[self.rounds]);
+            let low = _mm_cvtsi128_si64(state) as u64 as u128;
+            let high = _mm_extract_epi64::<1>(state) as u64 as u128;
+            low | (high << 64)
         }
     }
 

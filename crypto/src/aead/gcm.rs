@@ -152,9 +152,12 @@ impl GcmKey {
 
     /// `E(K, nonce || 1)`, XORed into the hash to make the tag.
     pub(crate) fn tag_mask(&self, nonce: &[u8; 12]) -> [u8; 16] {
-        let mut block = counter_block(nonce, 1);
-        self.aes.encrypt_block(&mut block);
-        block
+        // `nonce || 1` (the counter big-endian) as a little-endian number, built in registers.
+        let low = u64::from_le_bytes([nonce[0], nonce[1], nonce[2], nonce[3], nonce[4], nonce[5], nonce[6], nonce[7]]);
+        let high = u32::from_le_bytes([nonce[8], nonce[9], nonce[10], nonce[11]]) as u64 | ((1u32.swap_bytes() as u64) << 32);
+        let block = (low as u128) | ((high as u128) << 64);
+        debug_assert_eq!(block.to_le_bytes(), counter_block(nonce, 1));
+        self.aes.encrypt_u128(block).to_le_bytes()
     }
 
     /// `value * h^k`: moves a Horner value `k` blocks further from the end of the hash.
@@ -183,13 +186,24 @@ impl GcmKey {
     /// En- or decrypts `data`, which sits at byte `offset` of a record's ciphertext, in place,
     /// and returns the Horner value of the blocks it touches (zero outside `data`).
     pub(crate) fn crypt(&self, nonce: &[u8; 12], offset: usize, data: &mut [u8], direction: Direction) -> u128 {
+        self.crypt_from(nonce, offset, data, direction, 0)
+    }
+
+    /// As [`Self::crypt`], with the Horner value continued from `init`, the value of the
+    /// blocks before `offset`'s (`offset` a block boundary unless `init` is 0): what one Horner
+    /// loop over those blocks and then `data` would give.
+    pub(crate) fn crypt_from(&self, nonce: &[u8; 12], offset: usize, data: &mut [u8], direction: Direction, init: u128) -> u128 {
+        debug_assert!(init == 0 || offset % 16 == 0);
+        if data.is_empty() {
+            return init;
+        }
         #[cfg(target_arch = "x86_64")]
         if let (Backend::Avx512, AesKey::Ni(keys)) = (self.backend, &self.aes) {
             // SAFETY: `Avx512` is only chosen (`Backend::best`, `with_backend`) after detecting
             // AES-NI, PCLMULQDQ, SSSE3, SSE4.1 and everything `vaes::available()` checks.
-            return unsafe { vaes::crypt(keys, self.near.wide(), nonce, offset, data, direction) };
+            return unsafe { vaes::crypt(keys, self.near.wide(), nonce, offset, data, direction, init) };
         }
-        let mut acc = 0u128;
+        let mut acc = init;
         let mut done = 0;
         let lead = offset % 16;
         if lead != 0 || data.len() < 16 {
@@ -427,8 +441,8 @@ mod vaes {
             && std::arch::is_x86_feature_detected!("vpclmulqdq")
     }
 
-    /// En- or decrypts `data` at byte `offset` of a record (as [`super::GcmKey::crypt`]) and
-    /// returns its Horner value. `powers` is `h^16 ..= h^1`.
+    /// En- or decrypts `data` at byte `offset` of a record (as [`super::GcmKey::crypt_from`])
+    /// and returns its Horner value continued from `init`. `powers` is `h^16 ..= h^1`.
     #[target_feature(enable = "aes,pclmulqdq,sse2,ssse3,sse4.1,avx2,avx512f,avx512bw,avx512vl,vaes,vpclmulqdq")]
     pub(super) fn crypt(
         keys: &RoundKeys,
@@ -437,14 +451,15 @@ mod vaes {
         offset: usize,
         data: &mut [u8],
         direction: Direction,
+        init: u128,
     ) -> u128 {
         // Round keys come from `expand_128` (10 rounds) or `expand_256` (14).
         debug_assert!(keys.rounds == 10 || keys.rounds == 14);
         match (keys.rounds == 10, direction) {
-            (true, Direction::Decrypt) => crypt_rounds::<10, true>(keys, powers, nonce, offset, data),
-            (true, Direction::Encrypt) => crypt_rounds::<10, false>(keys, powers, nonce, offset, data),
-            (false, Direction::Decrypt) => crypt_rounds::<14, true>(keys, powers, nonce, offset, data),
-            (false, Direction::Encrypt) => crypt_rounds::<14, false>(keys, powers, nonce, offset, data),
+            (true, Direction::Decrypt) => crypt_rounds::<10, true>(keys, powers, nonce, offset, data, init),
+            (true, Direction::Encrypt) => crypt_rounds::<10, false>(keys, powers, nonce, offset, data, init),
+            (false, Direction::Decrypt) => crypt_rounds::<14, true>(keys, powers, nonce, offset, data, init),
+            (false, Direction::Encrypt) => crypt_rounds::<14, false>(keys, powers, nonce, offset, data, init),
         }
     }
 
@@ -472,9 +487,10 @@ mod vaes {
         nonce: &[u8; 12],
         offset: usize,
         data: &mut [u8],
+        init: u128,
     ) -> u128 {
         if data.is_empty() {
-            return 0;
+            return init;
         }
         let mut wide_keys = [_mm512_setzero_si512(); 15];
         for (wide, key) in wide_keys.iter_mut().zip(&keys.keys).take(ROUNDS + 1) {
@@ -510,7 +526,8 @@ mod vaes {
         let end = lead + data.len();
         let ptr = data.as_mut_ptr();
         let base = ptr.wrapping_sub(lead);
-        let mut acc = _mm_setzero_si128();
+        // The first block's group XORs `acc` in: Horner continued from `init`.
+        let mut acc = clmul::load(init);
         let mut pos = 0;
         if lead != 0 {
             // A first block entered in the middle: the first group is masked.
@@ -709,12 +726,20 @@ mod tests {
                         continue;
                     }
                     let input = sample(len, (offset * 1000 + len) as u64);
+                    // Continued from an earlier value when the range starts on a block boundary.
+                    let init = if offset % 16 == 0 && len % 3 == 1 { 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210 } else { 0 };
                     for direction in [Direction::Decrypt, Direction::Encrypt] {
                         let mut expected = input.clone();
-                        let expected_hash = keys[0].crypt(&nonce, offset, &mut expected, direction);
+                        let expected_hash = keys[0].crypt_from(&nonce, offset, &mut expected, direction, init);
+                        if init != 0 {
+                            // One Horner loop from `init`: init * h^blocks + the range's own value.
+                            let mut alone = input.clone();
+                            let own = keys[0].crypt(&nonce, offset, &mut alone, direction);
+                            assert_eq!(keys[0].shift(init, len.div_ceil(16) as u64) ^ own, expected_hash, "portable init");
+                        }
                         for (key, backend) in keys.iter().zip(&backends).skip(1) {
                             let mut output = input.clone();
-                            let hash = key.crypt(&nonce, offset, &mut output, direction);
+                            let hash = key.crypt_from(&nonce, offset, &mut output, direction, init);
                             let what = format!("{backend:?} key {key_len} offset {offset} len {len} {direction:?}");
                             assert!(output == expected, "{what}: bytes differ");
                             assert_eq!(hash, expected_hash, "{what}: Horner value differs");
