@@ -361,6 +361,24 @@ impl RecordOpener {
         acked
     }
 
+    /// The stream range of the verified records whose application data lies entirely in the
+    /// plaintext range `start..end` (a peer's selective acknowledgement), or `None`. Records
+    /// with no data inside (alerts, KeyUpdate) between two such records are included.
+    pub fn ciphertext_range_for_plaintext(&self, start: u64, end: u64) -> Option<(u64, u64)> {
+        let mut range: Option<(u64, u64)> = None;
+        for record in &self.records {
+            let Some(verified) = record.outcome else { break };
+            let data_start = record.plaintext_start;
+            let data_end = data_start + verified.data_len as u64;
+            if data_start >= start && data_end <= end && (verified.data_len > 0 || range.is_some()) {
+                range = Some(range.map_or((record.start, record.end()), |(first, _)| (first, record.end())));
+            } else if range.is_some() {
+                break;
+            }
+        }
+        range
+    }
+
     /// Whether every byte seen so far belongs to verified records.
     pub fn is_idle(&self) -> bool {
         self.header_seen == 0 && self.records.iter().all(|record| record.outcome.is_some())

@@ -17,8 +17,7 @@
 //! for that address on the inside port).
 //!
 //! Not supported yet (see the README): VLAN-tagged sessions (tagged frames are
-//! bridged), passthrough pools, SACK blocks from the backend to the client (the client's are
-//! translated), ICMP relaying for sessions.
+//! bridged), passthrough pools, ICMP relaying for sessions.
 
 pub mod emit;
 pub mod handover;

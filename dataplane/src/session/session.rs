@@ -234,8 +234,9 @@ struct Splice {
     backend_acked_cipher: u64,
     /// End of the plaintext sent to the backend so far (its rcv_nxt once it has it all).
     forwarded_plaintext: u64,
-    /// The client's latest SACK blocks, translated into backend plaintext.
+    /// The latest SACK blocks of each side, translated for the other.
     sack_for_backend: SackBlocks,
+    sack_for_client: SackBlocks,
 }
 
 impl Session {
@@ -615,6 +616,9 @@ impl Session {
             // clock runs at its own rate and mixing them would step back (PAWS drops those).
             options.timestamp = Some(TcpTimestamp { value: ts_now(context.now_ns), echo_reply: self.client_ts_recent });
         }
+        if let Some(splice) = &self.splice {
+            options.sack_blocks = splice.sack_for_client;
+        }
         let segment = Segment {
             source: self.vip,
             destination: self.client,
@@ -888,6 +892,7 @@ impl Session {
             backend_acked_cipher: self.client_handshake_len,
             forwarded_plaintext: 0,
             sack_for_backend: SackBlocks::default(),
+            sack_for_client: SackBlocks::default(),
         }));
         let early = std::mem::take(&mut self.early_application);
         if !early.is_empty() {
@@ -1161,8 +1166,11 @@ impl Session {
             splice.backend.ts_recent = ts.value;
         }
         splice.backend_window = (tcp.window as u64) << splice.backend.window_scale;
-        // The backend's SACK blocks (client plaintext) are not translated back yet: the client
-        // gets cumulative ACKs only (allowed: SACK blocks are advisory).
+        splice.sack_for_client = if splice.backend.sack {
+            splice.backend_sack_for_client(&tcp.options.sack_blocks, self.client_isn)
+        } else {
+            SackBlocks::default()
+        };
         let backend_isn = splice.backend.isn;
         let offset = unwrap(splice.backend_reference, tcp.seq_number.0.wrapping_sub(backend_isn.wrapping_add(1)));
         splice.backend_reference = splice.backend_reference.max(offset);
@@ -1390,6 +1398,24 @@ impl Splice {
                 let _ = translated.push(SackBlock {
                     left: SeqNumber(backend_isn.wrapping_add(1).wrapping_add(start as u32)),
                     right: SeqNumber(backend_isn.wrapping_add(1).wrapping_add(stop as u32)),
+                });
+            }
+        }
+        translated
+    }
+
+    /// The backend's SACK blocks (client plaintext) as client offsets: whole verified records.
+    fn backend_sack_for_client(&self, blocks: &SackBlocks, client_isn: u32) -> SackBlocks {
+        let mut translated = SackBlocks::default();
+        let reference = self.opener.next_plaintext_offset();
+        // Three blocks at most: with timestamps, four would not fit the 40 bytes of options.
+        for block in blocks.as_slice().iter().take(3) {
+            let left = unwrap(reference, block.left.0.wrapping_sub(client_isn.wrapping_add(1)));
+            let right = unwrap(reference, block.right.0.wrapping_sub(client_isn.wrapping_add(1)));
+            if let Some((start, stop)) = self.opener.ciphertext_range_for_plaintext(left, right) {
+                let _ = translated.push(SackBlock {
+                    left: SeqNumber(client_isn.wrapping_add(1).wrapping_add(start as u32)),
+                    right: SeqNumber(client_isn.wrapping_add(1).wrapping_add(stop as u32)),
                 });
             }
         }
