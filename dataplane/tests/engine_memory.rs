@@ -27,7 +27,7 @@ use cutls_dataplane::wire::{parse_frame, ArpOperation, EthernetAddress, LinkType
 use harness::frames::{arp_frame, ndp_frame, solicited_node, summarize, tcp_frame, Outgoing};
 use harness::hosts::{BackendExpectation, BackendHost, ClientHost, ConnectionPlan, Corruption};
 use harness::reference::ReferenceProxy;
-use harness::tls::{client_config, server_config, Suite};
+use harness::tls::{client_config, deterministic_server_config, server_config, Suite};
 use harness::{content, kind, Addresses, Emitted, Hop, Lab, Middlebox, Side, WireConfig, MS};
 
 const MIB: usize = 1024 * 1024;
@@ -225,6 +225,113 @@ fn syn_cookies_carry_whole_connections() {
     assert!(lab.settle(SETTLE_NS), "{}", lab.stuck("no session left"));
     let counters = lab.boxed.engine.counters().clone();
     assert_eq!((counters.syn_cookies_sent, counters.syn_cookies_accepted), (3, 3), "{counters:?}");
+}
+
+/// Issue 5's golden replays: a session recorded at both ports (tests/golden/*.in.pcap: what
+/// reached the box, in order, with times; *.out.pcap: what it sent) is replayed into a fresh
+/// engine with the same clock, seed and deterministic TLS provider; the engine must send
+/// exactly the recorded frames, byte for byte, every run. When the engine's behaviour changes
+/// on purpose, record again with `CUTLS_RECORD_GOLDEN=1` and review the diff of the frames.
+#[test]
+fn golden_replays_are_byte_identical() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    for (name, suite) in [("tls13-aes128gcm", Suite::Tls13Aes128Gcm), ("tls12-ecdsa-chacha20", Suite::Tls12EcdsaChacha20)] {
+        let inputs_path = dir.join(format!("{name}.in.pcap"));
+        let outputs_path = dir.join(format!("{name}.out.pcap"));
+        if std::env::var_os("CUTLS_RECORD_GOLDEN").is_some() || !inputs_path.exists() {
+            record_golden(&inputs_path, &outputs_path, suite);
+        }
+        let inputs = read_golden(&inputs_path);
+        let addresses = Addresses::ipv4();
+        let expected = split_by_hop(read_golden(&outputs_path), &addresses);
+        assert!(inputs.len() > 10 && expected.0.len() > 10, "{name}: a real session was recorded");
+        for run in 0..2 {
+            let replayed = replay_golden(&inputs, &addresses);
+            for (hop, got, want) in [("to the client", &replayed.0, &expected.0), ("to the backend", &replayed.1, &expected.1)] {
+                assert_eq!(got.len(), want.len(), "{name} run {run}: frames {hop}");
+                for (i, (got, want)) in got.iter().zip(want).enumerate() {
+                    assert!(got == want, "{name} run {run}: frame {i} {hop} differs:\n got  {}\n want {}", summarize(got), summarize(want));
+                }
+            }
+        }
+    }
+}
+
+const GOLDEN_SEED: u64 = 0x601d_e9;
+
+fn golden_engine(addresses: &Addresses) -> Engine {
+    let secrets = Arc::new(SecretLog::default());
+    let listener = ListenerSetup {
+        vip: addresses.vip,
+        tls: deterministic_server_config(secrets.clone(), GOLDEN_SEED),
+        secrets,
+        backends: addresses.backends.iter().map(|(address, _)| *address).collect(),
+        mode: ReleaseMode::CutThrough,
+    };
+    Engine::new(EngineConfig {
+        listeners: vec![listener],
+        snat_address: None,
+        outside_mac: addresses.outside_mac,
+        inside_mac: addresses.inside_mac,
+        idle_timeout_ns: 60_000 * MS,
+        seed: GOLDEN_SEED,
+        syn_cookies_after: usize::MAX,
+        handshake_threads: 0,
+    })
+}
+
+/// Runs one exchange through a golden engine and writes what reached it and what it sent.
+fn record_golden(inputs_path: &std::path::Path, outputs_path: &std::path::Path, suite: Suite) {
+    let addresses = Addresses::ipv4();
+    let engine = golden_engine(&addresses);
+    let mut lab = hosts_around(EngineBox { engine, output: Output::default() }, &addresses, 1, WireConfig::default());
+    lab.capturing = true;
+    let session = open(&mut lab, suite, 3_000, 20_000, 1, Extras::default());
+    lab.run_until("the golden exchange to finish", EXCHANGE_LIMIT_NS, |lab| exchange_finished(lab, session));
+    assert!(lab.settle(SETTLE_NS), "{}", lab.stuck("the golden session to end"));
+    assert_clean_exchange(&lab, session, suite);
+    std::fs::create_dir_all(inputs_path.parent().expect("golden dir")).expect("golden dir");
+    let write = |path: &std::path::Path, hops: &[Hop]| {
+        let file = std::fs::File::create(path).expect("golden file");
+        let mut writer = cutls_dataplane::pcap::PcapWriter::new(file, LinkType::Ethernet).expect("pcap writer");
+        for (time, hop, frame) in &lab.captured {
+            if hops.contains(hop) {
+                writer.write_frame(*time, frame).expect("write frame");
+            }
+        }
+        writer.flush().expect("flush");
+    };
+    write(inputs_path, &[Hop::ClientToBox, Hop::BackendToBox]);
+    write(outputs_path, &[Hop::BoxToClient, Hop::BoxToBackend]);
+}
+
+fn read_golden(path: &std::path::Path) -> Vec<(u64, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let reader = cutls_dataplane::pcap::CaptureReader::new(&bytes).expect("golden pcap");
+    reader.map(|record| record.expect("golden record")).map(|record| (record.timestamp_ns, record.data.to_vec())).collect()
+}
+
+/// Feeds the recorded inputs at their recorded times (the port from the source MAC) and
+/// returns what the engine sends toward the client and toward the backends, each in order.
+fn replay_golden(inputs: &[(u64, Vec<u8>)], addresses: &Addresses) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let mut engine = golden_engine(addresses);
+    let mut out = Output::default();
+    let (mut to_client, mut to_backends) = (Vec::new(), Vec::new());
+    for (time, frame) in inputs {
+        let port = if frame[6..12] == addresses.client_mac.0 { Port::Outside } else { Port::Inside };
+        engine.handle_frame(*time, port, frame, &mut out);
+        to_client.append(&mut out.outside);
+        to_backends.append(&mut out.inside);
+    }
+    (to_client, to_backends)
+}
+
+/// Recorded outputs split by hop (toward the client's MAC, or not), each in delivery order,
+/// which on the harness's wire is emission order.
+fn split_by_hop(frames: Vec<(u64, Vec<u8>)>, addresses: &Addresses) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let (to_client, to_backends): (Vec<_>, Vec<_>) =
+        frames.into_iter().map(|(_, frame)| frame).partition(|frame| frame[0..6] == addresses.client_mac.0);
+    (to_client, to_backends)
 }
 
 #[test]
