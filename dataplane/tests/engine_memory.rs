@@ -469,7 +469,6 @@ fn frames_for_others_cross_unchanged() {
             "NS for another IPv6 address",
             ndp_frame(false, (v6.client_mac, group_mac), "2001:db8::10".parse().expect("ip"), group, "2001:db8::99".parse().expect("ip")),
         ),
-        ("VLAN-tagged SYN to the VIP", tagged),
         ("LLDP", lldp),
     ];
     for (what, frame) in &outside_frames {
@@ -485,6 +484,16 @@ fn frames_for_others_cross_unchanged() {
     assert!(out.inside.is_empty());
     assert_eq!(out.outside, vec![reply], "a backend's frame to another host not bridged unchanged");
     assert_eq!(engine.sessions(), 0);
+    // A VLAN-tagged SYN to the VIP is the box's: answered in the same VLAN.
+    let mut out = Output::default();
+    engine.handle_frame(0, Port::Outside, &tagged, &mut out);
+    assert!(out.inside.is_empty(), "a tagged SYN for the VIP leaked to the inside");
+    assert_eq!(out.outside.len(), 1, "one SYN-ACK");
+    let answer = parse_frame(LinkType::Ethernet, &out.outside[0]).expect("SYN-ACK parses");
+    assert_eq!(answer.vlan_tags.inner_vlan_id(), Some(100), "the SYN-ACK keeps the VLAN tag");
+    let tcp = answer.tcp().expect("TCP");
+    assert!(tcp.flags.contains(TcpFlags::SYN) && tcp.flags.contains(TcpFlags::ACK));
+    assert_eq!(engine.sessions(), 1);
 }
 
 // ---- the engine bugs the other tests step around (KNOWN_ENGINE_BUGS), one test each ----

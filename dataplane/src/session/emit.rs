@@ -6,18 +6,36 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use crate::wire::checksum::upper_layer_checksum_v6;
 use crate::wire::{
     ArpOperation, ArpRepr, EtherType, EthernetAddress, EthernetRepr, IpProtocol, Ipv4Repr, Ipv6Repr, SeqNumber,
-    TcpFlags, TcpOptions, TcpRepr,
+    TcpFlags, TcpOptions, TcpRepr, VlanTags,
 };
 
 const ETHERNET_HEADER_LEN: usize = 14;
 const IPV4_HEADER_LEN: usize = 20;
 const IPV6_HEADER_LEN: usize = 40;
 
-/// Source and destination MAC of a frame.
+/// Source and destination MAC of a frame, and its VLAN tags (kept from the frames of the
+/// session that is answered: the box stays in the VLAN it was reached in).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Link {
     pub source: EthernetAddress,
     pub destination: EthernetAddress,
+    pub tags: VlanTags,
+}
+
+impl Link {
+    pub fn new(source: EthernetAddress, destination: EthernetAddress) -> Link {
+        Link { source, destination, tags: VlanTags::default() }
+    }
+
+    /// The same VLAN, the other way.
+    pub fn reversed(&self) -> Link {
+        Link { source: self.destination, destination: self.source, tags: self.tags }
+    }
+
+    /// Ethernet header length with the tags.
+    fn header_len(&self) -> usize {
+        ETHERNET_HEADER_LEN + 4 * self.tags.len()
+    }
 }
 
 /// A TCP segment to send.
@@ -49,7 +67,8 @@ pub fn tcp_frame(link: Link, segment: &Segment<'_>) -> Option<Vec<u8>> {
     let tcp_len = tcp.buffer_len();
     match (segment.source.ip(), segment.destination.ip()) {
         (IpAddr::V4(source), IpAddr::V4(destination)) => {
-            let mut frame = vec![0u8; ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + tcp_len];
+            let l2 = link.header_len();
+            let mut frame = vec![0u8; l2 + IPV4_HEADER_LEN + tcp_len];
             ethernet(link, EtherType::Ipv4, &mut frame)?;
             let ip = Ipv4Repr {
                 source,
@@ -62,12 +81,13 @@ pub fn tcp_frame(link: Link, segment: &Segment<'_>) -> Option<Vec<u8>> {
                 dscp: 0,
                 ecn: 0,
             };
-            ip.emit(&mut frame[ETHERNET_HEADER_LEN..]).ok()?;
-            tcp.emit(&mut frame[ETHERNET_HEADER_LEN + IPV4_HEADER_LEN..], source.into(), destination.into()).ok()?;
+            ip.emit(&mut frame[l2..]).ok()?;
+            tcp.emit(&mut frame[l2 + IPV4_HEADER_LEN..], source.into(), destination.into()).ok()?;
             Some(frame)
         }
         (IpAddr::V6(source), IpAddr::V6(destination)) => {
-            let mut frame = vec![0u8; ETHERNET_HEADER_LEN + IPV6_HEADER_LEN + tcp_len];
+            let l2 = link.header_len();
+            let mut frame = vec![0u8; l2 + IPV6_HEADER_LEN + tcp_len];
             ethernet(link, EtherType::Ipv6, &mut frame)?;
             let ip = Ipv6Repr {
                 source,
@@ -78,16 +98,28 @@ pub fn tcp_frame(link: Link, segment: &Segment<'_>) -> Option<Vec<u8>> {
                 traffic_class: 0,
                 flow_label: 0,
             };
-            ip.emit(&mut frame[ETHERNET_HEADER_LEN..]).ok()?;
-            tcp.emit(&mut frame[ETHERNET_HEADER_LEN + IPV6_HEADER_LEN..], source.into(), destination.into()).ok()?;
+            ip.emit(&mut frame[l2..]).ok()?;
+            tcp.emit(&mut frame[l2 + IPV6_HEADER_LEN..], source.into(), destination.into()).ok()?;
             Some(frame)
         }
         _ => None,
     }
 }
 
+/// Writes the Ethernet header, with the link's VLAN tags between the MACs and `ethertype`.
 fn ethernet(link: Link, ethertype: EtherType, frame: &mut [u8]) -> Option<()> {
-    EthernetRepr { source: link.source, destination: link.destination, ethertype }.emit(frame).ok()
+    let tags = link.tags.as_slice();
+    let first = tags.first().map_or(ethertype, |tag| tag.tpid);
+    EthernetRepr { source: link.source, destination: link.destination, ethertype: first }.emit(frame).ok()?;
+    // Each tag's TPID is written by the previous field; a tag's 4 bytes are TCI then the next
+    // TPID (or the final EtherType).
+    for (i, tag) in tags.iter().enumerate() {
+        let at = ETHERNET_HEADER_LEN - 2 + 4 * i;
+        tag.emit(frame.get_mut(at..at + 4)?).ok()?;
+        let next = tags.get(i + 1).map_or(ethertype, |next| next.tpid);
+        frame.get_mut(at + 4..at + 6)?.copy_from_slice(&u16::from(next).to_be_bytes());
+    }
+    Some(())
 }
 
 /// An ARP request or reply.
@@ -96,9 +128,12 @@ pub fn arp_frame(
     sender: (EthernetAddress, Ipv4Addr),
     target: (EthernetAddress, Ipv4Addr),
     destination: EthernetAddress,
+    tags: VlanTags,
 ) -> Option<Vec<u8>> {
-    let mut frame = vec![0u8; ETHERNET_HEADER_LEN + 28];
-    ethernet(Link { source: sender.0, destination }, EtherType::Arp, &mut frame)?;
+    let link = Link { source: sender.0, destination, tags };
+    let l2 = link.header_len();
+    let mut frame = vec![0u8; l2 + 28];
+    ethernet(link, EtherType::Arp, &mut frame)?;
     ArpRepr {
         operation,
         sender_hardware_addr: sender.0,
@@ -106,7 +141,7 @@ pub fn arp_frame(
         target_hardware_addr: target.0,
         target_protocol_addr: target.1,
     }
-    .emit(&mut frame[ETHERNET_HEADER_LEN..])
+    .emit(&mut frame[l2..])
     .ok()?;
     Some(frame)
 }
@@ -134,7 +169,8 @@ pub fn ndp_frame(
     icmp[26..32].copy_from_slice(&our_mac.0);
     let checksum = upper_layer_checksum_v6(source, destination, IpProtocol::Icmpv6, &icmp);
     icmp[2..4].copy_from_slice(&checksum.to_be_bytes());
-    let mut frame = vec![0u8; ETHERNET_HEADER_LEN + IPV6_HEADER_LEN + icmp.len()];
+    let l2 = link.header_len();
+    let mut frame = vec![0u8; l2 + IPV6_HEADER_LEN + icmp.len()];
     ethernet(link, EtherType::Ipv6, &mut frame)?;
     Ipv6Repr {
         source,
@@ -145,9 +181,9 @@ pub fn ndp_frame(
         traffic_class: 0,
         flow_label: 0,
     }
-    .emit(&mut frame[ETHERNET_HEADER_LEN..])
+    .emit(&mut frame[l2..])
     .ok()?;
-    frame[ETHERNET_HEADER_LEN + IPV6_HEADER_LEN..].copy_from_slice(&icmp);
+    frame[l2 + IPV6_HEADER_LEN..].copy_from_slice(&icmp);
     Some(frame)
 }
 
@@ -166,7 +202,7 @@ mod tests {
 
     #[test]
     fn tcp_frames_parse_back_with_good_checksums() {
-        let link = Link { source: EthernetAddress([2, 0, 0, 0, 0, 1]), destination: EthernetAddress([2, 0, 0, 0, 0, 2]) };
+        let link = Link::new(EthernetAddress([2, 0, 0, 0, 0, 1]), EthernetAddress([2, 0, 0, 0, 0, 2]));
         for (source, destination) in [
             ("198.18.0.1:443", "198.18.0.2:40000"),
             ("[2001:db8::1]:443", "[2001:db8::2]:40000"),
@@ -191,6 +227,38 @@ mod tests {
     }
 
     #[test]
+    fn frames_keep_one_or_two_vlan_tags() {
+        let mut tags = VlanTags::default();
+        tags.push(crate::wire::VlanTag { tpid: EtherType::QinQ, priority: 0, drop_eligible: false, vlan_id: 100 }).unwrap();
+        tags.push(crate::wire::VlanTag::dot1q(42)).unwrap();
+        let link = Link { source: EthernetAddress([2, 0, 0, 0, 0, 1]), destination: EthernetAddress([2, 0, 0, 0, 0, 2]), tags };
+        let segment = Segment {
+            source: "198.18.0.1:443".parse().unwrap(),
+            destination: "198.18.0.2:40000".parse().unwrap(),
+            seq: 1,
+            ack: 2,
+            flags: TcpFlags::ACK,
+            window: 10,
+            options: TcpOptions::default(),
+            payload: b"tagged",
+        };
+        let frame = tcp_frame(link, &segment).unwrap();
+        let parsed = parse_frame(LinkType::Ethernet, &frame).unwrap();
+        assert_eq!(parsed.vlan_tags, tags);
+        assert_eq!(parsed.tcp().unwrap().payload, b"tagged");
+        assert!(parsed.tcp().unwrap().checksum_valid);
+        let arp = arp_frame(
+            ArpOperation::Request,
+            (EthernetAddress([2, 0, 0, 0, 0, 1]), Ipv4Addr::new(198, 18, 0, 1)),
+            (EthernetAddress([0; 6]), Ipv4Addr::new(198, 18, 0, 2)),
+            EthernetAddress::BROADCAST,
+            tags,
+        )
+        .unwrap();
+        assert_eq!(parse_frame(LinkType::Ethernet, &arp).unwrap().vlan_tags, tags);
+    }
+
+    #[test]
     fn arp_and_ndp_frames_parse() {
         let mac = EthernetAddress([2, 0, 0, 0, 0, 1]);
         let frame = arp_frame(
@@ -198,6 +266,7 @@ mod tests {
             (mac, Ipv4Addr::new(198, 18, 0, 100)),
             (EthernetAddress([2, 0, 0, 0, 0, 9]), Ipv4Addr::new(198, 18, 0, 10)),
             EthernetAddress([2, 0, 0, 0, 0, 9]),
+            VlanTags::default(),
         )
         .unwrap();
         let parsed = parse_frame(LinkType::Ethernet, &frame).unwrap();
@@ -205,7 +274,7 @@ mod tests {
         let target: Ipv6Addr = "2001:db8::100".parse().unwrap();
         let (group, group_mac) = solicited_node(target);
         assert_eq!(group, "ff02::1:ff00:100".parse::<Ipv6Addr>().unwrap());
-        let frame = ndp_frame(false, Link { source: mac, destination: group_mac }, "2001:db8::10".parse().unwrap(), group, target, mac)
+        let frame = ndp_frame(false, Link::new(mac, group_mac), "2001:db8::10".parse().unwrap(), group, target, mac)
             .unwrap();
         let parsed = parse_frame(LinkType::Ethernet, &frame).unwrap();
         let icmp = match parsed.transport() {

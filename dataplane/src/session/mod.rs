@@ -16,8 +16,10 @@
 //! and SNAT mode (the backend sees the box's address and a port it owns; the box answers ARP/NDP
 //! for that address on the inside port).
 //!
-//! Not supported yet (see the README): VLAN-tagged sessions (tagged frames are
-//! bridged), passthrough pools, ICMP relaying for sessions.
+//! VLAN tags: a session's frames keep the tags of the client's frames, toward the client and
+//! toward the backend (a bump in the wire on a trunk carries the same VLAN on both sides).
+//!
+//! Not supported yet (see the README): passthrough pools, ICMP relaying for sessions.
 
 pub mod emit;
 pub mod handover;
@@ -220,14 +222,11 @@ impl Engine {
             return;
         };
         let link = match parsed.link {
-            crate::wire::LinkInfo::Ethernet { source, destination } => Link { source, destination },
+            crate::wire::LinkInfo::Ethernet { source, destination } => {
+                Link { source, destination, tags: parsed.vlan_tags }
+            }
             _ => return,
         };
-        // Sessions over VLAN tags are not supported yet: such frames cross unchanged.
-        if !parsed.vlan_tags.is_empty() {
-            self.bridge(port, frame, out);
-            return;
-        }
         match (&parsed.network, port) {
             (NetworkPayload::Arp(arp), _) => {
                 if port == Port::Inside {
@@ -250,6 +249,7 @@ impl Engine {
                             (self.config.inside_mac, arp.target_protocol_addr),
                             (arp.sender_hardware_addr, arp.sender_protocol_addr),
                             arp.sender_hardware_addr,
+                            link.tags,
                         ),
                     );
                     return;
@@ -263,6 +263,7 @@ impl Engine {
                             (self.config.outside_mac, arp.target_protocol_addr),
                             (arp.sender_hardware_addr, arp.sender_protocol_addr),
                             arp.sender_hardware_addr,
+                            link.tags,
                         ),
                     );
                     return;
@@ -343,7 +344,7 @@ impl Engine {
                         if port == Port::Inside && message.msg_type == 135 {
                             if let (Some(target), IpAddr::V6(asker)) = (target, ip.source) {
                                 if self.config.snat_address == Some(IpAddr::V6(target)) {
-                                    let reply = Link { source: self.config.inside_mac, destination: link.source };
+                                    let reply = Link { source: self.config.inside_mac, destination: link.source, tags: link.tags };
                                     out.push(
                                         Port::Inside,
                                         emit::ndp_frame(true, reply, target, asker, target, self.config.inside_mac),
@@ -356,7 +357,7 @@ impl Engine {
                             if let (Some(target), IpAddr::V6(asker)) = (target, ip.source) {
                                 if self.is_vip(IpAddr::V6(target)) {
                                     self.counters.ndp_advertisements += 1;
-                                    let reply = Link { source: self.config.outside_mac, destination: link.source };
+                                    let reply = Link { source: self.config.outside_mac, destination: link.source, tags: link.tags };
                                     out.push(
                                         Port::Outside,
                                         emit::ndp_frame(true, reply, target, asker, target, self.config.outside_mac),

@@ -641,7 +641,7 @@ impl Session {
     }
 
     fn reply_link(&self) -> Link {
-        Link { source: self.client_link.destination, destination: self.client_link.source }
+        self.client_link.reversed()
     }
 
     fn client_offset(&mut self, seq: u32) -> u64 {
@@ -660,7 +660,8 @@ impl Session {
 
     fn backend_link(&self, mac: EthernetAddress) -> Link {
         // Transparent: the frame looks like the client's, from the client's side of the wire.
-        Link { source: self.backend_mac_source, destination: mac }
+        // The same VLAN tags as the client's frames: a bump in the wire on a trunk.
+        Link { source: self.backend_mac_source, destination: mac, tags: self.client_link.tags }
     }
 
     fn connect_backend(&mut self, context: &mut Context<'_>) {
@@ -691,13 +692,21 @@ impl Session {
                     (our_mac, client),
                     (EthernetAddress([0; 6]), backend),
                     EthernetAddress::BROADCAST,
+                    self.client_link.tags,
                 ),
             ),
             (IpAddr::V6(client), IpAddr::V6(backend)) => {
                 let (group, group_mac) = emit::solicited_node(backend);
                 context.out.push(
                     Port::Inside,
-                    emit::ndp_frame(false, Link { source: our_mac, destination: group_mac }, client, group, backend, our_mac),
+                    emit::ndp_frame(
+                        false,
+                        Link { source: our_mac, destination: group_mac, tags: self.client_link.tags },
+                        client,
+                        group,
+                        backend,
+                        our_mac,
+                    ),
                 );
             }
             _ => {}
@@ -1456,7 +1465,7 @@ pub(crate) fn syn_ack_with_cookie(link: Link, key: FlowKey, syn: &TcpSegment<'_>
         options,
         payload: &[],
     };
-    out.push(Port::Outside, emit::tcp_frame(Link { source: link.destination, destination: link.source }, &segment));
+    out.push(Port::Outside, emit::tcp_frame(link.reversed(), &segment));
 }
 
 /// A RST for a segment to a VIP that no session owns (RFC 9293 section 3.10.7.1).
@@ -1477,7 +1486,7 @@ pub(crate) fn reset_unknown(link: Link, key: FlowKey, tcp: &TcpSegment<'_>, out:
         options: TcpOptions::default(),
         payload: &[],
     };
-    out.push(Port::Outside, emit::tcp_frame(Link { source: link.destination, destination: link.source }, &segment));
+    out.push(Port::Outside, emit::tcp_frame(link.reversed(), &segment));
 }
 
 /// Length of the whole TLS records at the start of `bytes`.
@@ -1510,7 +1519,7 @@ pub(crate) fn reset_backend_of_ended(link: Link, key: FlowKey, tcp: &TcpSegment<
         options: TcpOptions::default(),
         payload: &[],
     };
-    out.push(Port::Inside, emit::tcp_frame(Link { source: link.destination, destination: link.source }, &segment));
+    out.push(Port::Inside, emit::tcp_frame(link.reversed(), &segment));
 }
 
 /// Our timestamp clock: milliseconds.
