@@ -8,7 +8,7 @@ SNAT ?= 0
 # Property-test cases per suite; CI runs at least 10,000.
 PROPTEST_CASES ?= 10000
 # Commands the lab tests run, each with the Debian package that provides it.
-LAB_DEPS = ip:iproute2 ethtool:ethtool nginx:nginx curl:curl openssl:openssl ping:iputils-ping
+LAB_DEPS = ip:iproute2 ethtool:ethtool nginx:nginx curl:curl openssl:openssl ping:iputils-ping h2load:nghttp2-client python3:python3
 
 .PHONY: all build test test-deps unit bench-crypto bench-decrypt bench-handshake demo demo-decrypt clean lab-up lab-down bench-bridge
 
