@@ -295,7 +295,7 @@ impl Engine {
                                     // A backend still talking to an ended session: reset it,
                                     // and never let its plaintext cross to the outside.
                                     if !tcp.flags.contains(TcpFlags::RST) {
-                                        session::reset_backend_of_ended(link, key, tcp, out);
+                                        session::reset_segment(Port::Inside, link, key, tcp, out);
                                     }
                                     return;
                                 }
@@ -323,7 +323,7 @@ impl Engine {
                                     }
                                 } else if !tcp.flags.contains(TcpFlags::RST) {
                                     // A segment for a VIP without a session: tell the client.
-                                    session::reset_unknown(link, key, tcp, out);
+                                    session::reset_segment(Port::Outside, link, key, tcp, out);
                                 }
                                 return;
                             }
@@ -443,7 +443,7 @@ impl Engine {
     ) -> Option<u64> {
         let setup = &self.config.listeners[listener];
         if setup.backends.is_empty() {
-            session::reset_unknown(link, key, tcp, out);
+            session::reset_segment(Port::Outside, link, key, tcp, out);
             return None;
         }
         let backend_index = self.next_backend[listener] % setup.backends.len();
@@ -455,7 +455,7 @@ impl Engine {
             Some(address) => {
                 let Some(port) = self.snat_port(address, backend) else {
                     // Every port toward this backend is in use.
-                    session::reset_unknown(link, key, tcp, out);
+                    session::reset_segment(Port::Outside, link, key, tcp, out);
                     return None;
                 };
                 BackendSide { source: SocketAddr::new(address, port), mac: Some(self.config.inside_mac) }
@@ -465,7 +465,7 @@ impl Engine {
         self.next_id += 1;
         let setup = &self.config.listeners[listener];
         let Some(session) = Session::new(id, now_ns, setup, key.source, key.destination, backend, side, link, &client, isn) else {
-            session::reset_unknown(link, key, tcp, out);
+            session::reset_segment(Port::Outside, link, key, tcp, out);
             return None;
         };
         self.counters.sessions_started += 1;

@@ -25,6 +25,7 @@ use super::emit::{self, Link, Segment};
 use super::handover::{SecretLog, SessionKeys};
 use super::handshake::{self, HandshakePool, Job, JobResult, Outcome};
 use super::{Counters, FlowKey, ListenerSetup, Output, Port};
+use crate::wire::seq::unwrap_offset;
 use crate::wire::{ArpOperation, EthernetAddress, SackBlock, SackBlocks, SeqNumber, TcpFlags, TcpOptions, TcpSegment, TcpTimestamp};
 
 /// What a session may touch of the engine during one call.
@@ -645,14 +646,14 @@ impl Session {
     }
 
     fn client_offset(&mut self, seq: u32) -> u64 {
-        let offset = unwrap(self.client_reference, seq.wrapping_sub(self.client_isn.wrapping_add(1)));
+        let offset = unwrap_offset(self.client_reference, seq.wrapping_sub(self.client_isn.wrapping_add(1)));
         self.client_reference = self.client_reference.max(offset);
         offset
     }
 
     fn our_offset(&self, ack: u32) -> u64 {
         let reference = self.splice.as_ref().map_or(self.sent, |splice| splice.cipher_frontier);
-        unwrap(reference, ack.wrapping_sub(self.our_isn.wrapping_add(1)))
+        unwrap_offset(reference, ack.wrapping_sub(self.our_isn.wrapping_add(1)))
     }
 
     // -------------------------------------------------------------------------------------
@@ -935,7 +936,7 @@ impl Session {
         let client_window = (tcp.window as u64) << scale;
         let Some(splice) = self.splice.as_mut() else { return None };
         if tcp.flags.contains(TcpFlags::ACK) {
-            let acked = unwrap(splice.cipher_frontier, tcp.ack_number.0.wrapping_sub(self.our_isn.wrapping_add(1)));
+            let acked = unwrap_offset(splice.cipher_frontier, tcp.ack_number.0.wrapping_sub(self.our_isn.wrapping_add(1)));
             splice.client_ack(acked);
         }
         splice.sack_for_backend = if splice.backend.sack {
@@ -1181,11 +1182,11 @@ impl Session {
             SackBlocks::default()
         };
         let backend_isn = splice.backend.isn;
-        let offset = unwrap(splice.backend_reference, tcp.seq_number.0.wrapping_sub(backend_isn.wrapping_add(1)));
+        let offset = unwrap_offset(splice.backend_reference, tcp.seq_number.0.wrapping_sub(backend_isn.wrapping_add(1)));
         splice.backend_reference = splice.backend_reference.max(offset);
         if tcp.flags.contains(TcpFlags::ACK) {
             // Plaintext of the client's stream the backend has: map to the client's records.
-            let acked = unwrap(splice.opener.next_plaintext_offset(), tcp.ack_number.0.wrapping_sub(self.client_isn.wrapping_add(1)));
+            let acked = unwrap_offset(splice.opener.next_plaintext_offset(), tcp.ack_number.0.wrapping_sub(self.client_isn.wrapping_add(1)));
             let data_acked = acked.min(splice.opener.next_plaintext_offset());
             if splice.client_fin_forwarded && acked > splice.opener.next_plaintext_offset() {
                 splice.backend_acked_fin = true;
@@ -1393,8 +1394,8 @@ impl Splice {
         let mut translated = SackBlocks::default();
         // Three blocks at most: with timestamps, four would not fit the 40 bytes of options.
         for block in blocks.as_slice().iter().take(3) {
-            let left = unwrap(self.cipher_frontier, block.left.0.wrapping_sub(our_isn.wrapping_add(1)));
-            let right = unwrap(self.cipher_frontier, block.right.0.wrapping_sub(our_isn.wrapping_add(1)));
+            let left = unwrap_offset(self.cipher_frontier, block.left.0.wrapping_sub(our_isn.wrapping_add(1)));
+            let right = unwrap_offset(self.cipher_frontier, block.right.0.wrapping_sub(our_isn.wrapping_add(1)));
             let mut range: Option<(u64, u64)> = None;
             for record in self.records.iter().filter(|r| r.data_len > 0) {
                 let end = record.cipher_start + record.sealed.record_len as u64;
@@ -1419,8 +1420,8 @@ impl Splice {
         let reference = self.opener.next_plaintext_offset();
         // Three blocks at most: with timestamps, four would not fit the 40 bytes of options.
         for block in blocks.as_slice().iter().take(3) {
-            let left = unwrap(reference, block.left.0.wrapping_sub(client_isn.wrapping_add(1)));
-            let right = unwrap(reference, block.right.0.wrapping_sub(client_isn.wrapping_add(1)));
+            let left = unwrap_offset(reference, block.left.0.wrapping_sub(client_isn.wrapping_add(1)));
+            let right = unwrap_offset(reference, block.right.0.wrapping_sub(client_isn.wrapping_add(1)));
             if let Some((start, stop)) = self.opener.ciphertext_range_for_plaintext(left, right) {
                 let _ = translated.push(SackBlock {
                     left: SeqNumber(client_isn.wrapping_add(1).wrapping_add(start as u32)),
@@ -1468,8 +1469,10 @@ pub(crate) fn syn_ack_with_cookie(link: Link, key: FlowKey, syn: &TcpSegment<'_>
     out.push(Port::Outside, emit::tcp_frame(link.reversed(), &segment));
 }
 
-/// A RST for a segment to a VIP that no session owns (RFC 9293 section 3.10.7.1).
-pub(crate) fn reset_unknown(link: Link, key: FlowKey, tcp: &TcpSegment<'_>, out: &mut Output) {
+/// A RST answering `tcp`, which arrived on `port` for a flow no session owns (a segment to a
+/// VIP without a session, or a backend still talking to an ended session), sent back out of
+/// the same port (RFC 9293 section 3.10.7.1).
+pub(crate) fn reset_segment(port: Port, link: Link, key: FlowKey, tcp: &TcpSegment<'_>, out: &mut Output) {
     let (seq, ack, flags) = if tcp.flags.contains(TcpFlags::ACK) {
         (tcp.ack_number.0, 0, TcpFlags::RST)
     } else {
@@ -1486,7 +1489,7 @@ pub(crate) fn reset_unknown(link: Link, key: FlowKey, tcp: &TcpSegment<'_>, out:
         options: TcpOptions::default(),
         payload: &[],
     };
-    out.push(Port::Outside, emit::tcp_frame(link.reversed(), &segment));
+    out.push(port, emit::tcp_frame(link.reversed(), &segment));
 }
 
 /// Length of the whole TLS records at the start of `bytes`.
@@ -1502,40 +1505,7 @@ fn complete_records_len(bytes: &[u8]) -> usize {
     at
 }
 
-/// A RST for a backend segment of a session that has ended (sent back on the inside port).
-pub(crate) fn reset_backend_of_ended(link: Link, key: FlowKey, tcp: &TcpSegment<'_>, out: &mut Output) {
-    let (seq, ack, flags) = if tcp.flags.contains(TcpFlags::ACK) {
-        (tcp.ack_number.0, 0, TcpFlags::RST)
-    } else {
-        (0, tcp.seq_number.0.wrapping_add(tcp.payload.len() as u32), TcpFlags::RST | TcpFlags::ACK)
-    };
-    let segment = Segment {
-        source: key.destination,
-        destination: key.source,
-        seq,
-        ack,
-        flags,
-        window: 0,
-        options: TcpOptions::default(),
-        payload: &[],
-    };
-    out.push(Port::Inside, emit::tcp_frame(link.reversed(), &segment));
-}
-
 /// Our timestamp clock: milliseconds.
 fn ts_now(now_ns: u64) -> u32 {
     (now_ns / 1_000_000) as u32
-}
-
-/// The 64-bit offset of a 32-bit distance, the one closest to `reference`.
-fn unwrap(reference: u64, distance: u32) -> u64 {
-    let base = reference & !0xffff_ffff;
-    let candidate = base | distance as u64;
-    if candidate + (1 << 31) < reference {
-        candidate + (1 << 32)
-    } else if candidate > reference + (1 << 31) && candidate >= 1 << 32 {
-        candidate - (1 << 32)
-    } else {
-        candidate
-    }
 }

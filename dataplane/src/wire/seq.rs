@@ -96,9 +96,32 @@ impl Sub<SeqNumber> for SeqNumber {
     }
 }
 
+/// The 64-bit stream offset of a 32-bit sequence distance: of the offsets with those low 32
+/// bits, the one within 2^31 of `reference` (a recent offset of the same stream). Streams
+/// longer than 4 GiB keep counting where `SeqNumber` wraps.
+pub fn unwrap_offset(reference: u64, distance: u32) -> u64 {
+    let base = reference & !0xffff_ffff;
+    let candidate = base | distance as u64;
+    if candidate + (1 << 31) < reference {
+        candidate + (1 << 32)
+    } else if candidate > reference + (1 << 31) && candidate >= 1 << 32 {
+        candidate - (1 << 32)
+    } else {
+        candidate
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn offsets_unwrap_across_the_32_bit_boundary() {
+        assert_eq!(unwrap_offset(0, 100), 100);
+        assert_eq!(unwrap_offset(0xffff_ff00, 0x10), 0x1_0000_0010);
+        assert_eq!(unwrap_offset(0x1_0000_0010, 0xffff_ff00), 0xffff_ff00);
+        assert_eq!(unwrap_offset(5000, 4000), 4000);
+    }
     use proptest::prelude::*;
 
     #[test]

@@ -11,6 +11,7 @@ use cutls_crypto::{
     CipherSuite, ContentType, OpenError, OpenOutput, OpenerConfig, ProtocolVersion, RecordDone, RecordOpener,
     ReleaseMode, Secret, Stop, TrafficKeys,
 };
+use cutls_dataplane::wire::seq::unwrap_offset;
 
 use super::compression::{self, Inflater};
 use super::handshake::{self, Malformed};
@@ -842,20 +843,6 @@ fn opener_config() -> OpenerConfig {
     OpenerConfig { mode: ReleaseMode::VerifyFirst, max_records: 64, keep_completed: false, hold_whole_below: 0 }
 }
 
-/// The stream offset of a 32-bit sequence distance, unwrapped near `reference`.
-fn unwrap_offset(reference: u64, distance: u32) -> u64 {
-    let base = reference & !0xffff_ffff;
-    let candidate = base | distance as u64;
-    // Pick the candidate within 2^31 of the reference.
-    if candidate + (1 << 31) < reference {
-        candidate + (1 << 32)
-    } else if candidate > reference + (1 << 31) && candidate >= 1 << 32 {
-        candidate - (1 << 32)
-    } else {
-        candidate
-    }
-}
-
 fn socket(endpoint: Endpoint) -> String {
     match endpoint.address {
         IpAddr::V4(v4) => format!("{v4}:{}", endpoint.port),
@@ -881,14 +868,6 @@ fn json_string(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn offsets_unwrap_across_the_32_bit_boundary() {
-        assert_eq!(unwrap_offset(0, 100), 100);
-        assert_eq!(unwrap_offset(0xffff_ff00, 0x10), 0x1_0000_0010);
-        assert_eq!(unwrap_offset(0x1_0000_0010, 0xffff_ff00), 0xffff_ff00);
-        assert_eq!(unwrap_offset(5000, 4000), 4000);
-    }
 
     #[test]
     fn json_strings_are_escaped() {
