@@ -185,6 +185,25 @@ impl Lab {
             .output()
     }
 
+    /// Forgets what the client and server namespaces learnt about their neighbours. A probe
+    /// made while the path was closed leaves ARP/NDP entries INCOMPLETE; if such an entry's
+    /// last solicitation times out after the path has opened, the kernel fails whatever was
+    /// queued on it with EHOSTUNREACH (seen as curl's "Couldn't connect" after a few ms).
+    pub fn forget_neighbours(&self) -> io::Result<()> {
+        for ns in [&self.env.client_ns, &self.env.server_ns] {
+            for family in ["-4", "-6"] {
+                let output = self.run_in(ns, "ip", &[family, "neigh", "flush", "all"])?;
+                if !output.status.success() {
+                    return Err(io::Error::other(format!(
+                        "ip {family} neigh flush all in {ns}: {}",
+                        String::from_utf8_lossy(&output.stderr).trim()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Whether `ping` from the client reaches `address` (`count` echoes, all must come back).
     pub fn ping(&self, address: IpAddr, count: u32) -> io::Result<bool> {
         let count = count.to_string();

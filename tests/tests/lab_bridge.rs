@@ -100,6 +100,7 @@ fn bridge_works_with(io: &str, expected_mode: &str) {
     .expect("start nginx");
 
     assert_path_closed(&lab, &nginx, "before cutls");
+    lab.forget_neighbours().expect("flush neighbour caches");
 
     let mut cutls = Cutls::start(&lab, &binary, &["--io", io]).expect("start cutls");
 
@@ -218,6 +219,7 @@ fn lab_is_idempotent_and_survives_a_crash() {
         !lab.ping(backend, 1).unwrap(),
         "still closed after a second up"
     );
+    lab.forget_neighbours().expect("flush neighbour caches");
 
     let mut cutls = Cutls::start(&lab, &binary, &["--io", "xdp"]).expect("start cutls");
     assert!(
