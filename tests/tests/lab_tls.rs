@@ -11,7 +11,7 @@
 //! Also: SNAT mode, 200 concurrent connections, keep-alive, and a recording backend that proves
 //! the backend gets exactly the client's plaintext (no TLS framing) while the client gets TLS
 //! records only. A case the engine is known to fail lives in its own `#[ignore = "engine: .."]`
-//! test, and the other tests leave that case to it.
+//! test.
 //!
 //! These tests need root; `CUTLS_SKIP_LAB=1` skips them (and says so). Commands they run: ip,
 //! ethtool, nginx, curl, openssl, python3, h2load (package nghttp2-client), timeout.
@@ -140,7 +140,7 @@ fn suite_matrix(t: &TlsLab, to: SocketAddr, h2: bool, big: bool, big_upload: boo
     }
     // A small download first: with h2 curl sends a whole window (64 KiB) of the upload right
     // behind its Finished, which is the engine bug of
-    // tls13_burst_right_after_finished_overflows_the_handshake_buffer.
+    // tls13_burst_right_after_finished_passes_the_handshake_buffer.
     let report = t.curl(
         to,
         &args,
@@ -277,7 +277,6 @@ fn two_hundred_concurrent_connections(io: &'static str) {
 /// connections, where Linux gives one local port to connections to different VIP ports). The
 /// box has to avoid the collision (another backend, or refuse the second connection).
 #[test]
-#[ignore = "engine: transparent mode, same client port to two listeners sharing a pool: identical backend 4-tuples, one session hangs"]
 fn same_client_port_on_two_listeners_sharing_a_pool() {
     if !lab_enabled() {
         return;
@@ -544,13 +543,6 @@ fn openssl_s_client_all_suites() {
                 );
             }
             for size in UPLOAD_SIZES {
-                let version = match suite.version {
-                    TlsVersion::Tls12 => "1.2",
-                    TlsVersion::Tls13 => "1.3",
-                };
-                if hits_handshake_buffer_bug(version, size as usize) {
-                    continue; // tls13_burst_right_after_finished_overflows_the_handshake_buffer
-                }
                 let body = generated(size as usize, 2000 + size + index as u64);
                 let remote = format!("openssl-{}-{index}-{size}", to.port());
                 let response = t.openssl(to, *suite, &put_request(&remote, &body));
@@ -628,12 +620,6 @@ fn python_ssl_all_sizes() {
                 assert_only_tls(&exchange.raw, &body, &what);
             }
             for size in UPLOAD_SIZES {
-                if hits_verify_first_cwnd_bug(mode, version, size as usize) {
-                    continue; // verify_first_record_larger_than_client_cwnd
-                }
-                if hits_handshake_buffer_bug(version, size as usize) {
-                    continue; // tls13_burst_right_after_finished_overflows_the_handshake_buffer
-                }
                 let what = format!("python TLS {version} {cipher:?} PUT {size} via {to}");
                 let body = generated(size as usize, 3000 + size + index as u64);
                 let remote = format!("python-{}-{v6}-{index}-{size}", to.port());
@@ -693,12 +679,6 @@ fn backend_gets_exact_plaintext_client_gets_only_tls() {
         let to = t.vip(false, recording_port(mode));
         for (index, &(version, cipher)) in versions.iter().enumerate() {
             for &(request_size, response_size) in &exchanges {
-                if hits_verify_first_cwnd_bug(mode, version, request_size) {
-                    continue; // verify_first_record_larger_than_client_cwnd
-                }
-                if hits_handshake_buffer_bug(version, request_size) {
-                    continue; // tls13_burst_right_after_finished_overflows_the_handshake_buffer
-                }
                 let what = format!("TLS {version} {cipher:?} via {to}: {request_size} B up, {response_size} B down");
                 recording_exchange(
                     &t,
@@ -775,25 +755,14 @@ fn recording_exchange(
     assert_only_tls(&exchange.raw, &got, what);
 }
 
-/// The engine bug of [`verify_first_record_larger_than_client_cwnd`] as it shows without a
-/// clamp: verify-first, TLS 1.3, and a first application record (the request written at once,
-/// right behind the Finished) larger than the client's initial congestion window of 10
-/// segments; a race, so the other tests leave this case to that one.
-fn hits_verify_first_cwnd_bug(mode: HoldBack, version: &str, request_size: usize) -> bool {
-    mode == HoldBack::VerifyFirst && version == "1.3" && request_size >= 14 * 1024
-}
-
 /// Verify-first: a client record larger than the client's congestion window. The box holds
-/// the record's plaintext until its tag verifies and does not acknowledge the ciphertext it
-/// holds (nor the client's retransmissions of it), so a client out of congestion window never
-/// sends the record's last segments and the session hangs. A full record (16 KiB + 22 to 29
-/// bytes on the wire) is more than 11 segments; here the client's route to the VIP clamps its
-/// congestion window to 8 segments (`ip route ... initcwnd 8 cwnd lock 8 congctl reno`), as a client after a loss
-/// would have it. (Without the clamp it is a race right after a TLS 1.3 handshake: Linux's
-/// initial window is 10 segments.) Requests stay under 48 KiB, clear of
-/// tls13_burst_right_after_finished_overflows_the_handshake_buffer.
+/// the record's plaintext until its tag verifies; unless it acknowledges the ciphertext it
+/// holds (and then owes the backend that plaintext: `custody`), a client out of congestion
+/// window never sends the record's last segments and the session hangs. A full record (16 KiB
+/// + 22 to 29 bytes on the wire) is more than 11 segments; here the client's route to the VIP
+/// clamps its congestion window to 8 segments (`ip route ... initcwnd 8 cwnd lock 8 congctl
+/// reno`), as a client after a loss would have it.
 #[test]
-#[ignore = "engine: verify-first hangs on a client record larger than the client's cwnd (held ciphertext never ACKed)"]
 fn verify_first_record_larger_than_client_cwnd() {
     small_cwnd_uploads(HoldBack::VerifyFirst);
 }
@@ -889,22 +858,14 @@ fn clamp_client_cwnd(t: &TlsLab, segments: u32) {
     );
 }
 
-/// The engine bug of [`tls13_burst_right_after_finished_overflows_the_handshake_buffer`]: TLS
-/// 1.3 and a request of 64 KiB or more written at once right after the handshake. The other
-/// tests leave this case to that one (48 KiB: a margin under the box's 64 KiB buffer).
-fn hits_handshake_buffer_bug(version: &str, request_size: usize) -> bool {
-    version == "1.3" && request_size >= 48 * 1024
-}
-
 /// TLS 1.3: the client's Finished and, right behind it, a large request (a 1 MiB PUT written at
-/// once, as openssl s_client and Python do, or 64 KiB of h2 DATA from curl --http2). While
-/// the box's handshake work on the Finished is still in flight it buffers and ACKs the client's bytes as handshake bytes; past its
-/// 64 KiB bound (MAX_HANDSHAKE_BYTES) it ends the session as a TLS error (`ended_tls_error`)
-/// and resets both sides, before a byte reaches the backend. Seen with the off-loop handshake
-/// (`tls_in_flight`). Cut-through listeners, so that the verify-first bug stays out of it.
+/// once, as openssl s_client and Python do, or 64 KiB of h2 DATA from curl --http2). While the
+/// box's handshake work on the Finished is still in flight (`tls_in_flight`, the off-loop
+/// handshake) it buffers and acknowledges the client's bytes as handshake bytes, up to its
+/// 64 KiB bound (MAX_HANDSHAKE_BYTES); what does not fit is left for the client to send again,
+/// and the session goes on.
 #[test]
-#[ignore = "engine: TLS 1.3 request >64 KiB right after Finished overflows MAX_HANDSHAKE_BYTES while the handshake is in flight (ended_tls_error, RST)"]
-fn tls13_burst_right_after_finished_overflows_the_handshake_buffer() {
+fn tls13_burst_right_after_finished_passes_the_handshake_buffer() {
     if !lab_enabled() {
         return;
     }
@@ -977,7 +938,6 @@ fn tls13_burst_right_after_finished_overflows_the_handshake_buffer() {
 /// that with a RST and send its SYN again; the box has to do the same. Whether the backend
 /// takes the SYN depends on the two connections' random timestamp offsets, so 12 rounds.
 #[test]
-#[ignore = "engine: transparent mode, client port reused via another listener while the backend holds the 4-tuple in TIME_WAIT: session hangs"]
 fn client_port_reused_while_the_backend_is_in_time_wait() {
     if !lab_enabled() {
         return;
@@ -1102,9 +1062,6 @@ fn snat_mode_backend_sees_the_box_address() {
         let to = t.vip(false, recording_port(mode));
         for (version, cipher) in [("1.2", Some(SUITES[3].name)), ("1.3", None)] {
             for (request_size, response_size) in [(1, 1), (1448, 1447), (16384, 16384)] {
-                if hits_verify_first_cwnd_bug(mode, version, request_size) {
-                    continue; // verify_first_record_larger_than_client_cwnd
-                }
                 let what = format!(
                     "SNAT, TLS {version} via {to}: {request_size} B up, {response_size} B down"
                 );

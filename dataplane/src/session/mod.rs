@@ -21,6 +21,7 @@
 //!
 //! Not supported yet (see the README): passthrough pools, ICMP relaying for sessions.
 
+mod custody;
 pub mod emit;
 pub mod handover;
 pub mod handshake;
@@ -117,9 +118,14 @@ pub struct Counters {
     pub records_opened: u64,
     pub records_sealed: u64,
     pub records_regenerated: u64,
+    /// Client plaintext the box sent the backend again on its own (see `custody`).
+    pub backend_retransmits: u64,
     /// SYNs answered with a SYN cookie (no state), and connections made from a valid cookie.
     pub syn_cookies_sent: u64,
     pub syn_cookies_accepted: u64,
+    /// Transparent-mode SYNs refused because every backend already had a session with the
+    /// client's address and port.
+    pub backend_tuple_collisions: u64,
 }
 
 /// How long an ended session's backend flow is still recognised (its late segments are reset
@@ -446,9 +452,22 @@ impl Engine {
             session::reset_segment(Port::Outside, link, key, tcp, out);
             return None;
         }
-        let backend_index = self.next_backend[listener] % setup.backends.len();
-        self.next_backend[listener] = self.next_backend[listener].wrapping_add(1);
-        let backend = setup.backends[backend_index];
+        let start = self.next_backend[listener];
+        self.next_backend[listener] = start.wrapping_add(1);
+        let count = setup.backends.len();
+        // Transparent mode talks to the backend from the client's own address and port: a
+        // client port used toward two VIPs that share a backend (Linux does that) would give
+        // two sessions one backend 4-tuple. Take the next backend without one; with none, the
+        // client is refused and tries another port.
+        let free = |backend: &SocketAddr| {
+            self.config.snat_address.is_some()
+                || !self.by_backend.contains_key(&FlowKey { source: *backend, destination: key.source })
+        };
+        let Some(backend) = (0..count).map(|i| setup.backends[start.wrapping_add(i) % count]).find(free) else {
+            self.counters.backend_tuple_collisions += 1;
+            session::reset_segment(Port::Outside, link, key, tcp, out);
+            return None;
+        };
         let isn = cookie_isn.unwrap_or_else(|| self.random() as u32);
         let side = match self.config.snat_address {
             None => BackendSide { source: key.source, mac: None },

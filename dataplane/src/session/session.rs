@@ -21,6 +21,7 @@ use cutls_crypto::{
 };
 use rustls::ServerConnection;
 
+use super::custody::{Custody, CustodyAction};
 use super::emit::{self, Link, Segment};
 use super::handover::{SecretLog, SessionKeys};
 use super::handshake::{self, HandshakePool, Job, JobResult, Outcome};
@@ -199,6 +200,15 @@ struct MappedRecord {
     synthetic: Option<SyntheticRecord>,
 }
 
+/// What [`Session::open_client_bytes`] did with a chunk.
+#[derive(Default)]
+struct Opened {
+    /// Plaintext went to the backend.
+    forwarded: bool,
+    /// The box acknowledged more client bytes on its own.
+    acknowledged: bool,
+}
+
 struct SyntheticRecord {
     plaintext: Vec<u8>,
     fin: bool,
@@ -238,6 +248,9 @@ struct Splice {
     /// The latest SACK blocks of each side, translated for the other.
     sack_for_backend: SackBlocks,
     sack_for_client: SackBlocks,
+    /// Client bytes the box acknowledged on its own, and their plaintext until the backend
+    /// has it.
+    custody: Custody,
 }
 
 impl Session {
@@ -360,6 +373,13 @@ impl Session {
         if let Some(event) = self.poll_backend(context) {
             return Some(event);
         }
+        if let Some(splice) = self.splice.as_mut() {
+            let mss = splice.backend_payload_mss();
+            let action = splice.custody.poll(context.now_ns, mss);
+            if let Some(event) = self.custody_action(context, action) {
+                return Some(event);
+            }
+        }
         if let Some(deadline) = self.rto_deadline_ns {
             let outstanding = self.acked < self.handshake_out.len() as u64
                 || self.splice.as_ref().is_some_and(|splice| splice.records.iter().any(|r| r.synthetic.is_some()));
@@ -424,13 +444,21 @@ impl Session {
             let handshaking = self.tls.is_some() || self.tls_in_flight;
             if offset <= self.client_next && end > self.client_next && handshaking {
                 let fresh = &payload[(self.client_next - offset) as usize..];
-                if self.handshake_in.len() + fresh.len() > MAX_HANDSHAKE_BYTES {
+                let room = MAX_HANDSHAKE_BYTES.saturating_sub(self.handshake_in.len());
+                if room == 0 && !self.tls_in_flight {
+                    // rustls had all of it and still wants more: no handshake is that long.
                     context.counters.ended_tls_error += 1;
                     self.reset_both(context);
                     return Some(SessionEvent::Ended);
                 }
+                // While a handshake job is away, a client that sends its first request right
+                // after its Finished can fill the buffer: take what fits, TCP resends the rest.
+                let fresh = &fresh[..fresh.len().min(room)];
+                if fresh.len() < payload.len() - (self.client_next - offset) as usize {
+                    context.counters.client_segments_dropped += 1;
+                }
                 self.handshake_in.extend_from_slice(fresh);
-                self.client_next = end;
+                self.client_next += fresh.len() as u64;
                 if let Err(()) = self.drive_tls(context) {
                     return Some(self.tls_failed(context));
                 }
@@ -808,6 +836,32 @@ impl Session {
             }
             return None;
         }
+        if let Backend::SynSent { tries, .. } = self.backend_state {
+            if tcp.flags.contains(TcpFlags::ACK) {
+                // RFC 9293 3.10.7.3: an unacceptable ACK in SYN-SENT is answered <SEQ=SEG.ACK>
+                // <CTL=RST>. A backend that holds the 4-tuple in TIME_WAIT (the client reused
+                // its port toward another VIP of the same pool) answers the SYN with an ACK of
+                // the old connection; the reset frees the 4-tuple, and the SYN goes again.
+                if tries >= MAX_RETRIES {
+                    return Some(self.backend_unreachable(context));
+                }
+                let Some(mac) = context.inside_macs.get(&self.backend.ip()).copied() else { return None };
+                let reset = Segment {
+                    source: self.backend_source,
+                    destination: self.backend,
+                    seq: tcp.ack_number.0,
+                    ack: 0,
+                    flags: TcpFlags::RST,
+                    window: 0,
+                    options: TcpOptions::default(),
+                    payload: &[],
+                };
+                context.out.push(Port::Inside, emit::tcp_frame(self.backend_link(mac), &reset));
+                self.send_backend_syn(context, mac);
+                self.backend_state = Backend::SynSent { sent_ns: context.now_ns, tries: tries + 1 };
+                return None;
+            }
+        }
         if self.splice.is_some() {
             return self.backend_segment_splice(context, tcp);
         }
@@ -903,6 +957,9 @@ impl Session {
             forwarded_plaintext: 0,
             sack_for_backend: SackBlocks::default(),
             sack_for_client: SackBlocks::default(),
+            // Everything the handshake acknowledged, including application bytes that came
+            // with the Finished.
+            custody: Custody::new(self.client_next),
         }));
         let early = std::mem::take(&mut self.early_application);
         if !early.is_empty() {
@@ -955,7 +1012,12 @@ impl Session {
                 let skip = self.client_handshake_len.saturating_sub(offset) as usize;
                 let ts = tcp.options.timestamp;
                 match self.open_client_bytes(context, offset + skip as u64, tcp.payload[skip..].to_vec(), ts) {
-                    Ok(sent) => forwarded = sent,
+                    Ok(opened) => {
+                        forwarded = opened.forwarded;
+                        if opened.acknowledged {
+                            self.send_ack_to_client(context);
+                        }
+                    }
                     Err(event) => return Some(event),
                 }
             }
@@ -986,19 +1048,23 @@ impl Session {
     }
 
     /// Opens client bytes at client offset `offset` and forwards the plaintext to the backend.
-    /// Returns whether a segment went to the backend.
     fn open_client_bytes(
         &mut self,
         context: &mut Context<'_>,
         offset: u64,
         mut chunk: Vec<u8>,
         ts: Option<TcpTimestamp>,
-    ) -> Result<bool, SessionEvent> {
-        let Some(splice) = self.splice.as_mut() else { return Ok(false) };
+    ) -> Result<Opened, SessionEvent> {
+        let mut opened = Opened::default();
+        let Some(splice) = self.splice.as_mut() else { return Ok(opened) };
         let mut out = std::mem::take(&mut splice.out);
         let mut result = splice.opener.open(offset, &mut chunk, &mut out);
         let mut key_update_answer = false;
+        let mut taken = 0;
         loop {
+            if let Ok(step) = &result {
+                taken = step.consumed;
+            }
             match result {
                 Err(OpenError::TagMismatch { .. }) => {
                     context.counters.ended_tag_failure += 1;
@@ -1019,7 +1085,7 @@ impl Session {
                     Some(Stop::Record(done)) => {
                         context.counters.records_opened += 1;
                         let plaintext = done.plaintext.clone().map(|range| out.held[range].to_vec());
-                        let Some(splice) = self.splice.as_mut() else { return Ok(false) };
+                        let Some(splice) = self.splice.as_mut() else { return Ok(opened) };
                         match done.content_type {
                             ContentType::Handshake => {
                                 // TLS 1.3 KeyUpdate (24, length 1, request flag).
@@ -1046,36 +1112,47 @@ impl Session {
                             ContentType::ApplicationData => {}
                             _ => return Err(self.fail_tls(context)),
                         }
-                        let Some(splice) = self.splice.as_mut() else { return Ok(false) };
+                        let Some(splice) = self.splice.as_mut() else { return Ok(opened) };
                         result = splice.opener.open_more(offset, &mut chunk, step.consumed, &mut out);
                     }
                 },
             }
         }
-        // Plaintext to the backend, in contiguous runs of at most the backend's MSS.
+        let Some(splice) = self.splice.as_mut() else { return Ok(opened) };
+        // Verify-first holds records whole: a client whose congestion window is smaller than a
+        // record would wait forever for an acknowledgement, so the box acknowledges in-order
+        // bytes it took and owes their plaintext to the backend (see `custody`).
+        let custody = &mut splice.custody;
+        let end = offset + taken as u64;
+        if self.mode == ReleaseMode::VerifyFirst && custody.has_room() && offset <= custody.acked_cipher() && end > custody.acked_cipher() {
+            custody.acknowledge_client(end);
+            opened.acknowledged = true;
+        }
+        // Plaintext to the backend, in contiguous runs of at most the backend's MSS; what the
+        // box acknowledged on its own is kept until the backend has it.
         let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
         for release in &out.releases {
             let bytes = out.bytes(&chunk, release);
+            if splice.opener.ciphertext_for_plaintext_ack(release.plaintext_offset) < splice.custody.acked_cipher() {
+                splice.custody.keep(context.now_ns, release.plaintext_offset, bytes);
+            }
             match runs.last_mut() {
                 Some((start, run)) if *start + run.len() as u64 == release.plaintext_offset => run.extend_from_slice(bytes),
                 _ => runs.push((release.plaintext_offset, bytes.to_vec())),
             }
         }
-        let Some(splice) = self.splice.as_mut() else { return Ok(false) };
         splice.out = out;
-        // The backend's MSS counts payload only; the timestamp option takes 12 bytes of it.
-        let mss = (splice.backend.mss.max(64) - if splice.backend.timestamps { 12 } else { 0 }) as usize;
-        let mut sent = false;
+        let mss = splice.backend_payload_mss();
         for (start, run) in runs {
             for (i, piece) in run.chunks(mss).enumerate() {
                 self.send_to_backend(context, start + (i * mss) as u64, TcpFlags::ACK | TcpFlags::PSH, piece, ts);
-                sent = true;
+                opened.forwarded = true;
             }
         }
         if key_update_answer {
             self.send_key_update(context);
         }
-        Ok(sent)
+        Ok(opened)
     }
 
     fn fail_tls(&mut self, context: &mut Context<'_>) -> SessionEvent {
@@ -1175,7 +1252,10 @@ impl Session {
         if let Some(ts) = tcp.options.timestamp {
             splice.backend.ts_recent = ts.value;
         }
-        splice.backend_window = (tcp.window as u64) << splice.backend.window_scale;
+        let window = (tcp.window as u64) << splice.backend.window_scale;
+        // RFC 5681's duplicate acknowledgement: no data, no FIN, the same window.
+        let pure_ack = tcp.payload.is_empty() && !tcp.flags.contains(TcpFlags::FIN) && window == splice.backend_window;
+        splice.backend_window = window;
         splice.sack_for_client = if splice.backend.sack {
             splice.backend_sack_for_client(&tcp.options.sack_blocks, self.client_isn)
         } else {
@@ -1194,6 +1274,11 @@ impl Session {
             let cipher = splice.opener.ciphertext_for_plaintext_ack(data_acked);
             splice.opener.acknowledge(cipher);
             splice.backend_acked_cipher = cipher;
+            let mss = splice.backend_payload_mss();
+            let action = splice.custody.backend_ack(context.now_ns, data_acked, pure_ack, mss);
+            if let Some(event) = self.custody_action(context, action) {
+                return Some(event);
+            }
         }
         let mut sent = false;
         if !tcp.payload.is_empty() {
@@ -1319,6 +1404,22 @@ impl Session {
         }
     }
 
+    /// Carries out what the custody of client bytes asks for.
+    fn custody_action(&mut self, context: &mut Context<'_>, action: Option<CustodyAction>) -> Option<SessionEvent> {
+        match action? {
+            CustodyAction::Resend(offset, bytes) => {
+                context.counters.backend_retransmits += 1;
+                self.send_to_backend(context, offset, TcpFlags::ACK | TcpFlags::PSH, &bytes, None);
+                None
+            }
+            CustodyAction::GaveUp => {
+                context.counters.ended_backend_unreachable += 1;
+                self.reset_both(context);
+                Some(SessionEvent::Ended)
+            }
+        }
+    }
+
     fn check_closed(&mut self, context: &mut Context<'_>) -> Option<SessionEvent> {
         let splice = self.splice.as_ref()?;
         let client_done = splice.client_fin_forwarded && splice.backend_acked_fin;
@@ -1384,7 +1485,13 @@ impl Splice {
             Some(fin) if self.client_fin_forwarded && self.backend_acked_fin => Some(fin + 1),
             _ => None,
         };
-        fin.unwrap_or(self.backend_acked_cipher.max(client_handshake_len))
+        fin.unwrap_or(self.backend_acked_cipher.max(client_handshake_len).max(self.custody.acked_cipher()))
+    }
+
+    /// The plaintext one segment to the backend carries at most: the backend's MSS counts
+    /// payload only, and the timestamp option takes 12 bytes of it.
+    fn backend_payload_mss(&self) -> usize {
+        (self.backend.mss.max(64) - if self.backend.timestamps { 12 } else { 0 }) as usize
     }
 
     /// The client's SACK blocks (our offsets) as backend plaintext: records the block covers
