@@ -53,6 +53,7 @@ fn measure(files: &CertificateFiles, ca: &Path, tls13: bool, group: &str) -> (Du
         alpn: vec![],
         certificates: vec![files.clone()],
         default_certificate: Some(0),
+        passthrough_pool: None,
     };
     let server = server_config(&listener, Arc::new(SecretLog::default())).expect("server config");
     let mut roots = RootCertStore::empty();

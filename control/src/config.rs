@@ -23,11 +23,23 @@
 //!   { names = ["www.example.test", "*.example.test"], chain = "certs/example.pem", key = "certs/example.key" },
 //! ]
 //! default_certificate = 0      # index into certificates, for clients without a matching SNI
+//! passthrough_pool = "tls-web" # optional: what this box does not terminate goes here
 //!
 //! [[pool]]
 //! name = "web"
 //! backends = ["198.18.2.10:80", "198.18.2.11:80"]
+//!
+//! [[pool]]
+//! name = "tls-web"
+//! backends = ["198.18.2.20:443"]
+//! passthrough = true           # spliced as plain TCP, never decrypted
 //! ```
+//!
+//! `passthrough_pool` names a pool with `passthrough = true`: connections whose first bytes are
+//! not a TLS ClientHello, and ClientHellos whose SNI matches none of the listener's certificate
+//! names, are spliced as plain TCP to this pool (ClientHellos without SNI use the default
+//! certificate if there is one, else go to this pool too). A listener whose own `pool` is
+//! passthrough already splices everything and takes no `passthrough_pool`.
 //!
 //! Relative paths are relative to the configuration file's folder.
 
@@ -107,6 +119,9 @@ pub struct Listener {
     pub alpn: Vec<String>,
     pub certificates: Vec<CertificateFiles>,
     pub default_certificate: Option<usize>,
+    /// Index into [`Config::pools`] of a passthrough pool for connections this listener does not
+    /// terminate: not a ClientHello, or an SNI none of `certificates` names (see the module doc).
+    pub passthrough_pool: Option<usize>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -162,6 +177,8 @@ struct RawListener {
     certificates: Vec<Spanned<RawCertificate>>,
     #[serde(default)]
     default_certificate: Option<Spanned<usize>>,
+    #[serde(default)]
+    passthrough_pool: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -297,6 +314,29 @@ impl Config {
             let pool = pools.iter().position(|p| &p.name == listener.pool.get_ref()).ok_or_else(|| {
                 places.error(Some(listener.pool.span()), format!("{field}.pool"), format!("no pool named {:?}", listener.pool.get_ref()))
             })?;
+            let passthrough_pool = match &listener.passthrough_pool {
+                None => None,
+                Some(name) => {
+                    let pfield = format!("{field}.passthrough_pool");
+                    let index = pools.iter().position(|p| &p.name == name.get_ref()).ok_or_else(|| {
+                        places.error(Some(name.span()), pfield.as_str(), format!("no pool named {:?}", name.get_ref()))
+                    })?;
+                    // Spliced connections are never decrypted: a pool that expects plaintext
+                    // would get TLS records it cannot read.
+                    if !pools[index].passthrough {
+                        return Err(places.error(
+                            Some(name.span()),
+                            pfield,
+                            format!("pool {:?} is not passthrough = true", name.get_ref()),
+                        ));
+                    }
+                    // Such a listener terminates nothing, so nothing could fall back.
+                    if pools[pool].passthrough {
+                        return Err(places.error(Some(name.span()), pfield, "the listener's pool is already passthrough"));
+                    }
+                    Some(index)
+                }
+            };
             let hold_back = match listener.hold_back.as_ref().map(|h| (h.get_ref().as_str(), h.span())) {
                 None | Some(("cut-through", _)) => HoldBack::CutThrough,
                 Some(("verify-first", _)) => HoldBack::VerifyFirst,
@@ -356,7 +396,7 @@ impl Config {
                     "a listener needs certificates unless its pool is passthrough",
                 ));
             }
-            listeners.push(Listener { vip, pool, hold_back, alpn, certificates, default_certificate });
+            listeners.push(Listener { vip, pool, hold_back, alpn, certificates, default_certificate, passthrough_pool });
         }
         Ok(Config {
             outside: ports.outside.get_ref().clone(),
@@ -466,5 +506,73 @@ backends = ["198.18.2.10:80", "[2001:db8::10]:80"]
         assert_eq!(error_of(text).field.as_deref(), Some("listener[0].certificates"));
         let passthrough = text.replace("backends", "passthrough = true\nbackends");
         assert!(parse(&passthrough).is_ok());
+    }
+
+    /// Line numbers in the tests below count from the first line of this text.
+    const WITH_PASSTHROUGH: &str = r#"[box]
+outside = "outside"
+inside = "inside"
+
+[[listener]]
+vip = "198.18.1.100:443"
+pool = "web"
+certificates = [{ names = ["www.example.test"], chain = "a.pem", key = "a.key" }]
+passthrough_pool = "tls-web"
+
+[[pool]]
+name = "web"
+backends = ["198.18.2.10:80"]
+
+[[pool]]
+name = "tls-web"
+passthrough = true
+backends = ["198.18.2.20:443"]
+"#;
+
+    #[test]
+    fn a_listener_names_a_passthrough_pool() {
+        let config = parse(WITH_PASSTHROUGH).unwrap();
+        assert_eq!(config.listeners[0].pool, 0);
+        assert_eq!(config.listeners[0].passthrough_pool, Some(1));
+        assert!(config.pools[1].passthrough);
+
+        // Optional: without it, nothing falls back.
+        let config = parse(&WITH_PASSTHROUGH.replace("passthrough_pool = \"tls-web\"\n", "")).unwrap();
+        assert_eq!(config.listeners[0].passthrough_pool, None);
+        assert_eq!(parse(GOOD).unwrap().listeners[0].passthrough_pool, None);
+
+        // A passthrough pool as the main pool stays allowed, without certificates.
+        let text = WITH_PASSTHROUGH
+            .replace("pool = \"web\"", "pool = \"tls-web\"")
+            .replace("certificates = [{ names = [\"www.example.test\"], chain = \"a.pem\", key = \"a.key\" }]\n", "")
+            .replace("passthrough_pool = \"tls-web\"\n", "");
+        let config = parse(&text).unwrap();
+        assert_eq!((config.listeners[0].pool, config.listeners[0].passthrough_pool), (1, None));
+    }
+
+    #[test]
+    fn passthrough_pool_errors_name_line_and_field() {
+        let error = error_of(&WITH_PASSTHROUGH.replace("passthrough_pool = \"tls-web\"", "passthrough_pool = \"nope\""));
+        assert_eq!((error.line, error.field.as_deref()), (Some(9), Some("listener[0].passthrough_pool")));
+        assert_eq!(error.message, "no pool named \"nope\"");
+
+        let error = error_of(&WITH_PASSTHROUGH.replace("passthrough_pool = \"tls-web\"", "passthrough_pool = \"web\""));
+        assert_eq!((error.line, error.field.as_deref()), (Some(9), Some("listener[0].passthrough_pool")));
+        assert_eq!(
+            error.to_string(),
+            "/etc/cutls/cutls.toml:9: listener[0].passthrough_pool: pool \"web\" is not passthrough = true"
+        );
+
+        let error = error_of(&WITH_PASSTHROUGH.replace("pool = \"web\"", "pool = \"tls-web\""));
+        assert_eq!((error.line, error.field.as_deref()), (Some(9), Some("listener[0].passthrough_pool")));
+        assert_eq!(
+            error.to_string(),
+            "/etc/cutls/cutls.toml:9: listener[0].passthrough_pool: the listener's pool is already passthrough"
+        );
+
+        // A misspelt key is still refused by serde, with its line.
+        let error = error_of(&WITH_PASSTHROUGH.replace("passthrough_pool =", "passthru_pool ="));
+        assert_eq!(error.line, Some(9));
+        assert!(error.message.contains("passthru_pool"), "{error}");
     }
 }

@@ -85,6 +85,7 @@ fn run_case(dir: &Path, case: &Case) {
         alpn: vec!["h2".into(), "http/1.1".into()],
         certificates: vec![files.clone()],
         default_certificate: Some(0),
+        passthrough_pool: None,
     };
     let log = Arc::new(SecretLog::default());
     let config = server_config(&listener, log.clone()).expect("server config");

@@ -263,10 +263,11 @@ fn golden_engine(addresses: &Addresses) -> Engine {
     let secrets = Arc::new(SecretLog::default());
     let listener = ListenerSetup {
         vip: addresses.vip,
-        tls: deterministic_server_config(secrets.clone(), GOLDEN_SEED),
+        tls: Some(deterministic_server_config(secrets.clone(), GOLDEN_SEED)),
         secrets,
         backends: addresses.backends.iter().map(|(address, _)| *address).collect(),
         mode: ReleaseMode::CutThrough,
+        passthrough: None,
     };
     Engine::new(EngineConfig {
         listeners: vec![listener],
@@ -912,10 +913,11 @@ fn engine_lab_with(addresses: &Addresses, mode: ReleaseMode, seed: u64, wire: Wi
     let secrets = Arc::new(SecretLog::default());
     let listener = ListenerSetup {
         vip: addresses.vip,
-        tls: server_config(secrets.clone()),
+        tls: Some(server_config(secrets.clone())),
         secrets,
         backends: addresses.backends.iter().map(|(address, _)| *address).collect(),
         mode,
+        passthrough: None,
     };
     let engine = Engine::new(EngineConfig {
         listeners: vec![listener],

@@ -174,6 +174,8 @@ pub struct Pool {
     pub name: &'static str,
     pub v6: bool,
     pub port: u16,
+    /// Spliced as plain TCP, never terminated.
+    pub passthrough: bool,
 }
 
 /// The backend ports: nginx HTTP/1.1 on 80 and 82, h2c on 81 and 83 (IPv4 and IPv6); the
@@ -185,43 +187,65 @@ pub mod pools {
         name: "web",
         v6: false,
         port: 80,
+        passthrough: false,
     };
     pub const WEB_VERIFY_FIRST: Pool = Pool {
         name: "web-vf",
         v6: false,
         port: 82,
+        passthrough: false,
     };
     pub const WEB6: Pool = Pool {
         name: "web6",
         v6: true,
         port: 80,
+        passthrough: false,
     };
     pub const WEB6_VERIFY_FIRST: Pool = Pool {
         name: "web6-vf",
         v6: true,
         port: 82,
+        passthrough: false,
     };
     pub const H2C: Pool = Pool {
         name: "h2c",
         v6: false,
         port: 81,
+        passthrough: false,
     };
     pub const H2C_VERIFY_FIRST: Pool = Pool {
         name: "h2c-vf",
         v6: false,
         port: 83,
+        passthrough: false,
     };
     pub const RECORDING: Pool = Pool {
         name: "recording",
         v6: false,
         port: 9000,
+        passthrough: false,
     };
     pub const RECORDING_VERIFY_FIRST: Pool = Pool {
         name: "recording-vf",
         v6: false,
         port: 9001,
+        passthrough: false,
     };
-    pub const ALL: [Pool; 8] = [
+    /// Passthrough: nginx's plain HTTP/1.1 port.
+    pub const PLAIN: Pool = Pool {
+        name: "plain",
+        v6: false,
+        port: 80,
+        passthrough: true,
+    };
+    /// Passthrough: nginx terminating TLS itself (port 8443, its own certificate).
+    pub const BACKEND_TLS: Pool = Pool {
+        name: "backend-tls",
+        v6: false,
+        port: 8443,
+        passthrough: true,
+    };
+    pub const ALL: [Pool; 10] = [
         WEB,
         WEB_VERIFY_FIRST,
         WEB6,
@@ -230,6 +254,8 @@ pub mod pools {
         H2C_VERIFY_FIRST,
         RECORDING,
         RECORDING_VERIFY_FIRST,
+        PLAIN,
+        BACKEND_TLS,
     ];
 }
 
@@ -240,6 +266,8 @@ pub struct ListenerSpec {
     pub pool: Pool,
     pub hold_back: HoldBack,
     pub alpn: Vec<&'static str>,
+    /// Where first flights that are not a ClientHello, and SNI names other than [`HOST`], go.
+    pub passthrough_pool: Option<Pool>,
 }
 
 /// The VIP ports of [`standard_listeners`].
@@ -258,6 +286,11 @@ pub mod ports {
     pub const RECORDING: u16 = 9443;
     /// No ALPN, the recording backends, verify-first.
     pub const RECORDING_VERIFY_FIRST: u16 = 9444;
+    /// A passthrough pool's listener: plain HTTP to nginx, nothing terminated.
+    pub const PLAIN: u16 = 8080;
+    /// HTTP/1.1 for [`super::HOST`], cut-through; other SNI names and first flights that are
+    /// not a ClientHello pass through to nginx's own TLS port.
+    pub const MIXED: u16 = 446;
 }
 
 /// The listener port for HTTP/1.1 in `mode`.
@@ -297,24 +330,28 @@ pub fn standard_listeners(vip_v4: IpAddr, vip_v6: IpAddr) -> Vec<ListenerSpec> {
             pool: pick(pools::WEB, pools::WEB_VERIFY_FIRST),
             hold_back: mode,
             alpn: vec!["http/1.1"],
+            passthrough_pool: None,
         });
         listeners.push(ListenerSpec {
             vip: SocketAddr::new(vip_v6, h1_port(mode)),
             pool: pick(pools::WEB6, pools::WEB6_VERIFY_FIRST),
             hold_back: mode,
             alpn: vec!["http/1.1"],
+            passthrough_pool: None,
         });
         listeners.push(ListenerSpec {
             vip: SocketAddr::new(vip_v4, h2_port(mode)),
             pool: pick(pools::H2C, pools::H2C_VERIFY_FIRST),
             hold_back: mode,
             alpn: vec!["h2"],
+            passthrough_pool: None,
         });
         listeners.push(ListenerSpec {
             vip: SocketAddr::new(vip_v4, recording_port(mode)),
             pool: pick(pools::RECORDING, pools::RECORDING_VERIFY_FIRST),
             hold_back: mode,
             alpn: vec![],
+            passthrough_pool: None,
         });
     }
     listeners.push(ListenerSpec {
@@ -322,6 +359,21 @@ pub fn standard_listeners(vip_v4: IpAddr, vip_v6: IpAddr) -> Vec<ListenerSpec> {
         pool: pools::WEB,
         hold_back: HoldBack::CutThrough,
         alpn: vec!["http/1.1"],
+        passthrough_pool: None,
+    });
+    listeners.push(ListenerSpec {
+        vip: SocketAddr::new(vip_v4, ports::PLAIN),
+        pool: pools::PLAIN,
+        hold_back: HoldBack::CutThrough,
+        alpn: vec![],
+        passthrough_pool: None,
+    });
+    listeners.push(ListenerSpec {
+        vip: SocketAddr::new(vip_v4, ports::MIXED),
+        pool: pools::WEB,
+        hold_back: HoldBack::CutThrough,
+        alpn: vec!["http/1.1"],
+        passthrough_pool: Some(pools::BACKEND_TLS),
     });
     listeners
 }
@@ -455,7 +507,14 @@ impl Web {
                 );
             }
         }
-        let (r, l) = (root.display(), log_dir.display());
+        // The backends' own TLS (for passthrough pools), with the lab certificate.
+        let tls_listen: String = lab
+            .env
+            .backends_v4
+            .iter()
+            .map(|address| format!("    listen {address}:8443 ssl;\n"))
+            .collect();
+        let (r, l, d) = (root.display(), log_dir.display(), dir.display());
         let config = format!(
             "user root;
 worker_processes 1;
@@ -475,6 +534,12 @@ http {{
 {listen}    root {r};
     location /up/ {{ dav_methods PUT; create_full_put_path on; }}
     location /slow/ {{ alias {r}/; limit_rate 512k; }}
+  }}
+  server {{
+{tls_listen}    ssl_certificate {d}/cert.pem;
+    ssl_certificate_key {d}/key.pem;
+    root {r};
+    add_header X-Backend-TLS yes always;
   }}
 }}
 "
@@ -1532,13 +1597,20 @@ pub fn write_config(
             .collect::<Vec<_>>()
             .join(", ");
         text += &format!(
-            "\n[[listener]]\nvip = \"{}\"\npool = \"{}\"\nhold_back = \"{}\"\nalpn = [{alpn}]\n\
-             certificates = [ {{ names = [\"{HOST}\"], chain = \"cert.pem\", key = \"key.pem\" }} ]\n\
-             default_certificate = 0\n",
+            "\n[[listener]]\nvip = \"{}\"\npool = \"{}\"\nhold_back = \"{}\"\nalpn = [{alpn}]\n",
             listener.vip,
             listener.pool.name,
             listener.hold_back.config_name()
         );
+        if !listener.pool.passthrough {
+            text += &format!(
+                "certificates = [ {{ names = [\"{HOST}\"], chain = \"cert.pem\", key = \"key.pem\" }} ]\n\
+                 default_certificate = 0\n"
+            );
+        }
+        if let Some(pool) = listener.passthrough_pool {
+            text += &format!("passthrough_pool = \"{}\"\n", pool.name);
+        }
     }
     for pool in pools::ALL {
         let addresses = if pool.v6 {
@@ -1555,6 +1627,9 @@ pub fn write_config(
             pool.name,
             quoted(backends)
         );
+        if pool.passthrough {
+            text += "passthrough = true\n";
+        }
     }
     let path = dir.join("cutls.toml");
     fs::write(&path, text)?;

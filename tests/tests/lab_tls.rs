@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use cutls_tests::lab::sha256;
 use cutls_tests::lab_tls::{
+    sha256_file,
     complete_request, contains_plaintext, file_path, find, generated, h1_port, h2_port, hex,
     http_response, lab_enabled, ports, recording_port, recording_request, response_body,
     tls_records, AddressMode, Counters, HoldBack, Item, PythonOptions, RecordStream,
@@ -1014,6 +1015,114 @@ fn verify_first_packet_io_big_uploads_stall_after_a_loss() {
 /// SNAT mode: the backends see the box's address (and ports it owns), not the client's: every
 /// suite, every size, uploads, both hold-back modes, 100 connections at once, and exact
 /// plaintext at the recording backend. IPv4 only (the configuration has one SNAT address).
+/// Passthrough (issue 5, item 7), with nginx on both ends of the box's choice:
+/// - a listener whose pool is passthrough: plain HTTP downloads (0 B to 100 MiB) and a 1 MiB
+///   upload cross the box unchanged;
+/// - a TLS listener with a passthrough pool: a ClientHello for a name the listener has no
+///   certificate for reaches nginx's own TLS port (its header proves who answered), a first
+///   flight that is not a ClientHello (plain HTTP) reaches it too (nginx answers "plain HTTP
+///   request was sent to HTTPS port"), and a ClientHello for the listener's name is still
+///   terminated by the box.
+#[test]
+fn passthrough_plain_pool_and_unknown_sni() {
+    if !lab_enabled() {
+        return;
+    }
+    let t = TlsLab::up(Setup::io("xdp"));
+    let mut passed = 0;
+    let plain = t.vip(false, ports::PLAIN);
+    for size in [0u64, 1448, 1 << 20, MIB_100] {
+        let out = t.scratch(&format!("plain-{size}"));
+        let url = format!("http://{plain}{}", file_path(size));
+        let args: Vec<String> = ["-sS", "--fail", "--max-time", "60", "-o"]
+            .iter()
+            .map(|a| a.to_string())
+            .chain([out.display().to_string(), url.clone()])
+            .collect();
+        let output = t.client_run("curl", &args);
+        passed += 1;
+        if !output.status.success() {
+            t.fail(format!("curl {url}: {}", String::from_utf8_lossy(&output.stderr)));
+        }
+        let (len, digest) = sha256_file(&out).expect("read the download");
+        assert_eq!(len, size, "{url}: length");
+        assert_eq!(digest, t.web.file(size).sha256, "{url}: SHA-256");
+    }
+    let (source, body_sha256) = t.upload_source(1 << 20, 77);
+    let url = format!("http://{plain}/up/plain-upload");
+    let args: Vec<String> = vec!["-sS".into(), "--fail".into(), "--max-time".into(), "60".into(), "-T".into(), source.display().to_string(), url.clone()];
+    let output = t.client_run("curl", &args);
+    passed += 1;
+    if !output.status.success() {
+        t.fail(format!("curl -T {url}: {}", String::from_utf8_lossy(&output.stderr)));
+    }
+    let stored = std::fs::read(t.web.uploaded("plain-upload")).expect("nginx stored the upload");
+    assert_eq!(sha256(&stored), body_sha256, "{url}: stored bytes differ");
+
+    let mixed = t.vip(false, ports::MIXED);
+    // Another name: nginx's TLS answers, with its header.
+    let size = 1u64 << 20;
+    let out = t.scratch("other-sni");
+    let headers = t.scratch("other-sni-headers");
+    let args: Vec<String> = vec![
+        "-sS".into(),
+        "--fail".into(),
+        "--max-time".into(),
+        "60".into(),
+        "-k".into(),
+        "--resolve".into(),
+        format!("other.test:{}:{}", mixed.port(), mixed.ip()),
+        "-D".into(),
+        headers.display().to_string(),
+        "-o".into(),
+        out.display().to_string(),
+        format!("https://other.test:{}{}", mixed.port(), file_path(size)),
+    ];
+    let output = t.client_run("curl", &args);
+    passed += 1;
+    if !output.status.success() {
+        t.fail(format!("curl other.test via {mixed}: {}", String::from_utf8_lossy(&output.stderr)));
+    }
+    let header_text = std::fs::read_to_string(&headers).unwrap_or_default().to_ascii_lowercase();
+    assert!(header_text.contains("x-backend-tls: yes"), "nginx's own TLS answered:\n{header_text}");
+    let (len, digest) = sha256_file(&out).expect("read the download");
+    assert_eq!((len, digest), (size, t.web.file(size).sha256.clone()), "other.test download");
+    // Not a ClientHello: plain HTTP to the TLS listener reaches nginx's TLS port as it is.
+    let args: Vec<String> = vec!["-sS".into(), "--max-time".into(), "20".into(), format!("http://{mixed}/")];
+    let output = t.client_run("curl", &args);
+    passed += 1;
+    let answer = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        answer.contains("The plain HTTP request was sent to HTTPS port"),
+        "plain HTTP via {mixed}: {answer} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The listener's own name is still terminated here.
+    let out = t.scratch("own-sni");
+    let args: Vec<String> = vec![
+        "-sS".into(),
+        "--fail".into(),
+        "--max-time".into(),
+        "60".into(),
+        "--cacert".into(),
+        t.cert.display().to_string(),
+        "--resolve".into(),
+        format!("{HOST}:{}:{}", mixed.port(), mixed.ip()),
+        "-o".into(),
+        out.display().to_string(),
+        format!("https://{HOST}:{}{}", mixed.port(), file_path(size)),
+    ];
+    let output = t.client_run("curl", &args);
+    t.count_connections(1);
+    if !output.status.success() {
+        t.fail(format!("curl {HOST} via {mixed}: {}", String::from_utf8_lossy(&output.stderr)));
+    }
+    let (len, digest) = sha256_file(&out).expect("read the download");
+    assert_eq!((len, digest), (size, t.web.file(size).sha256.clone()), "{HOST} download via {mixed}");
+    let counters = t.finish();
+    assert_eq!(counters.get("sessions_passthrough"), passed, "passthrough sessions");
+}
+
 #[test]
 fn snat_mode_backend_sees_the_box_address() {
     if !lab_enabled() {

@@ -8,8 +8,8 @@
 //! which would otherwise hold every other session's packets; the loop collects finished ones
 //! every turn.
 //!
-//! Not supported yet: several loops (steering sessions to cores), passthrough pools,
-//! configuration reload, the management socket.
+//! Not supported yet: several loops (steering sessions to cores), configuration reload, the
+//! management socket.
 
 use std::io;
 use std::path::PathBuf;
@@ -25,7 +25,7 @@ use cutls_dataplane::io::af_packet::{PacketConfig, PacketMode, PacketPort};
 use cutls_dataplane::io::af_xdp::{XdpConfig, XdpInterface, XdpPort};
 use cutls_dataplane::io::bpf::AttachPreference;
 use cutls_dataplane::io::{wait_readable, FrameIo};
-use cutls_dataplane::session::{Engine, EngineConfig, ListenerSetup, Output, Port};
+use cutls_dataplane::session::{Engine, EngineConfig, ListenerSetup, Output, PassthroughRoute, Port};
 use cutls_dataplane::wire::EthernetAddress;
 
 /// Sessions idle this long are reset.
@@ -67,11 +67,20 @@ pub fn serve(config: &Config, stop: &AtomicBool) -> io::Result<()> {
     let mut listeners = Vec::new();
     for listener in &config.listeners {
         let pool = &config.pools[listener.pool];
-        if pool.passthrough {
-            return Err(io::Error::new(io::ErrorKind::Unsupported, format!("pool {}: passthrough is not supported yet", pool.name)));
-        }
         let secrets = Arc::new(SecretLog::default());
-        let tls = server_config(listener, secrets.clone()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        // A listener of a passthrough pool terminates nothing: no certificates, no rustls.
+        let tls = if pool.passthrough {
+            None
+        } else {
+            Some(server_config(listener, secrets.clone()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?)
+        };
+        let passthrough = listener.passthrough_pool.map(|index| {
+            Arc::new(PassthroughRoute {
+                backends: config.pools[index].backends.clone(),
+                certificate_names: listener.certificates.iter().flat_map(|files| files.names.iter().cloned()).collect(),
+                default_certificate: listener.default_certificate.is_some(),
+            })
+        });
         listeners.push(ListenerSetup {
             vip: listener.vip,
             tls,
@@ -81,6 +90,7 @@ pub fn serve(config: &Config, stop: &AtomicBool) -> io::Result<()> {
                 HoldBack::CutThrough => ReleaseMode::CutThrough,
                 HoldBack::VerifyFirst => ReleaseMode::VerifyFirst,
             },
+            passthrough,
         });
     }
     let engine_config = EngineConfig {

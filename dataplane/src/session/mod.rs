@@ -21,6 +21,7 @@
 //!
 //! Not supported yet (see the README): passthrough pools, ICMP relaying for sessions.
 
+mod client_hello;
 mod custody;
 pub mod emit;
 pub mod handover;
@@ -52,12 +53,27 @@ pub enum Port {
 /// A listener as the dataplane needs it: values made by the control plane.
 pub struct ListenerSetup {
     pub vip: SocketAddr,
-    /// Must have `enable_secret_extraction` and `key_log` = `secrets`.
-    pub tls: Arc<rustls::ServerConfig>,
+    /// Must have `enable_secret_extraction` and `key_log` = `secrets`. `None`: a listener of
+    /// a passthrough pool, every connection spliced as plain TCP to `backends`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     pub secrets: Arc<SecretLog>,
     /// Chosen round robin.
     pub backends: Vec<SocketAddr>,
     pub mode: ReleaseMode,
+    /// Where connections that are not for this listener's certificates go as plain TCP.
+    pub passthrough: Option<Arc<PassthroughRoute>>,
+}
+
+/// A listener's passthrough pool, and what stays with the listener.
+#[derive(Clone, Debug)]
+pub struct PassthroughRoute {
+    /// Chosen round robin.
+    pub backends: Vec<SocketAddr>,
+    /// The names the listener's certificates cover (`*.example.test` covers one label):
+    /// ClientHellos with another SNI go to `backends`.
+    pub certificate_names: Vec<String>,
+    /// ClientHellos without SNI stay (with the default certificate) rather than pass.
+    pub default_certificate: bool,
 }
 
 pub struct EngineConfig {
@@ -103,6 +119,8 @@ pub struct Counters {
     pub arp_replies: u64,
     pub ndp_advertisements: u64,
     pub sessions_started: u64,
+    /// Sessions spliced as plain TCP to a passthrough pool.
+    pub sessions_passthrough: u64,
     pub handshakes_completed: u64,
     pub ended_fin: u64,
     pub ended_client_reset: u64,
@@ -167,6 +185,8 @@ pub struct Engine {
     ended_backend_flows: HashMap<FlowKey, u64>,
     next_id: u64,
     next_backend: Vec<usize>,
+    /// Round robin over each listener's passthrough pool.
+    next_passthrough: Vec<usize>,
     /// SNAT: the next source port to try.
     next_snat_port: u16,
     rng: u64,
@@ -202,6 +222,7 @@ impl Engine {
             ended_backend_flows: HashMap::new(),
             next_id: 1,
             next_backend: vec![0; listeners],
+            next_passthrough: vec![0; listeners],
             next_snat_port: FIRST_SNAT_PORT,
             rng,
             cookie_secret,
@@ -452,38 +473,18 @@ impl Engine {
             session::reset_segment(Port::Outside, link, key, tcp, out);
             return None;
         }
-        let start = self.next_backend[listener];
-        self.next_backend[listener] = start.wrapping_add(1);
-        let count = setup.backends.len();
-        // Transparent mode talks to the backend from the client's own address and port: a
-        // client port used toward two VIPs that share a backend (Linux does that) would give
-        // two sessions one backend 4-tuple. Take the next backend without one; with none, the
-        // client is refused and tries another port.
-        let free = |backend: &SocketAddr| {
-            self.config.snat_address.is_some()
-                || !self.by_backend.contains_key(&FlowKey { source: *backend, destination: key.source })
-        };
-        let Some(backend) = (0..count).map(|i| setup.backends[start.wrapping_add(i) % count]).find(free) else {
-            self.counters.backend_tuple_collisions += 1;
+        let setup = &self.config.listeners[listener];
+        let backends = setup.backends.clone();
+        let Some((backend, side)) = self.choose_backend(&backends, listener, false, key.source) else {
             session::reset_segment(Port::Outside, link, key, tcp, out);
             return None;
         };
         let isn = cookie_isn.unwrap_or_else(|| self.random() as u32);
-        let side = match self.config.snat_address {
-            None => BackendSide { source: key.source, mac: None },
-            Some(address) => {
-                let Some(port) = self.snat_port(address, backend) else {
-                    // Every port toward this backend is in use.
-                    session::reset_segment(Port::Outside, link, key, tcp, out);
-                    return None;
-                };
-                BackendSide { source: SocketAddr::new(address, port), mac: Some(self.config.inside_mac) }
-            }
-        };
         let id = self.next_id;
         self.next_id += 1;
         let setup = &self.config.listeners[listener];
-        let Some(session) = Session::new(id, now_ns, setup, key.source, key.destination, backend, side, link, &client, isn) else {
+        let Some(session) = Session::new(id, now_ns, listener, setup, key.source, key.destination, backend, side, link, &client, isn)
+        else {
             session::reset_segment(Port::Outside, link, key, tcp, out);
             return None;
         };
@@ -561,7 +562,10 @@ impl Engine {
             pool: self.pool.as_ref(),
             idle_timeout_ns: self.config.idle_timeout_ns,
         };
-        let event = work(session, &mut context);
+        let mut event = work(session, &mut context);
+        if let Some(SessionEvent::Passthrough) = event {
+            event = self.pass_through(id, now_ns, out);
+        }
         if let Some(SessionEvent::Ended) = event {
             if let Some(session) = self.sessions.remove(&id) {
                 self.by_client.remove(&FlowKey { source: session.client(), destination: session.vip() });
@@ -575,6 +579,75 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Moves session `id` to its listener's passthrough pool: another backend, and so another
+    /// backend flow.
+    fn pass_through(&mut self, id: u64, now_ns: u64, out: &mut Output) -> Option<SessionEvent> {
+        let session = self.sessions.get(&id)?;
+        let (listener, client, old_flow) =
+            (session.listener(), session.client(), FlowKey { source: session.backend(), destination: session.backend_source() });
+        let backends = self.config.listeners[listener].passthrough.as_ref().map(|route| route.backends.clone()).unwrap_or_default();
+        // The flow chosen at the SYN was never used (no SYN went to it): free it first.
+        self.by_backend.remove(&old_flow);
+        let chosen = self.choose_backend(&backends, listener, true, client);
+        let session = self.sessions.get_mut(&id)?;
+        let mut context = session::Context {
+            now_ns,
+            out,
+            counters: &mut self.counters,
+            inside_macs: &self.inside_macs,
+            resolving: &mut self.resolving,
+            pool: self.pool.as_ref(),
+            idle_timeout_ns: self.config.idle_timeout_ns,
+        };
+        let Some((backend, side)) = chosen else {
+            session.refuse(&mut context);
+            return Some(SessionEvent::Ended);
+        };
+        session.start_passthrough(&mut context, backend, side);
+        self.by_backend.insert(FlowKey { source: backend, destination: side.source }, id);
+        None
+    }
+
+    /// A backend of `backends` (round robin, the listener's own counter for its main or its
+    /// passthrough pool) and where to reach it from, for a client at `client`; `None` (counted)
+    /// when none can be used.
+    fn choose_backend(
+        &mut self,
+        backends: &[SocketAddr],
+        listener: usize,
+        passthrough: bool,
+        client: SocketAddr,
+    ) -> Option<(SocketAddr, BackendSide)> {
+        if backends.is_empty() {
+            return None;
+        }
+        let counter = if passthrough { &mut self.next_passthrough[listener] } else { &mut self.next_backend[listener] };
+        let start = *counter;
+        *counter = start.wrapping_add(1);
+        let count = backends.len();
+        // Transparent mode talks to the backend from the client's own address and port: a
+        // client port used toward two VIPs that share a backend (Linux does that) would give
+        // two sessions one backend 4-tuple. Take the next backend without one; with none, the
+        // client is refused and tries another port.
+        let free = |backend: &SocketAddr| {
+            self.config.snat_address.is_some()
+                || !self.by_backend.contains_key(&FlowKey { source: *backend, destination: client })
+        };
+        let Some(backend) = (0..count).map(|i| backends[start.wrapping_add(i) % count]).find(free) else {
+            self.counters.backend_tuple_collisions += 1;
+            return None;
+        };
+        let side = match self.config.snat_address {
+            None => BackendSide { source: client, mac: None },
+            Some(address) => {
+                // None: every port toward this backend is in use.
+                let port = self.snat_port(address, backend)?;
+                BackendSide { source: SocketAddr::new(address, port), mac: Some(self.config.inside_mac) }
+            }
+        };
+        Some((backend, side))
     }
 
     /// A free SNAT port toward `backend` (not used by a live or recently ended session).

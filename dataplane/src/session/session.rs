@@ -25,7 +25,8 @@ use super::custody::{Custody, CustodyAction};
 use super::emit::{self, Link, Segment};
 use super::handover::{SecretLog, SessionKeys};
 use super::handshake::{self, HandshakePool, Job, JobResult, Outcome};
-use super::{Counters, FlowKey, ListenerSetup, Output, Port};
+use super::client_hello::{self, FirstFlight};
+use super::{Counters, FlowKey, ListenerSetup, Output, PassthroughRoute, Port};
 use crate::wire::seq::unwrap_offset;
 use crate::wire::{ArpOperation, EthernetAddress, SackBlock, SackBlocks, SeqNumber, TcpFlags, TcpOptions, TcpSegment, TcpTimestamp};
 
@@ -44,6 +45,9 @@ pub(crate) struct Context<'a> {
 
 pub(crate) enum SessionEvent {
     Ended,
+    /// The connection is to be spliced as plain TCP to the listener's passthrough pool: the
+    /// engine picks the backend and calls [`Session::start_passthrough`].
+    Passthrough,
 }
 
 /// The largest record overhead of any suite (TLS 1.2 AES-GCM: header, explicit nonce, tag),
@@ -134,9 +138,80 @@ pub(crate) struct BackendSide {
     pub mac: Option<EthernetAddress>,
 }
 
+/// Where a connection goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    /// The listener has a passthrough pool: the first client bytes decide.
+    Undecided,
+    /// TLS terminated here.
+    Terminate,
+    /// Plain TCP to a passthrough pool.
+    Passthrough,
+}
+
+/// A connection spliced as plain TCP (see DESIGN.md, "Modes": `passthrough`). The box already
+/// answered the client's SYN with its own sequence number and maybe took the first flight, so
+/// sequence numbers toward the client are shifted by a constant and its timestamps by another;
+/// everything else crosses as it is.
+struct PlainSplice {
+    /// Client bytes the box took (and acknowledged) before the backend was connected.
+    first_flight: Vec<u8>,
+    /// ... and their custody until the backend has them.
+    custody: Custody,
+    connected: Option<PlainConnected>,
+    /// The client's FIN (its sequence number) once seen, and the backend's, in the client's
+    /// sequence space; each with whether the other side acknowledged it.
+    client_fin: Option<(u32, bool)>,
+    backend_fin: Option<(u32, bool)>,
+    /// Next sequence numbers each way (client's space), for resets.
+    client_next_seq: u32,
+    backend_next_seq: u32,
+    /// The client's latest acknowledgement (backend's space) and window field, for the
+    /// segments the box itself sends the backend (first flight, resends).
+    client_ack: u32,
+    client_window: u16,
+    /// The backend's latest TSval and window field.
+    backend_ts_recent: u32,
+    backend_window: u16,
+}
+
+impl PlainSplice {
+    /// A plain splice whose client bytes before `acked` were acknowledged by the box.
+    fn new(acked: u64) -> PlainSplice {
+        PlainSplice {
+            first_flight: Vec::new(),
+            custody: Custody::new(acked),
+            connected: None,
+            client_fin: None,
+            backend_fin: None,
+            client_next_seq: 0,
+            backend_next_seq: 0,
+            client_ack: 0,
+            client_window: 0,
+            backend_ts_recent: 0,
+            backend_window: 0,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct PlainConnected {
+    backend: BackendInfo,
+    /// Backend sequence number + `seq_shift` = our sequence number toward the client.
+    seq_shift: u32,
+    /// Backend TSval + `ts_shift` = our TSval toward the client (our clock went first).
+    ts_shift: u32,
+}
+
 pub(crate) struct Session {
     /// The engine's id for the session (handshake jobs come back with it).
     id: u64,
+    /// Index of the listener in the engine's configuration.
+    listener: usize,
+    route: Route,
+    /// Set when the listener has a passthrough pool: the names that are terminated here.
+    passthrough: Option<Arc<PassthroughRoute>>,
+    plain: Option<Box<PlainSplice>>,
     client: SocketAddr,
     vip: SocketAddr,
     backend: SocketAddr,
@@ -258,6 +333,7 @@ impl Session {
     pub(crate) fn new(
         id: u64,
         now_ns: u64,
+        listener: usize,
         setup: &ListenerSetup,
         client: SocketAddr,
         vip: SocketAddr,
@@ -271,11 +347,23 @@ impl Session {
             // The backend must be of the family of the address the box talks to it from.
             return None;
         }
-        let tls = ServerConnection::new(setup.tls.clone()).ok()?;
+        let tls = match &setup.tls {
+            Some(config) => Some(Box::new(ServerConnection::new(config.clone()).ok()?)),
+            None => None,
+        };
+        let route = match (&setup.tls, &setup.passthrough) {
+            (None, _) => Route::Passthrough,
+            (Some(_), Some(_)) => Route::Undecided,
+            (Some(_), None) => Route::Terminate,
+        };
         let options = syn.options;
         let backend_mac_source = backend_side.mac.unwrap_or(client_link.source);
         Some(Session {
             id,
+            listener,
+            route,
+            passthrough: setup.passthrough.clone(),
+            plain: (route == Route::Passthrough).then(|| Box::new(PlainSplice::new(0))),
             client,
             vip,
             backend,
@@ -301,7 +389,7 @@ impl Session {
             rto_deadline_ns: None,
             rto_ns: INITIAL_RTO_NS,
             retries: 0,
-            tls: Some(Box::new(tls)),
+            tls,
             client_random: None,
             backend_state: Backend::Resolving { asked_ns: 0, tries: 0 },
             keys: None,
@@ -313,6 +401,16 @@ impl Session {
             early_backend: Vec::new(),
             tls_in_flight: false,
         })
+    }
+
+    pub(crate) fn listener(&self) -> usize {
+        self.listener
+    }
+
+    /// No backend can take the connection: the client gets a RST.
+    pub(crate) fn refuse(&mut self, context: &mut Context<'_>) {
+        context.counters.ended_backend_unreachable += 1;
+        self.send_to_client(context, TcpFlags::RST | TcpFlags::ACK, self.sent, &[]);
     }
 
     pub(crate) fn client(&self) -> SocketAddr {
@@ -342,7 +440,30 @@ impl Session {
     /// The SYN arrived: answer it.
     pub(crate) fn start(&mut self, context: &mut Context<'_>) -> Option<SessionEvent> {
         self.send_syn_ack(context);
+        if self.route == Route::Passthrough {
+            // A listener of a passthrough pool: the backend may speak first (SMTP, IMAP).
+            context.counters.sessions_passthrough += 1;
+            self.connect_backend(context);
+        }
         None
+    }
+
+    /// Splices this connection as plain TCP to `backend`, reached from `side` (the engine
+    /// chose them after [`SessionEvent::Passthrough`]).
+    pub(crate) fn start_passthrough(&mut self, context: &mut Context<'_>, backend: SocketAddr, side: BackendSide) {
+        self.route = Route::Passthrough;
+        self.tls = None;
+        self.backend = backend;
+        self.backend_source = side.source;
+        if let Some(mac) = side.mac {
+            self.backend_mac_source = mac;
+        }
+        let mut plain = PlainSplice::new(self.client_next);
+        plain.first_flight = std::mem::take(&mut self.handshake_in);
+        self.plain = Some(Box::new(plain));
+        self.backend_state = Backend::Resolving { asked_ns: 0, tries: 0 };
+        context.counters.sessions_passthrough += 1;
+        self.connect_backend(context);
     }
 
     pub(crate) fn segment(
@@ -380,6 +501,14 @@ impl Session {
                 return Some(event);
             }
         }
+        if let Some(plain) = self.plain.as_mut() {
+            if let Some(connected) = plain.connected {
+                let action = plain.custody.poll(context.now_ns, plain_payload_mss(&connected.backend));
+                if let Some(event) = self.custody_action(context, action) {
+                    return Some(event);
+                }
+            }
+        }
         if let Some(deadline) = self.rto_deadline_ns {
             let outstanding = self.acked < self.handshake_out.len() as u64
                 || self.splice.as_ref().is_some_and(|splice| splice.records.iter().any(|r| r.synthetic.is_some()));
@@ -407,6 +536,9 @@ impl Session {
     // Client side.
 
     fn client_segment(&mut self, context: &mut Context<'_>, tcp: &TcpSegment<'_>) -> Option<SessionEvent> {
+        if self.plain.is_some() {
+            return self.client_segment_plain(context, tcp);
+        }
         if tcp.flags.contains(TcpFlags::RST) {
             context.counters.ended_client_reset += 1;
             self.reset_backend(context);
@@ -462,6 +594,10 @@ impl Session {
                 if let Err(()) = self.drive_tls(context) {
                     return Some(self.tls_failed(context));
                 }
+                if self.route == Route::Passthrough {
+                    self.send_ack_to_client(context);
+                    return Some(SessionEvent::Passthrough);
+                }
             } else if offset > self.client_next || !handshaking {
                 // Out of order, or application data before the splice is ready: TCP resends.
                 context.counters.client_segments_dropped += 1;
@@ -488,14 +624,20 @@ impl Session {
     /// Ships the client's complete handshake records to rustls (inline, or to the handshake
     /// pool: [`super::handshake`]), one job at a time per session.
     fn drive_tls(&mut self, context: &mut Context<'_>) -> Result<(), ()> {
+        if self.route == Route::Undecided {
+            match self.decide_route() {
+                None => return Ok(()),
+                Some(route) => self.route = route,
+            }
+            if self.route == Route::Passthrough {
+                return Ok(());
+            }
+        }
         // The ClientHello's random, read here (cheap), starts the backend connection now and
         // later finds the TLS 1.3 traffic secrets.
         if self.client_random.is_none() {
-            let record = &self.handshake_in;
-            if record.len() >= 43 && record[0] == 22 && record[5] == 1 {
-                let mut random = [0u8; 32];
-                random.copy_from_slice(&record[11..43]);
-                self.client_random = Some(random);
+            if let FirstFlight::ClientHello(hello) = client_hello::scan(&self.handshake_in) {
+                self.client_random = Some(hello.random);
             }
         }
         if self.client_random.is_some() && matches!(self.backend_state, Backend::Resolving { tries: 0, .. }) {
@@ -527,6 +669,26 @@ impl Session {
             None => job,
         };
         self.apply_tls_result(context, handshake::run(job))
+    }
+
+    /// Terminate or pass through, from the first client bytes (`None`: wait for more). Not a
+    /// ClientHello, or a ClientHello whose SNI no certificate of the listener covers, goes to
+    /// the passthrough pool; a ClientHello without SNI goes there unless there is a default
+    /// certificate.
+    fn decide_route(&self) -> Option<Route> {
+        let Some(policy) = &self.passthrough else { return Some(Route::Terminate) };
+        Some(match client_hello::scan(&self.handshake_in) {
+            FirstFlight::Incomplete if self.handshake_in.len() < MAX_HANDSHAKE_BYTES => return None,
+            FirstFlight::Incomplete | FirstFlight::NotClientHello => Route::Passthrough,
+            FirstFlight::ClientHello(hello) => match hello.server_name.as_deref() {
+                Some(name) if policy.certificate_names.iter().any(|pattern| client_hello::name_matches(pattern, name)) => {
+                    Route::Terminate
+                }
+                Some(_) => Route::Passthrough,
+                None if policy.default_certificate => Route::Terminate,
+                None => Route::Passthrough,
+            },
+        })
     }
 
     /// A handshake job came back from the pool.
@@ -744,7 +906,10 @@ impl Session {
 
     fn send_backend_syn(&self, context: &mut Context<'_>, mac: EthernetAddress) {
         let mut options = TcpOptions::default();
-        options.max_segment_size = Some(self.syn.mss.saturating_sub(MAX_RECORD_OVERHEAD).max(64));
+        // Sealed, a backend segment grows by the record overhead and must still fit one client
+        // segment; plain TCP crosses as it is.
+        let overhead = if self.route == Route::Passthrough { 0 } else { MAX_RECORD_OVERHEAD };
+        options.max_segment_size = Some(self.syn.mss.saturating_sub(overhead).max(64));
         options.window_scale = self.syn.window_scale;
         options.sack_permitted = self.syn.sack_permitted;
         options.timestamp = self.syn.timestamp.map(|ts| TcpTimestamp { value: ts.value, echo_reply: 0 });
@@ -794,6 +959,9 @@ impl Session {
     }
 
     fn backend_segment(&mut self, context: &mut Context<'_>, tcp: &TcpSegment<'_>) -> Option<SessionEvent> {
+        if self.plain.as_ref().is_some_and(|plain| plain.connected.is_some()) && !tcp.flags.contains(TcpFlags::SYN) {
+            return self.backend_segment_plain(context, tcp);
+        }
         if tcp.flags.contains(TcpFlags::RST) {
             context.counters.ended_backend_reset += 1;
             let offset = self.splice.as_ref().map_or(self.sent, |splice| splice.cipher_frontier);
@@ -833,6 +1001,7 @@ impl Session {
             if !matches!(self.backend_state, Backend::Established(_)) {
                 self.backend_state = Backend::Established(info);
                 self.try_start_splice(context);
+                self.start_plain(context);
             }
             return None;
         }
@@ -903,6 +1072,10 @@ impl Session {
     }
 
     fn reset_both(&self, context: &mut Context<'_>) {
+        if let Some(plain) = &self.plain {
+            self.reset_plain(context, plain);
+            return;
+        }
         let offset = self.splice.as_ref().map_or(self.sent, |splice| splice.cipher_frontier);
         let mut options = TcpOptions::default();
         options.timestamp = None;
@@ -1409,7 +1582,11 @@ impl Session {
         match action? {
             CustodyAction::Resend(offset, bytes) => {
                 context.counters.backend_retransmits += 1;
-                self.send_to_backend(context, offset, TcpFlags::ACK | TcpFlags::PSH, &bytes, None);
+                if self.plain.is_some() {
+                    self.send_plain_to_backend(context, offset, &bytes);
+                } else {
+                    self.send_to_backend(context, offset, TcpFlags::ACK | TcpFlags::PSH, &bytes, None);
+                }
                 None
             }
             CustodyAction::GaveUp => {
@@ -1429,6 +1606,245 @@ impl Session {
             return Some(SessionEvent::Ended);
         }
         None
+    }
+
+    // -------------------------------------------------------------------------------------
+    // Passthrough: plain TCP.
+
+    /// The backend answered: shifts are fixed, and the first flight goes out (kept until the
+    /// backend has it: the client was told it arrived).
+    fn start_plain(&mut self, context: &mut Context<'_>) {
+        let Backend::Established(info) = self.backend_state else { return };
+        let our_ts = ts_now(context.now_ns);
+        let client_window = (self.client_window >> self.syn.window_scale.unwrap_or(0)).min(65535) as u16;
+        let Some(plain) = self.plain.as_mut() else { return };
+        if plain.connected.is_some() {
+            return;
+        }
+        let connected = PlainConnected {
+            backend: info,
+            seq_shift: self.our_isn.wrapping_sub(info.isn),
+            ts_shift: our_ts.wrapping_sub(info.ts_recent),
+        };
+        plain.connected = Some(connected);
+        plain.client_ack = info.isn.wrapping_add(1);
+        plain.client_window = client_window;
+        plain.backend_ts_recent = info.ts_recent;
+        plain.client_next_seq = self.client_isn.wrapping_add(1).wrapping_add(self.client_next as u32);
+        plain.backend_next_seq = self.our_isn.wrapping_add(1);
+        let flight = std::mem::take(&mut plain.first_flight);
+        plain.custody.keep(context.now_ns, 0, &flight);
+        let mss = plain_payload_mss(&info);
+        for (i, piece) in flight.chunks(mss).enumerate() {
+            self.send_plain_to_backend(context, (i * mss) as u64, piece);
+        }
+    }
+
+    /// Client bytes at client offset `offset`, sent by the box itself (first flight, resends).
+    fn send_plain_to_backend(&self, context: &mut Context<'_>, offset: u64, payload: &[u8]) {
+        let Some(plain) = self.plain.as_ref() else { return };
+        let Some(connected) = plain.connected else { return };
+        let mut options = TcpOptions::default();
+        if connected.backend.timestamps {
+            options.timestamp = Some(TcpTimestamp { value: self.client_ts_recent, echo_reply: plain.backend_ts_recent });
+        }
+        let segment = Segment {
+            source: self.backend_source,
+            destination: self.backend,
+            seq: self.client_isn.wrapping_add(1).wrapping_add(offset as u32),
+            ack: plain.client_ack,
+            flags: TcpFlags::ACK | TcpFlags::PSH,
+            window: plain.client_window,
+            options,
+            payload,
+        };
+        context.out.push(Port::Inside, emit::tcp_frame(self.backend_link(connected.backend.mac), &segment));
+    }
+
+    fn client_segment_plain(&mut self, context: &mut Context<'_>, tcp: &TcpSegment<'_>) -> Option<SessionEvent> {
+        if let Some(ts) = tcp.options.timestamp {
+            self.client_ts_recent = ts.value;
+        }
+        let scale = self.syn.window_scale.unwrap_or(0);
+        self.client_window = (tcp.window as u64) << scale;
+        let offset = self.client_offset(tcp.seq_number.0);
+        if tcp.flags.contains(TcpFlags::SYN) {
+            if tcp.seq_number.0 == self.client_isn {
+                self.send_syn_ack(context);
+            }
+            return None;
+        }
+        let Some(plain) = self.plain.as_mut() else { return None };
+        let Some(connected) = plain.connected else {
+            // The backend has not answered yet.
+            if tcp.flags.contains(TcpFlags::RST) {
+                context.counters.ended_client_reset += 1;
+                return Some(SessionEvent::Ended);
+            }
+            // In-order bytes are taken (bounded) and acknowledged: the box owes them to the
+            // backend. A FIN waits: the client sends it again.
+            let end = offset + tcp.payload.len() as u64;
+            if !tcp.payload.is_empty() && offset <= self.client_next && end > self.client_next {
+                let fresh = &tcp.payload[(self.client_next - offset) as usize..];
+                let room = MAX_HANDSHAKE_BYTES.saturating_sub(plain.first_flight.len());
+                let fresh = &fresh[..fresh.len().min(room)];
+                plain.first_flight.extend_from_slice(fresh);
+                plain.custody.acknowledge_client(self.client_next + fresh.len() as u64);
+                self.client_next += fresh.len() as u64;
+            }
+            if !tcp.payload.is_empty() {
+                self.send_ack_to_client(context);
+            }
+            return None;
+        };
+        let seq = tcp.seq_number.0;
+        let end_seq = seq.wrapping_add(tcp.payload.len() as u32);
+        if (end_seq.wrapping_sub(plain.client_next_seq) as i32) > 0 {
+            plain.client_next_seq = end_seq;
+        }
+        let mut options = TcpOptions::default();
+        if connected.backend.timestamps {
+            options.timestamp = tcp
+                .options
+                .timestamp
+                .map(|ts| TcpTimestamp { value: ts.value, echo_reply: ts.echo_reply.wrapping_sub(connected.ts_shift) });
+        }
+        if connected.backend.sack {
+            for block in tcp.options.sack_blocks.as_slice().iter().take(3) {
+                let _ = options.sack_blocks.push(SackBlock {
+                    left: SeqNumber(block.left.0.wrapping_sub(connected.seq_shift)),
+                    right: SeqNumber(block.right.0.wrapping_sub(connected.seq_shift)),
+                });
+            }
+        }
+        let ack = tcp.ack_number.0.wrapping_sub(connected.seq_shift);
+        if tcp.flags.contains(TcpFlags::ACK) {
+            plain.client_ack = ack;
+            if let Some((fin, acked)) = plain.backend_fin.as_mut() {
+                *acked |= (tcp.ack_number.0.wrapping_sub(fin.wrapping_add(1)) as i32) >= 0;
+            }
+        }
+        plain.client_window = tcp.window;
+        if tcp.flags.contains(TcpFlags::FIN) && plain.client_fin.is_none() {
+            plain.client_fin = Some((end_seq, false));
+        }
+        let segment = Segment {
+            source: self.backend_source,
+            destination: self.backend,
+            seq,
+            ack: if tcp.flags.contains(TcpFlags::ACK) { ack } else { 0 },
+            flags: tcp.flags,
+            window: tcp.window,
+            options,
+            payload: tcp.payload,
+        };
+        context.out.push(Port::Inside, emit::tcp_frame(self.backend_link(connected.backend.mac), &segment));
+        if tcp.flags.contains(TcpFlags::RST) {
+            context.counters.ended_client_reset += 1;
+            return Some(SessionEvent::Ended);
+        }
+        self.plain_closed(context)
+    }
+
+    fn backend_segment_plain(&mut self, context: &mut Context<'_>, tcp: &TcpSegment<'_>) -> Option<SessionEvent> {
+        let our_ts = ts_now(context.now_ns);
+        let our_window_scale = self.our_window_scale;
+        let client_reference = self.client_reference;
+        let client_base = self.client_isn.wrapping_add(1);
+        let (timestamps, client_ts_recent) = (self.timestamps, self.client_ts_recent);
+        let Some(plain) = self.plain.as_mut() else { return None };
+        let Some(connected) = plain.connected else { return None };
+        let backend = connected.backend;
+        let seq = tcp.seq_number.0.wrapping_add(connected.seq_shift);
+        let end_seq = seq.wrapping_add(tcp.payload.len() as u32);
+        if (end_seq.wrapping_sub(plain.backend_next_seq) as i32) > 0 {
+            plain.backend_next_seq = end_seq;
+        }
+        let mut options = TcpOptions::default();
+        if let Some(ts) = tcp.options.timestamp {
+            plain.backend_ts_recent = ts.value;
+        }
+        if timestamps {
+            // The client agreed to timestamps with the box: every segment carries one.
+            options.timestamp = Some(match tcp.options.timestamp {
+                Some(ts) => TcpTimestamp { value: ts.value.wrapping_add(connected.ts_shift), echo_reply: ts.echo_reply },
+                None => TcpTimestamp { value: our_ts, echo_reply: client_ts_recent },
+            });
+        }
+        if backend.sack {
+            options.sack_blocks = tcp.options.sack_blocks;
+        }
+        let window_bytes = (tcp.window as u64) << backend.window_scale;
+        let window = (window_bytes >> our_window_scale).min(65535) as u16;
+        let pure = tcp.payload.is_empty() && !tcp.flags.contains(TcpFlags::FIN) && tcp.window == plain.backend_window;
+        plain.backend_window = tcp.window;
+        let mut action = None;
+        if tcp.flags.contains(TcpFlags::ACK) {
+            let ack = tcp.ack_number.0;
+            if let Some((fin, acked)) = plain.client_fin.as_mut() {
+                *acked |= (ack.wrapping_sub(fin.wrapping_add(1)) as i32) >= 0;
+            }
+            let acked = unwrap_offset(client_reference, ack.wrapping_sub(client_base));
+            action = plain.custody.backend_ack(context.now_ns, acked, pure, plain_payload_mss(&backend));
+        }
+        if tcp.flags.contains(TcpFlags::FIN) && plain.backend_fin.is_none() {
+            plain.backend_fin = Some((end_seq, false));
+        }
+        let segment = Segment {
+            source: self.vip,
+            destination: self.client,
+            seq,
+            ack: tcp.ack_number.0,
+            flags: tcp.flags,
+            window,
+            options,
+            payload: tcp.payload,
+        };
+        context.out.push(Port::Outside, emit::tcp_frame(self.reply_link(), &segment));
+        if tcp.flags.contains(TcpFlags::RST) {
+            context.counters.ended_backend_reset += 1;
+            return Some(SessionEvent::Ended);
+        }
+        if let Some(event) = self.custody_action(context, action) {
+            return Some(event);
+        }
+        self.plain_closed(context)
+    }
+
+    /// Both FINs crossed and were acknowledged.
+    fn plain_closed(&mut self, context: &mut Context<'_>) -> Option<SessionEvent> {
+        let plain = self.plain.as_ref()?;
+        if matches!((plain.client_fin, plain.backend_fin), (Some((_, true)), Some((_, true)))) {
+            context.counters.ended_fin += 1;
+            return Some(SessionEvent::Ended);
+        }
+        None
+    }
+
+    fn reset_plain(&self, context: &mut Context<'_>, plain: &PlainSplice) {
+        let client_reset = Segment {
+            source: self.vip,
+            destination: self.client,
+            seq: if plain.connected.is_some() { plain.backend_next_seq } else { self.our_isn.wrapping_add(1) },
+            ack: 0,
+            flags: TcpFlags::RST,
+            window: 0,
+            options: TcpOptions::default(),
+            payload: &[],
+        };
+        context.out.push(Port::Outside, emit::tcp_frame(self.reply_link(), &client_reset));
+        let Some(connected) = plain.connected else { return };
+        let backend_reset = Segment {
+            source: self.backend_source,
+            destination: self.backend,
+            seq: plain.client_next_seq,
+            ack: 0,
+            flags: TcpFlags::RST,
+            window: 0,
+            options: TcpOptions::default(),
+            payload: &[],
+        };
+        context.out.push(Port::Inside, emit::tcp_frame(self.backend_link(connected.backend.mac), &backend_reset));
     }
 }
 
@@ -1552,6 +1968,11 @@ impl Splice {
         });
         self.cipher_frontier += record.len() as u64;
     }
+}
+
+/// The client bytes one plain segment to the backend carries at most.
+fn plain_payload_mss(backend: &BackendInfo) -> usize {
+    (backend.mss.max(64) - if backend.timestamps { 12 } else { 0 }) as usize
 }
 
 fn next_aead(sealer: &RecordSealer) -> cutls_crypto::AeadAlgorithm {
