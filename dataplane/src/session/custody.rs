@@ -25,11 +25,13 @@ const INITIAL_RTO_NS: u64 = 200_000_000;
 const MAX_RTO_NS: u64 = 10_000_000_000;
 const MAX_RETRIES: u32 = 8;
 const DUPLICATE_ACK_THRESHOLD: u32 = 3;
+/// Segments sent again when the retransmission timer fires (the caller cuts them at the MSS).
+const RESEND_SEGMENTS_ON_TIMEOUT: usize = 16;
 
 /// What the timer or an acknowledgement asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum CustodyAction {
-    /// Send these bytes (at this plaintext offset) to the backend again.
+    /// Send these bytes (at this plaintext offset) to the backend again, cut at the MSS.
     Resend(u64, Vec<u8>),
     /// The backend acknowledged nothing through every retry.
     GaveUp,
@@ -167,7 +169,8 @@ impl Custody {
         if !self.owes_next_byte() {
             return None;
         }
-        self.first_segment(mss).map(|(offset, bytes)| CustodyAction::Resend(offset, bytes))
+        // Go back N: a timeout usually means more than one segment was lost.
+        self.first_segment(mss * RESEND_SEGMENTS_ON_TIMEOUT).map(|(offset, bytes)| CustodyAction::Resend(offset, bytes))
     }
 
     /// Whether the byte the backend waits for is one the box holds.

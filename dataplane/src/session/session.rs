@@ -826,7 +826,7 @@ impl Session {
     fn our_receive_window(&self) -> u64 {
         match &self.splice {
             // The backend's window, in plaintext bytes; ciphertext carries at least as many.
-            Some(splice) => splice.backend_window,
+            Some(splice) => splice.window_for_client(self.client_handshake_len),
             None => 65535,
         }
     }
@@ -1472,7 +1472,7 @@ impl Session {
         }
         if !sent {
             let Some(splice) = self.splice.as_ref() else { return None };
-            let window = (splice.backend_window >> self.our_window_scale).min(65535) as u16;
+            let window = (splice.window_for_client(self.client_handshake_len) >> self.our_window_scale).min(65535) as u16;
             let ack_offset = splice.client_ack_offset(self.client_handshake_len);
             self.emit_to_client(context, TcpFlags::ACK, splice.cipher_frontier, ack_offset, window, &[]);
         }
@@ -1542,7 +1542,7 @@ impl Session {
         // Before the AES-GCM confidentiality limit (RFC 8446 section 5.5), TLS 1.3 moves to the
         // next key generation on its own.
         let key_update_due = splice.sealer.needs_key_update() && splice.server_secret.is_some();
-        let window = (splice.backend_window >> self.our_window_scale).min(65535) as u16;
+        let window = (splice.window_for_client(self.client_handshake_len) >> self.our_window_scale).min(65535) as u16;
         let ack_offset = splice.client_ack_offset(self.client_handshake_len);
         let sent = !pieces.is_empty();
         for (cipher, bytes) in pieces {
@@ -1557,7 +1557,7 @@ impl Session {
     /// Sends (again) the records the box wrote on its own that the client has not acknowledged.
     fn retransmit_synthetic(&mut self, context: &mut Context<'_>) {
         let Some(splice) = self.splice.as_ref() else { return };
-        let window = (splice.backend_window >> self.our_window_scale).min(65535) as u16;
+        let window = (splice.window_for_client(self.client_handshake_len) >> self.our_window_scale).min(65535) as u16;
         let ack_offset = splice.client_ack_offset(self.client_handshake_len);
         let mut frames = Vec::new();
         for record in &splice.records {
@@ -1582,10 +1582,18 @@ impl Session {
         match action? {
             CustodyAction::Resend(offset, bytes) => {
                 context.counters.backend_retransmits += 1;
-                if self.plain.is_some() {
-                    self.send_plain_to_backend(context, offset, &bytes);
-                } else {
-                    self.send_to_backend(context, offset, TcpFlags::ACK | TcpFlags::PSH, &bytes, None);
+                let mss = match (&self.plain, &self.splice) {
+                    (Some(plain), _) => plain.connected.map_or(536, |connected| plain_payload_mss(&connected.backend)),
+                    (None, Some(splice)) => splice.backend_payload_mss(),
+                    (None, None) => return None,
+                };
+                for (i, piece) in bytes.chunks(mss).enumerate() {
+                    let at = offset + (i * mss) as u64;
+                    if self.plain.is_some() {
+                        self.send_plain_to_backend(context, at, piece);
+                    } else {
+                        self.send_to_backend(context, at, TcpFlags::ACK | TcpFlags::PSH, piece, None);
+                    }
                 }
                 None
             }
@@ -1902,6 +1910,15 @@ impl Splice {
             _ => None,
         };
         fin.unwrap_or(self.backend_acked_cipher.max(client_handshake_len).max(self.custody.acked_cipher()))
+    }
+
+    /// The window offered to the client, in bytes past our acknowledgement: the backend's
+    /// window past what the backend acknowledged, less what the box took on its own (custody)
+    /// beyond that. Otherwise a client the box acknowledged ahead would overrun the backend,
+    /// whose drops only the box could repair, one segment at a time.
+    fn window_for_client(&self, client_handshake_len: u64) -> u64 {
+        let right_edge = self.backend_acked_cipher.max(client_handshake_len) + self.backend_window;
+        right_edge.saturating_sub(self.client_ack_offset(client_handshake_len))
     }
 
     /// The plaintext one segment to the backend carries at most: the backend's MSS counts
