@@ -379,6 +379,48 @@ impl RecordOpener {
         range
     }
 
+    /// The end of the stream bytes seen without a gap from `from` (at least `from`): what a
+    /// receiver holding the opener's records may acknowledge. It runs through records not yet
+    /// verified (their bytes are held here) and through verified records that end at or
+    /// before `verified_until`; it stops at the start of a verified record past that, whose
+    /// plaintext has left and is no longer here.
+    pub fn contiguous_end(&self, from: u64, verified_until: u64) -> u64 {
+        let mut end = from;
+        for record in &self.records {
+            let record_end = record.end();
+            if record_end <= end {
+                continue;
+            }
+            if record.start > end {
+                return end;
+            }
+            if record.outcome.is_some() {
+                if record_end > verified_until {
+                    return end;
+                }
+                end = record_end;
+                continue;
+            }
+            // A record is tracked once its header is whole; then its body's seen ranges.
+            let body_start = record.start + HEADER_LEN as u64;
+            end = end.max(body_start);
+            for &(a, b) in record.seen.ranges() {
+                let (a, b) = (body_start + a as u64, body_start + b as u64);
+                if a > end {
+                    return end;
+                }
+                end = end.max(b);
+            }
+            if end < record_end {
+                return end;
+            }
+        }
+        if end == self.next_header {
+            end += self.header_seen.trailing_ones() as u64;
+        }
+        end
+    }
+
     /// Whether every byte seen so far belongs to verified records.
     pub fn is_idle(&self) -> bool {
         self.header_seen == 0 && self.records.iter().all(|record| record.outcome.is_some())

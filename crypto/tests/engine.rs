@@ -285,6 +285,45 @@ fn every_bit_flip_fails() {
 }
 
 /// A tiny deterministic generator (xorshift64*) for test data.
+/// `contiguous_end`: how far a receiver holding what the opener holds may acknowledge, for
+/// every suite: through gaps filled, records not yet verified, verified records the caller
+/// says are delivered, a partial next header; never past a hole or an undelivered verified
+/// record.
+#[test]
+fn contiguous_end_follows_what_is_held() {
+    for suite in SUITES {
+        let keys = keys_for(suite, 41);
+        let stream = build_stream(&keys, &[4000, 4000, 100], &mut Rng(7));
+        let first_end = 5 + 4000 + 16 + if suite.0 == ProtocolVersion::Tls13 { 1 } else { 0 }
+            + if suite.0 == ProtocolVersion::Tls12 && suite.1 != AeadAlgorithm::Chacha20Poly1305 { 8 } else { 0 };
+        let config = OpenerConfig { mode: ReleaseMode::VerifyFirst, ..OpenerConfig::default() };
+        let mut opener = RecordOpener::new(&keys, 0, 0, config);
+        let mut out = OpenOutput::default();
+        let mut feed = |opener: &mut RecordOpener, start: usize, end: usize| {
+            let mut chunk = stream.bytes[start..end].to_vec();
+            let mut step = opener.open(start as u64, &mut chunk, &mut out).unwrap();
+            while let Some(Stop::Record(_)) = step.stop {
+                step = opener.open_more(start as u64, &mut chunk, step.consumed, &mut out).unwrap();
+            }
+            assert_eq!(step.stop, None, "{suite:?}: {start}..{end} taken whole");
+        };
+        assert_eq!(opener.contiguous_end(0, 0), 0);
+        feed(&mut opener, 0, 3);
+        assert_eq!(opener.contiguous_end(0, 0), 3, "{suite:?}: a partial header");
+        feed(&mut opener, 3, 1000);
+        feed(&mut opener, 2000, 3000);
+        assert_eq!(opener.contiguous_end(0, 0), 1000, "{suite:?}: stops at the hole");
+        assert_eq!(opener.contiguous_end(2500, 0), 3000, "{suite:?}: from inside the second piece");
+        feed(&mut opener, 1000, 2000);
+        assert_eq!(opener.contiguous_end(0, 0), 3000, "{suite:?}: the hole filled");
+        // The rest of the first record and a little of the second: the first verifies.
+        feed(&mut opener, 3000, first_end + 10);
+        assert_eq!(opener.contiguous_end(0, 0), 0, "{suite:?}: a verified record not yet delivered");
+        assert_eq!(opener.contiguous_end(0, first_end as u64), first_end as u64 + 10, "{suite:?}: delivered");
+        assert_eq!(opener.contiguous_end(first_end as u64, 0), first_end as u64 + 10, "{suite:?}: from its end");
+    }
+}
+
 struct Rng(u64);
 
 impl Rng {

@@ -1233,11 +1233,7 @@ impl Session {
         let mut out = std::mem::take(&mut splice.out);
         let mut result = splice.opener.open(offset, &mut chunk, &mut out);
         let mut key_update_answer = false;
-        let mut taken = 0;
         loop {
-            if let Ok(step) = &result {
-                taken = step.consumed;
-            }
             match result {
                 Err(OpenError::TagMismatch { .. }) => {
                     context.counters.ended_tag_failure += 1;
@@ -1295,11 +1291,15 @@ impl Session {
         // Verify-first holds records whole: a client whose congestion window is smaller than a
         // record would wait forever for an acknowledgement, so the box acknowledges in-order
         // bytes it took and owes their plaintext to the backend (see `custody`).
-        let custody = &mut splice.custody;
-        let end = offset + taken as u64;
-        if self.mode == ReleaseMode::VerifyFirst && custody.has_room() && offset <= custody.acked_cipher() && end > custody.acked_cipher() {
-            custody.acknowledge_client(end);
-            opened.acknowledged = true;
+        // The acknowledgement runs over everything held without a gap, not just this chunk: a
+        // client that resends one segment after a loss must hear about the ones it sent after.
+        if self.mode == ReleaseMode::VerifyFirst && splice.custody.has_room() {
+            let acked = splice.client_ack_offset(self.client_handshake_len);
+            let end = splice.opener.contiguous_end(acked, splice.backend_acked_cipher);
+            if end > acked {
+                splice.custody.acknowledge_client(end);
+                opened.acknowledged = true;
+            }
         }
         // Plaintext to the backend, in contiguous runs of at most the backend's MSS; what the
         // box acknowledged on its own is kept until the backend has it.
