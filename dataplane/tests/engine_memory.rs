@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use cutls_crypto::ReleaseMode;
 use cutls_dataplane::session::handover::SecretLog;
-use cutls_dataplane::session::{Engine, EngineConfig, ListenerSetup, Output, Port};
+use cutls_dataplane::session::{Engine, EngineConfig, ListenerSetup, Output, PassthroughRoute, Port};
 use cutls_dataplane::wire::{parse_frame, ArpOperation, EthernetAddress, LinkType, SeqNumber, TcpFlags, TcpOptions};
 
 use harness::frames::{arp_frame, ndp_frame, solicited_node, summarize, tcp_frame, Outgoing};
@@ -788,6 +788,7 @@ fn open<M: Middlebox>(lab: &mut Lab<M>, suite: Suite, upload: usize, download: u
         write_after_handshake,
         hold_request_ns,
         corrupt: corrupt.map(|(corruption, _)| corruption),
+        plain: false,
     });
     let client = lab.client.address_of(session);
     let expectation =
@@ -865,6 +866,98 @@ fn retransmission_timeouts<M: Middlebox>(lab: &Lab<M>, session: usize) -> Option
             backend.tcp.retransmission_timeouts
         )
     })
+}
+
+/// Passthrough in the engine, with a client and backends that speak plain TCP: a listener of
+/// a passthrough pool (the backend connected at the SYN), and a TLS listener whose passthrough
+/// pool takes a first flight that is not a ClientHello (the box holds and acknowledges it,
+/// then owes it to the backend); IPv4 and IPv6; on a clean wire, with the backend as far as
+/// the client (the first flight waits for the backend connection and its window), and on one
+/// that loses and reorders segments both ways. Every byte crosses unchanged, both FINs cross, nothing is reset, and the table
+/// empties.
+#[test]
+fn passthrough_plain_tcp_on_both_kinds_of_listener() {
+    let lossy = WireConfig { loss_ppm: 10_000, reorder_ppm: 10_000, seed: 5, ..WireConfig::default() };
+    for (index, wire) in [WireConfig::default(), WireConfig::equidistant(), lossy].into_iter().enumerate() {
+        for (mixed, v6) in [(false, false), (true, false), (false, true), (true, true)] {
+            let addresses = if v6 { Addresses::ipv6() } else { Addresses::ipv4() };
+            let mut lab = passthrough_lab(&addresses, mixed, 20 + index as u64, wire);
+            let head = "PLAIN /upload\r\n".to_string();
+            let request = content(&head, 200_000, 91 + index as u64);
+            let response = content("PLAIN 200\r\n", 300_000, 92 + index as u64);
+            let session = lab.client.open(ConnectionPlan {
+                config: client_config(Suite::Tls13Aes128Gcm),
+                request: request.clone(),
+                response: response.clone(),
+                write_after_handshake: false,
+                hold_request_ns: 0,
+                corrupt: None,
+                plain: true,
+            });
+            let client = lab.client.address_of(session);
+            lab.backends.expect(client, BackendExpectation { request, response, tolerate_flip_at: None, respond_at_once: false });
+            let what = format!("a plain exchange (mixed listener: {mixed}, IPv6: {v6}, wire {wire:?})");
+            lab.run_until(&what, EXCHANGE_LIMIT_NS, |lab| exchange_finished(lab, session));
+            let client = &lab.client.sessions[session];
+            let fail = |problem: &str| -> ! { panic!("{what}: {problem}\n{}", lab.stuck(&what)) };
+            let violations = lab.violations_except(KNOWN_ENGINE_BUGS);
+            if !violations.is_empty() {
+                fail(&format!("protocol violations: {violations:#?}"));
+            }
+            if let Some(mismatch) = &client.mismatch {
+                fail(mismatch);
+            }
+            if client.response.len() != client.expected_response().len() {
+                fail(&format!("client got {} of {} bytes", client.response.len(), client.expected_response().len()));
+            }
+            let Some(backend) = lab.backends.session_for(client.tcp.local) else { fail("no backend connection") };
+            if let Some(mismatch) = &backend.mismatch {
+                fail(mismatch);
+            }
+            if backend.request.len() != client.request_len() {
+                fail(&format!("backend got {} of {} bytes", backend.request.len(), client.request_len()));
+            }
+            if client.tcp.reset_received || client.tcp.reset_sent || backend.tcp.reset_received || backend.tcp.reset_sent {
+                fail("a connection was reset");
+            }
+            assert!(lab.settle(SETTLE_NS), "{what}: the session stays in the table\n{}", lab.stuck(&what));
+            let counters = lab.boxed.engine.counters().clone();
+            assert_eq!((counters.sessions_passthrough, counters.ended_fin, counters.handshakes_completed), (1, 1, 0), "{what}: {counters:?}");
+            if !wire.lossless() {
+                assert!(lab.segments_dropped > 0 && lab.segments_reordered > 0, "the wire did not impair anything");
+            }
+        }
+    }
+}
+
+/// An engine whose one listener passes plain TCP through: a listener of a passthrough pool, or
+/// (`mixed`) a TLS listener with a passthrough pool for what is not a ClientHello.
+fn passthrough_lab(addresses: &Addresses, mixed: bool, seed: u64, wire: WireConfig) -> Lab<EngineBox> {
+    let secrets = Arc::new(SecretLog::default());
+    let backends: Vec<SocketAddr> = addresses.backends.iter().map(|(address, _)| *address).collect();
+    let listener = ListenerSetup {
+        vip: addresses.vip,
+        tls: mixed.then(|| server_config(secrets.clone())),
+        secrets,
+        backends: backends.clone(),
+        mode: ReleaseMode::CutThrough,
+        passthrough: mixed.then(|| {
+            Arc::new(PassthroughRoute { backends, certificate_names: vec!["localhost".into()], default_certificate: true })
+        }),
+    };
+    let engine = Engine::new(EngineConfig {
+        listeners: vec![listener],
+        snat_address: None,
+        outside_mac: addresses.outside_mac,
+        inside_mac: addresses.inside_mac,
+        idle_timeout_ns: 60_000 * MS,
+        seed,
+        syn_cookies_after: usize::MAX,
+        handshake_threads: 0,
+    });
+    let mut lab = hosts_around(EngineBox { engine, output: Output::default() }, addresses, seed, wire);
+    lab.backends.plain_syn = true;
+    lab
 }
 
 /// The engine as the box.

@@ -127,6 +127,8 @@ struct BackendInfo {
     /// Both the client and the backend agreed to SACK: blocks are translated both ways.
     sack: bool,
     ts_recent: u32,
+    /// The window of its SYN-ACK, in bytes.
+    syn_window: u16,
 }
 
 /// Where the box talks to the backend from: the client's own address and MAC (transparent
@@ -173,6 +175,11 @@ struct PlainSplice {
     /// The backend's latest TSval and window field.
     backend_ts_recent: u32,
     backend_window: u16,
+    /// The first flight sent so far (it goes out as the backend's window allows), and the
+    /// backend's acknowledgement and window in bytes (client offsets).
+    flight_sent: u64,
+    backend_acked: u64,
+    backend_window_bytes: u64,
 }
 
 impl PlainSplice {
@@ -190,6 +197,9 @@ impl PlainSplice {
             client_window: 0,
             backend_ts_recent: 0,
             backend_window: 0,
+            flight_sent: 0,
+            backend_acked: 0,
+            backend_window_bytes: 0,
         }
     }
 }
@@ -981,6 +991,8 @@ impl Session {
                 timestamps: tcp.options.timestamp.is_some() && self.timestamps,
                 sack: tcp.options.sack_permitted && self.syn.sack_permitted,
                 ts_recent: tcp.options.timestamp.map_or(0, |ts| ts.value),
+                // A SYN's window is never scaled (RFC 7323 2.2).
+                syn_window: tcp.window,
             };
             // Complete the backend's handshake (also when its SYN-ACK is a retransmission).
             let mut options = TcpOptions::default();
@@ -1580,7 +1592,16 @@ impl Session {
     /// Carries out what the custody of client bytes asks for.
     fn custody_action(&mut self, context: &mut Context<'_>, action: Option<CustodyAction>) -> Option<SessionEvent> {
         match action? {
-            CustodyAction::Resend(offset, bytes) => {
+            CustodyAction::Resend(offset, mut bytes) => {
+                if let Some(plain) = &self.plain {
+                    // Never past the backend's window, nor past what the first flight sent.
+                    let sent = if plain.flight_sent == u64::MAX { u64::MAX } else { plain.flight_sent };
+                    let limit = (plain.backend_acked + plain.backend_window_bytes).min(sent);
+                    bytes.truncate(limit.saturating_sub(offset) as usize);
+                    if bytes.is_empty() {
+                        return None;
+                    }
+                }
                 context.counters.backend_retransmits += 1;
                 let mss = match (&self.plain, &self.splice) {
                     (Some(plain), _) => plain.connected.map_or(536, |connected| plain_payload_mss(&connected.backend)),
@@ -1640,11 +1661,30 @@ impl Session {
         plain.backend_ts_recent = info.ts_recent;
         plain.client_next_seq = self.client_isn.wrapping_add(1).wrapping_add(self.client_next as u32);
         plain.backend_next_seq = self.our_isn.wrapping_add(1);
-        let flight = std::mem::take(&mut plain.first_flight);
-        plain.custody.keep(context.now_ns, 0, &flight);
-        let mss = plain_payload_mss(&info);
-        for (i, piece) in flight.chunks(mss).enumerate() {
-            self.send_plain_to_backend(context, (i * mss) as u64, piece);
+        plain.backend_window_bytes = info.syn_window as u64;
+        plain.custody.keep(context.now_ns, 0, &plain.first_flight);
+        self.send_first_flight(context);
+    }
+
+    /// As much of the first flight as the backend's window takes now.
+    fn send_first_flight(&mut self, context: &mut Context<'_>) {
+        let Some(plain) = self.plain.as_mut() else { return };
+        let Some(connected) = plain.connected else { return };
+        let mss = plain_payload_mss(&connected.backend) as u64;
+        let edge = (plain.backend_acked + plain.backend_window_bytes).min(plain.first_flight.len() as u64);
+        let mut pieces = Vec::new();
+        while plain.flight_sent < edge {
+            let end = edge.min(plain.flight_sent + mss);
+            pieces.push((plain.flight_sent, plain.first_flight[plain.flight_sent as usize..end as usize].to_vec()));
+            plain.flight_sent = end;
+        }
+        if plain.flight_sent == plain.first_flight.len() as u64 {
+            // All sent: custody keeps what the backend has yet to acknowledge.
+            plain.first_flight = Vec::new();
+            plain.flight_sent = u64::MAX;
+        }
+        for (offset, piece) in pieces {
+            self.send_plain_to_backend(context, offset, &piece);
         }
     }
 
@@ -1793,6 +1833,8 @@ impl Session {
                 *acked |= (ack.wrapping_sub(fin.wrapping_add(1)) as i32) >= 0;
             }
             let acked = unwrap_offset(client_reference, ack.wrapping_sub(client_base));
+            plain.backend_acked = plain.backend_acked.max(acked);
+            plain.backend_window_bytes = window_bytes;
             action = plain.custody.backend_ack(context.now_ns, acked, pure, plain_payload_mss(&backend));
         }
         if tcp.flags.contains(TcpFlags::FIN) && plain.backend_fin.is_none() {
@@ -1816,6 +1858,7 @@ impl Session {
         if let Some(event) = self.custody_action(context, action) {
             return Some(event);
         }
+        self.send_first_flight(context);
         self.plain_closed(context)
     }
 

@@ -40,6 +40,9 @@ pub struct ConnectionPlan {
     pub hold_request_ns: u64,
     /// Flip one bit of an application data record's body before it leaves the client.
     pub corrupt: Option<Corruption>,
+    /// Plain TCP: the request goes out as it is and the response comes back as it is (a
+    /// passthrough listener); `config` is not used.
+    pub plain: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -72,6 +75,7 @@ pub struct ClientSession {
     pub handshake_done_at: Option<u64>,
     /// The first byte of the response that differs from what the backend sent.
     pub mismatch: Option<String>,
+    plain: bool,
 }
 
 impl ClientSession {
@@ -85,6 +89,10 @@ impl ClientSession {
 
     /// Moves bytes between TCP and rustls and runs the application.
     fn pump(&mut self, now: u64) {
+        if self.plain {
+            self.pump_plain();
+            return;
+        }
         let incoming = self.tcp.readable().to_vec();
         self.tcp.consume(incoming.len());
         let mut slice = &incoming[..];
@@ -150,6 +158,27 @@ impl ClientSession {
             if !self.tcp.fin_sent_and_acked() {
                 self.close_tcp();
             }
+        }
+    }
+
+    /// Plain TCP: the response as it comes, the request as the send buffer takes it, then a
+    /// FIN once both are whole.
+    fn pump_plain(&mut self) {
+        let incoming = self.tcp.readable().to_vec();
+        self.tcp.consume(incoming.len());
+        let at = self.response.len();
+        check_stream(&mut self.mismatch, "response", &self.expected_response, at, &incoming, None);
+        self.response.extend_from_slice(&incoming);
+        if self.tcp.state == super::tcp::State::Reset || self.tcp.fin_queued() {
+            return;
+        }
+        while self.request_written < self.request.len() && self.tcp.backlog() < SEND_BUFFER {
+            let end = self.request.len().min(self.request_written + WRITE_CHUNK);
+            self.tcp.write(&self.request[self.request_written..end]);
+            self.request_written = end;
+        }
+        if self.request_written == self.request.len() && self.response.len() >= self.expected_response.len() {
+            self.close_tcp();
         }
     }
 
@@ -321,6 +350,7 @@ impl ClientHost {
             corrupted_at: None,
             handshake_done_at: None,
             mismatch: None,
+            plain: plan.plain,
         });
         self.sessions.len() - 1
     }
@@ -562,6 +592,8 @@ pub struct BackendHost {
     /// Resets sent for segments of unknown connections, as Linux answers them.
     pub resets_for_unknown: Vec<String>,
     pending: Vec<Vec<u8>>,
+    /// Passthrough: the replayed SYN carries the client's MSS as it is (no records to fit).
+    pub plain_syn: bool,
 }
 
 impl BackendHost {
@@ -578,6 +610,7 @@ impl BackendHost {
             resolutions_answered: 0,
             resets_for_unknown: Vec::new(),
             pending: Vec::new(),
+            plain_syn: false,
         }
     }
 
@@ -746,8 +779,14 @@ impl BackendHost {
     /// The engine's replayed SYN: transparent, options kept, MSS reduced for the record overhead.
     fn check_syn(&mut self, source: SocketAddr, syn: &TcpSegment<'_>) {
         let options = &syn.options;
+        let client_mss = TcpConfig::linux(source.ip()).mss;
         match options.max_segment_size {
             None => self.violations.push(format!("[{}] replayed SYN from {source} has no MSS", kind::TCP)),
+            Some(mss) if self.plain_syn => {
+                if mss != client_mss {
+                    self.violations.push(format!("[{}] passthrough SYN from {source} has MSS {mss}, not the client's {client_mss}", kind::TCP));
+                }
+            }
             // The smallest per-record overhead is 21 bytes (5 header + 16 tag, TLS 1.2
             // ChaCha20); anything above the client's MSS - 21 cannot fit a sealed segment in
             // one client segment.
