@@ -24,11 +24,11 @@ use cutls_dataplane::session::handover::SecretLog;
 use cutls_dataplane::session::{Engine, EngineConfig, ListenerSetup, Output, PassthroughRoute, Port};
 use cutls_dataplane::wire::{parse_frame, ArpOperation, EthernetAddress, LinkType, SeqNumber, TcpFlags, TcpOptions};
 
-use harness::frames::{arp_frame, ndp_frame, solicited_node, summarize, tcp_frame, Outgoing};
+use harness::frames::{arp_frame, fragmentation_needed, ndp_frame, solicited_node, summarize, tcp_frame, Outgoing};
 use harness::hosts::{BackendExpectation, BackendHost, ClientHost, ConnectionPlan, Corruption};
 use harness::reference::ReferenceProxy;
 use harness::tls::{client_config, deterministic_server_config, server_config, Suite};
-use harness::{content, kind, Addresses, Emitted, Hop, Lab, Middlebox, Side, WireConfig, MS};
+use harness::{content, kind, Addresses, Emitted, Hop, Lab, Middlebox, Side, WireConfig, MS, PATH_MTU_ROUTER};
 
 const MIB: usize = 1024 * 1024;
 /// Plenty for any exchange here; a stuck one fails with a report instead of hanging.
@@ -958,6 +958,51 @@ fn passthrough_lab(addresses: &Addresses, mixed: bool, seed: u64, wire: WireConf
     let mut lab = hosts_around(EngineBox { engine, output: Output::default() }, addresses, seed, wire);
     lab.backends.plain_syn = true;
     lab
+}
+
+/// Path MTU toward the client: a router between the client and the box has a 1280-byte MTU
+/// and answers larger frames with ICMP "fragmentation needed" (RFC 1191). The box's
+/// handshake flight and its records of full backend segments are too big at first; the box
+/// takes the message, sends in smaller pieces (a record larger than a segment leaves in
+/// several), and the exchange completes clean, both ways, for every TLS 1.3 and 1.2 suite kind.
+#[test]
+fn path_mtu_toward_the_client_is_taken() {
+    let wire = WireConfig { client_path_mtu: Some(1280), ..WireConfig::default() };
+    for suite in [Suite::Tls13Aes128Gcm, Suite::Tls12EcdsaChacha20] {
+        let lab = Exchange::new(suite).wire(wire).sizes(50_000, 400_000).run();
+        let counters = lab.boxed.engine.counters().clone();
+        assert!(lab.path_mtu_drops > 0, "{suite:?}: nothing was too big");
+        assert!(counters.path_mtu_updates >= 1, "{suite:?}: {counters:?}");
+        assert_eq!(counters.icmp_ignored, 0, "{suite:?}: {counters:?}");
+    }
+}
+
+/// ICMP errors that do not hold up (RFC 5927): a quoted sequence number the box never sent,
+/// a bad checksum. Both are counted and ignored; the session goes on at full size.
+#[test]
+fn path_mtu_messages_that_do_not_hold_up_are_ignored() {
+    let addresses = Addresses::ipv4();
+    let suite = Suite::Tls13Aes128Gcm;
+    let mut lab = engine_lab(&addresses, ReleaseMode::CutThrough, 11, WireConfig::default());
+    lab.capturing = true;
+    let session = open(&mut lab, suite, 2_000, 400_000, 11, Extras::default());
+    let big_to_client = |lab: &Lab<EngineBox>| {
+        lab.captured.iter().rev().find(|(_, hop, frame)| *hop == Hop::BoxToClient && frame.len() > 1400).map(|(_, _, frame)| frame.clone())
+    };
+    lab.run_until("a full-size segment to the client", EXCHANGE_LIMIT_NS, |lab| big_to_client(lab).is_some());
+    let mut shifted = big_to_client(&lab).expect("a big segment");
+    // The quoted sequence number, 50 MB ahead of anything sent.
+    let seq = u32::from_be_bytes([shifted[38], shifted[39], shifted[40], shifted[41]]).wrapping_add(50_000_000);
+    shifted[38..42].copy_from_slice(&seq.to_be_bytes());
+    lab.inject(Hop::ClientToBox, fragmentation_needed(&shifted, 1280, PATH_MTU_ROUTER));
+    let mut broken = fragmentation_needed(&big_to_client(&lab).expect("a big segment"), 1280, PATH_MTU_ROUTER);
+    let last = broken.len() - 1;
+    broken[last] ^= 0x40;
+    lab.inject(Hop::ClientToBox, broken);
+    lab.run_until("the exchange to finish", EXCHANGE_LIMIT_NS, |lab| exchange_finished(lab, session));
+    assert_clean_exchange(&lab, session, suite);
+    let counters = lab.boxed.engine.counters().clone();
+    assert_eq!((counters.path_mtu_updates, counters.icmp_ignored), (0, 2), "{counters:?}");
 }
 
 /// The engine as the box.

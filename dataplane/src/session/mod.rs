@@ -144,6 +144,11 @@ pub struct Counters {
     /// Transparent-mode SYNs refused because every backend already had a session with the
     /// client's address and port.
     pub backend_tuple_collisions: u64,
+    /// ICMP "fragmentation needed" / "packet too big" for a session: taken (the path MTU
+    /// dropped), or ignored (bad checksum, a quoted sequence number outside what is in flight,
+    /// an MTU below the minimum).
+    pub path_mtu_updates: u64,
+    pub icmp_ignored: u64,
 }
 
 /// How long an ended session's backend flow is still recognised (its late segments are reset
@@ -356,6 +361,11 @@ impl Engine {
                             }
                         }
                         self.bridge(port, frame, out);
+                    }
+                    Transport::Icmpv4(message) | Transport::Icmpv6(message) if message.mtu.is_some() => {
+                        if !self.path_mtu(now_ns, port, message, out) {
+                            self.bridge(port, frame, out);
+                        }
                     }
                     Transport::Icmpv6(message) if message.msg_type == 135 || message.msg_type == 136 => {
                         let target = ndp_target(message.message);
@@ -579,6 +589,33 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// An ICMP "fragmentation needed" / ICMPv6 "packet too big": when it quotes a segment of a
+    /// session (the box's own, toward the client on the outside port or toward the backend on
+    /// the inside one), the session takes the smaller MTU and the message is consumed; others
+    /// are bridged like any frame the box does not terminate.
+    fn path_mtu(&mut self, now_ns: u64, port: Port, message: &crate::wire::IcmpMessage<'_>, out: &mut Output) -> bool {
+        let (Some(mtu), Some(quoted)) = (message.mtu, message.embedded) else { return false };
+        let (Some((source_port, destination_port)), Some(seq)) = (quoted.ports, quoted.tcp_seq_number) else { return false };
+        if quoted.protocol != crate::wire::IpProtocol::Tcp {
+            return false;
+        }
+        let sender = SocketAddr::new(quoted.source, source_port);
+        let receiver = SocketAddr::new(quoted.destination, destination_port);
+        // The quoted packet went from the box: keyed as the other side's flow.
+        let key = FlowKey { source: receiver, destination: sender };
+        let id = match port {
+            Port::Outside => self.by_client.get(&key).copied(),
+            Port::Inside => self.by_backend.get(&key).copied(),
+        };
+        let Some(id) = id else { return false };
+        if !message.checksum_valid {
+            self.counters.icmp_ignored += 1;
+            return true;
+        }
+        self.with_session(id, now_ns, out, |session, context| session.path_mtu(context, port, mtu, seq.0));
+        true
     }
 
     /// Moves session `id` to its listener's passthrough pool: another backend, and so another

@@ -237,6 +237,8 @@ pub(crate) struct Session {
     syn: SynOptions,
     /// Our window scale toward the client: 0 unless the client offered scaling.
     our_window_scale: u8,
+    /// The MSS toward the client a path MTU message allowed (`u16::MAX` until one comes).
+    client_path_mss: u16,
     timestamps: bool,
     client_ts_recent: u32,
     last_activity_ns: u64,
@@ -386,6 +388,7 @@ impl Session {
             our_isn,
             syn: options,
             our_window_scale: if options.window_scale.is_some() { OUR_WINDOW_SCALE } else { 0 },
+            client_path_mss: u16::MAX,
             timestamps: options.timestamp.is_some(),
             client_ts_recent: options.timestamp.map_or(0, |ts| ts.value),
             last_activity_ns: now_ns,
@@ -749,7 +752,7 @@ impl Session {
     fn transmit_handshake(&mut self, context: &mut Context<'_>) {
         let total = self.handshake_out.len() as u64;
         // The client's MSS counts payload only; with timestamps 12 bytes of options go too.
-        let mss = self.syn.mss.max(64) as u64 - if self.timestamps { 12 } else { 0 };
+        let mss = self.client_mss() as u64 - if self.timestamps { 12 } else { 0 };
         while self.sent < total && self.sent < self.acked + self.client_window.max(mss) {
             let end = (self.sent + mss).min(total);
             let bytes = self.handshake_out[self.sent as usize..end as usize].to_vec();
@@ -820,17 +823,101 @@ impl Session {
         if let Some(splice) = &self.splice {
             options.sack_blocks = splice.sack_for_client;
         }
-        let segment = Segment {
-            source: self.vip,
-            destination: self.client,
-            seq: self.our_isn.wrapping_add(1).wrapping_add(offset as u32),
-            ack: self.client_isn.wrapping_add(1).wrapping_add(ack_offset as u32),
-            flags,
-            window,
-            options,
-            payload,
-        };
-        context.out.push(Port::Outside, emit::tcp_frame(self.reply_link(), &segment));
+        // The client's MSS (or a smaller path MTU learnt since) counts payload without options:
+        // a record larger than that leaves in several segments.
+        let sack_blocks = options.sack_blocks.as_slice().len();
+        let option_bytes = if self.timestamps { 12 } else { 0 } + if sack_blocks > 0 { 4 + 8 * sack_blocks } else { 0 };
+        let room = (self.client_mss() as usize).saturating_sub(option_bytes).max(64);
+        let mut at = 0;
+        loop {
+            let end = payload.len().min(at + room);
+            let last = end == payload.len();
+            let mut piece_flags = flags;
+            if !last {
+                piece_flags.remove(TcpFlags::FIN | TcpFlags::PSH);
+            }
+            let segment = Segment {
+                source: self.vip,
+                destination: self.client,
+                seq: self.our_isn.wrapping_add(1).wrapping_add((offset + at as u64) as u32),
+                ack: self.client_isn.wrapping_add(1).wrapping_add(ack_offset as u32),
+                flags: piece_flags,
+                window,
+                options,
+                payload: &payload[at..end],
+            };
+            context.out.push(Port::Outside, emit::tcp_frame(self.reply_link(), &segment));
+            if last {
+                break;
+            }
+            at = end;
+        }
+    }
+
+    /// The largest segment payload toward the client: its MSS, or less once a path MTU
+    /// message said so.
+    fn client_mss(&self) -> u16 {
+        self.syn.mss.min(self.client_path_mss).max(64)
+    }
+
+    /// An ICMP "fragmentation needed" / "packet too big" about a segment the box sent on
+    /// `port` (sequence number `seq`): a smaller MSS that way from now on. A message that
+    /// quotes no segment in flight is ignored (RFC 5927: blind attacks), an MTU below the
+    /// family's minimum is taken as the minimum.
+    pub(crate) fn path_mtu(&mut self, context: &mut Context<'_>, port: Port, mtu: u32, seq: u32) -> Option<SessionEvent> {
+        let family_of = |address: SocketAddr| if address.is_ipv4() { (40u32, 576u32) } else { (60, 1280) };
+        match port {
+            Port::Outside => {
+                let (low, high) = match (&self.splice, &self.plain) {
+                    (Some(splice), _) => (splice.client_acked_cipher, splice.cipher_frontier),
+                    (None, None) => (self.acked, self.sent),
+                    // Passthrough: the segments are the backend's own; not relayed yet.
+                    (None, Some(_)) => (0, 0),
+                };
+                let offset = unwrap_offset(high, seq.wrapping_sub(self.our_isn.wrapping_add(1)));
+                if !(low <= offset && offset < high) {
+                    context.counters.icmp_ignored += 1;
+                    return None;
+                }
+                let (overhead, minimum) = family_of(self.client);
+                let mss = (mtu.max(minimum) - overhead).min(u16::MAX as u32) as u16;
+                if mss < self.client_mss() {
+                    self.client_path_mss = mss;
+                    context.counters.path_mtu_updates += 1;
+                    if self.splice.is_none() {
+                        // The handshake flight: send again at once, in smaller pieces.
+                        self.sent = self.acked;
+                        self.transmit_handshake(context);
+                    } else {
+                        // Records are rebuilt from the backend's bytes, which it resends on its
+                        // third duplicate acknowledgement (RFC 5681) rather than after a timeout.
+                        for _ in 0..3 {
+                            self.ack_backend(context, None);
+                        }
+                    }
+                }
+            }
+            Port::Inside => {
+                let Some(splice) = self.splice.as_mut() else {
+                    context.counters.icmp_ignored += 1;
+                    return None;
+                };
+                // Plaintext in flight toward the backend lies within its window of the end.
+                let offset = unwrap_offset(splice.forwarded_plaintext, seq.wrapping_sub(self.client_isn.wrapping_add(1)));
+                let low = splice.forwarded_plaintext.saturating_sub(splice.backend_window.max(1 << 20));
+                if !(low <= offset && offset < splice.forwarded_plaintext) {
+                    context.counters.icmp_ignored += 1;
+                    return None;
+                }
+                let (overhead, minimum) = family_of(self.backend);
+                let mss = (mtu.max(minimum) - overhead).min(u16::MAX as u32) as u16;
+                if mss < splice.backend.mss {
+                    splice.backend.mss = mss;
+                    context.counters.path_mtu_updates += 1;
+                }
+            }
+        }
+        None
     }
 
     fn our_receive_window(&self) -> u64 {

@@ -258,3 +258,28 @@ pub fn summarize(frame: &[u8]) -> String {
         NetworkPayload::Other { ethertype, data } => format!("{link} ethertype {ethertype:?} len {}", data.len()),
     }
 }
+
+/// The ICMP "fragmentation needed" (RFC 1191) a router at `router` sends back for the IPv4
+/// `frame` it cannot forward over a link of `mtu` bytes: to the frame's source, from the
+/// frame's destination MAC, quoting its IP header and first 8 bytes of payload.
+pub fn fragmentation_needed(frame: &[u8], mtu: u16, router: std::net::Ipv4Addr) -> Vec<u8> {
+    let ip = &frame[14..];
+    let header_len = usize::from(ip[0] & 0x0f) * 4;
+    let mut icmp = vec![3, 4, 0, 0, 0, 0];
+    icmp.extend_from_slice(&mtu.to_be_bytes());
+    icmp.extend_from_slice(&ip[..(header_len + 8).min(ip.len())]);
+    let sum = cutls_dataplane::wire::checksum::internet_checksum(&icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    let mut header = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 1, 0, 0];
+    header[2..4].copy_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+    header.extend_from_slice(&router.octets());
+    header.extend_from_slice(&ip[12..16]);
+    let header_sum = cutls_dataplane::wire::checksum::internet_checksum(&header);
+    header[10..12].copy_from_slice(&header_sum.to_be_bytes());
+    let mut out = frame[6..12].to_vec(); // to the sender's MAC
+    out.extend_from_slice(&frame[0..6]);
+    out.extend_from_slice(&[0x08, 0x00]);
+    out.extend(header);
+    out.extend(icmp);
+    out
+}

@@ -113,6 +113,9 @@ pub struct WireConfig {
     /// A reordered segment is held back by a few latencies, so later ones overtake it.
     pub reorder_ppm: u32,
     pub seed: u64,
+    /// A router between the client and the box with this IPv4 MTU: larger frames toward the
+    /// client are dropped and answered with ICMP "fragmentation needed" (RFC 1191).
+    pub client_path_mtu: Option<u16>,
 }
 
 impl Default for WireConfig {
@@ -120,7 +123,14 @@ impl Default for WireConfig {
     /// to the box (100 us round trip), so the backend connection is up well before the client's
     /// first application data arrives.
     fn default() -> Self {
-        WireConfig { client_latency_ns: 1_000_000, backend_latency_ns: 50_000, loss_ppm: 0, reorder_ppm: 0, seed: 1 }
+        WireConfig {
+            client_latency_ns: 1_000_000,
+            backend_latency_ns: 50_000,
+            loss_ppm: 0,
+            reorder_ppm: 0,
+            seed: 1,
+            client_path_mtu: None,
+        }
     }
 }
 
@@ -218,12 +228,17 @@ pub struct Lab<M: Middlebox> {
     pub steps: u64,
     pub segments_dropped: u64,
     pub segments_reordered: u64,
+    /// Frames the path MTU router dropped (and answered).
+    pub path_mtu_drops: u64,
     /// Backend payload seen on the outside wire (checked for every frame, in every test).
     pub leaks: Vec<String>,
     /// When set, every frame delivered is kept in `captured` (time, hop, bytes).
     pub capturing: bool,
     pub captured: Vec<(u64, Hop, Vec<u8>)>,
 }
+
+/// The router of [`WireConfig::client_path_mtu`].
+pub const PATH_MTU_ROUTER: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 18, 0, 1);
 
 /// A bound on driver steps for one `run_until`, far above what any test needs.
 const MAX_STEPS: u64 = 5_000_000;
@@ -248,6 +263,7 @@ impl<M: Middlebox> Lab<M> {
             segments_dropped: 0,
             segments_reordered: 0,
             leaks: Vec::new(),
+            path_mtu_drops: 0,
             capturing: false,
             captured: Vec::new(),
         }
@@ -323,12 +339,27 @@ impl<M: Middlebox> Lab<M> {
         self.now = next_frame.map_or(self.next_tick, |at| at.min(self.next_tick)).max(now + 1);
     }
 
+    /// Puts a frame a test made on the wire (a router's ICMP error, say).
+    pub fn inject(&mut self, hop: Hop, frame: Vec<u8>) {
+        self.send(hop, frame);
+    }
+
     fn send(&mut self, hop: Hop, frame: Vec<u8>) {
         let latency = match hop {
             Hop::ClientToBox | Hop::BoxToClient => self.wire.client_latency_ns,
             Hop::BackendToBox | Hop::BoxToBackend => self.wire.backend_latency_ns,
         };
         let mut at = self.now + latency;
+        if let (Hop::BoxToClient, Some(mtu)) = (hop, self.wire.client_path_mtu) {
+            if frame.len() > 14 + mtu as usize && frame.get(12..14) == Some(&[0x08, 0x00]) {
+                self.path_mtu_drops += 1;
+                self.trace.record(self.now, "TOO BIG box -> client", &frame);
+                let message = frames::fragmentation_needed(&frame, mtu, PATH_MTU_ROUTER);
+                self.in_flight.insert((self.now + latency / 2, self.order), (Hop::ClientToBox, message));
+                self.order += 1;
+                return;
+            }
+        }
         let is_tcp = parse_frame(LinkType::Ethernet, &frame).is_ok_and(|parsed| parsed.tcp().is_some());
         if is_tcp && self.rng.chance(self.wire.loss_ppm) {
             self.segments_dropped += 1;
