@@ -930,6 +930,79 @@ fn passthrough_plain_tcp_on_both_kinds_of_listener() {
     }
 }
 
+/// Passthrough and path MTU: the segments toward the client are the backend's, so a
+/// "fragmentation needed" about one goes on to the backend, from the same router, quoting the
+/// backend's own header (its address and port, its sequence number); one about a segment
+/// toward the backend goes on to the client, quoting the client's.
+#[test]
+fn passthrough_relays_path_mtu_messages() {
+    let addresses = Addresses::ipv4();
+    let mut lab = passthrough_lab(&addresses, false, 31, WireConfig::default());
+    lab.capturing = true;
+    let request = content("PLAIN /upload\r\n", 100_000, 1);
+    let response = content("PLAIN 200\r\n", 300_000, 2);
+    let session = lab.client.open(ConnectionPlan {
+        config: client_config(Suite::Tls13Aes128Gcm),
+        request: request.clone(),
+        response: response.clone(),
+        write_after_handshake: false,
+        hold_request_ns: 0,
+        corrupt: None,
+        plain: true,
+    });
+    let client = lab.client.address_of(session);
+    lab.backends.expect(client, BackendExpectation { request, response, tolerate_flip_at: None, respond_at_once: true });
+    let big = |lab: &Lab<EngineBox>, hop: Hop| {
+        lab.captured.iter().rev().find(|(_, h, frame)| *h == hop && frame.len() > 1400).map(|(_, _, frame)| frame.clone())
+    };
+    lab.run_until("full-size segments both ways", EXCHANGE_LIMIT_NS, |lab| {
+        big(lab, Hop::BoxToClient).is_some() && big(lab, Hop::BoxToBackend).is_some()
+    });
+    let to_client = big(&lab, Hop::BoxToClient).expect("a segment to the client");
+    let to_backend = big(&lab, Hop::BoxToBackend).expect("a segment to the backend");
+    let seq_of = |frame: &[u8]| u32::from_be_bytes([frame[38], frame[39], frame[40], frame[41]]);
+    let payload_of = |frame: &[u8]| -> Vec<u8> {
+        parse_frame(LinkType::Ethernet, frame).ok().and_then(|parsed| parsed.tcp().map(|tcp| tcp.payload.to_vec())).unwrap_or_default()
+    };
+    // The backend's own sequence number for the bytes of `to_client`.
+    let wanted = payload_of(&to_client);
+    let backend_copy = lab
+        .captured
+        .iter()
+        .find(|(_, hop, frame)| *hop == Hop::BackendToBox && payload_of(frame) == wanted)
+        .map(|(_, _, frame)| frame.clone())
+        .expect("the backend's segment");
+    let mark = lab.captured.len();
+    lab.inject(Hop::ClientToBox, fragmentation_needed(&to_client, 1280, PATH_MTU_ROUTER));
+    // Toward the backend, the router is on the inside: the message comes from the backend's side.
+    lab.inject(Hop::BackendToBox, fragmentation_needed(&to_backend, 1280, PATH_MTU_ROUTER));
+    lab.run_until("the exchange to finish", EXCHANGE_LIMIT_NS, |lab| exchange_finished(lab, session));
+    let relayed: Vec<(Hop, cutls_dataplane::wire::EmbeddedPacket<'_>, Option<u32>)> = lab.captured[mark..]
+        .iter()
+        .filter_map(|(_, hop, frame)| {
+            let parsed = parse_frame(LinkType::Ethernet, frame).ok()?;
+            match parsed.transport() {
+                Some(cutls_dataplane::wire::Transport::Icmpv4(message)) if message.checksum_valid => {
+                    Some((*hop, message.embedded?, message.mtu))
+                }
+                _ => None,
+            }
+        })
+        .collect();
+    let to_the_backend: Vec<_> = relayed.iter().filter(|(hop, _, _)| *hop == Hop::BoxToBackend).collect();
+    let to_the_client: Vec<_> = relayed.iter().filter(|(hop, _, _)| *hop == Hop::BoxToClient).collect();
+    assert_eq!((to_the_backend.len(), to_the_client.len()), (1, 1), "{relayed:?}");
+    let (_, quoted, mtu) = to_the_backend[0];
+    assert_eq!(*mtu, Some(1280));
+    assert_eq!(quoted.source, addresses.backends[0].0.ip());
+    assert_eq!(quoted.tcp_seq_number.map(|seq| seq.0), Some(seq_of(&backend_copy)), "the backend's sequence number");
+    let (_, quoted, _) = to_the_client[0];
+    assert_eq!((quoted.source, quoted.destination), (client.ip(), addresses.vip.ip()));
+    assert_eq!(quoted.ports, Some((client.port(), addresses.vip.port())));
+    assert_eq!(quoted.tcp_seq_number.map(|seq| seq.0), Some(seq_of(&to_backend)), "the client's sequence number");
+    assert_eq!(lab.boxed.engine.counters().path_mtu_relayed, 2);
+}
+
 /// An engine whose one listener passes plain TCP through: a listener of a passthrough pool, or
 /// (`mixed`) a TLS listener with a passthrough pool for what is not a ClientHello.
 fn passthrough_lab(addresses: &Addresses, mixed: bool, seed: u64, wire: WireConfig) -> Lab<EngineBox> {

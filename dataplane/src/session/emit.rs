@@ -106,6 +106,69 @@ pub fn tcp_frame(link: Link, segment: &Segment<'_>) -> Option<Vec<u8>> {
     }
 }
 
+/// An ICMP "fragmentation needed" (IPv4, RFC 1191) or ICMPv6 "packet too big" (RFC 8201)
+/// from `reporter` to `quoted.source`, quoting the IP header and first 8 TCP bytes (ports and
+/// sequence number) of `quoted`, for a link of `mtu` bytes: how the box relays a path MTU
+/// message to the peer whose segments it forwards unchanged (passthrough).
+pub fn packet_too_big_frame(link: Link, reporter: IpAddr, mtu: u32, quoted: &Segment<'_>) -> Option<Vec<u8>> {
+    let quoted_frame = tcp_frame(Link::new(link.source, link.destination), quoted)?;
+    let ip_start = ETHERNET_HEADER_LEN;
+    let (ip_header_len, protocol_kind) = match quoted.source.ip() {
+        IpAddr::V4(_) => (IPV4_HEADER_LEN, 4),
+        IpAddr::V6(_) => (IPV6_HEADER_LEN, 6),
+    };
+    let quoted_bytes = quoted_frame.get(ip_start..ip_start + ip_header_len + 8)?;
+    let l2 = link.header_len();
+    match (reporter, quoted.source.ip(), protocol_kind) {
+        (IpAddr::V4(source), IpAddr::V4(destination), 4) => {
+            let mut icmp = vec![3, 4, 0, 0, 0, 0];
+            icmp.extend_from_slice(&(mtu.min(u16::MAX as u32) as u16).to_be_bytes());
+            icmp.extend_from_slice(quoted_bytes);
+            let checksum = crate::wire::checksum::internet_checksum(&icmp);
+            icmp[2..4].copy_from_slice(&checksum.to_be_bytes());
+            let mut frame = vec![0u8; l2 + IPV4_HEADER_LEN + icmp.len()];
+            ethernet(link, EtherType::Ipv4, &mut frame)?;
+            let ip = Ipv4Repr {
+                source,
+                destination,
+                protocol: IpProtocol::Icmp,
+                payload_len: icmp.len(),
+                ttl: 64,
+                identification: 0,
+                dont_fragment: false,
+                dscp: 0,
+                ecn: 0,
+            };
+            ip.emit(&mut frame[l2..]).ok()?;
+            frame[l2 + IPV4_HEADER_LEN..].copy_from_slice(&icmp);
+            Some(frame)
+        }
+        (IpAddr::V6(source), IpAddr::V6(destination), 6) => {
+            let mut icmp = vec![2, 0, 0, 0];
+            icmp.extend_from_slice(&mtu.to_be_bytes());
+            icmp.extend_from_slice(quoted_bytes);
+            let checksum = upper_layer_checksum_v6(source, destination, IpProtocol::Icmpv6, &icmp);
+            icmp[2..4].copy_from_slice(&checksum.to_be_bytes());
+            let mut frame = vec![0u8; l2 + IPV6_HEADER_LEN + icmp.len()];
+            ethernet(link, EtherType::Ipv6, &mut frame)?;
+            Ipv6Repr {
+                source,
+                destination,
+                next_header: IpProtocol::Icmpv6,
+                payload_len: icmp.len(),
+                hop_limit: 64,
+                traffic_class: 0,
+                flow_label: 0,
+            }
+            .emit(&mut frame[l2..])
+            .ok()?;
+            frame[l2 + IPV6_HEADER_LEN..].copy_from_slice(&icmp);
+            Some(frame)
+        }
+        _ => None,
+    }
+}
+
 /// Writes the Ethernet header, with the link's VLAN tags between the MACs and `ethertype`.
 fn ethernet(link: Link, ethertype: EtherType, frame: &mut [u8]) -> Option<()> {
     let tags = link.tags.as_slice();
@@ -199,6 +262,38 @@ pub fn solicited_node(target: Ipv6Addr) -> (Ipv6Addr, EthernetAddress) {
 mod tests {
     use super::*;
     use crate::wire::{parse_frame, LinkType, NetworkPayload};
+
+    #[test]
+    fn packet_too_big_frames_parse_back_and_quote_the_segment() {
+        let link = Link::new(EthernetAddress([2, 0, 0, 0, 0, 1]), EthernetAddress([2, 0, 0, 0, 0, 2]));
+        for (reporter, source, destination) in [
+            ("198.18.0.1", "198.18.0.10:40000", "198.18.0.100:443"),
+            ("2001:db8::1", "[2001:db8::10]:40000", "[2001:db8::100]:443"),
+        ] {
+            let quoted = Segment {
+                source: source.parse().unwrap(),
+                destination: destination.parse().unwrap(),
+                seq: 0x0102_0304,
+                ack: 0,
+                flags: TcpFlags::ACK,
+                window: 0,
+                options: TcpOptions::default(),
+                payload: &[0u8; 1400],
+            };
+            let frame = packet_too_big_frame(link, reporter.parse().unwrap(), 1280, &quoted).unwrap();
+            let parsed = parse_frame(LinkType::Ethernet, &frame).unwrap();
+            let message = match parsed.transport() {
+                Some(crate::wire::Transport::Icmpv4(message)) | Some(crate::wire::Transport::Icmpv6(message)) => message,
+                other => panic!("not ICMP: {other:?}"),
+            };
+            assert!(message.checksum_valid);
+            assert_eq!(message.mtu, Some(1280));
+            let embedded = message.embedded.unwrap();
+            assert_eq!(embedded.ports, Some((40000, 443)));
+            assert_eq!(embedded.tcp_seq_number.map(|seq| seq.0), Some(0x0102_0304));
+            assert_eq!(embedded.source, quoted.source.ip());
+        }
+    }
 
     #[test]
     fn tcp_frames_parse_back_with_good_checksums() {

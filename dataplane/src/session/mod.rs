@@ -149,6 +149,8 @@ pub struct Counters {
     /// an MTU below the minimum).
     pub path_mtu_updates: u64,
     pub icmp_ignored: u64,
+    /// ... for a passthrough session: sent on to the peer whose segments were too big.
+    pub path_mtu_relayed: u64,
 }
 
 /// How long an ended session's backend flow is still recognised (its late segments are reset
@@ -363,7 +365,7 @@ impl Engine {
                         self.bridge(port, frame, out);
                     }
                     Transport::Icmpv4(message) | Transport::Icmpv6(message) if message.mtu.is_some() => {
-                        if !self.path_mtu(now_ns, port, message, out) {
+                        if !self.path_mtu(now_ns, port, ip.source, message, out) {
                             self.bridge(port, frame, out);
                         }
                     }
@@ -595,7 +597,7 @@ impl Engine {
     /// session (the box's own, toward the client on the outside port or toward the backend on
     /// the inside one), the session takes the smaller MTU and the message is consumed; others
     /// are bridged like any frame the box does not terminate.
-    fn path_mtu(&mut self, now_ns: u64, port: Port, message: &crate::wire::IcmpMessage<'_>, out: &mut Output) -> bool {
+    fn path_mtu(&mut self, now_ns: u64, port: Port, reporter: IpAddr, message: &crate::wire::IcmpMessage<'_>, out: &mut Output) -> bool {
         let (Some(mtu), Some(quoted)) = (message.mtu, message.embedded) else { return false };
         let (Some((source_port, destination_port)), Some(seq)) = (quoted.ports, quoted.tcp_seq_number) else { return false };
         if quoted.protocol != crate::wire::IpProtocol::Tcp {
@@ -614,7 +616,7 @@ impl Engine {
             self.counters.icmp_ignored += 1;
             return true;
         }
-        self.with_session(id, now_ns, out, |session, context| session.path_mtu(context, port, mtu, seq.0));
+        self.with_session(id, now_ns, out, |session, context| session.path_mtu(context, port, reporter, mtu, seq.0));
         true
     }
 

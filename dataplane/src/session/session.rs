@@ -864,15 +864,17 @@ impl Session {
     /// `port` (sequence number `seq`): a smaller MSS that way from now on. A message that
     /// quotes no segment in flight is ignored (RFC 5927: blind attacks), an MTU below the
     /// family's minimum is taken as the minimum.
-    pub(crate) fn path_mtu(&mut self, context: &mut Context<'_>, port: Port, mtu: u32, seq: u32) -> Option<SessionEvent> {
+    pub(crate) fn path_mtu(&mut self, context: &mut Context<'_>, port: Port, reporter: IpAddr, mtu: u32, seq: u32) -> Option<SessionEvent> {
         let family_of = |address: SocketAddr| if address.is_ipv4() { (40u32, 576u32) } else { (60, 1280) };
+        if let Some(plain) = &self.plain {
+            self.relay_path_mtu(context, plain, port, reporter, mtu, seq);
+            return None;
+        }
         match port {
             Port::Outside => {
-                let (low, high) = match (&self.splice, &self.plain) {
-                    (Some(splice), _) => (splice.client_acked_cipher, splice.cipher_frontier),
-                    (None, None) => (self.acked, self.sent),
-                    // Passthrough: the segments are the backend's own; not relayed yet.
-                    (None, Some(_)) => (0, 0),
+                let (low, high) = match &self.splice {
+                    Some(splice) => (splice.client_acked_cipher, splice.cipher_frontier),
+                    None => (self.acked, self.sent),
                 };
                 let offset = unwrap_offset(high, seq.wrapping_sub(self.our_isn.wrapping_add(1)));
                 if !(low <= offset && offset < high) {
@@ -1947,6 +1949,54 @@ impl Session {
         }
         self.send_first_flight(context);
         self.plain_closed(context)
+    }
+
+    /// Passthrough: the segments a path MTU message quotes are the other peer's, forwarded
+    /// unchanged, so the message goes on to that peer, its quoted header translated, as a
+    /// router on its path would send it. Quoted sequence numbers must lie within the last
+    /// megabyte sent that way.
+    fn relay_path_mtu(&self, context: &mut Context<'_>, plain: &PlainSplice, port: Port, reporter: IpAddr, mtu: u32, seq: u32) {
+        let Some(connected) = plain.connected else {
+            context.counters.icmp_ignored += 1;
+            return;
+        };
+        let in_flight = |next: u32| next.wrapping_sub(seq).wrapping_sub(1) < 1 << 20;
+        let frame = match port {
+            // About the backend's data toward the client.
+            Port::Outside if in_flight(plain.backend_next_seq) && reporter.is_ipv4() == self.backend.is_ipv4() => {
+                let quoted = Segment {
+                    source: self.backend,
+                    destination: self.backend_source,
+                    seq: seq.wrapping_sub(connected.seq_shift),
+                    ack: 0,
+                    flags: TcpFlags::ACK,
+                    window: 0,
+                    options: TcpOptions::default(),
+                    payload: &[],
+                };
+                (Port::Inside, emit::packet_too_big_frame(self.backend_link(connected.backend.mac), reporter, mtu, &quoted))
+            }
+            // About the client's data toward the backend.
+            Port::Inside if in_flight(plain.client_next_seq) && reporter.is_ipv4() == self.client.is_ipv4() => {
+                let quoted = Segment {
+                    source: self.client,
+                    destination: self.vip,
+                    seq,
+                    ack: 0,
+                    flags: TcpFlags::ACK,
+                    window: 0,
+                    options: TcpOptions::default(),
+                    payload: &[],
+                };
+                (Port::Outside, emit::packet_too_big_frame(self.reply_link(), reporter, mtu, &quoted))
+            }
+            _ => {
+                context.counters.icmp_ignored += 1;
+                return;
+            }
+        };
+        context.counters.path_mtu_relayed += 1;
+        context.out.push(frame.0, frame.1);
     }
 
     /// Both FINs crossed and were acknowledged.
