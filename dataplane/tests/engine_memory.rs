@@ -882,20 +882,7 @@ fn passthrough_plain_tcp_on_both_kinds_of_listener() {
         for (mixed, v6) in [(false, false), (true, false), (false, true), (true, true)] {
             let addresses = if v6 { Addresses::ipv6() } else { Addresses::ipv4() };
             let mut lab = passthrough_lab(&addresses, mixed, 20 + index as u64, wire);
-            let head = "PLAIN /upload\r\n".to_string();
-            let request = content(&head, 200_000, 91 + index as u64);
-            let response = content("PLAIN 200\r\n", 300_000, 92 + index as u64);
-            let session = lab.client.open(ConnectionPlan {
-                config: client_config(Suite::Tls13Aes128Gcm),
-                request: request.clone(),
-                response: response.clone(),
-                write_after_handshake: false,
-                hold_request_ns: 0,
-                corrupt: None,
-                plain: true,
-            });
-            let client = lab.client.address_of(session);
-            lab.backends.expect(client, BackendExpectation { request, response, tolerate_flip_at: None, respond_at_once: false });
+            let session = open_plain(&mut lab, 200_000, 300_000, 91 + 2 * index as u64, false);
             let what = format!("a plain exchange (mixed listener: {mixed}, IPv6: {v6}, wire {wire:?})");
             lab.run_until(&what, EXCHANGE_LIMIT_NS, |lab| exchange_finished(lab, session));
             let client = &lab.client.sessions[session];
@@ -939,19 +926,8 @@ fn passthrough_relays_path_mtu_messages() {
     let addresses = Addresses::ipv4();
     let mut lab = passthrough_lab(&addresses, false, 31, WireConfig::default());
     lab.capturing = true;
-    let request = content("PLAIN /upload\r\n", 100_000, 1);
-    let response = content("PLAIN 200\r\n", 300_000, 2);
-    let session = lab.client.open(ConnectionPlan {
-        config: client_config(Suite::Tls13Aes128Gcm),
-        request: request.clone(),
-        response: response.clone(),
-        write_after_handshake: false,
-        hold_request_ns: 0,
-        corrupt: None,
-        plain: true,
-    });
+    let session = open_plain(&mut lab, 100_000, 300_000, 1, true);
     let client = lab.client.address_of(session);
-    lab.backends.expect(client, BackendExpectation { request, response, tolerate_flip_at: None, respond_at_once: true });
     let big = |lab: &Lab<EngineBox>, hop: Hop| {
         lab.captured.iter().rev().find(|(_, h, frame)| *h == hop && frame.len() > 1400).map(|(_, _, frame)| frame.clone())
     };
@@ -1001,6 +977,25 @@ fn passthrough_relays_path_mtu_messages() {
     assert_eq!(quoted.ports, Some((client.port(), addresses.vip.port())));
     assert_eq!(quoted.tcp_seq_number.map(|seq| seq.0), Some(seq_of(&to_backend)), "the client's sequence number");
     assert_eq!(lab.boxed.engine.counters().path_mtu_relayed, 2);
+}
+
+/// Opens a plain TCP client connection (no TLS: a passthrough listener's client) and tells the
+/// backend what to expect from it.
+fn open_plain(lab: &mut Lab<EngineBox>, upload: usize, download: usize, seed: u64, respond_at_once: bool) -> usize {
+    let request = content("PLAIN /upload\r\n", upload, seed);
+    let response = content("PLAIN 200\r\n", download, seed + 1);
+    let session = lab.client.open(ConnectionPlan {
+        config: client_config(Suite::Tls13Aes128Gcm),
+        request: request.clone(),
+        response: response.clone(),
+        write_after_handshake: false,
+        hold_request_ns: 0,
+        corrupt: None,
+        plain: true,
+    });
+    let client = lab.client.address_of(session);
+    lab.backends.expect(client, BackendExpectation { request, response, tolerate_flip_at: None, respond_at_once });
+    session
 }
 
 /// An engine whose one listener passes plain TCP through: a listener of a passthrough pool, or

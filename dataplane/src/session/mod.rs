@@ -629,23 +629,18 @@ impl Engine {
         let backends = self.config.listeners[listener].passthrough.as_ref().map(|route| route.backends.clone()).unwrap_or_default();
         // The flow chosen at the SYN was never used (no SYN went to it): free it first.
         self.by_backend.remove(&old_flow);
-        let chosen = self.choose_backend(&backends, listener, true, client);
-        let session = self.sessions.get_mut(&id)?;
-        let mut context = session::Context {
-            now_ns,
-            out,
-            counters: &mut self.counters,
-            inside_macs: &self.inside_macs,
-            resolving: &mut self.resolving,
-            pool: self.pool.as_ref(),
-            idle_timeout_ns: self.config.idle_timeout_ns,
+        let Some((backend, side)) = self.choose_backend(&backends, listener, true, client) else {
+            self.with_session(id, now_ns, out, |session, context| {
+                session.refuse(context);
+                Some(SessionEvent::Ended)
+            });
+            return None;
         };
-        let Some((backend, side)) = chosen else {
-            session.refuse(&mut context);
-            return Some(SessionEvent::Ended);
-        };
-        session.start_passthrough(&mut context, backend, side);
         self.by_backend.insert(FlowKey { source: backend, destination: side.source }, id);
+        self.with_session(id, now_ns, out, |session, context| {
+            session.start_passthrough(context, backend, side);
+            None
+        });
         None
     }
 
