@@ -4,7 +4,7 @@
 //! the sealer must produce exactly the oracle's records and regenerate any range of them; every
 //! single-bit flip must fail.
 
-use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::aead::{AeadInOut, KeyInit};
 use cutls_crypto::{
     AeadAlgorithm, ContentType, OpenError, OpenOutput, OpenerConfig, ProtocolVersion, RecordOpener, RecordSealer,
     ReleaseMode, Stop, TrafficKeys,
@@ -61,17 +61,17 @@ fn oracle_record(keys: &TrafficKeys, seq: u64, content_type: u8, data: &[u8], ex
     let tag = match keys.aead {
         AeadAlgorithm::Aes128Gcm => aes_gcm::Aes128Gcm::new_from_slice(keys.key())
             .unwrap()
-            .encrypt_in_place_detached((&nonce).into(), &aad, &mut buffer)
+            .encrypt_inout_detached((&nonce).into(), &aad, buffer.as_mut_slice().into())
             .unwrap()
             .to_vec(),
         AeadAlgorithm::Aes256Gcm => aes_gcm::Aes256Gcm::new_from_slice(keys.key())
             .unwrap()
-            .encrypt_in_place_detached((&nonce).into(), &aad, &mut buffer)
+            .encrypt_inout_detached((&nonce).into(), &aad, buffer.as_mut_slice().into())
             .unwrap()
             .to_vec(),
         AeadAlgorithm::Chacha20Poly1305 => chacha20poly1305::ChaCha20Poly1305::new_from_slice(keys.key())
             .unwrap()
-            .encrypt_in_place_detached((&nonce).into(), &aad, &mut buffer)
+            .encrypt_inout_detached((&nonce).into(), &aad, buffer.as_mut_slice().into())
             .unwrap()
             .to_vec(),
     };

@@ -323,24 +323,24 @@ pub(crate) fn tags_equal(a: &[u8; 16], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aes_gcm::aead::{AeadInPlace, KeyInit};
+    use aes_gcm::aead::{AeadInOut, KeyInit};
 
     fn oracle_seal(algorithm: AeadAlgorithm, key: &[u8], nonce: &[u8; 12], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
         let mut buffer = plaintext.to_vec();
         let tag = match algorithm {
             AeadAlgorithm::Aes128Gcm => aes_gcm::Aes128Gcm::new_from_slice(key)
                 .unwrap()
-                .encrypt_in_place_detached(nonce.into(), aad, &mut buffer)
+                .encrypt_inout_detached(nonce.into(), aad, buffer.as_mut_slice().into())
                 .unwrap()
                 .to_vec(),
             AeadAlgorithm::Aes256Gcm => aes_gcm::Aes256Gcm::new_from_slice(key)
                 .unwrap()
-                .encrypt_in_place_detached(nonce.into(), aad, &mut buffer)
+                .encrypt_inout_detached(nonce.into(), aad, buffer.as_mut_slice().into())
                 .unwrap()
                 .to_vec(),
             AeadAlgorithm::Chacha20Poly1305 => chacha20poly1305::ChaCha20Poly1305::new_from_slice(key)
                 .unwrap()
-                .encrypt_in_place_detached(nonce.into(), aad, &mut buffer)
+                .encrypt_inout_detached(nonce.into(), aad, buffer.as_mut_slice().into())
                 .unwrap()
                 .to_vec(),
         };
