@@ -10,7 +10,7 @@ use std::hint::black_box;
 use std::process::Command;
 use std::time::Instant;
 
-use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::aead::{AeadInOut, KeyInit};
 use cutls_crypto::{
     AeadAlgorithm, ContentType, OpenOutput, OpenerConfig, ProtocolVersion, RecordOpener, RecordSealer, Stop, TrafficKeys,
 };
@@ -133,15 +133,15 @@ fn row(aead: AeadAlgorithm, size: usize) {
             match aead {
                 AeadAlgorithm::Aes128Gcm => aes_gcm::Aes128Gcm::new_from_slice(&key)
                     .unwrap()
-                    .decrypt_in_place_detached((&iv).into(), &header, body, tag.try_into().unwrap())
+                    .decrypt_inout_detached((&iv).into(), &header, body.into(), tag.try_into().unwrap())
                     .unwrap(),
                 AeadAlgorithm::Aes256Gcm => aes_gcm::Aes256Gcm::new_from_slice(&key)
                     .unwrap()
-                    .decrypt_in_place_detached((&iv).into(), &header, body, tag.try_into().unwrap())
+                    .decrypt_inout_detached((&iv).into(), &header, body.into(), tag.try_into().unwrap())
                     .unwrap(),
                 AeadAlgorithm::Chacha20Poly1305 => chacha20poly1305::ChaCha20Poly1305::new_from_slice(&key)
                     .unwrap()
-                    .decrypt_in_place_detached((&iv).into(), &header, body, tag.try_into().unwrap())
+                    .decrypt_inout_detached((&iv).into(), &header, body.into(), tag.try_into().unwrap())
                     .unwrap(),
             }
         }),
