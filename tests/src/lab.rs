@@ -115,6 +115,56 @@ pub fn lab_allowed() -> Result<(), String> {
     Ok(())
 }
 
+/// Whether to run a lab test; panics (fails the test) if the lab cannot be built and no one
+/// opted out with `CUTLS_SKIP_LAB=1`.
+pub fn lab_enabled() -> bool {
+    match lab_allowed() {
+        Ok(()) => true,
+        Err(reason) if std::env::var_os("CUTLS_SKIP_LAB").is_some() => {
+            eprintln!("lab test skipped: {reason}");
+            false
+        }
+        Err(reason) => panic!("{reason}"),
+    }
+}
+
+/// A self-signed P-256 certificate for `host` (and `addresses` as IP names), valid one day,
+/// written to `dir/cert.pem` and `dir/key.pem`; returns their paths.
+pub fn self_signed_certificate(dir: &Path, host: &str, addresses: &[IpAddr]) -> io::Result<(PathBuf, PathBuf)> {
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    let mut names = format!("subjectAltName=DNS:{host}");
+    for address in addresses {
+        names += &format!(",IP:{address}");
+    }
+    let output = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .args(["-subj", &format!("/CN={host}"), "-addext", &names])
+        .stdin(Stdio::null())
+        .output()?;
+    if !output.status.success() {
+        return Err(io::Error::other(format!(
+            "openssl req failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )));
+    }
+    Ok((cert, key))
+}
+
 /// Runs `tools/lab` with `argument` and returns its standard output.
 pub fn lab_script(argument: &str) -> io::Result<String> {
     let output = Command::new(workspace_root().join("tools/lab"))
@@ -572,38 +622,7 @@ impl Nginx {
         for (name, content) in files {
             fs::write(dir.join("www").join(name), content)?;
         }
-        let cert = dir.join("cert.pem");
-        let key = dir.join("key.pem");
-        let openssl = Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-days",
-                "1",
-            ])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .args([
-                "-subj",
-                &format!("/CN={host_name}"),
-                "-addext",
-                &format!("subjectAltName=DNS:{host_name}"),
-            ])
-            .stdin(Stdio::null())
-            .output()?;
-        if !openssl.status.success() {
-            return Err(io::Error::other(format!(
-                "openssl req failed: {}",
-                String::from_utf8_lossy(&openssl.stderr)
-            )));
-        }
+        let (cert, key) = self_signed_certificate(&dir, host_name, &[])?;
         let d = dir.display();
         let (cert_path, key_path) = (cert.display(), key.display());
         let config = [

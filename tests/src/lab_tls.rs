@@ -26,7 +26,7 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::lab::{cutls_binary, in_namespace, lab_allowed, lab_script, ByteStream, Cutls, Lab};
+use crate::lab::{cutls_binary, in_namespace, lab_script, self_signed_certificate, ByteStream, Cutls, Lab};
 
 /// The name the certificate is for; clients pin it to a VIP (`curl --resolve`).
 pub const HOST: &str = "cutls.test";
@@ -46,18 +46,7 @@ pub const MIB_100: u64 = 100 << 20;
 /// Ports of the recording backends (one pool each).
 pub const RECORDING_PORTS: [u16; 2] = [9000, 9001];
 
-/// Whether to run; panics (fails the test) if the lab cannot be built and no one opted out
-/// with `CUTLS_SKIP_LAB=1`.
-pub fn lab_enabled() -> bool {
-    match lab_allowed() {
-        Ok(()) => true,
-        Err(reason) if std::env::var_os("CUTLS_SKIP_LAB").is_some() => {
-            eprintln!("lab test skipped: {reason}");
-            false
-        }
-        Err(reason) => panic!("{reason}"),
-    }
-}
+pub use crate::lab::lab_enabled;
 
 /// A protocol version a client is forced to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1059,7 +1048,7 @@ impl TlsLab {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("out")).expect("make the work directory");
         let temp = TempDir(dir.clone());
-        let cert = make_certificate(&dir, vip_v4, vip_v6).expect("make the certificate");
+        let (cert, _) = self_signed_certificate(&dir, HOST, &[vip_v4, vip_v6]).expect("make the certificate");
         let web = Web::start(&lab, &dir).expect("start nginx");
         let config = write_config(&dir, &lab, setup, &standard_listeners(vip_v4, vip_v6))
             .expect("write the cutls configuration");
@@ -1486,38 +1475,6 @@ fn parse_write_out(line: &str) -> Option<CurlTransfer> {
 pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-fn make_certificate(dir: &Path, vip_v4: IpAddr, vip_v6: IpAddr) -> io::Result<PathBuf> {
-    let cert = dir.join("cert.pem");
-    let key = dir.join("key.pem");
-    let output = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .args(["-subj", &format!("/CN={HOST}"), "-addext"])
-        .arg(format!("subjectAltName=DNS:{HOST},IP:{vip_v4},IP:{vip_v6}"))
-        .stdin(Stdio::null())
-        .output()?;
-    if !output.status.success() {
-        return Err(io::Error::other(format!(
-            "openssl req failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        )));
-    }
-    Ok(cert)
 }
 
 /// With `CUTLS_LAB_CAPTURE=DIR` (and tcpdump installed): captures the headers (128 bytes) of

@@ -13,25 +13,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use cutls_tests::lab::{
-    cutls_binary, lab_allowed, lab_script, sha256, tcp_transfer, ByteStream, Cutls, Lab, Nginx,
+    cutls_binary, lab_enabled, lab_script, sha256, tcp_transfer, ByteStream, Cutls, Lab, Nginx,
 };
 
 const TRANSFER_BYTES: u64 = 50 * 1000 * 1000;
 const DOWNLOAD_BYTES: usize = 4 * 1024 * 1024;
 const TRANSFER_PORT: u16 = 5001;
 const TLS_HOST: &str = "backend.lab";
-
-/// Whether to run; panics (fails the test) if the lab cannot be built and no one opted out.
-fn lab_enabled() -> bool {
-    match lab_allowed() {
-        Ok(()) => true,
-        Err(reason) if std::env::var_os("CUTLS_SKIP_LAB").is_some() => {
-            eprintln!("lab test skipped: {reason}");
-            false
-        }
-        Err(reason) => panic!("{reason}"),
-    }
-}
 
 fn download_blob() -> Vec<u8> {
     let mut blob = vec![0u8; DOWNLOAD_BYTES];
