@@ -147,23 +147,7 @@ pub fn packet_too_big_frame(link: Link, reporter: IpAddr, mtu: u32, quoted: &Seg
             let mut icmp = vec![2, 0, 0, 0];
             icmp.extend_from_slice(&mtu.to_be_bytes());
             icmp.extend_from_slice(quoted_bytes);
-            let checksum = upper_layer_checksum_v6(source, destination, IpProtocol::Icmpv6, &icmp);
-            icmp[2..4].copy_from_slice(&checksum.to_be_bytes());
-            let mut frame = vec![0u8; l2 + IPV6_HEADER_LEN + icmp.len()];
-            ethernet(link, EtherType::Ipv6, &mut frame)?;
-            Ipv6Repr {
-                source,
-                destination,
-                next_header: IpProtocol::Icmpv6,
-                payload_len: icmp.len(),
-                hop_limit: 64,
-                traffic_class: 0,
-                flow_label: 0,
-            }
-            .emit(&mut frame[l2..])
-            .ok()?;
-            frame[l2 + IPV6_HEADER_LEN..].copy_from_slice(&icmp);
-            Some(frame)
+            icmpv6_frame(link, source, destination, 64, icmp)
         }
         _ => None,
     }
@@ -230,6 +214,12 @@ pub fn ndp_frame(
     icmp[24] = if advertisement { 2 } else { 1 };
     icmp[25] = 1;
     icmp[26..32].copy_from_slice(&our_mac.0);
+    // RFC 4861 7.1: neighbour discovery messages carry hop limit 255.
+    icmpv6_frame(link, source, destination, 255, icmp)
+}
+
+/// An Ethernet + IPv6 frame carrying the ICMPv6 message `icmp`, its checksum filled in.
+fn icmpv6_frame(link: Link, source: Ipv6Addr, destination: Ipv6Addr, hop_limit: u8, mut icmp: Vec<u8>) -> Option<Vec<u8>> {
     let checksum = upper_layer_checksum_v6(source, destination, IpProtocol::Icmpv6, &icmp);
     icmp[2..4].copy_from_slice(&checksum.to_be_bytes());
     let l2 = link.header_len();
@@ -240,7 +230,7 @@ pub fn ndp_frame(
         destination,
         next_header: IpProtocol::Icmpv6,
         payload_len: icmp.len(),
-        hop_limit: 255,
+        hop_limit,
         traffic_class: 0,
         flow_label: 0,
     }
