@@ -269,16 +269,7 @@ fn golden_engine(addresses: &Addresses) -> Engine {
         mode: ReleaseMode::CutThrough,
         passthrough: None,
     };
-    Engine::new(EngineConfig {
-        listeners: vec![listener],
-        snat_address: None,
-        outside_mac: addresses.outside_mac,
-        inside_mac: addresses.inside_mac,
-        idle_timeout_ns: 60_000 * MS,
-        seed: GOLDEN_SEED,
-        syn_cookies_after: usize::MAX,
-        handshake_threads: 0,
-    })
+    lab_engine(listener, addresses, GOLDEN_SEED, usize::MAX)
 }
 
 /// Runs one exchange through a golden engine and writes what reached it and what it sent.
@@ -1013,16 +1004,7 @@ fn passthrough_lab(addresses: &Addresses, mixed: bool, seed: u64, wire: WireConf
             Arc::new(PassthroughRoute { backends, certificate_names: vec!["localhost".into()], default_certificate: true })
         }),
     };
-    let engine = Engine::new(EngineConfig {
-        listeners: vec![listener],
-        snat_address: None,
-        outside_mac: addresses.outside_mac,
-        inside_mac: addresses.inside_mac,
-        idle_timeout_ns: 60_000 * MS,
-        seed,
-        syn_cookies_after: usize::MAX,
-        handshake_threads: 0,
-    });
+    let engine = lab_engine(listener, addresses, seed, usize::MAX);
     let mut lab = hosts_around(EngineBox { engine, output: Output::default() }, addresses, seed, wire);
     lab.backends.plain_syn = true;
     lab
@@ -1125,7 +1107,14 @@ fn engine_lab_with(addresses: &Addresses, mode: ReleaseMode, seed: u64, wire: Wi
         mode,
         passthrough: None,
     };
-    let engine = Engine::new(EngineConfig {
+    let engine = lab_engine(listener, addresses, seed, syn_cookies_after);
+    hosts_around(EngineBox { engine, output: Output::default() }, addresses, seed, wire)
+}
+
+/// An engine with one listener, transparent, handshakes inline (deterministic), answering
+/// SYNs with cookies once `syn_cookies_after` sessions live.
+fn lab_engine(listener: ListenerSetup, addresses: &Addresses, seed: u64, syn_cookies_after: usize) -> Engine {
+    Engine::new(EngineConfig {
         listeners: vec![listener],
         snat_address: None,
         outside_mac: addresses.outside_mac,
@@ -1134,8 +1123,7 @@ fn engine_lab_with(addresses: &Addresses, mode: ReleaseMode, seed: u64, wire: Wi
         seed,
         syn_cookies_after,
         handshake_threads: 0,
-    });
-    hosts_around(EngineBox { engine, output: Output::default() }, addresses, seed, wire)
+    })
 }
 
 fn reference_lab(addresses: &Addresses, seed: u64, wire: WireConfig) -> Lab<ReferenceProxy> {

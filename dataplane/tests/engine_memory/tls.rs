@@ -57,23 +57,11 @@ fn ed25519_key(seed: [u8; 32]) -> KeyPair {
 /// deterministic X25519: the same client frames then get the same server frames, every run.
 /// Ed25519 signatures are deterministic already. No ticketer (its keys would be random).
 pub fn deterministic_server_config(secrets: Arc<dyn rustls::KeyLog>, seed: u64) -> Arc<ServerConfig> {
-    let pki = pki();
     let random: &'static SeededRandom = Box::leak(Box::new(SeededRandom(std::sync::Mutex::new(seed | 1))));
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     provider.secure_random = random;
     provider.kx_groups = vec![Box::leak(Box::new(DeterministicX25519 { random }))];
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki.key.clone()));
-    let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(pki.chain.clone(), key)
-        .expect("server certificate");
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    config.enable_secret_extraction = true;
-    config.key_log = secrets;
-    config.max_early_data_size = 0;
-    Arc::new(config)
+    box_config(provider, secrets)
 }
 
 /// xorshift64*: a test generator, not a secure one.
@@ -141,10 +129,15 @@ impl rustls::crypto::ActiveKeyExchange for X25519Exchange {
 /// The box's TLS configuration, as `cutls_control::tls::server_config` makes it: both versions,
 /// secret extraction on, the key log that hands TLS 1.3 traffic secrets to the engine.
 pub fn server_config(secrets: Arc<dyn rustls::KeyLog>) -> Arc<ServerConfig> {
+    box_config(rustls::crypto::aws_lc_rs::default_provider(), secrets)
+}
+
+/// What both configurations share: the test PKI's certificate, both versions, ALPN
+/// http/1.1, secret extraction and the key log on, no early data.
+fn box_config(provider: rustls::crypto::CryptoProvider, secrets: Arc<dyn rustls::KeyLog>) -> Arc<ServerConfig> {
     let pki = pki();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki.key.clone()));
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .expect("versions")
         .with_no_client_auth()
