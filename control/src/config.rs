@@ -13,6 +13,8 @@
 //! io = "xdp"                   # xdp | xdp-generic | packet
 //! mode = "transparent"         # transparent | snat
 //! snat_address = "198.18.2.1"  # required with mode = "snat"
+//! rx_checksum = "offload"      # offload | verify (see below)
+//! close_timeout = 60           # seconds a half-closed session may stay idle
 //!
 //! [[listener]]
 //! vip = "198.18.1.100:443"
@@ -40,6 +42,14 @@
 //! names, are spliced as plain TCP to this pool (ClientHellos without SNI use the default
 //! certificate if there is one, else go to this pool too). A listener whose own `pool` is
 //! passthrough already splices everything and takes no `passthrough_pool`.
+//!
+//! `rx_checksum`: every frame the box consumes has its IPv4 header and TCP checksums verified and
+//! is dropped (counted) when they are wrong. With `offload` (the default), a frame the frame
+//! I/O backend reports as already verified by the NIC or kernel (AF_PACKET's
+//! `TP_STATUS_CSUM_VALID`), or as a local sender's not-yet-filled checksum
+//! (`TP_STATUS_CSUMNOTREADY`), is taken as valid without computing it again, as Linux does;
+//! `verify` computes every checksum whatever the backend says. AF_XDP reports nothing, so
+//! there the box always computes.
 //!
 //! Relative paths are relative to the configuration file's folder.
 
@@ -78,6 +88,9 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// `close_timeout` when the file does not say: Linux's `tcp_fin_timeout`.
+pub const DEFAULT_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// How the box reaches the backends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AddressMode {
@@ -106,6 +119,10 @@ pub struct Config {
     pub inside: String,
     pub io: IoKind,
     pub mode: AddressMode,
+    /// Trust the receive path's checksum verdict where it has one (`rx_checksum = "offload"`).
+    pub trust_rx_checksum: bool,
+    /// How long a session that has begun to close may stay idle (`close_timeout`, seconds).
+    pub close_timeout: std::time::Duration,
     pub listeners: Vec<Listener>,
     pub pools: Vec<Pool>,
 }
@@ -162,6 +179,10 @@ struct RawBox {
     mode: Option<Spanned<String>>,
     #[serde(default)]
     snat_address: Option<Spanned<String>>,
+    #[serde(default)]
+    rx_checksum: Option<Spanned<String>>,
+    #[serde(default)]
+    close_timeout: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -271,6 +292,33 @@ impl Config {
             (Some((other, span)), _) => {
                 return Err(places.error(Some(span), "box.mode", format!("unknown mode {other:?} (transparent or snat)")))
             }
+        };
+        let trust_rx_checksum = match ports.rx_checksum.as_ref() {
+            None => true,
+            Some(value) => match value.get_ref().as_str() {
+                "offload" => true,
+                "verify" => false,
+                other => {
+                    return Err(places.error(
+                        Some(value.span()),
+                        "box.rx_checksum",
+                        format!("unknown checksum policy {other:?} (offload or verify)"),
+                    ))
+                }
+            },
+        };
+        let close_timeout = match ports.close_timeout.as_ref() {
+            None => DEFAULT_CLOSE_TIMEOUT,
+            Some(value) => match u64::try_from(*value.get_ref()) {
+                Ok(seconds @ 1..=3600) => std::time::Duration::from_secs(seconds),
+                _ => {
+                    return Err(places.error(
+                        Some(value.span()),
+                        "box.close_timeout",
+                        format!("{} seconds: must be 1 to 3600", value.get_ref()),
+                    ))
+                }
+            },
         };
         if ports.outside.get_ref() == ports.inside.get_ref() {
             return Err(places.error(Some(ports.inside.span()), "box.inside", "must differ from box.outside"));
@@ -403,6 +451,8 @@ impl Config {
             inside: ports.inside.get_ref().clone(),
             io,
             mode,
+            trust_rx_checksum,
+            close_timeout,
             listeners,
             pools,
         })

@@ -25,7 +25,7 @@ use cutls_dataplane::session::{Engine, EngineConfig, ListenerSetup, Output, Pass
 use cutls_dataplane::wire::{parse_frame, ArpOperation, EthernetAddress, LinkType, SeqNumber, TcpFlags, TcpOptions};
 
 use harness::frames::{arp_frame, fragmentation_needed, ndp_frame, solicited_node, summarize, tcp_frame, Outgoing};
-use harness::hosts::{BackendExpectation, BackendHost, ClientHost, ConnectionPlan, Corruption};
+use harness::hosts::{BackendExpectation, BackendHost, ClientHost, CloseStyle, ConnectionPlan, Corruption};
 use harness::reference::ReferenceProxy;
 use harness::tls::{client_config, deterministic_server_config, server_config, Suite};
 use harness::{content, kind, Addresses, Emitted, Hop, Lab, Middlebox, Side, WireConfig, MS, PATH_MTU_ROUTER};
@@ -135,6 +135,108 @@ fn a_client_may_close_right_after_the_handshake() {
             let backend_clean = lab.backends.session_for(client).is_none_or(|b| !b.tcp.reset_received);
             assert!(clean && backend_clean, "{}", lab.stuck("a clean close right after the handshake"));
             assert!(lab.settle(SETTLE_NS), "{}", lab.stuck("the box to drop the session"));
+        }
+    }
+}
+
+// ---- closing (issue 8) ----
+
+/// Every way a TLS connection ends politely, both TLS versions: the client's close_notify
+/// then FIN at once (curl), close_notify then a wait for the box's before its FIN (OpenSSL's
+/// bidirectional shutdown, Python's `unwrap()`), a FIN without close_notify; with the client
+/// closing first or the backend closing as soon as its response is out. Each time: the client
+/// gets the box's close_notify, both TCP connections close without a RST, the session ends as
+/// `ended_fin`, and the table empties.
+#[test]
+fn polite_closes_end_cleanly_both_ways() {
+    for suite in [Suite::Tls13Aes128Gcm, Suite::Tls12EcdsaAes128Gcm] {
+        for close in [CloseStyle::Eager, CloseStyle::AwaitCloseNotify, CloseStyle::FinOnly] {
+            for backend_closes_first in [false, true] {
+                for (upload, download) in [(0, 0), (1000, 20_000)] {
+                    if upload == 0 && backend_closes_first {
+                        continue; // a backend that closes before any request is a refusal, not a close
+                    }
+                    let lab = Exchange::new(suite).sizes(upload, download).close(close, backend_closes_first).run();
+                    let counters = lab.boxed.engine.counters();
+                    let what = format!("{suite:?} {close:?} backend first {backend_closes_first} {upload}/{download}");
+                    assert_eq!(counters.ended_fin, 1, "{what}: {counters:?}");
+                    assert_eq!(counters.ended_close_timeout + counters.ended_idle, 0, "{what}: {counters:?}");
+                    let client = &lab.client.sessions[0];
+                    assert!(client.close_notify_received && client.tcp.is_finished(), "{what}: {}", client.describe());
+                }
+            }
+        }
+    }
+}
+
+/// A client that closes politely while the box's last segments are lost, on a lossy and
+/// reordering wire: retransmitted FINs are acknowledged (from TIME-WAIT once the session is
+/// gone), never reset.
+#[test]
+fn polite_closes_survive_loss() {
+    for seed in 1..=12 {
+        let wire = WireConfig { loss_ppm: 30_000, reorder_ppm: 20_000, seed, ..WireConfig::default() };
+        for close in [CloseStyle::AwaitCloseNotify, CloseStyle::Eager] {
+            let lab = Exchange::new(Suite::Tls13Chacha20).sizes(2000, 30_000).close(close, seed % 2 == 0).wire(wire).run();
+            assert_eq!(lab.boxed.engine.counters().ended_fin, 1, "seed {seed}: {:?}", lab.boxed.engine.counters());
+        }
+    }
+}
+
+/// Issue 8's scale case: 1,000 connections that close the OpenSSL way (close_notify, wait for
+/// the box's, FIN), all open at once, leave no session behind.
+#[test]
+fn a_thousand_polite_closes_at_once_leave_nothing() {
+    let addresses = Addresses::ipv4();
+    let mut lab = engine_lab(&addresses, ReleaseMode::CutThrough, 1000, WireConfig::default());
+    let extras = || Extras { close: CloseStyle::AwaitCloseNotify, ..Extras::default() };
+    let sessions: Vec<usize> =
+        (0..1000).map(|i| open(&mut lab, Suite::Tls13Aes128Gcm, 100, 300, i as u64, extras())).collect();
+    lab.run_until("1,000 polite closes", EXCHANGE_LIMIT_NS, |lab| sessions.iter().all(|&s| exchange_finished(lab, s)));
+    for &session in &sessions {
+        assert_clean_exchange(&lab, session, Suite::Tls13Aes128Gcm);
+    }
+    assert!(lab.settle(SETTLE_NS), "{}", lab.stuck("no session left after 1,000 polite closes"));
+    let counters = lab.boxed.engine.counters();
+    assert_eq!(counters.ended_fin, 1000, "{counters:?}");
+}
+
+// ---- integrity: checksums (issue 8) ----
+
+/// A bit flipped on the way to the box, checksum unchanged (bad cable, faulty NIC), in either
+/// direction, IPv4 and IPv6: the box drops the frame and counts it, exactly as a TCP stack
+/// would, the peer sends it again, and both sides get exact bytes. Before, the box sealed a
+/// corrupted backend segment into a valid record, and a corrupted client segment ended the
+/// session with bad_record_mac.
+#[test]
+fn corrupted_segments_are_dropped_and_resent() {
+    for (suite, ipv6) in [(Suite::Tls13Aes128Gcm, false), (Suite::Tls12EcdsaChacha20, true), (Suite::Tls12EcdsaAes256Gcm, false)] {
+        for seed in 1..=3 {
+            let wire = WireConfig { corrupt_ppm: 20_000, seed, ..WireConfig::default() };
+            let exchange = Exchange::new(suite).sizes(300_000, 400_000).wire(wire);
+            let lab = if ipv6 { exchange.ipv6().run() } else { exchange.run() };
+            let counters = lab.boxed.engine.counters();
+            let what = format!("{suite:?} ipv6 {ipv6} seed {seed}: {} corrupted", lab.segments_corrupted);
+            assert!(counters.bad_checksum_drops_outside > 0 && counters.bad_checksum_drops_inside > 0, "{what}: {counters:?}");
+            assert_eq!(counters.ended_tag_failure, 0, "{what}");
+        }
+    }
+}
+
+/// The handshake too: a corrupted SYN, ClientHello, client Finished and backend SYN-ACK are
+/// each dropped before they change anything (a SYN with a bad checksum used to be answered).
+#[test]
+fn corrupted_handshake_segments_are_dropped() {
+    for ipv6 in [false, true] {
+        for first in 0..4 {
+            let corrupt = [(Hop::ClientToBox, first), (Hop::BackendToBox, 0), (Hop::BackendToBox, first + 1)];
+            let exchange = Exchange::new(Suite::Tls13Aes256Gcm).sizes(5000, 5000).corrupt_once(&corrupt);
+            let lab = if ipv6 { exchange.ipv6().run() } else { exchange.run() };
+            let counters = lab.boxed.engine.counters();
+            assert_eq!(lab.segments_corrupted, 3, "harness: three segments corrupted");
+            assert_eq!(counters.bad_checksum_drops_outside, 1, "ipv6 {ipv6} first {first}: {counters:?}");
+            assert_eq!(counters.bad_checksum_drops_inside, 2, "ipv6 {ipv6} first {first}: {counters:?}");
+            assert_eq!(counters.sessions_started, 1, "{counters:?}");
         }
     }
 }
@@ -399,6 +501,7 @@ fn backend_plaintext_never_reaches_the_outside() {
             hold_request_ns: 5 * MS,
             corrupt: Some((corruption, 16384 + 100)),
             respond_at_once: true,
+            ..Extras::default()
         };
         let session = open(&mut lab, Suite::Tls13Aes128Gcm, 40_000, 4 * MIB, 13, extras);
         lab.run_until("the client to give up", 10_000 * MS, |lab| lab.client.sessions[session].is_finished());
@@ -645,6 +748,10 @@ struct Exchange {
     wire: WireConfig,
     write_after_handshake: bool,
     seed: u64,
+    close: CloseStyle,
+    backend_closes_first: bool,
+    /// TCP segments (per hop, counted from 0) to corrupt on their way to the box.
+    corrupt_once: Vec<(Hop, u64)>,
 }
 
 impl Exchange {
@@ -658,7 +765,21 @@ impl Exchange {
             wire: WireConfig::default(),
             write_after_handshake: false,
             seed: 1,
+            close: CloseStyle::Eager,
+            backend_closes_first: false,
+            corrupt_once: Vec::new(),
         }
+    }
+
+    fn close(mut self, close: CloseStyle, backend_closes_first: bool) -> Exchange {
+        self.close = close;
+        self.backend_closes_first = backend_closes_first;
+        self
+    }
+
+    fn corrupt_once(mut self, segments: &[(Hop, u64)]) -> Exchange {
+        self.corrupt_once = segments.to_vec();
+        self
     }
 
     fn sizes(mut self, upload: usize, download: usize) -> Exchange {
@@ -703,7 +824,13 @@ impl Exchange {
             self.upload,
             self.download
         );
-        let extras = Extras { write_after_handshake: self.write_after_handshake, ..Extras::default() };
+        let extras = Extras {
+            write_after_handshake: self.write_after_handshake,
+            close: self.close,
+            backend_closes_first: self.backend_closes_first,
+            ..Extras::default()
+        };
+        lab.corrupt_once = self.corrupt_once.clone();
         let session = open(&mut lab, self.suite, self.upload, self.download, self.seed, extras);
         lab.run_until(&format!("{what}: exchange to finish"), EXCHANGE_LIMIT_NS, |lab| exchange_finished(lab, session));
         assert_clean_exchange(&lab, session, self.suite);
@@ -763,11 +890,15 @@ struct Extras {
     corrupt: Option<(Corruption, usize)>,
     /// The backend streams its response from the start, while the request is still coming.
     respond_at_once: bool,
+    /// How the client closes.
+    close: CloseStyle,
+    /// The backend closes as soon as its response is written.
+    backend_closes_first: bool,
 }
 
 /// Opens a client connection and tells the backend what to expect from it.
 fn open<M: Middlebox>(lab: &mut Lab<M>, suite: Suite, upload: usize, download: usize, seed: u64, extras: Extras) -> usize {
-    let Extras { write_after_handshake, hold_request_ns, corrupt, respond_at_once } = extras;
+    let Extras { write_after_handshake, hold_request_ns, corrupt, respond_at_once, close, backend_closes_first } = extras;
     let head = format!("POST /upload HTTP/1.1\r\nhost: localhost\r\ncontent-length: {upload}\r\n\r\n");
     let request = content(&head, upload, seed.wrapping_mul(31).wrapping_add(1));
     let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {download}\r\n\r\n");
@@ -780,10 +911,16 @@ fn open<M: Middlebox>(lab: &mut Lab<M>, suite: Suite, upload: usize, download: u
         hold_request_ns,
         corrupt: corrupt.map(|(corruption, _)| corruption),
         plain: false,
+        close,
     });
     let client = lab.client.address_of(session);
-    let expectation =
-        BackendExpectation { request, response, tolerate_flip_at: corrupt.map(|(_, at)| at), respond_at_once };
+    let expectation = BackendExpectation {
+        request,
+        response,
+        tolerate_flip_at: corrupt.map(|(_, at)| at),
+        respond_at_once,
+        close_first: backend_closes_first,
+    };
     lab.backends.expect(client, expectation);
     session
 }
@@ -846,7 +983,8 @@ fn assert_clean_exchange<M: Middlebox>(lab: &Lab<M>, session: usize, suite: Suit
 fn retransmission_timeouts<M: Middlebox>(lab: &Lab<M>, session: usize) -> Option<String> {
     let client = &lab.client.sessions[session];
     let backend = lab.backends.session_for(client.tcp.local)?;
-    let realistic = lab.wire.lossless() && lab.wire.client_latency_ns >= 4 * lab.wire.backend_latency_ns;
+    let realistic =
+        lab.wire.lossless() && lab.corrupt_once.is_empty() && lab.wire.client_latency_ns >= 4 * lab.wire.backend_latency_ns;
     let backend_speaks_first = client.request_len() == 0 && !client.expected_response().is_empty();
     let backend_timeouts = if backend_speaks_first { 0 } else { backend.tcp.retransmission_timeouts };
     (realistic && (client.tcp.retransmission_timeouts > 0 || backend_timeouts > 0)).then(|| {
@@ -983,9 +1121,10 @@ fn open_plain(lab: &mut Lab<EngineBox>, upload: usize, download: usize, seed: u6
         hold_request_ns: 0,
         corrupt: None,
         plain: true,
+        close: CloseStyle::Eager,
     });
     let client = lab.client.address_of(session);
-    lab.backends.expect(client, BackendExpectation { request, response, tolerate_flip_at: None, respond_at_once });
+    lab.backends.expect(client, BackendExpectation { request, response, tolerate_flip_at: None, respond_at_once, close_first: false });
     session
 }
 
@@ -1120,6 +1259,8 @@ fn lab_engine(listener: ListenerSetup, addresses: &Addresses, seed: u64, syn_coo
         outside_mac: addresses.outside_mac,
         inside_mac: addresses.inside_mac,
         idle_timeout_ns: 60_000 * MS,
+        close_timeout_ns: 30_000 * MS,
+        trust_rx_checksum: true,
         seed,
         syn_cookies_after,
         handshake_threads: 0,

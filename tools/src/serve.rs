@@ -102,6 +102,8 @@ pub fn serve(config: &Config, stop: &AtomicBool) -> io::Result<()> {
         outside_mac: interface_mac(&config.outside)?,
         inside_mac: interface_mac(&config.inside)?,
         idle_timeout_ns: IDLE_TIMEOUT.as_nanos() as u64,
+        close_timeout_ns: config.close_timeout.as_nanos() as u64,
+        trust_rx_checksum: config.trust_rx_checksum,
         seed: seed(),
         syn_cookies_after: SYN_COOKIES_AFTER,
         handshake_threads: HANDSHAKE_THREADS,
@@ -142,8 +144,10 @@ fn poll_loop<P: FrameIo>(mut engine: Engine, mut outside: P, mut inside: P, stop
             };
             let frames = source.recv_batch(BATCH)?;
             worked |= !frames.is_empty();
-            for frame in frames.iter() {
-                engine.handle_frame(now, port, frame, &mut out);
+            for index in 0..frames.len() {
+                if let Some(frame) = frames.get(index) {
+                    engine.handle_received(now, port, frame, frames.checksum(index), &mut out);
+                }
             }
             drop(frames);
             flush(&mut out, &mut outside, &mut inside)?;

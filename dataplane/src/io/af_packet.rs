@@ -22,7 +22,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{fence, AtomicU32, Ordering};
 
 use super::sys::{self, Mapping};
-use super::{port_error, FrameIo, Frames, PortStats, RawFrame, SendReport};
+use super::{port_error, FrameIo, Frames, PortStats, RawFrame, RxChecksum, SendReport};
 
 const TPACKET_V2: libc::c_int = 1;
 const TPACKET_V3: libc::c_int = 2;
@@ -44,6 +44,8 @@ const TP_STATUS_USER: u32 = 1;
 const TP_STATUS_AVAILABLE: u32 = 0;
 const TP_STATUS_SEND_REQUEST: u32 = 1;
 const TP_STATUS_WRONG_FORMAT: u32 = 1 << 2;
+const TP_STATUS_CSUMNOTREADY: u32 = 1 << 3;
+const TP_STATUS_CSUM_VALID: u32 = 1 << 7;
 const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
 const TP_STATUS_VLAN_TPID_VALID: u32 = 1 << 6;
 
@@ -496,7 +498,7 @@ impl RxRing {
             }
             // SAFETY: `start + len <= block_end <= ring.len()`, checked above.
             let data = unsafe { self.ring.base().add(start) };
-            self.raw.push(RawFrame::new(data, len));
+            self.raw.push(RawFrame::with_checksum(data, len, rx_checksum(status)));
         }
         if self.frames_left == 0 && self.raw.is_empty() {
             // Nothing usable in this block: hand it back now rather than on the next call.
@@ -669,12 +671,12 @@ impl SocketIo {
                 self.buffers.push(vec![0u8; SOCKET_BUFFER]);
             }
             let buffer = &mut self.buffers[filled];
-            let Some((start, len)) = receive_one(&self.socket, buffer, unusable)? else {
+            let Some((start, len, checksum)) = receive_one(&self.socket, buffer, unusable)? else {
                 break;
             };
             filled += 1;
             self.raw
-                .push(RawFrame::new(buffer[start..].as_mut_ptr(), len));
+                .push(RawFrame::with_checksum(buffer[start..].as_mut_ptr(), len, checksum));
         }
         // SAFETY: each frame lies in its own buffer of `self.buffers`, which is not touched until
         // the next `recv_batch`, and that cannot run while the batch borrows `self`.
@@ -717,7 +719,7 @@ fn receive_one(
     socket: &OwnedFd,
     buffer: &mut [u8],
     unusable: &mut u64,
-) -> io::Result<Option<(usize, usize)>> {
+) -> io::Result<Option<(usize, usize, RxChecksum)>> {
     loop {
         let room = &mut buffer[VLAN_TAG_LEN..];
         let mut iov = libc::iovec {
@@ -762,15 +764,27 @@ fn receive_one(
                     ETH_P_8021Q
                 };
                 match restore_vlan_tag(buffer, VLAN_TAG_LEN, len, tpid, aux.tp_vlan_tci) {
-                    Some(start) => return Ok(Some((start, len + VLAN_TAG_LEN))),
+                    Some(start) => return Ok(Some((start, len + VLAN_TAG_LEN, rx_checksum(aux.tp_status)))),
                     None => {
                         *unusable += 1;
                         continue;
                     }
                 }
             }
-            _ => return Ok(Some((VLAN_TAG_LEN, len))),
+            Some(aux) => return Ok(Some((VLAN_TAG_LEN, len, rx_checksum(aux.tp_status)))),
+            None => return Ok(Some((VLAN_TAG_LEN, len, RxChecksum::Unknown))),
         }
+    }
+}
+
+/// The checksum state a frame's `tp_status` reports.
+fn rx_checksum(status: u32) -> RxChecksum {
+    if status & TP_STATUS_CSUMNOTREADY != 0 {
+        RxChecksum::NotComputed
+    } else if status & TP_STATUS_CSUM_VALID != 0 {
+        RxChecksum::Verified
+    } else {
+        RxChecksum::Unknown
     }
 }
 

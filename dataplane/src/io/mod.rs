@@ -117,6 +117,22 @@ pub struct Frames<'port> {
 pub struct RawFrame {
     data: *mut u8,
     len: usize,
+    checksum: RxChecksum,
+}
+
+/// What the receive path (NIC and kernel) says of a received frame's transport checksum, where
+/// the backend can tell (AF_PACKET's `tp_status`); the session engine uses it instead of
+/// computing the checksum again when its configuration trusts offloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RxChecksum {
+    /// Nothing known: the checksum must be computed (AF_XDP, pcap, memory, most veths).
+    #[default]
+    Unknown,
+    /// The NIC or the kernel verified it (`TP_STATUS_CSUM_VALID`: `CHECKSUM_UNNECESSARY`).
+    Verified,
+    /// A frame of a local sender with transmit offload whose checksum is not filled in yet
+    /// (`TP_STATUS_CSUMNOTREADY`: `CHECKSUM_PARTIAL`): it never crossed a wire.
+    NotComputed,
 }
 
 // SAFETY: a `RawFrame` is an address and a length; the memory is only reached through
@@ -129,7 +145,12 @@ unsafe impl Sync for RawFrame {}
 impl RawFrame {
     /// Describes `len` bytes at `data`.
     pub fn new(data: *mut u8, len: usize) -> Self {
-        RawFrame { data, len }
+        RawFrame { data, len, checksum: RxChecksum::Unknown }
+    }
+
+    /// Describes `len` bytes at `data` whose checksum state the backend knows.
+    pub fn with_checksum(data: *mut u8, len: usize, checksum: RxChecksum) -> Self {
+        RawFrame { data, len, checksum }
     }
 }
 
@@ -170,6 +191,11 @@ impl<'port> Frames<'port> {
         // SAFETY: `from_raw`'s contract: the bytes are valid and unaliased for 'port, and `&self`
         // keeps them from being handed out mutably at the same time.
         Some(unsafe { std::slice::from_raw_parts(raw.data, raw.len) })
+    }
+
+    /// What the receive path said of the checksum of the frame at `index`.
+    pub fn checksum(&self, index: usize) -> RxChecksum {
+        self.slices.get(index).map_or(RxChecksum::Unknown, |raw| raw.checksum)
     }
 
     /// The frame at `index`, writable in place (a rewrite before forwarding needs no copy).

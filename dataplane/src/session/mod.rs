@@ -34,8 +34,9 @@ use std::sync::Arc;
 
 use cutls_crypto::ReleaseMode;
 
+use crate::io::RxChecksum;
 use crate::wire::{
-    parse_frame, ArpOperation, EthernetAddress, LinkType, NetworkPayload, TcpFlags, Transport,
+    parse_frame_with, ArpOperation, EthernetAddress, LinkType, NetworkPayload, TcpFlags, Transport, TransportChecksum,
 };
 use emit::Link;
 use handover::SecretLog;
@@ -85,6 +86,14 @@ pub struct EngineConfig {
     pub outside_mac: EthernetAddress,
     pub inside_mac: EthernetAddress,
     pub idle_timeout_ns: u64,
+    /// How long a session that has begun to close (one side's FIN or close_notify carried to
+    /// the other) may stay idle before both sides are reset: the box's FIN-WAIT-2 and
+    /// CLOSE-WAIT bound (Linux's `tcp_fin_timeout` is 60 s).
+    pub close_timeout_ns: u64,
+    /// Take the frame I/O backend's receive checksum verdict ([`RxChecksum`]) where it has one,
+    /// instead of computing the TCP/ICMP checksum again. Frames without a verdict are always
+    /// verified; the IPv4 header checksum always is.
+    pub trust_rx_checksum: bool,
     pub seed: u64,
     /// Live sessions above which SYNs are answered with SYN cookies and no state.
     pub syn_cookies_after: usize,
@@ -123,6 +132,9 @@ pub struct Counters {
     pub sessions_passthrough: u64,
     pub handshakes_completed: u64,
     pub ended_fin: u64,
+    /// Sessions reset because, once closing, they stayed idle past the close timeout, or the
+    /// backend never acknowledged the box's FIN.
+    pub ended_close_timeout: u64,
     pub ended_client_reset: u64,
     pub ended_backend_reset: u64,
     pub ended_tls_error: u64,
@@ -151,12 +163,41 @@ pub struct Counters {
     pub icmp_ignored: u64,
     /// ... for a passthrough session: sent on to the peer whose segments were too big.
     pub path_mtu_relayed: u64,
+    /// Frames the box would have consumed (for a VIP, the SNAT address, a session or a flow
+    /// in TIME-WAIT) whose IPv4 header or TCP/ICMP checksum is wrong: dropped, as a TCP
+    /// stack drops them, so that the peer sends them again. Per port they came in on.
+    pub bad_checksum_drops_outside: u64,
+    pub bad_checksum_drops_inside: u64,
+    /// Client bytes after its close_notify: ignored (RFC 8446 6.1).
+    pub client_bytes_after_close: u64,
+    /// FINs sent again on a connection the box closed, acknowledged from TIME-WAIT.
+    pub time_wait_acks: u64,
 }
 
 /// How long an ended session's backend flow is still recognised (its late segments are reset
 /// and dropped rather than bridged), and how many such flows are kept at most.
 const ENDED_FLOW_TTL_NS: u64 = 120_000_000_000;
 const MAX_ENDED_FLOWS: usize = 1 << 16;
+/// TIME-WAIT toward the client of a session closed with FINs (Linux: 60 s), and how many
+/// such flows are kept at most (past that, a FIN sent again gets a RST, which also ends it).
+const TIME_WAIT_NS: u64 = 60_000_000_000;
+const MAX_TIME_WAIT_FLOWS: usize = 1 << 16;
+
+/// A backend flow of an ended session.
+#[derive(Clone, Copy, Debug)]
+struct EndedFlow {
+    until_ns: u64,
+    /// Closed with FINs: a FIN sent again is acknowledged (TIME-WAIT), with this timestamp
+    /// value if the flow had timestamps. Otherwise every segment but a RST is reset.
+    time_wait: Option<Option<u32>>,
+}
+
+/// A client flow in TIME-WAIT.
+#[derive(Clone, Copy, Debug)]
+struct TimeWait {
+    until_ns: u64,
+    timestamps: bool,
+}
 
 /// MSS classes a SYN cookie can remember (the largest not above the client's is offered).
 const COOKIE_MSS: [u16; 4] = [536, 1220, 1440, 1460];
@@ -189,7 +230,9 @@ pub struct Engine {
     resolving: HashSet<IpAddr>,
     /// Backend -> client flows of ended sessions, until the time given: their segments are
     /// answered with RST and dropped, never bridged (they would carry plaintext to the client).
-    ended_backend_flows: HashMap<FlowKey, u64>,
+    ended_backend_flows: HashMap<FlowKey, EndedFlow>,
+    /// Client -> VIP flows of sessions closed with FINs, until the time given.
+    time_wait_clients: HashMap<FlowKey, TimeWait>,
     next_id: u64,
     next_backend: Vec<usize>,
     /// Round robin over each listener's passthrough pool.
@@ -227,6 +270,7 @@ impl Engine {
             inside_macs: HashMap::new(),
             resolving: HashSet::new(),
             ended_backend_flows: HashMap::new(),
+            time_wait_clients: HashMap::new(),
             next_id: 1,
             next_backend: vec![0; listeners],
             next_passthrough: vec![0; listeners],
@@ -248,9 +292,18 @@ impl Engine {
         self.sessions.len()
     }
 
-    /// A frame received on `port`.
+    /// A frame received on `port`, nothing known of its checksums.
     pub fn handle_frame(&mut self, now_ns: u64, port: Port, frame: &[u8], out: &mut Output) {
-        let Ok(parsed) = parse_frame(LinkType::Ethernet, frame) else {
+        self.handle_received(now_ns, port, frame, RxChecksum::Unknown, out);
+    }
+
+    /// A frame received on `port`, with what the receive path said of its checksum.
+    pub fn handle_received(&mut self, now_ns: u64, port: Port, frame: &[u8], checksum: RxChecksum, out: &mut Output) {
+        let transport_checksum = match checksum {
+            RxChecksum::Verified | RxChecksum::NotComputed if self.config.trust_rx_checksum => TransportChecksum::Offloaded,
+            _ => TransportChecksum::Verify,
+        };
+        let Ok(parsed) = parse_frame_with(LinkType::Ethernet, frame, transport_checksum) else {
             self.counters.frames_unparsed_bridged += 1;
             self.bridge(port, frame, out);
             return;
@@ -308,11 +361,17 @@ impl Engine {
                 if port == Port::Inside {
                     self.inside_macs.entry(ip.source).or_insert(link.source);
                 }
+                // Nothing the box consumes may change its state before its checksums verify.
+                let header_intact = ip.header_checksum_valid != Some(false);
                 match transport {
                     Transport::Tcp(tcp) => {
                         let source = SocketAddr::new(ip.source, tcp.src_port);
                         let destination = SocketAddr::new(ip.destination, tcp.dst_port);
                         let key = FlowKey { source, destination };
+                        if !(header_intact && tcp.checksum_valid) && self.consumes_tcp(port, key) {
+                            self.count_bad_checksum(port);
+                            return;
+                        }
                         let session = match port {
                             Port::Outside => self.by_client.get(&key).copied(),
                             Port::Inside => self.by_backend.get(&key).copied(),
@@ -324,12 +383,19 @@ impl Engine {
                             return;
                         }
                         if port == Port::Inside {
-                            if let Some(&until) = self.ended_backend_flows.get(&key) {
-                                if now_ns < until {
+                            if let Some(&ended) = self.ended_backend_flows.get(&key) {
+                                if now_ns < ended.until_ns {
                                     // A backend still talking to an ended session: reset it,
-                                    // and never let its plaintext cross to the outside.
-                                    if !tcp.flags.contains(TcpFlags::RST) {
-                                        session::reset_segment(Port::Inside, link, key, tcp, out);
+                                    // and never let its plaintext cross to the outside. After
+                                    // a clean close, its FIN sent again is acknowledged.
+                                    match ended.time_wait {
+                                        Some(ts_value) if tcp.flags.contains(TcpFlags::FIN) && !tcp.flags.contains(TcpFlags::RST) => {
+                                            self.counters.time_wait_acks += 1;
+                                            session::time_wait_ack(Port::Inside, link, key, tcp, ts_value, out);
+                                        }
+                                        Some(_) if tcp.payload.is_empty() && !tcp.flags.contains(TcpFlags::SYN) => {}
+                                        _ if tcp.flags.contains(TcpFlags::RST) => {}
+                                        _ => session::reset_segment(Port::Inside, link, key, tcp, out),
                                     }
                                     return;
                                 }
@@ -340,6 +406,9 @@ impl Engine {
                             if let Some(listener) = self.listener_for(destination) {
                                 let syn = tcp.flags.contains(TcpFlags::SYN);
                                 let ack = tcp.flags.contains(TcpFlags::ACK);
+                                if self.time_wait(now_ns, key, link, tcp, out) {
+                                    return;
+                                }
                                 if syn && !ack && self.sessions.len() >= self.config.syn_cookies_after {
                                     self.answer_with_cookie(now_ns, key, link, tcp, out);
                                 } else if syn && !ack {
@@ -365,12 +434,21 @@ impl Engine {
                         self.bridge(port, frame, out);
                     }
                     Transport::Icmpv4(message) | Transport::Icmpv6(message) if message.mtu.is_some() => {
-                        if !self.path_mtu(now_ns, port, ip.source, message, out) {
+                        if !self.path_mtu(now_ns, port, ip.source, header_intact, message, out) {
                             self.bridge(port, frame, out);
                         }
                     }
                     Transport::Icmpv6(message) if message.msg_type == 135 || message.msg_type == 136 => {
                         let target = ndp_target(message.message);
+                        if !message.checksum_valid {
+                            // RFC 4861 7.1.1: never believed. Dropped if it was for the box.
+                            if target.is_some_and(|target| self.ndp_for_box(port, message.msg_type, IpAddr::V6(target))) {
+                                self.count_bad_checksum(port);
+                            } else {
+                                self.bridge(port, frame, out);
+                            }
+                            return;
+                        }
                         if port == Port::Inside && message.msg_type == 136 {
                             if let (Some(target), Some(mac)) = (target, ndp_link_address(message.message)) {
                                 self.inside_macs.insert(IpAddr::V6(target), mac);
@@ -573,21 +651,34 @@ impl Engine {
             resolving: &mut self.resolving,
             pool: self.pool.as_ref(),
             idle_timeout_ns: self.config.idle_timeout_ns,
+            close_timeout_ns: self.config.close_timeout_ns,
         };
         let mut event = work(session, &mut context);
         if let Some(SessionEvent::Passthrough) = event {
             event = self.pass_through(id, now_ns, out);
         }
-        if let Some(SessionEvent::Ended) = event {
+        let closed = matches!(event, Some(SessionEvent::Closed));
+        if let Some(SessionEvent::Ended | SessionEvent::Closed) = event {
             if let Some(session) = self.sessions.remove(&id) {
-                self.by_client.remove(&FlowKey { source: session.client(), destination: session.vip() });
+                let client_flow = FlowKey { source: session.client(), destination: session.vip() };
+                self.by_client.remove(&client_flow);
                 let backend_flow = FlowKey { source: session.backend(), destination: session.backend_source() };
                 self.by_backend.remove(&backend_flow);
                 if self.ended_backend_flows.len() >= MAX_ENDED_FLOWS {
-                    self.ended_backend_flows.retain(|_, until| *until > now_ns);
+                    self.ended_backend_flows.retain(|_, ended| ended.until_ns > now_ns);
                 }
                 if self.ended_backend_flows.len() < MAX_ENDED_FLOWS {
-                    self.ended_backend_flows.insert(backend_flow, now_ns + ENDED_FLOW_TTL_NS);
+                    let time_wait = closed.then(|| session.backend_ts_value());
+                    self.ended_backend_flows.insert(backend_flow, EndedFlow { until_ns: now_ns + ENDED_FLOW_TTL_NS, time_wait });
+                }
+                if closed {
+                    if self.time_wait_clients.len() >= MAX_TIME_WAIT_FLOWS {
+                        self.time_wait_clients.retain(|_, entry| entry.until_ns > now_ns);
+                    }
+                    if self.time_wait_clients.len() < MAX_TIME_WAIT_FLOWS {
+                        let entry = TimeWait { until_ns: now_ns + TIME_WAIT_NS, timestamps: session.client_timestamps() };
+                        self.time_wait_clients.insert(client_flow, entry);
+                    }
                 }
             }
         }
@@ -597,7 +688,15 @@ impl Engine {
     /// session (the box's own, toward the client on the outside port or toward the backend on
     /// the inside one), the session takes the smaller MTU and the message is consumed; others
     /// are bridged like any frame the box does not terminate.
-    fn path_mtu(&mut self, now_ns: u64, port: Port, reporter: IpAddr, message: &crate::wire::IcmpMessage<'_>, out: &mut Output) -> bool {
+    fn path_mtu(
+        &mut self,
+        now_ns: u64,
+        port: Port,
+        reporter: IpAddr,
+        header_intact: bool,
+        message: &crate::wire::IcmpMessage<'_>,
+        out: &mut Output,
+    ) -> bool {
         let (Some(mtu), Some(quoted)) = (message.mtu, message.embedded) else { return false };
         let (Some((source_port, destination_port)), Some(seq)) = (quoted.ports, quoted.tcp_seq_number) else { return false };
         if quoted.protocol != crate::wire::IpProtocol::Tcp {
@@ -612,6 +711,10 @@ impl Engine {
             Port::Inside => self.by_backend.get(&key).copied(),
         };
         let Some(id) = id else { return false };
+        if !header_intact {
+            self.count_bad_checksum(port);
+            return true;
+        }
         if !message.checksum_valid {
             self.counters.icmp_ignored += 1;
             return true;
@@ -695,6 +798,56 @@ impl Engine {
             }
         }
         None
+    }
+
+    /// Whether a TCP segment of flow `key` on `port` is one the box would consume rather than
+    /// bridge: for a session, a VIP, the SNAT address, or an ended session's backend flow.
+    fn consumes_tcp(&self, port: Port, key: FlowKey) -> bool {
+        match port {
+            Port::Outside => self.by_client.contains_key(&key) || self.listener_for(key.destination).is_some(),
+            Port::Inside => {
+                self.by_backend.contains_key(&key)
+                    || self.ended_backend_flows.contains_key(&key)
+                    || self.config.snat_address == Some(key.destination.ip())
+            }
+        }
+    }
+
+    /// Whether an NDP message on `port` about `target` is one the box would consume.
+    fn ndp_for_box(&self, port: Port, msg_type: u8, target: IpAddr) -> bool {
+        match (port, msg_type) {
+            (Port::Inside, 136) => self.resolving.contains(&target),
+            (Port::Inside, 135) => self.config.snat_address == Some(target),
+            (Port::Outside, 135) => self.is_vip(target),
+            _ => false,
+        }
+    }
+
+    fn count_bad_checksum(&mut self, port: Port) {
+        match port {
+            Port::Outside => self.counters.bad_checksum_drops_outside += 1,
+            Port::Inside => self.counters.bad_checksum_drops_inside += 1,
+        }
+    }
+
+    /// A client segment for a flow the box closed with FINs: a FIN sent again is acknowledged
+    /// (the box's last ACK was lost), a RST ends the wait, a pure ACK is dropped; a SYN ends the
+    /// wait and starts a new connection, and anything else gets the RST a VIP without a session
+    /// gives. Returns whether the segment was handled here.
+    fn time_wait(&mut self, now_ns: u64, key: FlowKey, link: Link, tcp: &crate::wire::TcpSegment<'_>, out: &mut Output) -> bool {
+        let Some(&entry) = self.time_wait_clients.get(&key) else { return false };
+        let flags = tcp.flags;
+        if now_ns >= entry.until_ns || flags.contains(TcpFlags::SYN) || flags.contains(TcpFlags::RST) {
+            self.time_wait_clients.remove(&key);
+            return flags.contains(TcpFlags::RST);
+        }
+        if flags.contains(TcpFlags::FIN) {
+            self.counters.time_wait_acks += 1;
+            let ts_value = entry.timestamps.then(|| session::ts_now(now_ns));
+            session::time_wait_ack(Port::Outside, link, key, tcp, ts_value, out);
+            return true;
+        }
+        tcp.payload.is_empty()
     }
 
     fn release_waiting_for_mac(&mut self, now_ns: u64, out: &mut Output) {

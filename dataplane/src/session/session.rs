@@ -39,12 +39,18 @@ pub(crate) struct Context<'a> {
     /// Addresses the box is resolving on the inside port: their replies are the box's.
     pub resolving: &'a mut std::collections::HashSet<IpAddr>,
     pub idle_timeout_ns: u64,
+    /// How long a session that has begun to close may stay idle (FIN-WAIT-2, CLOSE-WAIT).
+    pub close_timeout_ns: u64,
     /// Where handshakes run: `None` inline.
     pub pool: Option<&'a HandshakePool>,
 }
 
 pub(crate) enum SessionEvent {
     Ended,
+    /// Both sides closed with FIN and acknowledged each other's: the engine keeps the two
+    /// 4-tuples in TIME-WAIT a while (a peer whose last ACK from the box was lost sends its FIN
+    /// again and must get that ACK, not a RST).
+    Closed,
     /// The connection is to be spliced as plain TCP to the listener's passthrough pool: the
     /// engine picks the backend and calls [`Session::start_passthrough`].
     Passthrough,
@@ -59,6 +65,9 @@ const MAX_RECORD_OVERHEAD: u16 = 29;
 const MAX_HANDSHAKE_BYTES: usize = 64 * 1024;
 const INITIAL_RTO_NS: u64 = 1_000_000_000;
 const MAX_RETRIES: u32 = 6;
+/// The box's FIN toward the backend is sent again after this (doubling each time), at most
+/// `MAX_RETRIES` times.
+const FIN_RTO_NS: u64 = 200_000_000;
 /// Our window scale toward the client (when it offers one).
 const OUR_WINDOW_SCALE: u8 = 7;
 /// Records the box keeps for retransmission before it stops taking new backend data.
@@ -322,10 +331,23 @@ struct Splice {
     /// The client's FIN (client offset), once seen, and whether it went to the backend.
     client_fin: Option<u64>,
     client_fin_forwarded: bool,
-    /// The client closed with close_notify: a FIN goes to the backend after its data.
-    client_close_notify: bool,
+    /// The client's close_notify (client offset just past the alert record), once verified: a
+    /// FIN goes to the backend after the data before it, and client bytes past it are ignored
+    /// (RFC 8446 6.1).
+    client_close_notify: Option<u64>,
     backend_acked_fin: bool,
     client_acked_fin: bool,
+    /// The box's FIN toward the backend, until the backend acknowledges it: when to send it
+    /// again, and how many times it went.
+    fin_to_backend_deadline_ns: Option<u64>,
+    fin_to_backend_tries: u32,
+    /// The backend's latest acknowledgement of client plaintext (data only).
+    backend_acked_plaintext: u64,
+    /// The box acknowledged the backend's FIN: with the box's own FIN acknowledged too, the
+    /// backend's connection is closed (LAST-ACK done), and any further segment would get a RST.
+    backend_fin_ack_sent: bool,
+    /// The acknowledgement (backend offset) of the last segment the box sent the backend.
+    last_ack_to_backend: u64,
     /// The backend's receive window, in bytes.
     backend_window: u64,
     /// Our acknowledgement toward the client, mapped from the backend's: a client offset.
@@ -442,6 +464,22 @@ impl Session {
         self.backend_source
     }
 
+    /// The box's timestamp clock toward the backend (the client's, passed on), if the backend
+    /// connection has timestamps.
+    pub(crate) fn backend_ts_value(&self) -> Option<u32> {
+        let backend = match (&self.splice, &self.backend_state) {
+            (Some(splice), _) => splice.backend,
+            (None, Backend::Established(info)) => *info,
+            _ => return None,
+        };
+        backend.timestamps.then_some(self.client_ts_recent)
+    }
+
+    /// Whether the client's connection has timestamps (the box's clock is `ts_now`).
+    pub(crate) fn client_timestamps(&self) -> bool {
+        self.timestamps
+    }
+
     pub(crate) fn tls_in_flight(&self) -> bool {
         self.tls_in_flight
     }
@@ -505,6 +543,9 @@ impl Session {
             return Some(SessionEvent::Ended);
         }
         if let Some(event) = self.poll_backend(context) {
+            return Some(event);
+        }
+        if let Some(event) = self.poll_close(context) {
             return Some(event);
         }
         if let Some(splice) = self.splice.as_mut() {
@@ -790,7 +831,7 @@ impl Session {
 
     fn send_ack_to_client(&mut self, context: &mut Context<'_>) {
         // A pure ACK carries our next sequence number, or the client would take it as old.
-        let offset = self.splice.as_ref().map_or(self.sent, |splice| splice.cipher_frontier);
+        let offset = self.splice.as_ref().map_or(self.sent, |splice| splice.next_offset());
         self.send_to_client(context, TcpFlags::ACK, offset, &[]);
     }
 
@@ -1063,7 +1104,7 @@ impl Session {
         }
         if tcp.flags.contains(TcpFlags::RST) {
             context.counters.ended_backend_reset += 1;
-            let offset = self.splice.as_ref().map_or(self.sent, |splice| splice.cipher_frontier);
+            let offset = self.splice.as_ref().map_or(self.sent, |splice| splice.next_offset());
             self.send_to_client(context, TcpFlags::RST | TcpFlags::ACK, offset, &[]);
             return Some(SessionEvent::Ended);
         }
@@ -1158,7 +1199,9 @@ impl Session {
         else {
             return;
         };
-        let plaintext = self.splice.as_ref().map_or(0, |splice| splice.forwarded_plaintext);
+        // Past the box's FIN once it went: a RST at the FIN's own number is outside the window.
+        let plaintext =
+            self.splice.as_ref().map_or(0, |splice| splice.forwarded_plaintext + splice.client_fin_forwarded as u64);
         let segment = Segment {
             source: self.backend_source,
             destination: self.backend,
@@ -1177,7 +1220,7 @@ impl Session {
             self.reset_plain(context, plain);
             return;
         }
-        let offset = self.splice.as_ref().map_or(self.sent, |splice| splice.cipher_frontier);
+        let offset = self.splice.as_ref().map_or(self.sent, |splice| splice.next_offset());
         let mut options = TcpOptions::default();
         options.timestamp = None;
         let segment = Segment {
@@ -1223,9 +1266,14 @@ impl Session {
             client_fin_cipher: None,
             client_fin: None,
             client_fin_forwarded: false,
-            client_close_notify: false,
+            client_close_notify: None,
             backend_acked_fin: false,
             client_acked_fin: false,
+            fin_to_backend_deadline_ns: None,
+            fin_to_backend_tries: 0,
+            backend_acked_plaintext: 0,
+            backend_fin_ack_sent: false,
+            last_ack_to_backend: 0,
             backend_window: 65535,
             backend_acked_cipher: self.client_handshake_len,
             forwarded_plaintext: 0,
@@ -1277,39 +1325,61 @@ impl Session {
         };
         let _ = client_window;
         let mut forwarded = false;
-        if !tcp.payload.is_empty() {
-            let end = offset + tcp.payload.len() as u64;
+        // The box sent the client an ACK for this segment already.
+        let mut acknowledged = false;
+        // Nothing after a close_notify is opened (RFC 8446 6.1: it is ignored).
+        let payload = match splice.client_close_notify {
+            Some(close) if offset + tcp.payload.len() as u64 > close => {
+                context.counters.client_bytes_after_close += (offset + tcp.payload.len() as u64 - close.max(offset)) as u64;
+                &tcp.payload[..close.saturating_sub(offset) as usize]
+            }
+            _ => tcp.payload,
+        };
+        if !payload.is_empty() {
+            let end = offset + payload.len() as u64;
             if end <= self.client_handshake_len {
                 // A retransmitted handshake record: acknowledge it again.
                 self.send_ack_to_client(context);
             } else {
                 let skip = self.client_handshake_len.saturating_sub(offset) as usize;
                 let ts = tcp.options.timestamp;
-                match self.open_client_bytes(context, offset + skip as u64, tcp.payload[skip..].to_vec(), ts) {
+                match self.open_client_bytes(context, offset + skip as u64, payload[skip..].to_vec(), ts) {
                     Ok(opened) => {
                         forwarded = opened.forwarded;
                         if opened.acknowledged {
                             self.send_ack_to_client(context);
+                            acknowledged = true;
                         }
                     }
                     Err(event) => return Some(event),
                 }
             }
         }
+        let mut fin_acknowledged = false;
         if tcp.flags.contains(TcpFlags::FIN) {
             let fin_offset = offset + tcp.payload.len() as u64;
             if let Some(splice) = self.splice.as_mut() {
-                splice.client_fin = Some(fin_offset);
+                splice.client_fin.get_or_insert(fin_offset);
+                // The backend already has the box's FIN (the client's close_notify carried the
+                // close first), or this is the FIN again after the box's ACK of it was lost.
+                fin_acknowledged = splice.client_fin_forwarded && splice.backend_acked_fin;
             }
         }
+        let fin_was_forwarded = self.splice.as_ref().is_some_and(|splice| splice.client_fin_forwarded);
         if let Some(event) = self.forward_client_fin(context) {
             return Some(event);
         }
-        if !forwarded {
+        // The FIN that just went carries the same acknowledgement a pure ACK would.
+        let fin_sent_now = !fin_was_forwarded && self.splice.as_ref().is_some_and(|splice| splice.client_fin_forwarded);
+        if fin_acknowledged {
+            self.send_ack_to_client(context);
+            acknowledged = true;
+        }
+        if !forwarded && !fin_sent_now {
             // A pure acknowledgement or window update: pass it on.
             self.ack_backend(context, tcp.options.timestamp);
         }
-        if !tcp.payload.is_empty() {
+        if !tcp.payload.is_empty() && !acknowledged {
             if let Some(splice) = self.splice.as_ref() {
                 let end = offset + tcp.payload.len() as u64;
                 if end <= splice.client_ack_offset(self.client_handshake_len) {
@@ -1334,6 +1404,9 @@ impl Session {
         let mut out = std::mem::take(&mut splice.out);
         let mut result = splice.opener.open(offset, &mut chunk, &mut out);
         let mut key_update_answer = false;
+        // A record the box consumed itself (close_notify, KeyUpdate): no plaintext of it reaches
+        // the backend, so no backend acknowledgement will ever cover it; the box acknowledges it.
+        let mut consumed_without_data = false;
         loop {
             match result {
                 Err(OpenError::TagMismatch { .. }) => {
@@ -1367,12 +1440,17 @@ impl Session {
                                         splice.opener.rekey(&next.traffic_keys(next_aead(&splice.sealer)));
                                         splice.client_secret = Some(next);
                                         key_update_answer |= *request == 1;
+                                        consumed_without_data = true;
                                     }
                                     _ => return Err(self.fail_tls(context)),
                                 }
                             }
                             ContentType::Alert => match plaintext.as_deref() {
-                                Some([_, 0]) => splice.client_close_notify = true,
+                                Some([_, 0]) => {
+                                    let end = done.stream_offset + done.record_len as u64;
+                                    splice.client_close_notify.get_or_insert(end);
+                                    consumed_without_data = true;
+                                }
                                 _ => {
                                     context.counters.ended_client_reset += 1;
                                     self.reset_backend(context);
@@ -1389,6 +1467,14 @@ impl Session {
             }
         }
         let Some(splice) = self.splice.as_mut() else { return Ok(opened) };
+        if consumed_without_data {
+            let cipher = splice.opener.ciphertext_for_plaintext_ack(splice.backend_acked_plaintext);
+            if cipher > splice.backend_acked_cipher {
+                splice.opener.acknowledge(cipher);
+                splice.backend_acked_cipher = cipher;
+                opened.acknowledged = true;
+            }
+        }
         // Verify-first holds records whole: a client whose congestion window is smaller than a
         // record would wait forever for an acknowledgement, so the box acknowledges in-order
         // bytes it took and owes their plaintext to the backend (see `custody`).
@@ -1470,7 +1556,10 @@ impl Session {
         client_ts: Option<TcpTimestamp>,
     ) {
         let Some(splice) = self.splice.as_mut() else { return };
-        splice.forwarded_plaintext = splice.forwarded_plaintext.max(plaintext_offset + payload.len() as u64);
+        if !payload.is_empty() {
+            // Only data moves it: a pure ACK past the box's FIN must not count the FIN as data.
+            splice.forwarded_plaintext = splice.forwarded_plaintext.max(plaintext_offset + payload.len() as u64);
+        }
         let backend = splice.backend;
         let mut options = TcpOptions::default();
         if backend.timestamps {
@@ -1481,6 +1570,8 @@ impl Session {
         }
         options.sack_blocks = splice.sack_for_backend;
         let plaintext_acked = splice.backend_plaintext_acked();
+        splice.backend_fin_ack_sent |= splice.client_acked_fin;
+        splice.last_ack_to_backend = plaintext_acked;
         let window_scale = self.syn.window_scale.unwrap_or(0);
         // The client's window is in ciphertext; the backend's plaintext fits it with overhead.
         let client_window = self.client_window * 16 / 17;
@@ -1499,6 +1590,19 @@ impl Session {
 
     fn ack_backend(&mut self, context: &mut Context<'_>, ts: Option<TcpTimestamp>) {
         let Some(splice) = self.splice.as_ref() else { return };
+        if splice.backend_acked_fin && splice.backend_fin_ack_sent {
+            // Both FINs crossed and were acknowledged: the backend's connection is gone.
+            return;
+        }
+        if splice.client_fin_forwarded
+            && splice.sack_for_backend.as_slice().is_empty()
+            && splice.backend_plaintext_acked() == splice.last_ack_to_backend
+        {
+            // After the box's FIN the client sends no data: an ACK that acknowledges nothing new
+            // and reports no loss tells the backend nothing (and a backend in TIME-WAIT or
+            // LAST-ACK may answer it with a RST).
+            return;
+        }
         let offset = splice.forwarded_plaintext + splice.client_fin_forwarded as u64;
         self.send_to_backend(context, offset, TcpFlags::ACK, &[], ts);
     }
@@ -1509,15 +1613,49 @@ impl Session {
         if splice.client_fin_forwarded {
             return None;
         }
-        let complete = match splice.client_fin {
-            Some(fin) => splice.opener.is_idle() && splice.opener.next_header_offset() >= fin,
-            None => false,
+        // The client's stream ends at its close_notify or at its FIN, whichever comes first,
+        // once every record before that end is verified.
+        let end = match (splice.client_close_notify, splice.client_fin) {
+            (Some(close), _) => Some(close),
+            (None, fin) => fin,
         };
+        let complete = end.is_some_and(|end| splice.opener.is_idle() && splice.opener.next_header_offset() >= end);
         if complete {
-            let offset = splice.opener.next_plaintext_offset();
             splice.client_fin_forwarded = true;
-            self.send_to_backend(context, offset, TcpFlags::FIN | TcpFlags::ACK, &[], None);
+            splice.fin_to_backend_deadline_ns = Some(context.now_ns + FIN_RTO_NS);
+            self.send_fin_to_backend(context);
         }
+        None
+    }
+
+    fn send_fin_to_backend(&mut self, context: &mut Context<'_>) {
+        let Some(splice) = self.splice.as_ref() else { return };
+        let offset = splice.opener.next_plaintext_offset();
+        self.send_to_backend(context, offset, TcpFlags::FIN | TcpFlags::ACK, &[], None);
+    }
+
+    /// The splice's close timers: the box's FIN toward the backend until acknowledged, and a
+    /// bound on how long a half-closed session may sit idle.
+    fn poll_close(&mut self, context: &mut Context<'_>) -> Option<SessionEvent> {
+        let splice = self.splice.as_mut()?;
+        let closing = splice.client_fin_forwarded || splice.backend_fin.is_some();
+        if closing && context.now_ns.saturating_sub(self.last_activity_ns) > context.close_timeout_ns {
+            context.counters.ended_close_timeout += 1;
+            self.reset_both(context);
+            return Some(SessionEvent::Ended);
+        }
+        let deadline = splice.fin_to_backend_deadline_ns?;
+        if context.now_ns < deadline {
+            return None;
+        }
+        splice.fin_to_backend_tries += 1;
+        if splice.fin_to_backend_tries > MAX_RETRIES {
+            context.counters.ended_close_timeout += 1;
+            self.reset_both(context);
+            return Some(SessionEvent::Ended);
+        }
+        splice.fin_to_backend_deadline_ns = Some(context.now_ns + (FIN_RTO_NS << splice.fin_to_backend_tries));
+        self.send_fin_to_backend(context);
         None
     }
 
@@ -1544,7 +1682,9 @@ impl Session {
             let data_acked = acked.min(splice.opener.next_plaintext_offset());
             if splice.client_fin_forwarded && acked > splice.opener.next_plaintext_offset() {
                 splice.backend_acked_fin = true;
+                splice.fin_to_backend_deadline_ns = None;
             }
+            splice.backend_acked_plaintext = splice.backend_acked_plaintext.max(data_acked);
             let cipher = splice.opener.ciphertext_for_plaintext_ack(data_acked);
             splice.opener.acknowledge(cipher);
             splice.backend_acked_cipher = cipher;
@@ -1560,8 +1700,12 @@ impl Session {
         }
         if tcp.flags.contains(TcpFlags::FIN) {
             let fin_offset = offset + tcp.payload.len() as u64;
+            let mut ack_fin_again = false;
             if let Some(splice) = self.splice.as_mut() {
-                if splice.backend_fin.is_none() && fin_offset == splice.plaintext_frontier {
+                if splice.backend_fin.is_some() && splice.backend_fin_ack_sent {
+                    // The backend's FIN again: the box's ACK of it was lost.
+                    ack_fin_again = true;
+                } else if splice.backend_fin.is_none() && fin_offset == splice.plaintext_frontier {
                     splice.backend_fin = Some(fin_offset);
                     // close_notify, sealed, carries the FIN to the client.
                     splice.push_synthetic(ContentType::Alert, vec![1, 0], true);
@@ -1570,12 +1714,16 @@ impl Session {
                     sent = true;
                 }
             }
+            if ack_fin_again {
+                let offset = self.splice.as_ref().map_or(0, |splice| splice.forwarded_plaintext + splice.client_fin_forwarded as u64);
+                self.send_to_backend(context, offset, TcpFlags::ACK, &[], None);
+            }
         }
         if !sent {
             let Some(splice) = self.splice.as_ref() else { return None };
             let window = (splice.window_for_client(self.client_handshake_len) >> self.our_window_scale).min(65535) as u16;
             let ack_offset = splice.client_ack_offset(self.client_handshake_len);
-            self.emit_to_client(context, TcpFlags::ACK, splice.cipher_frontier, ack_offset, window, &[]);
+            self.emit_to_client(context, TcpFlags::ACK, splice.next_offset(), ack_offset, window, &[]);
         }
         self.check_closed(context)
     }
@@ -1717,11 +1865,15 @@ impl Session {
 
     fn check_closed(&mut self, context: &mut Context<'_>) -> Option<SessionEvent> {
         let splice = self.splice.as_ref()?;
-        let client_done = splice.client_fin_forwarded && splice.backend_acked_fin;
+        // The client's side is done when its FIN came and the box acknowledged it (which it does
+        // once the backend has the box's FIN); the backend's when the client acknowledged the
+        // box's close_notify and FIN (and the box's acknowledgement of the backend's FIN went out
+        // with the client's).
+        let client_done = splice.client_fin.is_some() && splice.client_fin_forwarded && splice.backend_acked_fin;
         let backend_done = splice.backend_fin.is_some() && splice.client_acked_fin;
         if client_done && backend_done {
             context.counters.ended_fin += 1;
-            return Some(SessionEvent::Ended);
+            return Some(SessionEvent::Closed);
         }
         None
     }
@@ -2037,6 +2189,12 @@ impl Session {
 }
 
 impl Splice {
+    /// Our next offset toward the client: past the FIN once the box sent it (a pure ACK or a
+    /// RST at the FIN's own sequence number is outside the client's window and dropped).
+    fn next_offset(&self) -> u64 {
+        self.cipher_frontier + self.client_fin_cipher.is_some() as u64
+    }
+
     /// The client acknowledged our offset `acked`: forget records it has, note its FIN ack.
     fn client_ack(&mut self, acked: u64) {
         if acked > self.client_acked_cipher {
@@ -2217,6 +2375,27 @@ pub(crate) fn reset_segment(port: Port, link: Link, key: FlowKey, tcp: &TcpSegme
     out.push(port, emit::tcp_frame(link.reversed(), &segment));
 }
 
+/// TIME-WAIT's answer to a FIN sent again on a connection the box closed: the ACK of it, as
+/// `tcp` asks for it. `ts_value` is the box's clock on that connection (timestamps on it).
+pub(crate) fn time_wait_ack(port: Port, link: Link, key: FlowKey, tcp: &TcpSegment<'_>, ts_value: Option<u32>, out: &mut Output) {
+    let len = tcp.payload.len() as u32 + tcp.flags.contains(TcpFlags::FIN) as u32;
+    let mut options = TcpOptions::default();
+    if let (Some(value), Some(theirs)) = (ts_value, tcp.options.timestamp) {
+        options.timestamp = Some(TcpTimestamp { value, echo_reply: theirs.value });
+    }
+    let segment = Segment {
+        source: key.destination,
+        destination: key.source,
+        seq: tcp.ack_number.0,
+        ack: tcp.seq_number.0.wrapping_add(len),
+        flags: TcpFlags::ACK,
+        window: 0,
+        options,
+        payload: &[],
+    };
+    out.push(port, emit::tcp_frame(link.reversed(), &segment));
+}
+
 /// Length of the whole TLS records at the start of `bytes`.
 fn complete_records_len(bytes: &[u8]) -> usize {
     let mut at = 0;
@@ -2231,6 +2410,6 @@ fn complete_records_len(bytes: &[u8]) -> usize {
 }
 
 /// Our timestamp clock: milliseconds.
-fn ts_now(now_ns: u64) -> u32 {
+pub(crate) fn ts_now(now_ns: u64) -> u32 {
     (now_ns / 1_000_000) as u32
 }

@@ -116,7 +116,8 @@ pub struct TcpSegment<'a> {
     pub header_len: usize,
     pub options: TcpOptions,
     /// Whether the checksum verifies under the pseudo-header (false in captures taken on a
-    /// sender with checksum offload).
+    /// sender with checksum offload), or the receive path vouched for it
+    /// ([`TransportChecksum::Offloaded`]).
     pub checksum_valid: bool,
     pub payload: &'a [u8],
 }
@@ -206,6 +207,24 @@ impl<'a> Frame<'a> {
 /// tags, Linux SLL/SLL2, BSD loopback, raw IP), then ARP or IP (IPv4 options skipped, IPv6
 /// extension headers walked), then TCP or ICMP unless the packet is a fragment.
 pub fn parse_frame(link: LinkType, bytes: &[u8]) -> Result<Frame<'_>, WireError> {
+    parse_frame_with(link, bytes, TransportChecksum::Verify)
+}
+
+/// Who vouches for the transport checksums (TCP, ICMP, ICMPv6) of a received frame: the idea
+/// of smoltcp's `ChecksumCapabilities`, for the receive side only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransportChecksum {
+    /// Compute and report them (`checksum_valid`).
+    #[default]
+    Verify,
+    /// The receive path already verified them (a NIC's receive checksum offload, as the frame
+    /// I/O backend reported it): `checksum_valid` is set without computing. The IPv4 header
+    /// checksum (20 bytes) is always computed.
+    Offloaded,
+}
+
+/// [`parse_frame`], with the transport checksums verified or taken as `checksum`.
+pub fn parse_frame_with(link: LinkType, bytes: &[u8], checksum: TransportChecksum) -> Result<Frame<'_>, WireError> {
     let (link_info, network) = match link {
         LinkType::Ethernet => {
             let ethernet = super::ethernet::Frame::new_checked(bytes)?;
@@ -271,11 +290,11 @@ pub fn parse_frame(link: LinkType, bytes: &[u8]) -> Result<Frame<'_>, WireError>
     };
 
     let (vlan_tags, network) = match network {
-        Network::Ip(version, packet) => (VlanTags::default(), parse_ip(version, packet)?),
+        Network::Ip(version, packet) => (VlanTags::default(), parse_ip(version, packet, checksum)?),
         Network::Tagged(stack) => {
             // `walk_tags` checked every tag against the buffer, so the offset is inside it.
             let payload = bytes.get(stack.payload_offset..).unwrap_or_default();
-            (stack.tags, parse_ethertype(stack.inner_ethertype, payload)?)
+            (stack.tags, parse_ethertype(stack.inner_ethertype, payload, checksum)?)
         }
     };
     Ok(Frame {
@@ -292,10 +311,10 @@ enum Network<'a> {
     Ip(IpVersion, &'a [u8]),
 }
 
-fn parse_ethertype(ethertype: EtherType, payload: &[u8]) -> Result<NetworkPayload<'_>, WireError> {
+fn parse_ethertype(ethertype: EtherType, payload: &[u8], checksum: TransportChecksum) -> Result<NetworkPayload<'_>, WireError> {
     match ethertype {
-        EtherType::Ipv4 => parse_ip(IpVersion::V4, payload),
-        EtherType::Ipv6 => parse_ip(IpVersion::V6, payload),
+        EtherType::Ipv4 => parse_ip(IpVersion::V4, payload, checksum),
+        EtherType::Ipv6 => parse_ip(IpVersion::V6, payload, checksum),
         EtherType::Arp => match arp::Packet::new_checked(payload) {
             Ok(packet) => Ok(NetworkPayload::Arp(ArpRepr::parse(&packet))),
             Err(WireError::Unsupported { .. }) => Ok(NetworkPayload::Other {
@@ -311,14 +330,14 @@ fn parse_ethertype(ethertype: EtherType, payload: &[u8]) -> Result<NetworkPayloa
     }
 }
 
-fn parse_ip(version: IpVersion, packet: &[u8]) -> Result<NetworkPayload<'_>, WireError> {
+fn parse_ip(version: IpVersion, packet: &[u8], checksum: TransportChecksum) -> Result<NetworkPayload<'_>, WireError> {
     match version {
-        IpVersion::V4 => parse_ipv4(packet),
-        IpVersion::V6 => parse_ipv6(packet),
+        IpVersion::V4 => parse_ipv4(packet, checksum),
+        IpVersion::V6 => parse_ipv6(packet, checksum),
     }
 }
 
-fn parse_ipv4(bytes: &[u8]) -> Result<NetworkPayload<'_>, WireError> {
+fn parse_ipv4(bytes: &[u8], checksum: TransportChecksum) -> Result<NetworkPayload<'_>, WireError> {
     let packet = ipv4::Packet::new_checked(bytes)?;
     let header_len = packet.header_len();
     let fragment = packet.is_fragment().then(|| FragmentInfo {
@@ -338,11 +357,11 @@ fn parse_ipv4(bytes: &[u8]) -> Result<NetworkPayload<'_>, WireError> {
     };
     // The view borrows `bytes`; take the payload from `bytes` itself for the frame's lifetime.
     let payload = &bytes[header_len..usize::from(packet.total_len())];
-    let transport = parse_transport(&ip, payload)?;
+    let transport = parse_transport(&ip, payload, checksum)?;
     Ok(NetworkPayload::Ip { ip, transport })
 }
 
-fn parse_ipv6(bytes: &[u8]) -> Result<NetworkPayload<'_>, WireError> {
+fn parse_ipv6(bytes: &[u8], checksum: TransportChecksum) -> Result<NetworkPayload<'_>, WireError> {
     let packet = ipv6::Packet::new_checked(bytes)?;
     let payload = &bytes[ipv6::HEADER_LEN..ipv6::HEADER_LEN + usize::from(packet.payload_len())];
     let walk = ipv6::walk_extension_headers(packet.next_header(), payload)?;
@@ -360,11 +379,11 @@ fn parse_ipv6(bytes: &[u8]) -> Result<NetworkPayload<'_>, WireError> {
         }),
         header_checksum_valid: None,
     };
-    let transport = parse_transport(&ip, &payload[walk.upper_offset..])?;
+    let transport = parse_transport(&ip, &payload[walk.upper_offset..], checksum)?;
     Ok(NetworkPayload::Ip { ip, transport })
 }
 
-fn parse_transport<'a>(ip: &IpInfo, data: &'a [u8]) -> Result<Transport<'a>, WireError> {
+fn parse_transport<'a>(ip: &IpInfo, data: &'a [u8], checksum: TransportChecksum) -> Result<Transport<'a>, WireError> {
     if ip.fragment.is_some() {
         return Ok(Transport::Fragment {
             protocol: ip.protocol,
@@ -372,14 +391,14 @@ fn parse_transport<'a>(ip: &IpInfo, data: &'a [u8]) -> Result<Transport<'a>, Wir
         });
     }
     match (ip.version, ip.protocol) {
-        (_, IpProtocol::Tcp) => parse_tcp(ip, data).map(Transport::Tcp),
-        (IpVersion::V4, IpProtocol::Icmp) => parse_icmpv4(data).map(Transport::Icmpv4),
-        (IpVersion::V6, IpProtocol::Icmpv6) => parse_icmpv6(ip, data).map(Transport::Icmpv6),
+        (_, IpProtocol::Tcp) => parse_tcp(ip, data, checksum).map(Transport::Tcp),
+        (IpVersion::V4, IpProtocol::Icmp) => parse_icmpv4(data, checksum).map(Transport::Icmpv4),
+        (IpVersion::V6, IpProtocol::Icmpv6) => parse_icmpv6(ip, data, checksum).map(Transport::Icmpv6),
         (_, protocol) => Ok(Transport::Other { protocol, data }),
     }
 }
 
-fn parse_tcp<'a>(ip: &IpInfo, segment: &'a [u8]) -> Result<TcpSegment<'a>, WireError> {
+fn parse_tcp<'a>(ip: &IpInfo, segment: &'a [u8], checksum: TransportChecksum) -> Result<TcpSegment<'a>, WireError> {
     let packet = tcp::Packet::new_checked(segment)?;
     let header_len = packet.header_len();
     Ok(TcpSegment {
@@ -392,12 +411,12 @@ fn parse_tcp<'a>(ip: &IpInfo, segment: &'a [u8]) -> Result<TcpSegment<'a>, WireE
         urgent_pointer: packet.urgent_pointer(),
         header_len,
         options: packet.parse_options()?,
-        checksum_valid: packet.verify_checksum(ip.source, ip.destination),
+        checksum_valid: checksum == TransportChecksum::Offloaded || packet.verify_checksum(ip.source, ip.destination),
         payload: &segment[header_len..],
     })
 }
 
-fn parse_icmpv4(message: &[u8]) -> Result<IcmpMessage<'_>, WireError> {
+fn parse_icmpv4(message: &[u8], checksum: TransportChecksum) -> Result<IcmpMessage<'_>, WireError> {
     let packet = icmpv4::Packet::new_checked(message)?;
     let msg_type = packet.msg_type();
     Ok(IcmpMessage {
@@ -409,15 +428,16 @@ fn parse_icmpv4(message: &[u8]) -> Result<IcmpMessage<'_>, WireError> {
         } else {
             None
         },
-        checksum_valid: packet.verify_checksum(),
+        checksum_valid: checksum == TransportChecksum::Offloaded || packet.verify_checksum(),
         message,
     })
 }
 
-fn parse_icmpv6<'a>(ip: &IpInfo, message: &'a [u8]) -> Result<IcmpMessage<'a>, WireError> {
+fn parse_icmpv6<'a>(ip: &IpInfo, message: &'a [u8], checksum: TransportChecksum) -> Result<IcmpMessage<'a>, WireError> {
     let packet = icmpv6::Packet::new_checked(message)?;
     let msg_type = packet.msg_type();
     let checksum_valid = match (ip.source, ip.destination) {
+        _ if checksum == TransportChecksum::Offloaded => true,
         (IpAddr::V6(source), IpAddr::V6(destination)) => {
             packet.verify_checksum(source, destination)
         }

@@ -47,8 +47,8 @@ pub use arp::{ArpOperation, ArpRepr, Packet as ArpPacket};
 pub use embedded::EmbeddedPacket;
 pub use ethernet::{EtherType, EthernetAddress, EthernetRepr, Frame as EthernetFrame};
 pub use frame::{
-    parse_frame, FragmentInfo, Frame, IcmpMessage, IpInfo, IpVersion, LinkInfo, LinkType,
-    NetworkPayload, TcpSegment, Transport,
+    parse_frame, parse_frame_with, FragmentInfo, Frame, IcmpMessage, IpInfo, IpVersion, LinkInfo, LinkType,
+    NetworkPayload, TcpSegment, Transport, TransportChecksum,
 };
 pub use icmpv4::{Icmpv4Type, Packet as Icmpv4Packet};
 pub use icmpv6::{Icmpv6Type, Packet as Icmpv6Packet};

@@ -283,3 +283,28 @@ pub fn fragmentation_needed(frame: &[u8], mtu: u16, router: std::net::Ipv4Addr) 
     out.extend(icmp);
     out
 }
+
+/// Flips one bit of a TCP frame and leaves every checksum as it was, as a bad cable or a
+/// faulty NIC would: of an IPv4 frame's TTL one time in four (only the IPv4 header checksum
+/// catches that), otherwise of the payload, or of the window field of a segment without one.
+/// `random` picks the place. Returns false for a frame that is not TCP.
+pub fn flip_tcp_bit(frame: &mut [u8], random: u64) -> bool {
+    let Ok(parsed) = parse_frame(LinkType::Ethernet, frame) else { return false };
+    let (Some(ip), Some(tcp)) = (parsed.ip(), parsed.tcp()) else { return false };
+    let base = frame.as_ptr() as usize;
+    let payload_at = tcp.payload.as_ptr() as usize - base;
+    let payload_len = tcp.payload.len();
+    let tcp_at = payload_at - tcp.header_len;
+    let ip_at = tcp_at - ip.header_len;
+    let ipv4 = ip.source.is_ipv4();
+    let (at, bit) = if ipv4 && random >> 62 == 0 {
+        (ip_at + 8, random % 8)
+    } else if payload_len > 0 {
+        let bit = (random % (payload_len as u64 * 8)) as usize;
+        (payload_at + bit / 8, (bit % 8) as u64)
+    } else {
+        (tcp_at + 14 + (random % 2) as usize, random % 8)
+    };
+    frame[at] ^= 1 << bit;
+    true
+}

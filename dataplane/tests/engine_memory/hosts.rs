@@ -43,6 +43,21 @@ pub struct ConnectionPlan {
     /// Plain TCP: the request goes out as it is and the response comes back as it is (a
     /// passthrough listener); `config` is not used.
     pub plain: bool,
+    /// How the client closes once the exchange is done.
+    pub close: CloseStyle,
+}
+
+/// How a client ends its connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CloseStyle {
+    /// close_notify, then FIN at once (curl, openssl s_client).
+    #[default]
+    Eager,
+    /// close_notify, then wait for the peer's close_notify, then FIN (OpenSSL's bidirectional
+    /// `SSL_shutdown`, Python's `SSLSocket.unwrap()` then `shutdown(SHUT_WR)`).
+    AwaitCloseNotify,
+    /// FIN without close_notify.
+    FinOnly,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -65,6 +80,7 @@ pub struct ClientSession {
     pub close_notify_received: bool,
     pub eof_without_close_notify: bool,
     close_notify_sent: bool,
+    close: CloseStyle,
     eof_signalled: bool,
     write_after_handshake: bool,
     hold_request_ns: u64,
@@ -147,13 +163,16 @@ impl ClientSession {
             && self.response.len() >= self.expected_response.len()
         {
             // The whole exchange is done: close like a polite client (close_notify, then FIN).
-            self.tls.send_close_notify();
+            if self.close != CloseStyle::FinOnly {
+                self.tls.send_close_notify();
+            }
             self.close_notify_sent = true;
         }
         self.flush_tls();
         self.corrupt_if_planned();
         let fatal = self.tls_error.is_some();
-        if (self.close_notify_sent || fatal) && !self.tls.wants_write() && self.tcp.state != super::tcp::State::Reset {
+        let may_close = self.close != CloseStyle::AwaitCloseNotify || self.close_notify_received || fatal;
+        if (self.close_notify_sent || fatal) && may_close && !self.tls.wants_write() && self.tcp.state != super::tcp::State::Reset {
             // After a fatal alert the socket is closed as well.
             if !self.tcp.fin_sent_and_acked() {
                 self.close_tcp();
@@ -342,6 +361,7 @@ impl ClientHost {
             close_notify_received: false,
             eof_without_close_notify: false,
             close_notify_sent: false,
+            close: plan.close,
             eof_signalled: false,
             write_after_handshake: plan.write_after_handshake,
             hold_request_ns: plan.hold_request_ns,
@@ -514,6 +534,9 @@ pub struct BackendExpectation {
     pub tolerate_flip_at: Option<usize>,
     /// Start the response at once instead of after the whole request (a full-duplex stream).
     pub respond_at_once: bool,
+    /// Close (FIN) as soon as the response is written, before the client closes (an HTTP/1.0
+    /// server, a server ending a keep-alive connection).
+    pub close_first: bool,
 }
 
 /// A backend connection.
@@ -554,7 +577,8 @@ impl BackendSession {
             }
         }
         let answered = self.response_written == self.expectation.response.len();
-        if self.tcp.fin_received() && (answered || !complete) && !self.tcp.fin_queued() {
+        let closes_first = self.expectation.close_first && complete && answered;
+        if (closes_first || self.tcp.fin_received() && (answered || !complete)) && !self.tcp.fin_queued() {
             self.tcp.close();
         }
     }

@@ -112,6 +112,11 @@ pub struct WireConfig {
     pub loss_ppm: u32,
     /// A reordered segment is held back by a few latencies, so later ones overtake it.
     pub reorder_ppm: u32,
+    /// TCP segments toward the box (from the client and from the backends) that get one bit
+    /// flipped on the way, the checksum left as it was (a bad cable, a faulty NIC): in the
+    /// payload, or in the window field of a segment without one. The hosts are not corrupted
+    /// toward: they take a bad checksum from the box as a violation.
+    pub corrupt_ppm: u32,
     pub seed: u64,
     /// A router between the client and the box with this IPv4 MTU: larger frames toward the
     /// client are dropped and answered with ICMP "fragmentation needed" (RFC 1191).
@@ -128,6 +133,7 @@ impl Default for WireConfig {
             backend_latency_ns: 50_000,
             loss_ppm: 0,
             reorder_ppm: 0,
+            corrupt_ppm: 0,
             seed: 1,
             client_path_mtu: None,
         }
@@ -142,7 +148,7 @@ impl WireConfig {
     }
 
     pub fn lossless(&self) -> bool {
-        self.loss_ppm == 0 && self.reorder_ppm == 0
+        self.loss_ppm == 0 && self.reorder_ppm == 0 && self.corrupt_ppm == 0
     }
 }
 
@@ -230,6 +236,11 @@ pub struct Lab<M: Middlebox> {
     pub segments_reordered: u64,
     /// Frames the path MTU router dropped (and answered).
     pub path_mtu_drops: u64,
+    /// Segments corrupted on the way to the box (`WireConfig::corrupt_ppm` and `corrupt_once`).
+    pub segments_corrupted: u64,
+    /// TCP segments on these hops, counted from 0, get one bit flipped as `corrupt_ppm` does.
+    pub corrupt_once: Vec<(Hop, u64)>,
+    tcp_segments_sent: [u64; 4],
     /// Backend payload seen on the outside wire (checked for every frame, in every test).
     pub leaks: Vec<String>,
     /// When set, every frame delivered is kept in `captured` (time, hop, bytes).
@@ -264,6 +275,9 @@ impl<M: Middlebox> Lab<M> {
             segments_reordered: 0,
             leaks: Vec::new(),
             path_mtu_drops: 0,
+            segments_corrupted: 0,
+            corrupt_once: Vec::new(),
+            tcp_segments_sent: [0; 4],
             capturing: false,
             captured: Vec::new(),
         }
@@ -369,6 +383,20 @@ impl<M: Middlebox> Lab<M> {
         if is_tcp && self.rng.chance(self.wire.reorder_ppm) {
             self.segments_reordered += 1;
             at += latency * (2 + self.rng.next() % 4);
+        }
+        let mut frame = frame;
+        if is_tcp {
+            let index = self.tcp_segments_sent[hop as usize];
+            self.tcp_segments_sent[hop as usize] += 1;
+            let toward_box = matches!(hop, Hop::ClientToBox | Hop::BackendToBox);
+            let planned = self.corrupt_once.contains(&(hop, index));
+            if planned || toward_box && self.rng.chance(self.wire.corrupt_ppm) {
+                let bit = self.rng.next();
+                if frames::flip_tcp_bit(&mut frame, bit) {
+                    self.segments_corrupted += 1;
+                    self.trace.record(self.now, &format!("CORRUPTED {}", hop.label()), &frame);
+                }
+            }
         }
         self.order += 1;
         self.in_flight.insert((at, self.order), (hop, frame));
