@@ -167,12 +167,18 @@ pub fn self_signed_certificate(dir: &Path, host: &str, addresses: &[IpAddr]) -> 
 
 /// Runs `tools/lab` with `argument` and returns its standard output.
 pub fn lab_script(argument: &str) -> io::Result<String> {
+    lab_script_with(&[argument])
+}
+
+/// Runs `tools/lab` with `arguments` and returns its standard output.
+pub fn lab_script_with(arguments: &[&str]) -> io::Result<String> {
     let output = Command::new(workspace_root().join("tools/lab"))
-        .arg(argument)
+        .args(arguments)
         .output()?;
     if !output.status.success() {
         return Err(io::Error::other(format!(
-            "tools/lab {argument} failed ({}): {}",
+            "tools/lab {} failed ({}): {}",
+            arguments.join(" "),
             output.status,
             String::from_utf8_lossy(&output.stderr)
         )));
@@ -213,9 +219,18 @@ pub struct Lab {
 impl Lab {
     /// Takes the lab lock, clears whatever a crashed run left, and brings the lab up fresh.
     pub fn up() -> io::Result<Self> {
+        Self::up_impaired(None)
+    }
+
+    /// [`Lab::up`] with the impairment namespace on `side` ("server", "client" or "both"):
+    /// nothing crosses that side until [`Impair::start`] runs the forwarder there.
+    pub fn up_impaired(side: Option<&str>) -> io::Result<Self> {
         let lock = LabLock::acquire()?;
         lab_script("down")?;
-        lab_script("up")?;
+        match side {
+            None => lab_script("up")?,
+            Some(side) => lab_script_with(&["up", "--impair-side", side])?,
+        };
         let env = LabEnv::parse(&lab_script("env")?)?;
         Ok(Lab { env, _lock: lock })
     }
@@ -298,6 +313,17 @@ where
 
 /// Builds the `cutls` binary in the profile this test was built with and returns its path.
 pub fn cutls_binary() -> io::Result<PathBuf> {
+    workspace_binary("cutls-tools", "cutls")
+}
+
+/// Builds the impairment forwarder (`cutls-impair`) the same way.
+pub fn impair_binary() -> io::Result<PathBuf> {
+    workspace_binary("cutls-impair", "cutls-impair")
+}
+
+/// Builds binary `bin` of workspace package `package` in the profile this test was built with
+/// and returns its path.
+pub fn workspace_binary(package: &str, bin: &str) -> io::Result<PathBuf> {
     // The test executable is target/<profile-dir>/deps/<name>; the binary goes to
     // target/<profile-dir>/cutls.
     let exe = std::env::current_exe()?;
@@ -318,9 +344,9 @@ pub fn cutls_binary() -> io::Result<PathBuf> {
             "build",
             "--quiet",
             "-p",
-            "cutls-tools",
+            package,
             "--bin",
-            "cutls",
+            bin,
             "--profile",
             &profile,
         ])
@@ -328,9 +354,96 @@ pub fn cutls_binary() -> io::Result<PathBuf> {
         .current_dir(workspace_root())
         .status()?;
     if !status.success() {
-        return Err(io::Error::other(format!("building cutls failed: {status}")));
+        return Err(io::Error::other(format!("building {bin} failed: {status}")));
     }
-    Ok(profile_dir.join("cutls"))
+    Ok(profile_dir.join(bin))
+}
+
+/// The impairment forwarder running on one side of the lab (see `tools/lab`, `--impair-side`).
+#[derive(Debug)]
+pub struct Impair {
+    child: Option<Child>,
+    /// Kept open: the forwarder reports errors there.
+    _stderr: BufReader<std::process::ChildStderr>,
+    pub side: String,
+}
+
+/// What the forwarder did, per direction (`a_to_b`: from the box's side toward the host).
+#[derive(Debug, Default, Clone)]
+pub struct ImpairReport {
+    pub toward_host: HashMap<String, u64>,
+    pub toward_box: HashMap<String, u64>,
+    pub text: String,
+}
+
+impl Impair {
+    /// Starts `cutls-impair` on `side` ("server" or "client") with `spec` both ways.
+    pub fn start(lab: &Lab, side: &str, spec: &str, seed: u64) -> io::Result<Impair> {
+        let binary = impair_binary()?;
+        let text = lab_script("env")?;
+        let value = |name: &str| -> io::Result<String> {
+            text.lines()
+                .find_map(|line| line.strip_prefix(&format!("{name}=")))
+                .map(str::to_string)
+                .ok_or_else(|| io::Error::other(format!("tools/lab env has no {name}")))
+        };
+        let ns = value("LAB_IMPAIR_NS")?;
+        let (toward_box, toward_host) = match side {
+            "server" => (value("LAB_IMPAIR_BOX_SERVER_IF")?, value("LAB_IMPAIR_SERVER_IF")?),
+            "client" => (value("LAB_IMPAIR_BOX_CLIENT_IF")?, value("LAB_IMPAIR_CLIENT_IF")?),
+            other => return Err(io::Error::other(format!("no impaired side {other:?}"))),
+        };
+        let mut child = lab
+            .command_in(&ns, &binary.display().to_string())
+            .args(["--a", &toward_box, "--b", &toward_host, "--seed", &seed.to_string(), "--both", spec])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        // Wait for "ready" on stderr, so that no frame crosses before the forwarder does.
+        let stderr = child.stderr.take().ok_or_else(|| io::Error::other("no stderr"))?;
+        let mut reader = BufReader::new(stderr);
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        if !line.contains("ready") {
+            let _ = child.kill();
+            return Err(io::Error::other(format!("cutls-impair did not start: {line}")));
+        }
+        Ok(Impair { child: Some(child), _stderr: reader, side: side.to_string() })
+    }
+
+    /// Stops the forwarder (the link is cut from then on) and returns its counters.
+    pub fn stop(&mut self) -> io::Result<ImpairReport> {
+        let Some(child) = self.child.take() else { return Ok(ImpairReport::default()) };
+        // SAFETY: kill(2) on the pid of a child we own and have not reaped.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let output = child.wait_with_output()?;
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let mut report = ImpairReport { text: text.clone(), ..ImpairReport::default() };
+        for line in text.lines() {
+            let (direction, fields) = line.split_once(':').unwrap_or_default();
+            let map = match direction {
+                "a_to_b" => &mut report.toward_host,
+                "b_to_a" => &mut report.toward_box,
+                _ => continue,
+            };
+            for field in fields.split_whitespace() {
+                if let Some((key, value)) = field.split_once('=') {
+                    map.insert(key.to_string(), value.parse().unwrap_or(0));
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+impl Drop for Impair {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// A `cutls run` process in the box namespace.

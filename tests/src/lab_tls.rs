@@ -380,6 +380,9 @@ pub struct Setup {
     /// `io` in the configuration: "xdp", "xdp-generic" or "packet".
     pub io: &'static str,
     pub mode: AddressMode,
+    /// Bring the lab up with the impairment namespace on this side ("server", "client",
+    /// "both"); the test starts the forwarder ([`crate::lab::Impair`]).
+    pub impair_side: Option<&'static str>,
 }
 
 impl Setup {
@@ -387,6 +390,7 @@ impl Setup {
         Setup {
             io,
             mode: AddressMode::Transparent,
+            impair_side: None,
         }
     }
 }
@@ -1032,7 +1036,7 @@ impl TlsLab {
     /// Brings the lab up with nginx backends and cutls running the [`standard_listeners`].
     pub fn up(setup: Setup) -> TlsLab {
         let binary = cutls_binary().expect("build cutls");
-        let lab = Lab::up().expect("lab up");
+        let lab = Lab::up_impaired(setup.impair_side).expect("lab up");
         let env_text = lab_script("env").expect("tools/lab env");
         let lab_value = |name: &str| -> IpAddr {
             env_text

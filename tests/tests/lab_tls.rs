@@ -1127,8 +1127,8 @@ fn snat_mode_backend_sees_the_box_address() {
     }
     let snat: IpAddr = "198.18.0.2".parse().expect("address");
     let t = TlsLab::up(Setup {
-        io: "xdp",
         mode: AddressMode::Snat(snat),
+        ..Setup::io("xdp")
     });
     for mode in MODES {
         suite_matrix(&t, t.vip(false, h1_port(mode)), false, false, true);
