@@ -591,6 +591,63 @@ fn frames_for_others_cross_unchanged() {
     assert_eq!(engine.sessions(), 1);
 }
 
+/// Issue 8's SYN cases, frame by frame: a SYN to the VIP with a bad TCP checksum, or with a bad
+/// IPv4 header checksum, tagged or not, is dropped and counted, not answered; the same SYN
+/// intact is answered. A frame with a bad checksum for another host is bridged unchanged. With
+/// the receive path's verdict trusted, a frame it vouches for is taken without computing.
+#[test]
+fn syns_with_bad_checksums_are_not_answered() {
+    let v4 = Addresses::ipv4();
+    let router_mac = EthernetAddress([0x02, 0, 0, 0, 0, 0x01]);
+    let syn = Outgoing {
+        seq: SeqNumber(1000),
+        ack: SeqNumber(0),
+        flags: TcpFlags::SYN,
+        window: 64240,
+        options: TcpOptions { max_segment_size: Some(1460), ..TcpOptions::default() },
+        payload: Vec::new(),
+    };
+    let client = SocketAddr::new(v4.client_ip, 41000);
+    let good = tcp_frame(v4.client_mac, router_mac, client, v4.vip, &syn);
+    let mut bad_tcp = good.clone();
+    bad_tcp[14 + 20 + 14] ^= 0x01; // the window field
+    let mut bad_ip = good.clone();
+    bad_ip[14 + 8] ^= 0x01; // the TTL: only the IPv4 header checksum catches it
+    let mut tagged_bad = bad_tcp.clone();
+    tagged_bad.splice(12..12, [0x81, 0x00, 0x00, 0x64]);
+    let mut engine = engine_lab(&v4, ReleaseMode::CutThrough, 5, WireConfig::default()).boxed.engine;
+    for (what, frame) in [("bad TCP checksum", &bad_tcp), ("bad IPv4 header checksum", &bad_ip), ("tagged, bad TCP checksum", &tagged_bad)] {
+        let mut out = Output::default();
+        engine.handle_frame(0, Port::Outside, frame, &mut out);
+        assert!(out.outside.is_empty() && out.inside.is_empty(), "{what}: answered or bridged");
+        assert_eq!(engine.sessions(), 0, "{what}: a session was made");
+    }
+    assert_eq!(engine.counters().bad_checksum_drops_outside, 3);
+    // The receive path vouches for the frame (a NIC verified it): taken as it is.
+    let mut out = Output::default();
+    engine.handle_received(0, Port::Outside, &bad_tcp, cutls_dataplane::io::RxChecksum::Verified, &mut out);
+    assert_eq!(out.outside.len(), 1, "a frame the NIC verified is answered");
+    // ... but never one whose IPv4 header checksum is wrong: that is always computed.
+    let mut out = Output::default();
+    engine.handle_received(0, Port::Outside, &bad_ip, cutls_dataplane::io::RxChecksum::Verified, &mut out);
+    assert!(out.outside.is_empty());
+    assert_eq!(engine.counters().bad_checksum_drops_outside, 4);
+    // A bad frame for another host is not the box's business: bridged unchanged.
+    let other_host: SocketAddr = "198.18.0.20:5555".parse().expect("address");
+    let mut other = tcp_frame(v4.client_mac, router_mac, client, other_host, &syn);
+    other[14 + 20 + 14] ^= 0x01;
+    let mut out = Output::default();
+    engine.handle_frame(0, Port::Outside, &other, &mut out);
+    assert_eq!(out.inside, vec![other], "not bridged unchanged");
+    assert_eq!(engine.counters().bad_checksum_drops_outside, 4);
+    // The intact SYN: answered.
+    let mut fresh = engine_lab(&v4, ReleaseMode::CutThrough, 5, WireConfig::default()).boxed.engine;
+    let mut out = Output::default();
+    fresh.handle_frame(0, Port::Outside, &good, &mut out);
+    assert_eq!(out.outside.len(), 1, "one SYN-ACK");
+    assert_eq!(fresh.counters().bad_checksum_drops_outside, 0);
+}
+
 // ---- the engine bugs the other tests step around (KNOWN_ENGINE_BUGS), one test each ----
 
 #[test]

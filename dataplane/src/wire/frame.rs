@@ -776,4 +776,19 @@ mod tests {
             let _ = parse_frame(link, &bytes[..length]);
         }
     }
+
+    #[test]
+    fn offloaded_transport_checksums_are_not_computed_but_the_ipv4_header_is() {
+        let mut frame = LAB_IPV4_TCP_SYN.to_vec();
+        assert!(parse_frame(LinkType::Ethernet, &frame).unwrap().tcp().unwrap().checksum_valid);
+        let tcp_checksum_at = 14 + 20 + 16;
+        frame[tcp_checksum_at] ^= 0xff;
+        let verified = parse_frame(LinkType::Ethernet, &frame).unwrap();
+        assert!(!verified.tcp().unwrap().checksum_valid);
+        let offloaded = parse_frame_with(LinkType::Ethernet, &frame, TransportChecksum::Offloaded).unwrap();
+        assert!(offloaded.tcp().unwrap().checksum_valid, "taken from the receive path");
+        frame[14 + 8] ^= 0x01; // TTL
+        let offloaded = parse_frame_with(LinkType::Ethernet, &frame, TransportChecksum::Offloaded).unwrap();
+        assert_eq!(offloaded.ip().unwrap().header_checksum_valid, Some(false), "always computed");
+    }
 }
