@@ -241,6 +241,25 @@ fn corrupted_handshake_segments_are_dropped() {
     }
 }
 
+// ---- handshake feeding (issue 12) ----
+
+/// A client that cuts its handshake flight into small records (rustls' smallest, 32 bytes,
+/// and a few sizes above): the handshake completes and the request is served.
+#[test]
+fn a_handshake_in_small_records_completes() {
+    for suite in [Suite::Tls13Aes128Gcm, Suite::Tls12EcdsaAes128Gcm] {
+        for fragment in [32, 37, 100, 512] {
+            let addresses = Addresses::ipv4();
+            let mut lab = engine_lab(&addresses, ReleaseMode::CutThrough, 3, WireConfig::default());
+            let extras = Extras { max_fragment: Some(fragment), ..Extras::default() };
+            let session = open(&mut lab, suite, 3000, 5000, fragment as u64, extras);
+            lab.run_until(&format!("{suite:?} in {fragment}-byte records"), EXCHANGE_LIMIT_NS, |lab| exchange_finished(lab, session));
+            assert_clean_exchange(&lab, session, suite);
+            assert!(lab.settle(SETTLE_NS), "{}", lab.stuck("no session left"));
+        }
+    }
+}
+
 // ---- IPv6 ----
 
 #[test]
@@ -951,17 +970,26 @@ struct Extras {
     close: CloseStyle,
     /// The backend closes as soon as its response is written.
     backend_closes_first: bool,
+    /// The client cuts its records to this many bytes of plaintext (rustls' smallest is 32).
+    max_fragment: Option<usize>,
 }
 
 /// Opens a client connection and tells the backend what to expect from it.
 fn open<M: Middlebox>(lab: &mut Lab<M>, suite: Suite, upload: usize, download: usize, seed: u64, extras: Extras) -> usize {
-    let Extras { write_after_handshake, hold_request_ns, corrupt, respond_at_once, close, backend_closes_first } = extras;
+    let Extras { write_after_handshake, hold_request_ns, corrupt, respond_at_once, close, backend_closes_first, max_fragment } =
+        extras;
+    let mut config = client_config(suite);
+    if max_fragment.is_some() {
+        let mut fragmenting = (*config).clone();
+        fragmenting.max_fragment_size = max_fragment;
+        config = Arc::new(fragmenting);
+    }
     let head = format!("POST /upload HTTP/1.1\r\nhost: localhost\r\ncontent-length: {upload}\r\n\r\n");
     let request = content(&head, upload, seed.wrapping_mul(31).wrapping_add(1));
     let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {download}\r\n\r\n");
     let response = content(&head, download, seed.wrapping_mul(31).wrapping_add(2));
     let session = lab.client.open(ConnectionPlan {
-        config: client_config(suite),
+        config,
         request: request.clone(),
         response: response.clone(),
         write_after_handshake,

@@ -690,8 +690,14 @@ impl Session {
         // The ClientHello's random, read here (cheap), starts the backend connection now and
         // later finds the TLS 1.3 traffic secrets.
         if self.client_random.is_none() {
-            if let FirstFlight::ClientHello(hello) = client_hello::scan(&self.handshake_in) {
-                self.client_random = Some(hello.random);
+            match client_hello::scan(&self.handshake_in) {
+                FirstFlight::ClientHello(hello) => self.client_random = Some(hello.random),
+                // The hello spans more bytes than are here (small records, a large hello): wait
+                // for the rest before rustls takes any record, or the scan would start from its
+                // middle next time and the backend would never be connected.
+                FirstFlight::Incomplete if self.handshake_in.len() < MAX_HANDSHAKE_BYTES => return Ok(()),
+                // Not a hello: rustls says why.
+                FirstFlight::Incomplete | FirstFlight::NotClientHello => {}
             }
         }
         if self.client_random.is_some() && matches!(self.backend_state, Backend::Resolving { tries: 0, .. }) {
