@@ -667,6 +667,47 @@ fn syns_with_bad_checksums_are_not_answered() {
     assert_eq!(fresh.counters().bad_checksum_drops_outside, 0);
 }
 
+/// Issue 12's stale 4-tuple: a SYN with a new ISN on a 4-tuple a session still holds gets a
+/// challenge ACK (not silence); the client's RST at the acknowledged number ends the old
+/// session, and the next SYN starts a new one.
+#[test]
+fn a_new_syn_on_a_held_four_tuple_gets_a_challenge_ack() {
+    let v4 = Addresses::ipv4();
+    let router_mac = EthernetAddress([0x02, 0, 0, 0, 0, 0x01]);
+    let client = SocketAddr::new(v4.client_ip, 41000);
+    let segment = |seq: u32, ack: u32, flags: TcpFlags| {
+        let options = if flags.contains(TcpFlags::SYN) {
+            TcpOptions { max_segment_size: Some(1460), ..TcpOptions::default() }
+        } else {
+            TcpOptions::default()
+        };
+        tcp_frame(v4.client_mac, router_mac, client, v4.vip, &Outgoing { seq: SeqNumber(seq), ack: SeqNumber(ack), flags, window: 64240, options, payload: Vec::new() })
+    };
+    let mut engine = engine_lab(&v4, ReleaseMode::CutThrough, 5, WireConfig::default()).boxed.engine;
+    let mut out = Output::default();
+    engine.handle_frame(0, Port::Outside, &segment(1000, 0, TcpFlags::SYN), &mut out);
+    let syn_ack = parse_frame(LinkType::Ethernet, &out.outside[0]).expect("SYN-ACK").tcp().copied().expect("TCP");
+    let our_isn = syn_ack.seq_number.0;
+    engine.handle_frame(MS, Port::Outside, &segment(1001, our_isn.wrapping_add(1), TcpFlags::ACK), &mut out);
+    // The client reboots and connects from the same port with another ISN.
+    let mut out = Output::default();
+    engine.handle_frame(2 * MS, Port::Outside, &segment(777_000, 0, TcpFlags::SYN), &mut out);
+    assert_eq!(out.outside.len(), 1, "one challenge ACK");
+    let challenge = parse_frame(LinkType::Ethernet, &out.outside[0]).expect("ACK").tcp().copied().expect("TCP");
+    assert_eq!(challenge.flags, TcpFlags::ACK, "a pure ACK, no SYN");
+    assert_eq!(challenge.ack_number.0, 1001, "it acknowledges the old connection's rcv_nxt");
+    assert_eq!(engine.counters().challenge_acks, 1);
+    // The new client's answer: RST at the challenge ACK's acknowledgement number.
+    let mut out = Output::default();
+    engine.handle_frame(3 * MS, Port::Outside, &segment(challenge.ack_number.0, 0, TcpFlags::RST), &mut out);
+    assert_eq!(engine.sessions(), 0, "the RST ended the stale session");
+    let mut out = Output::default();
+    engine.handle_frame(4 * MS, Port::Outside, &segment(777_000, 0, TcpFlags::SYN), &mut out);
+    let answer = parse_frame(LinkType::Ethernet, &out.outside[0]).expect("SYN-ACK").tcp().copied().expect("TCP");
+    assert!(answer.flags.contains(TcpFlags::SYN | TcpFlags::ACK), "the new SYN is answered");
+    assert_eq!(answer.ack_number.0, 777_001);
+}
+
 // ---- the engine bugs the other tests step around (KNOWN_ENGINE_BUGS), one test each ----
 
 #[test]

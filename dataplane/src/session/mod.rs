@@ -172,6 +172,9 @@ pub struct Counters {
     pub client_bytes_after_close: u64,
     /// FINs sent again on a connection the box closed, acknowledged from TIME-WAIT.
     pub time_wait_acks: u64,
+    /// SYNs with a new ISN on a 4-tuple a session holds, answered with a challenge ACK
+    /// (RFC 5961 4): a client that really starts over resets the old session with it.
+    pub challenge_acks: u64,
 }
 
 /// How long an ended session's backend flow is still recognised (its late segments are reset

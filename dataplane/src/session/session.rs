@@ -601,6 +601,13 @@ impl Session {
         if tcp.flags.contains(TcpFlags::SYN) {
             if tcp.seq_number.0 == self.client_isn {
                 self.send_syn_ack(context);
+            } else {
+                // A new connection from a 4-tuple this session holds (the client forgot it:
+                // a reboot, a port reused quickly). RFC 9293 3.10.7.4 / RFC 5961 4: a challenge
+                // ACK; a client that is really new answers it with a RST at our rcv_nxt, which
+                // ends this session, and its next SYN starts a new one.
+                context.counters.challenge_acks += 1;
+                self.send_ack_to_client(context);
             }
             return None;
         }
