@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use cutls_crypto::ReleaseMode;
 use cutls_dataplane::session::handover::SecretLog;
-use cutls_dataplane::session::{Engine, EngineConfig, ListenerSetup, Output, PassthroughRoute, Port};
+use cutls_dataplane::session::{Engine, EngineConfig, EngineKeys, ListenerSetup, Output, PassthroughRoute, Port};
 use cutls_dataplane::wire::{parse_frame, ArpOperation, EthernetAddress, LinkType, SeqNumber, TcpFlags, TcpOptions};
 
 use harness::frames::{arp_frame, fragmentation_needed, ndp_frame, solicited_node, summarize, tcp_frame, Outgoing};
@@ -706,6 +706,16 @@ fn a_new_syn_on_a_held_four_tuple_gets_a_challenge_ack() {
     let answer = parse_frame(LinkType::Ethernet, &out.outside[0]).expect("SYN-ACK").tcp().copied().expect("TCP");
     assert!(answer.flags.contains(TcpFlags::SYN | TcpFlags::ACK), "the new SYN is answered");
     assert_eq!(answer.ack_number.0, 777_001);
+    // RFC 6528: the same 4-tuple's ISN moved on with the 4 µs clock (4 ms: 1,000 ticks), so the
+    // new connection's sequence space lies beyond the old one's.
+    assert_eq!(answer.seq_number.0.wrapping_sub(our_isn), 1000, "ISN = clock + keyed hash of the 4-tuple");
+    // Another 4-tuple at the same time: an unrelated ISN.
+    let other = SocketAddr::new(v4.client_ip, 41001);
+    let mut out = Output::default();
+    let syn = Outgoing { seq: SeqNumber(5), ack: SeqNumber(0), flags: TcpFlags::SYN, window: 64240, options: TcpOptions::default(), payload: Vec::new() };
+    engine.handle_frame(4 * MS, Port::Outside, &tcp_frame(v4.client_mac, router_mac, other, v4.vip, &syn), &mut out);
+    let other_isn = parse_frame(LinkType::Ethernet, &out.outside[0]).expect("SYN-ACK").tcp().expect("TCP").seq_number.0;
+    assert!(other_isn.wrapping_sub(answer.seq_number.0) > 1 << 16, "neighbouring ports get unrelated ISNs");
 }
 
 // ---- the engine bugs the other tests step around (KNOWN_ENGINE_BUGS), one test each ----
@@ -1387,7 +1397,7 @@ fn lab_engine(listener: ListenerSetup, addresses: &Addresses, seed: u64, syn_coo
         idle_timeout_ns: 60_000 * MS,
         close_timeout_ns: 30_000 * MS,
         trust_rx_checksum: true,
-        seed,
+        keys: EngineKeys::derive(seed),
         syn_cookies_after,
         handshake_threads: 0,
     })

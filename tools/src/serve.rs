@@ -25,7 +25,7 @@ use cutls_dataplane::io::af_packet::{PacketConfig, PacketMode, PacketPort};
 use cutls_dataplane::io::af_xdp::{XdpConfig, XdpInterface, XdpPort};
 use cutls_dataplane::io::bpf::AttachPreference;
 use cutls_dataplane::io::{wait_readable, FrameIo};
-use cutls_dataplane::session::{Engine, EngineConfig, ListenerSetup, Output, PassthroughRoute, Port};
+use cutls_dataplane::session::{Engine, EngineConfig, EngineKeys, ListenerSetup, Output, PassthroughRoute, Port};
 use cutls_dataplane::wire::EthernetAddress;
 
 /// Sessions idle this long are reset.
@@ -104,7 +104,7 @@ pub fn serve(config: &Config, stop: &AtomicBool) -> io::Result<()> {
         idle_timeout_ns: IDLE_TIMEOUT.as_nanos() as u64,
         close_timeout_ns: config.close_timeout.as_nanos() as u64,
         trust_rx_checksum: config.trust_rx_checksum,
-        seed: seed(),
+        keys: engine_keys()?,
         syn_cookies_after: SYN_COOKIES_AFTER,
         handshake_threads: HANDSHAKE_THREADS,
     };
@@ -200,12 +200,10 @@ fn interface_mac(interface: &str) -> io::Result<EthernetAddress> {
     Ok(EthernetAddress(bytes))
 }
 
-/// Initial sequence numbers must not be guessable: seed from the OS.
-fn seed() -> u64 {
-    let mut bytes = [0u8; 8];
-    if let Ok(mut file) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        let _ = file.read_exact(&mut bytes);
-    }
-    u64::from_le_bytes(bytes) ^ Instant::now().elapsed().as_nanos() as u64
+/// The ISN and SYN-cookie keys, from the OS. Without randomness the box must not start: its
+/// ISNs and cookies would be guessable (blind injection, cookie forgery).
+fn engine_keys() -> io::Result<EngineKeys> {
+    let mut bytes = [0u8; 64];
+    getrandom::fill(&mut bytes).map_err(|error| io::Error::other(format!("no randomness from the OS: {error}")))?;
+    Ok(EngineKeys::from_random(bytes))
 }

@@ -94,12 +94,50 @@ pub struct EngineConfig {
     /// instead of computing the TCP/ICMP checksum again. Frames without a verdict are always
     /// verified; the IPv4 header checksum always is.
     pub trust_rx_checksum: bool,
-    pub seed: u64,
+    /// The secrets behind ISNs and SYN cookies.
+    pub keys: EngineKeys,
     /// Live sessions above which SYNs are answered with SYN cookies and no state.
     pub syn_cookies_after: usize,
     /// Threads that run handshakes off the poll loop; 0 runs them inline (deterministic:
     /// tests, replays).
     pub handshake_threads: usize,
+}
+
+/// The engine's secrets, given to it like every other value: random in the live box (the
+/// caller draws them from the OS and fails if it cannot), derived from a seed in tests and
+/// replays so that a run repeats. Two independent keys: one for initial sequence numbers, one
+/// for SYN cookies, so that seeing many ISNs tells nothing about the cookie MAC.
+#[derive(Clone)]
+pub struct EngineKeys {
+    /// RFC 6528: ISN = a 4 µs clock + PRF(4-tuple, this key).
+    pub isn_key: [u8; 32],
+    /// The SYN cookies' MAC key.
+    pub cookie_key: [u8; 32],
+}
+
+impl EngineKeys {
+    /// From 64 random bytes (the first half keys ISNs, the second cookies).
+    pub fn from_random(bytes: [u8; 64]) -> EngineKeys {
+        let mut keys = EngineKeys { isn_key: [0; 32], cookie_key: [0; 32] };
+        keys.isn_key.copy_from_slice(&bytes[..32]);
+        keys.cookie_key.copy_from_slice(&bytes[32..]);
+        keys
+    }
+
+    /// Deterministic keys for tests and replays: HKDF-Expand of the seed with a label each.
+    pub fn derive(seed: u64) -> EngineKeys {
+        let mut keys = EngineKeys { isn_key: [0; 32], cookie_key: [0; 32] };
+        let prk = [seed.to_le_bytes(); 4].concat();
+        cutls_crypto::keys::hkdf_expand(cutls_crypto::HashAlgorithm::Sha256, &prk, b"cutls isn", &mut keys.isn_key);
+        cutls_crypto::keys::hkdf_expand(cutls_crypto::HashAlgorithm::Sha256, &prk, b"cutls cookie", &mut keys.cookie_key);
+        keys
+    }
+}
+
+impl std::fmt::Debug for EngineKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EngineKeys { .. }")
+    }
 }
 
 /// Frames to send, per port. The caller drains them after each call.
@@ -242,9 +280,6 @@ pub struct Engine {
     next_passthrough: Vec<usize>,
     /// SNAT: the next source port to try.
     next_snat_port: u16,
-    rng: u64,
-    /// Key of the SYN cookies' MAC.
-    cookie_secret: [u8; 32],
     pool: Option<handshake::HandshakePool>,
     counters: Counters,
 }
@@ -257,14 +292,6 @@ impl Engine {
             0 => None,
             threads => handshake::HandshakePool::start(threads).ok(),
         };
-        let mut rng = config.seed | 1;
-        let mut cookie_secret = [0u8; 32];
-        for chunk in cookie_secret.chunks_mut(8) {
-            rng ^= rng >> 12;
-            rng ^= rng << 25;
-            rng ^= rng >> 27;
-            chunk.copy_from_slice(&rng.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-        }
         Engine {
             config,
             sessions: HashMap::new(),
@@ -278,8 +305,6 @@ impl Engine {
             next_backend: vec![0; listeners],
             next_passthrough: vec![0; listeners],
             next_snat_port: FIRST_SNAT_PORT,
-            rng,
-            cookie_secret,
             // A pool that cannot start (no threads) leaves handshakes inline.
             pool,
             counters: Counters::default(),
@@ -539,12 +564,16 @@ impl Engine {
         self.config.listeners.iter().position(|listener| listener.vip == destination)
     }
 
-    fn random(&mut self) -> u64 {
-        // xorshift64*: deterministic from the seed, so replays are repeatable.
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    /// RFC 6528's initial sequence number for `key`: a clock ticking every 4 µs plus a keyed
+    /// hash of the 4-tuple, so that ISNs of one 4-tuple increase over time (a new connection's
+    /// lies beyond an old one's) and no outsider can predict another 4-tuple's.
+    fn isn(&self, now_ns: u64, key: FlowKey) -> u32 {
+        let mut input = Vec::with_capacity(36);
+        push_address(&mut input, key.source);
+        push_address(&mut input, key.destination);
+        let mut hash = [0u8; 4];
+        cutls_crypto::keys::hkdf_expand(cutls_crypto::HashAlgorithm::Sha256, &self.config.keys.isn_key, &input, &mut hash);
+        ((now_ns / 4_000) as u32).wrapping_add(u32::from_be_bytes(hash))
     }
 
     /// Creates a session for a SYN (or for a cookie's ACK, with `cookie_isn` our ISN, its
@@ -572,7 +601,7 @@ impl Engine {
             session::reset_segment(Port::Outside, link, key, tcp, out);
             return None;
         };
-        let isn = cookie_isn.unwrap_or_else(|| self.random() as u32);
+        let isn = cookie_isn.unwrap_or_else(|| self.isn(now_ns, key));
         let id = self.next_id;
         self.next_id += 1;
         let setup = &self.config.listeners[listener];
@@ -622,18 +651,13 @@ impl Engine {
 
     fn cookie(&self, key: FlowKey, client_isn: u32, slot: u32, class: u32) -> u32 {
         let mut input = Vec::with_capacity(48);
-        for address in [key.source, key.destination] {
-            match address.ip() {
-                IpAddr::V4(v4) => input.extend_from_slice(&v4.octets()),
-                IpAddr::V6(v6) => input.extend_from_slice(&v6.octets()),
-            }
-            input.extend_from_slice(&address.port().to_be_bytes());
-        }
+        push_address(&mut input, key.source);
+        push_address(&mut input, key.destination);
         input.extend_from_slice(&client_isn.to_be_bytes());
         input.extend_from_slice(&slot.to_be_bytes());
         input.push(class as u8);
         let mut mac = [0u8; 4];
-        cutls_crypto::keys::hkdf_expand(cutls_crypto::HashAlgorithm::Sha256, &self.cookie_secret, &input, &mut mac);
+        cutls_crypto::keys::hkdf_expand(cutls_crypto::HashAlgorithm::Sha256, &self.config.keys.cookie_key, &input, &mut mac);
         ((slot & 0x1f) << 27) | (class << 25) | (u32::from_be_bytes(mac) & 0x01ff_ffff)
     }
 
@@ -860,6 +884,15 @@ impl Engine {
             self.with_session(id, now_ns, out, |session, context| session.poll(context));
         }
     }
+}
+
+/// An address and port as bytes, for the ISN and cookie hashes.
+fn push_address(input: &mut Vec<u8>, address: SocketAddr) {
+    match address.ip() {
+        IpAddr::V4(v4) => input.extend_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => input.extend_from_slice(&v6.octets()),
+    }
+    input.extend_from_slice(&address.port().to_be_bytes());
 }
 
 /// The target address of an NDP solicitation or advertisement (bytes 8..24 of the message).
