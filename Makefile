@@ -1,10 +1,13 @@
 # The verbs a person types. `make test` is what CI runs (.ci/run).
 CARGO ?= cargo
 TEST_PROFILE ?= ci-test
-# make demo options: IO=xdp|xdp-generic|packet, FAMILY=4|6, SNAT=0|1.
+# make demo options: IO=xdp|xdp-generic|packet, FAMILY=4|6, SNAT=0|1,
+# IMPAIR=SPEC (e.g. loss=1%) IMPAIR_SIDE=server|client|both (docs/lab.md).
 IO ?= xdp
 FAMILY ?= 4
 SNAT ?= 0
+IMPAIR ?=
+IMPAIR_SIDE ?= server
 # Property-test cases per suite; CI runs at least 10,000.
 PROPTEST_CASES ?= 10000
 # Commands the lab tests run, each with the Debian package that provides it.
@@ -48,8 +51,8 @@ bench-bridge: test-deps
 # The main job: the lab demo (namespaces, nginx backends, cutls terminating TLS, curl and
 # openssl through it, the counters). Needs root.
 demo: test-deps
-	$(CARGO) build --release -p cutls-tools
-	SNAT=$(SNAT) FAMILY=$(FAMILY) IO=$(IO) tools/demo
+	$(CARGO) build --release -p cutls-tools -p cutls-impair
+	SNAT=$(SNAT) FAMILY=$(FAMILY) IO=$(IO) IMPAIR="$(IMPAIR)" IMPAIR_SIDE=$(IMPAIR_SIDE) tools/demo
 
 # Decrypt a real capture (../shared/captures) and show it.
 DEMO_CAPTURE ?= ../shared/captures/zeek/tls-1.2-stream-keylog.pcap
