@@ -124,7 +124,7 @@ pub fn server_config(listener: &Listener, secrets: Arc<SecretLog>) -> Result<Arc
         .map_err(|e| TlsSetupError::Rustls(e.to_string()))?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
-    config.alpn_protocols = listener.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    config.alpn_protocols = alpn_protocols(&listener.alpn);
     // The box hands the connection over to the record engine: rustls must let go of the keys.
     config.enable_secret_extraction = true;
     config.key_log = secrets;
@@ -135,9 +135,32 @@ pub fn server_config(listener: &Listener, secrets: Arc<SecretLog>) -> Result<Arc
     Ok(Arc::new(config))
 }
 
+/// The ALPN list rustls offers: the listener's, and `http/1.0` after `http/1.1` when that is
+/// configured, since an HTTP/1.1 server serves HTTP/1.0 clients (`curl -0` offers only
+/// `http/1.0`; without this rustls would refuse it with `no_application_protocol`, where nginx
+/// serves it).
+fn alpn_protocols(configured: &[String]) -> Vec<Vec<u8>> {
+    let mut protocols: Vec<Vec<u8>> = configured.iter().map(|p| p.as_bytes().to_vec()).collect();
+    let has = |name: &[u8], list: &[Vec<u8>]| list.iter().any(|p| p == name);
+    if has(b"http/1.1", &protocols) && !has(b"http/1.0", &protocols) {
+        protocols.push(b"http/1.0".to_vec());
+    }
+    protocols
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_1_1_listeners_also_take_http_1_0() {
+        let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let bytes = |list: &[&str]| list.iter().map(|s| s.as_bytes().to_vec()).collect::<Vec<_>>();
+        assert_eq!(alpn_protocols(&names(&["h2", "http/1.1"])), bytes(&["h2", "http/1.1", "http/1.0"]));
+        assert_eq!(alpn_protocols(&names(&["h2"])), bytes(&["h2"]));
+        assert_eq!(alpn_protocols(&names(&["http/1.0", "http/1.1"])), bytes(&["http/1.0", "http/1.1"]));
+        assert!(alpn_protocols(&[]).is_empty());
+    }
 
     #[test]
     fn provider_keeps_only_engine_suites() {

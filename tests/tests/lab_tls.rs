@@ -325,6 +325,20 @@ fn same_client_port_on_two_listeners_sharing_a_pool() {
 
 /// Many requests on one connection: 120 downloads of mixed sizes and 30 uploads per
 /// connection, in each hold-back mode, IPv4 and IPv6; `num_connects` must add up to one.
+/// Issue 12's ALPN case: curl -0 offers only `http/1.0`; a listener configured with
+/// `http/1.1` serves it (as nginx does) instead of failing the handshake.
+#[test]
+fn an_http_1_0_client_is_served_by_an_http_1_1_listener() {
+    if !lab_enabled() {
+        return;
+    }
+    let t = TlsLab::up(Setup::io("xdp"));
+    let to = t.vip(false, h1_port(HoldBack::CutThrough));
+    let size = 16 * 1024;
+    t.curl(to, &["--http1.0".to_string()], &[Item::Get { path: file_path(size), size }]);
+    t.finish();
+}
+
 #[test]
 fn keep_alive_many_requests_per_connection() {
     if !lab_enabled() {
