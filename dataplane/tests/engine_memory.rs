@@ -992,7 +992,9 @@ fn corrupted_record<M: Middlebox>(mut lab: Lab<M>, suite: Suite, partial_release
     let report = || lab.stuck(&format!("{suite:?}: corrupted record"));
     assert!(client.corrupted_at.is_some(), "harness: nothing was corrupted\n{}", report());
     let alert = matches!(client.tls_error, Some(rustls::Error::AlertReceived(rustls::AlertDescription::BadRecordMac)));
-    assert!(alert || client.tcp.reset_received, "the client got neither bad_record_mac nor a RST\n{}", report());
+    // The alert is delivered before anything resets the client's connection (issue 12: a RST
+    // right behind it often reached the application first).
+    assert!(alert, "the client did not get bad_record_mac\n{}", report());
     let backend = lab.backends.session_for(client.tcp.local).expect("backend session");
     assert!(backend.tcp.reset_received, "the backend was not reset\n{}", report());
     assert!(backend.mismatch.is_none(), "the backend got other bytes than the client's\n{}", report());

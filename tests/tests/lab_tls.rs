@@ -26,7 +26,7 @@ use cutls_tests::lab_tls::{
     sha256_file,
     complete_request, contains_plaintext, file_path, find, generated, h1_port, h2_port, hex,
     http_response, lab_enabled, ports, recording_port, recording_request, response_body,
-    tls_records, AddressMode, Counters, HoldBack, Item, PythonOptions, RecordStream,
+    tail, tls_records, AddressMode, Counters, HoldBack, Item, PythonOptions, RecordStream,
     RecordingBackend, Setup, Suite, TlsLab, TlsVersion, DOWNLOAD_SIZES, HOST, MIB_100,
     RECORDING_PORTS, SUITES, UPLOAD_SIZES,
 };
@@ -337,6 +337,46 @@ fn an_http_1_0_client_is_served_by_an_http_1_1_listener() {
     let size = 16 * 1024;
     t.curl(to, &["--http1.0".to_string()], &[Item::Get { path: file_path(size), size }]);
     t.finish();
+}
+
+/// Issue 12's lost alerts: a handshake the box refuses (a TLS 1.2 client offering only RSA
+/// suites to an ECDSA certificate) ends with rustls' alert delivered, not a bare RST: openssl
+/// reports the alert, every time. (On this lab's veths the old alert-then-RST also passed; the
+/// race the issue saw with sslscan did not reproduce with openssl: this guards the behaviour.)
+#[test]
+fn a_refused_handshake_delivers_its_alert() {
+    if !lab_enabled() {
+        return;
+    }
+    let t = TlsLab::up(Setup::io("xdp"));
+    let to = t.vip(false, h1_port(HoldBack::CutThrough));
+    for attempt in 0..8 {
+        let output = t.client_run(
+            "timeout",
+            &[
+                "10".into(),
+                "openssl".into(),
+                "s_client".into(),
+                "-tls1_2".into(),
+                "-cipher".into(),
+                "ECDHE-RSA-AES128-GCM-SHA256".into(),
+                "-connect".into(),
+                to.to_string(),
+                "-servername".into(),
+                HOST.into(),
+            ],
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "attempt {attempt}: the handshake should fail");
+        assert!(
+            stderr.contains("alert handshake failure"),
+            "attempt {attempt}: openssl did not see the alert: {}",
+            tail(&stderr, 10)
+        );
+    }
+    // Eight refused handshakes: no completed handshake to count.
+    let counters = t.finish();
+    assert_eq!(counters.get("ended_tls_error"), 8);
 }
 
 #[test]

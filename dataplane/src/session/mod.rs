@@ -274,6 +274,12 @@ pub struct Engine {
     ended_backend_flows: HashMap<FlowKey, EndedFlow>,
     /// Client -> VIP flows of sessions closed with FINs, until the time given.
     time_wait_clients: HashMap<FlowKey, TimeWait>,
+    /// Frames for the outside port to send later, in time order (RSTs behind fatal alerts).
+    deferred: std::collections::VecDeque<(u64, Vec<u8>)>,
+    /// Client flows of sessions that ended with a fatal alert and a FIN: until the time given,
+    /// a client segment is answered with the RST at the sequence number given (in the client's
+    /// window, unlike one built from a segment sent before the alert arrived).
+    alerted_clients: HashMap<FlowKey, (u64, u32)>,
     next_id: u64,
     next_backend: Vec<usize>,
     /// Round robin over each listener's passthrough pool.
@@ -301,6 +307,8 @@ impl Engine {
             resolving: HashSet::new(),
             ended_backend_flows: HashMap::new(),
             time_wait_clients: HashMap::new(),
+            deferred: std::collections::VecDeque::new(),
+            alerted_clients: HashMap::new(),
             next_id: 1,
             next_backend: vec![0; listeners],
             next_passthrough: vec![0; listeners],
@@ -437,6 +445,14 @@ impl Engine {
                                 if self.time_wait(now_ns, key, link, tcp, out) {
                                     return;
                                 }
+                                if let Some(&(until, seq)) = self.alerted_clients.get(&key) {
+                                    if now_ns < until && !syn && !tcp.flags.contains(TcpFlags::RST) {
+                                        // Every segment still in flight from the client gets it.
+                                        session::reset_after_alert(link, key, seq, out);
+                                        return;
+                                    }
+                                    self.alerted_clients.remove(&key);
+                                }
                                 if syn && !ack && self.sessions.len() >= self.config.syn_cookies_after {
                                     self.answer_with_cookie(now_ns, key, link, tcp, out);
                                 } else if syn && !ack {
@@ -523,6 +539,12 @@ impl Engine {
     /// Timers: retransmissions, backends to (re)try, idle sessions.
     pub fn poll(&mut self, now_ns: u64, out: &mut Output) {
         self.collect_handshakes(now_ns, out);
+        // Every deferred frame waits the same time, so the queue is in time order.
+        while self.deferred.front().is_some_and(|(at, _)| *at <= now_ns) {
+            if let Some((_, frame)) = self.deferred.pop_front() {
+                out.push(Port::Outside, Some(frame));
+            }
+        }
         let ids: Vec<u64> = self.sessions.keys().copied().collect();
         for id in ids {
             self.with_session(id, now_ns, out, |session, context| session.poll(context));
@@ -679,6 +701,7 @@ impl Engine {
             pool: self.pool.as_ref(),
             idle_timeout_ns: self.config.idle_timeout_ns,
             close_timeout_ns: self.config.close_timeout_ns,
+            deferred: &mut self.deferred,
         };
         let mut event = work(session, &mut context);
         if let Some(SessionEvent::Passthrough) = event {
@@ -697,6 +720,14 @@ impl Engine {
                 if self.ended_backend_flows.len() < MAX_ENDED_FLOWS {
                     let time_wait = closed.then(|| session.backend_ts_value());
                     self.ended_backend_flows.insert(backend_flow, EndedFlow { until_ns: now_ns + ENDED_FLOW_TTL_NS, time_wait });
+                }
+                if let Some(seq) = session.client_reset_seq() {
+                    if self.alerted_clients.len() >= MAX_TIME_WAIT_FLOWS {
+                        self.alerted_clients.retain(|_, (until, _)| *until > now_ns);
+                    }
+                    if self.alerted_clients.len() < MAX_TIME_WAIT_FLOWS {
+                        self.alerted_clients.insert(client_flow, (now_ns + session::ALERT_LINGER_NS, seq));
+                    }
                 }
                 if closed {
                     if self.time_wait_clients.len() >= MAX_TIME_WAIT_FLOWS {

@@ -43,6 +43,9 @@ pub(crate) struct Context<'a> {
     pub close_timeout_ns: u64,
     /// Where handshakes run: `None` inline.
     pub pool: Option<&'a HandshakePool>,
+    /// Frames for the outside port to send later (at the time given): the RST that follows a
+    /// fatal alert.
+    pub deferred: &'a mut std::collections::VecDeque<(u64, Vec<u8>)>,
 }
 
 pub(crate) enum SessionEvent {
@@ -68,6 +71,12 @@ const MAX_RETRIES: u32 = 6;
 /// The box's FIN toward the backend is sent again after this (doubling each time), at most
 /// `MAX_RETRIES` times.
 const FIN_RTO_NS: u64 = 200_000_000;
+/// A fatal alert goes with a FIN; the RST that ends the client's side waits this long, so that
+/// it cannot overtake the alert (a client that ACKs the alert gets its RST at once, from the
+/// VIP that no longer knows the session).
+pub(crate) const ALERT_LINGER_NS: u64 = 1_000_000_000;
+/// Deferred RSTs kept at most; past that they go at once.
+const MAX_DEFERRED: usize = 1 << 16;
 /// Our window scale toward the client (when it offers one).
 const OUR_WINDOW_SCALE: u8 = 7;
 /// Records the box keeps for retransmission before it stops taking new backend data.
@@ -284,6 +293,9 @@ pub(crate) struct Session {
     early_backend: Vec<u8>,
     /// The ServerConnection is with a handshake worker.
     tls_in_flight: bool,
+    /// After a fatal alert: the sequence number of the client's RST, which waits (see
+    /// [`Session::reset_client_later`]).
+    client_reset_seq: Option<u32>,
 }
 
 /// A record the box sealed toward the client, until the client acknowledges it.
@@ -435,6 +447,7 @@ impl Session {
             pending_client_fin: None,
             early_backend: Vec::new(),
             tls_in_flight: false,
+            client_reset_seq: None,
         })
     }
 
@@ -478,6 +491,11 @@ impl Session {
     /// Whether the client's connection has timestamps (the box's clock is `ts_now`).
     pub(crate) fn client_timestamps(&self) -> bool {
         self.timestamps
+    }
+
+    /// After a fatal alert: the sequence number of the client's RST still to come.
+    pub(crate) fn client_reset_seq(&self) -> Option<u32> {
+        self.client_reset_seq
     }
 
     pub(crate) fn tls_in_flight(&self) -> bool {
@@ -797,10 +815,36 @@ impl Session {
     /// rustls refused the handshake: its alert (already in the flight) goes out, then RSTs.
     fn tls_failed(&mut self, context: &mut Context<'_>) -> SessionEvent {
         context.counters.ended_tls_error += 1;
+        // rustls' alert is the end of the flight: deliver it, with a FIN, before the RST.
         self.transmit_handshake(context);
-        self.send_to_client(context, TcpFlags::RST | TcpFlags::ACK, self.handshake_out.len() as u64, &[]);
+        let end = self.handshake_out.len() as u64;
+        self.send_to_client(context, TcpFlags::FIN | TcpFlags::ACK, end, &[]);
+        self.reset_client_later(context, end + 1);
         self.reset_backend(context);
         SessionEvent::Ended
+    }
+
+    /// The client's RST at our offset `offset`: sent `ALERT_LINGER_NS` from now, or as soon as
+    /// the client sends anything (the engine answers its flow with this RST for that long).
+    fn reset_client_later(&mut self, context: &mut Context<'_>, offset: u64) {
+        let seq = self.our_isn.wrapping_add(1).wrapping_add(offset as u32);
+        self.client_reset_seq = Some(seq);
+        let segment = Segment {
+            source: self.vip,
+            destination: self.client,
+            seq,
+            ack: 0,
+            flags: TcpFlags::RST,
+            window: 0,
+            options: TcpOptions::default(),
+            payload: &[],
+        };
+        let Some(frame) = emit::tcp_frame(self.reply_link(), &segment) else { return };
+        if context.deferred.len() < MAX_DEFERRED {
+            context.deferred.push_back((context.now_ns + ALERT_LINGER_NS, frame));
+        } else {
+            context.out.push(Port::Outside, Some(frame));
+        }
     }
 
     fn transmit_handshake(&mut self, context: &mut Context<'_>) {
@@ -1535,17 +1579,31 @@ impl Session {
     }
 
     /// A fatal alert to the client, then resets both ways.
+    /// A fatal alert to the client with a FIN, the backend reset; the client's RST follows
+    /// once the alert had time to arrive (a RST right behind it often reached the client's
+    /// application first, which then saw only "connection reset").
     fn fail_with_alert(&mut self, context: &mut Context<'_>, description: u8) {
+        let mut sent_at = None;
         if let Some(splice) = self.splice.as_mut() {
-            let plaintext = [2, description];
-            let mut record = vec![0u8; splice.sealer.record_len(plaintext.len())];
-            if splice.sealer.seal(ContentType::Alert, &plaintext, &mut record).is_ok() {
-                let offset = splice.cipher_frontier;
-                splice.cipher_frontier += record.len() as u64;
-                self.send_to_client(context, TcpFlags::ACK | TcpFlags::PSH, offset, &record);
+            if splice.client_fin_cipher.is_none() {
+                let plaintext = [2, description];
+                let mut record = vec![0u8; splice.sealer.record_len(plaintext.len())];
+                if splice.sealer.seal(ContentType::Alert, &plaintext, &mut record).is_ok() {
+                    let offset = splice.cipher_frontier;
+                    splice.cipher_frontier += record.len() as u64;
+                    splice.client_fin_cipher = Some(splice.cipher_frontier);
+                    sent_at = Some(splice.cipher_frontier + 1);
+                    self.send_to_client(context, TcpFlags::ACK | TcpFlags::PSH | TcpFlags::FIN, offset, &record);
+                }
             }
         }
-        self.reset_both(context);
+        match sent_at {
+            Some(after_fin) => {
+                self.reset_client_later(context, after_fin);
+                self.reset_backend(context);
+            }
+            None => self.reset_both(context),
+        }
     }
 
     /// Our own KeyUpdate toward the client (answering update_requested), then new keys.
@@ -2390,6 +2448,22 @@ pub(crate) fn reset_segment(port: Port, link: Link, key: FlowKey, tcp: &TcpSegme
 
 /// TIME-WAIT's answer to a FIN sent again on a connection the box closed: the ACK of it, as
 /// `tcp` asks for it. `ts_value` is the box's clock on that connection (timestamps on it).
+/// The RST of a session that ended with a fatal alert, at the sequence number the box's FIN
+/// left (`seq`), for a client segment that came after.
+pub(crate) fn reset_after_alert(link: Link, key: FlowKey, seq: u32, out: &mut Output) {
+    let segment = Segment {
+        source: key.destination,
+        destination: key.source,
+        seq,
+        ack: 0,
+        flags: TcpFlags::RST,
+        window: 0,
+        options: TcpOptions::default(),
+        payload: &[],
+    };
+    out.push(Port::Outside, emit::tcp_frame(link.reversed(), &segment));
+}
+
 pub(crate) fn time_wait_ack(port: Port, link: Link, key: FlowKey, tcp: &TcpSegment<'_>, ts_value: Option<u32>, out: &mut Output) {
     let len = tcp.payload.len() as u32 + tcp.flags.contains(TcpFlags::FIN) as u32;
     let mut options = TcpOptions::default();
