@@ -1418,6 +1418,14 @@ impl TlsLab {
     /// left open, one completed handshake per connection the clients made, no tag failure.
     /// Returns the counters for further checks.
     pub fn finish(&self) -> Counters {
+        self.finish_allowing_open(false)
+    }
+
+    /// [`TlsLab::finish`]; with `sessions_may_remain`, sessions still open are allowed (a test
+    /// whose clients gave up on stalled transfers: the box resets those only at its idle
+    /// timeout) and the handshake count is not checked against the connections (a client may
+    /// have given up during one).
+    pub fn finish_allowing_open(&self, sessions_may_remain: bool) -> Counters {
         // Let the last FIN/RST exchanges cross the box.
         thread::sleep(Duration::from_millis(1000));
         let exit = self.stop_cutls().expect("cutls runs");
@@ -1431,18 +1439,20 @@ impl TlsLab {
             )
         };
         assert!(exit.success, "cutls run exited with failure: {}", context());
-        assert_eq!(
-            counters.sessions_still_open,
-            Some(0),
-            "sessions still open after all clients ended: {}",
-            context()
-        );
-        assert_eq!(
-            counters.get("handshakes_completed"),
-            self.connections(),
-            "handshakes completed vs connections the clients made: {}",
-            context()
-        );
+        if !sessions_may_remain {
+            assert_eq!(
+                counters.sessions_still_open,
+                Some(0),
+                "sessions still open after all clients ended: {}",
+                context()
+            );
+            assert_eq!(
+                counters.get("handshakes_completed"),
+                self.connections(),
+                "handshakes completed vs connections the clients made: {}",
+                context()
+            );
+        }
         assert_eq!(
             counters.get("ended_tag_failure"),
             0,
