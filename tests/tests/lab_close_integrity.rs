@@ -86,8 +86,8 @@ def run_all(target, items):
     for thread in threads:
         thread.join()
 # Open in waves so that the handshakes do not all queue at once.
-for wave in range(0, count, 100):
-    run_all(open_one, range(wave, min(count, wave + 100)))
+for wave in range(0, count, 50):
+    run_all(open_one, range(wave, min(count, wave + 50)))
 run_all(close_one, list(opened))
 worst_unwrap = max((r[0] for r in results), default=0)
 worst_end = max((r[1] for r in results), default=0)
@@ -183,7 +183,9 @@ fn polite_closes_python_unwrap_and_openssl_s_client() {
             let to = t.vip(v6, h1_port(HoldBack::CutThrough));
             let what = format!("Python unwrap, TLS {version}, request {request:?}, via {to}");
             let report = polite_close(&t, to, version, 1, request);
-            assert_eq!((report.opened, report.closed), (1, 1), "{what}: {report:?}");
+            if (report.opened, report.closed) != (1, 1) {
+                t.fail(format!("{what}: {report:?}"));
+            }
             assert!(report.worst_unwrap < 1.0, "{what}: the box's close_notify took {:.3} s", report.worst_unwrap);
             assert!(report.worst_end < 1.0, "{what}: the box's FIN took {:.3} s", report.worst_end);
             assert_all_closed(&t, &what);
@@ -228,7 +230,11 @@ fn a_thousand_polite_closes_at_once() {
     let t = TlsLab::up(Setup::io("xdp"));
     let to = t.vip(false, h1_port(HoldBack::CutThrough));
     let report = polite_close(&t, to, "1.3", 1000, Some(1448));
-    assert_eq!((report.opened, report.closed), (1000, 1000), "{report:?}");
+    if (report.opened, report.closed) != (1000, 1000) {
+        // With the box's counters and stderr: a clean-clone CI run once saw every open after
+        // the 435th time out and no close succeed (the box unresponsive), not seen again here.
+        t.fail(format!("1,000 polite closes: {report:?}"));
+    }
     assert!(report.worst_end < 5.0, "the slowest close took {:.3} s: {report:?}", report.worst_end);
     assert_all_closed(&t, "1,000 polite closes");
     let counters = t.finish();
