@@ -544,21 +544,29 @@ fn loss_and_reordering_on_the_wire() {
 
 // ---- everything else crosses the box unchanged ----
 
-#[test]
-fn frames_for_others_cross_unchanged() {
-    let v4 = Addresses::ipv4();
-    let v6 = Addresses::ipv6();
-    let mut engine = engine_lab(&v4, ReleaseMode::CutThrough, 5, WireConfig::default()).boxed.engine;
-    let router_mac = EthernetAddress([0x02, 0, 0, 0, 0, 0x01]);
-    let other_host: SocketAddr = "198.18.0.20:5555".parse().expect("address");
-    let syn = Outgoing {
+/// The client side's router, for frames the tests write by hand.
+const ROUTER_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x01]);
+
+/// A client's SYN (ISN 1000, MSS 1460), for frames the tests write by hand.
+fn client_syn() -> Outgoing {
+    Outgoing {
         seq: SeqNumber(1000),
         ack: SeqNumber(0),
         flags: TcpFlags::SYN,
         window: 64240,
         options: TcpOptions { max_segment_size: Some(1460), ..TcpOptions::default() },
         payload: Vec::new(),
-    };
+    }
+}
+
+#[test]
+fn frames_for_others_cross_unchanged() {
+    let v4 = Addresses::ipv4();
+    let v6 = Addresses::ipv6();
+    let mut engine = engine_lab(&v4, ReleaseMode::CutThrough, 5, WireConfig::default()).boxed.engine;
+    let router_mac = ROUTER_MAC;
+    let other_host: SocketAddr = "198.18.0.20:5555".parse().expect("address");
+    let syn = client_syn();
     let client = SocketAddr::new(v4.client_ip, 41000);
     let (group, group_mac) = solicited_node("2001:db8::99".parse().expect("ip"));
     let mut tagged = tcp_frame(v4.client_mac, router_mac, client, v4.vip, &syn);
@@ -617,15 +625,8 @@ fn frames_for_others_cross_unchanged() {
 #[test]
 fn syns_with_bad_checksums_are_not_answered() {
     let v4 = Addresses::ipv4();
-    let router_mac = EthernetAddress([0x02, 0, 0, 0, 0, 0x01]);
-    let syn = Outgoing {
-        seq: SeqNumber(1000),
-        ack: SeqNumber(0),
-        flags: TcpFlags::SYN,
-        window: 64240,
-        options: TcpOptions { max_segment_size: Some(1460), ..TcpOptions::default() },
-        payload: Vec::new(),
-    };
+    let router_mac = ROUTER_MAC;
+    let syn = client_syn();
     let client = SocketAddr::new(v4.client_ip, 41000);
     let good = tcp_frame(v4.client_mac, router_mac, client, v4.vip, &syn);
     let mut bad_tcp = good.clone();
@@ -673,7 +674,7 @@ fn syns_with_bad_checksums_are_not_answered() {
 #[test]
 fn a_new_syn_on_a_held_four_tuple_gets_a_challenge_ack() {
     let v4 = Addresses::ipv4();
-    let router_mac = EthernetAddress([0x02, 0, 0, 0, 0, 0x01]);
+    let router_mac = ROUTER_MAC;
     let client = SocketAddr::new(v4.client_ip, 41000);
     let segment = |seq: u32, ack: u32, flags: TcpFlags| {
         let options = if flags.contains(TcpFlags::SYN) {

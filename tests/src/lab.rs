@@ -36,6 +36,13 @@ pub struct LabEnv {
     pub backends_v6: Vec<IpAddr>,
     pub server_mac: [u8; 6],
     pub client_mac: [u8; 6],
+    /// The impairment namespace and its interfaces (`tools/lab up --impair-side`): toward the
+    /// box and toward the host, on the server and on the client side.
+    pub impair_ns: String,
+    pub impair_box_server_if: String,
+    pub impair_server_if: String,
+    pub impair_client_if: String,
+    pub impair_box_client_if: String,
 }
 
 impl LabEnv {
@@ -76,6 +83,11 @@ impl LabEnv {
             backends_v6: addresses("LAB_BACKENDS_V6")?,
             server_mac: parse_mac(&get("LAB_SERVER_MAC")?)?,
             client_mac: parse_mac(&get("LAB_CLIENT_MAC")?)?,
+            impair_ns: get("LAB_IMPAIR_NS")?,
+            impair_box_server_if: get("LAB_IMPAIR_BOX_SERVER_IF")?,
+            impair_server_if: get("LAB_IMPAIR_SERVER_IF")?,
+            impair_client_if: get("LAB_IMPAIR_CLIENT_IF")?,
+            impair_box_client_if: get("LAB_IMPAIR_BOX_CLIENT_IF")?,
         })
     }
 }
@@ -380,22 +392,15 @@ impl Impair {
     /// Starts `cutls-impair` on `side` ("server" or "client") with `spec` both ways.
     pub fn start(lab: &Lab, side: &str, spec: &str, seed: u64) -> io::Result<Impair> {
         let binary = impair_binary()?;
-        let text = lab_script("env")?;
-        let value = |name: &str| -> io::Result<String> {
-            text.lines()
-                .find_map(|line| line.strip_prefix(&format!("{name}=")))
-                .map(str::to_string)
-                .ok_or_else(|| io::Error::other(format!("tools/lab env has no {name}")))
-        };
-        let ns = value("LAB_IMPAIR_NS")?;
+        let env = &lab.env;
         let (toward_box, toward_host) = match side {
-            "server" => (value("LAB_IMPAIR_BOX_SERVER_IF")?, value("LAB_IMPAIR_SERVER_IF")?),
-            "client" => (value("LAB_IMPAIR_BOX_CLIENT_IF")?, value("LAB_IMPAIR_CLIENT_IF")?),
+            "server" => (&env.impair_box_server_if, &env.impair_server_if),
+            "client" => (&env.impair_box_client_if, &env.impair_client_if),
             other => return Err(io::Error::other(format!("no impaired side {other:?}"))),
         };
         let mut child = lab
-            .command_in(&ns, &binary.display().to_string())
-            .args(["--a", &toward_box, "--b", &toward_host, "--seed", &seed.to_string(), "--both", spec])
+            .command_in(&env.impair_ns, &binary.display().to_string())
+            .args(["--a", toward_box, "--b", toward_host, "--seed", &seed.to_string(), "--both", spec])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -934,6 +939,11 @@ mod tests {
             "LAB_SERVER_MAC=02:00:c6:12:00:15",
             "LAB_BACKENDS_V4=\"198.18.0.21 198.18.0.22\"",
             "LAB_BACKENDS_V6=\"2001:db8::21\"",
+            "LAB_IMPAIR_NS=cutls-imp",
+            "LAB_IMPAIR_BOX_SERVER_IF=imp-box-s",
+            "LAB_IMPAIR_SERVER_IF=imp-srv",
+            "LAB_IMPAIR_CLIENT_IF=imp-cli",
+            "LAB_IMPAIR_BOX_CLIENT_IF=imp-box-c",
             "export LAB_CLIENT_NS LAB_BOX_NS",
         ]
         .join("\n");
@@ -942,6 +952,7 @@ mod tests {
         assert_eq!(env.backends_v4.len(), 2);
         assert_eq!(env.backends_v6[0].to_string(), "2001:db8::21");
         assert_eq!(env.server_mac, [2, 0, 0xc6, 0x12, 0, 0x15]);
+        assert_eq!((env.impair_ns.as_str(), env.impair_server_if.as_str()), ("cutls-imp", "imp-srv"));
         assert!(LabEnv::parse("LAB_CLIENT_NS=x\n").is_err());
     }
 

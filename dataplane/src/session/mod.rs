@@ -224,20 +224,46 @@ const MAX_ENDED_FLOWS: usize = 1 << 16;
 const TIME_WAIT_NS: u64 = 60_000_000_000;
 const MAX_TIME_WAIT_FLOWS: usize = 1 << 16;
 
-/// A backend flow of an ended session.
-#[derive(Clone, Copy, Debug)]
-struct EndedFlow {
-    until_ns: u64,
-    /// Closed with FINs: a FIN sent again is acknowledged (TIME-WAIT), with this timestamp
-    /// value if the flow had timestamps. Otherwise every segment but a RST is reset.
-    time_wait: Option<Option<u32>>,
+/// Flows remembered for a while after their session ended, each with its expiry, at most
+/// `max` of them: when full, expired entries go first, and a flow that still finds no room is
+/// not remembered (the tables hold what protects the peers, not what the box needs to work).
+struct ExpiringFlows<V> {
+    entries: HashMap<FlowKey, (u64, V)>,
+    max: usize,
 }
 
-/// A client flow in TIME-WAIT.
-#[derive(Clone, Copy, Debug)]
-struct TimeWait {
-    until_ns: u64,
-    timestamps: bool,
+impl<V: Copy> ExpiringFlows<V> {
+    fn new(max: usize) -> Self {
+        ExpiringFlows { entries: HashMap::new(), max }
+    }
+
+    fn insert(&mut self, now_ns: u64, key: FlowKey, until_ns: u64, value: V) {
+        if self.entries.len() >= self.max {
+            self.entries.retain(|_, (until, _)| *until > now_ns);
+        }
+        if self.entries.len() < self.max {
+            self.entries.insert(key, (until_ns, value));
+        }
+    }
+
+    /// The value of `key` while it lives; an expired entry is forgotten here.
+    fn live(&mut self, now_ns: u64, key: &FlowKey) -> Option<V> {
+        let &(until, value) = self.entries.get(key)?;
+        if now_ns < until {
+            return Some(value);
+        }
+        self.entries.remove(key);
+        None
+    }
+
+    fn remove(&mut self, key: &FlowKey) {
+        self.entries.remove(key);
+    }
+
+    /// Whether `key` has an entry, expired or not.
+    fn contains(&self, key: &FlowKey) -> bool {
+        self.entries.contains_key(key)
+    }
 }
 
 /// MSS classes a SYN cookie can remember (the largest not above the client's is offered).
@@ -269,17 +295,20 @@ pub struct Engine {
     inside_macs: HashMap<IpAddr, EthernetAddress>,
     /// Backend addresses the box asked for (ARP/NDP): their replies are consumed, not bridged.
     resolving: HashSet<IpAddr>,
-    /// Backend -> client flows of ended sessions, until the time given: their segments are
-    /// answered with RST and dropped, never bridged (they would carry plaintext to the client).
-    ended_backend_flows: HashMap<FlowKey, EndedFlow>,
-    /// Client -> VIP flows of sessions closed with FINs, until the time given.
-    time_wait_clients: HashMap<FlowKey, TimeWait>,
+    /// Backend -> client flows of ended sessions: their segments are answered with RST and
+    /// dropped, never bridged (they would carry plaintext to the client). The value: `Some`
+    /// for a session closed with FINs, whose FIN sent again is acknowledged (TIME-WAIT), with
+    /// the box's timestamp value toward the backend if the flow had timestamps.
+    ended_backend_flows: ExpiringFlows<Option<Option<u32>>>,
+    /// Client -> VIP flows of sessions closed with FINs (TIME-WAIT); the value: whether the
+    /// flow had timestamps.
+    time_wait_clients: ExpiringFlows<bool>,
     /// Frames for the outside port to send later, in time order (RSTs behind fatal alerts).
     deferred: std::collections::VecDeque<(u64, Vec<u8>)>,
-    /// Client flows of sessions that ended with a fatal alert and a FIN: until the time given,
-    /// a client segment is answered with the RST at the sequence number given (in the client's
-    /// window, unlike one built from a segment sent before the alert arrived).
-    alerted_clients: HashMap<FlowKey, (u64, u32)>,
+    /// Client flows of sessions that ended with a fatal alert and a FIN: a client segment is
+    /// answered with the RST at the sequence number kept (in the client's window, unlike one
+    /// built from a segment sent before the alert arrived).
+    alerted_clients: ExpiringFlows<u32>,
     next_id: u64,
     next_backend: Vec<usize>,
     /// Round robin over each listener's passthrough pool.
@@ -305,10 +334,10 @@ impl Engine {
             by_backend: HashMap::new(),
             inside_macs: HashMap::new(),
             resolving: HashSet::new(),
-            ended_backend_flows: HashMap::new(),
-            time_wait_clients: HashMap::new(),
+            ended_backend_flows: ExpiringFlows::new(MAX_ENDED_FLOWS),
+            time_wait_clients: ExpiringFlows::new(MAX_TIME_WAIT_FLOWS),
             deferred: std::collections::VecDeque::new(),
-            alerted_clients: HashMap::new(),
+            alerted_clients: ExpiringFlows::new(MAX_TIME_WAIT_FLOWS),
             next_id: 1,
             next_backend: vec![0; listeners],
             next_passthrough: vec![0; listeners],
@@ -419,23 +448,20 @@ impl Engine {
                             return;
                         }
                         if port == Port::Inside {
-                            if let Some(&ended) = self.ended_backend_flows.get(&key) {
-                                if now_ns < ended.until_ns {
-                                    // A backend still talking to an ended session: reset it,
-                                    // and never let its plaintext cross to the outside. After
-                                    // a clean close, its FIN sent again is acknowledged.
-                                    match ended.time_wait {
-                                        Some(ts_value) if tcp.flags.contains(TcpFlags::FIN) && !tcp.flags.contains(TcpFlags::RST) => {
-                                            self.counters.time_wait_acks += 1;
-                                            session::time_wait_ack(Port::Inside, link, key, tcp, ts_value, out);
-                                        }
-                                        Some(_) if tcp.payload.is_empty() && !tcp.flags.contains(TcpFlags::SYN) => {}
-                                        _ if tcp.flags.contains(TcpFlags::RST) => {}
-                                        _ => session::reset_segment(Port::Inside, link, key, tcp, out),
+                            if let Some(time_wait) = self.ended_backend_flows.live(now_ns, &key) {
+                                // A backend still talking to an ended session: reset it, and
+                                // never let its plaintext cross to the outside. After a clean
+                                // close, its FIN sent again is acknowledged.
+                                match time_wait {
+                                    Some(ts_value) if tcp.flags.contains(TcpFlags::FIN) && !tcp.flags.contains(TcpFlags::RST) => {
+                                        self.counters.time_wait_acks += 1;
+                                        session::time_wait_ack(Port::Inside, link, key, tcp, ts_value, out);
                                     }
-                                    return;
+                                    Some(_) if tcp.payload.is_empty() && !tcp.flags.contains(TcpFlags::SYN) => {}
+                                    _ if tcp.flags.contains(TcpFlags::RST) => {}
+                                    _ => session::reset_segment(Port::Inside, link, key, tcp, out),
                                 }
-                                self.ended_backend_flows.remove(&key);
+                                return;
                             }
                         }
                         if port == Port::Outside {
@@ -445,8 +471,8 @@ impl Engine {
                                 if self.time_wait(now_ns, key, link, tcp, out) {
                                     return;
                                 }
-                                if let Some(&(until, seq)) = self.alerted_clients.get(&key) {
-                                    if now_ns < until && !syn && !tcp.flags.contains(TcpFlags::RST) {
+                                if let Some(seq) = self.alerted_clients.live(now_ns, &key) {
+                                    if !syn && !tcp.flags.contains(TcpFlags::RST) {
                                         // Every segment still in flight from the client gets it.
                                         session::reset_after_alert(link, key, seq, out);
                                         return;
@@ -714,29 +740,14 @@ impl Engine {
                 self.by_client.remove(&client_flow);
                 let backend_flow = FlowKey { source: session.backend(), destination: session.backend_source() };
                 self.by_backend.remove(&backend_flow);
-                if self.ended_backend_flows.len() >= MAX_ENDED_FLOWS {
-                    self.ended_backend_flows.retain(|_, ended| ended.until_ns > now_ns);
-                }
-                if self.ended_backend_flows.len() < MAX_ENDED_FLOWS {
-                    let time_wait = closed.then(|| session.backend_ts_value());
-                    self.ended_backend_flows.insert(backend_flow, EndedFlow { until_ns: now_ns + ENDED_FLOW_TTL_NS, time_wait });
-                }
+                let time_wait = closed.then(|| session.backend_ts_value());
+                self.ended_backend_flows.insert(now_ns, backend_flow, now_ns + ENDED_FLOW_TTL_NS, time_wait);
                 if let Some(seq) = session.client_reset_seq() {
-                    if self.alerted_clients.len() >= MAX_TIME_WAIT_FLOWS {
-                        self.alerted_clients.retain(|_, (until, _)| *until > now_ns);
-                    }
-                    if self.alerted_clients.len() < MAX_TIME_WAIT_FLOWS {
-                        self.alerted_clients.insert(client_flow, (now_ns + session::ALERT_LINGER_NS, seq));
-                    }
+                    self.alerted_clients.insert(now_ns, client_flow, now_ns + session::ALERT_LINGER_NS, seq);
                 }
                 if closed {
-                    if self.time_wait_clients.len() >= MAX_TIME_WAIT_FLOWS {
-                        self.time_wait_clients.retain(|_, entry| entry.until_ns > now_ns);
-                    }
-                    if self.time_wait_clients.len() < MAX_TIME_WAIT_FLOWS {
-                        let entry = TimeWait { until_ns: now_ns + TIME_WAIT_NS, timestamps: session.client_timestamps() };
-                        self.time_wait_clients.insert(client_flow, entry);
-                    }
+                    let until = now_ns + TIME_WAIT_NS;
+                    self.time_wait_clients.insert(now_ns, client_flow, until, session.client_timestamps());
                 }
             }
         }
@@ -851,7 +862,7 @@ impl Engine {
             let port = self.next_snat_port;
             self.next_snat_port = if port == u16::MAX { FIRST_SNAT_PORT } else { port + 1 };
             let key = FlowKey { source: backend, destination: SocketAddr::new(address, port) };
-            if !self.by_backend.contains_key(&key) && !self.ended_backend_flows.contains_key(&key) {
+            if !self.by_backend.contains_key(&key) && !self.ended_backend_flows.contains(&key) {
                 return Some(port);
             }
         }
@@ -865,7 +876,7 @@ impl Engine {
             Port::Outside => self.by_client.contains_key(&key) || self.listener_for(key.destination).is_some(),
             Port::Inside => {
                 self.by_backend.contains_key(&key)
-                    || self.ended_backend_flows.contains_key(&key)
+                    || self.ended_backend_flows.contains(&key)
                     || self.config.snat_address == Some(key.destination.ip())
             }
         }
@@ -893,15 +904,15 @@ impl Engine {
     /// wait and starts a new connection, and anything else gets the RST a VIP without a session
     /// gives. Returns whether the segment was handled here.
     fn time_wait(&mut self, now_ns: u64, key: FlowKey, link: Link, tcp: &crate::wire::TcpSegment<'_>, out: &mut Output) -> bool {
-        let Some(&entry) = self.time_wait_clients.get(&key) else { return false };
+        let Some(timestamps) = self.time_wait_clients.live(now_ns, &key) else { return false };
         let flags = tcp.flags;
-        if now_ns >= entry.until_ns || flags.contains(TcpFlags::SYN) || flags.contains(TcpFlags::RST) {
+        if flags.contains(TcpFlags::SYN) || flags.contains(TcpFlags::RST) {
             self.time_wait_clients.remove(&key);
             return flags.contains(TcpFlags::RST);
         }
         if flags.contains(TcpFlags::FIN) {
             self.counters.time_wait_acks += 1;
-            let ts_value = entry.timestamps.then(|| session::ts_now(now_ns));
+            let ts_value = timestamps.then(|| session::ts_now(now_ns));
             session::time_wait_ack(Port::Outside, link, key, tcp, ts_value, out);
             return true;
         }

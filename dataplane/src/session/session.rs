@@ -829,17 +829,7 @@ impl Session {
     fn reset_client_later(&mut self, context: &mut Context<'_>, offset: u64) {
         let seq = self.our_isn.wrapping_add(1).wrapping_add(offset as u32);
         self.client_reset_seq = Some(seq);
-        let segment = Segment {
-            source: self.vip,
-            destination: self.client,
-            seq,
-            ack: 0,
-            flags: TcpFlags::RST,
-            window: 0,
-            options: TcpOptions::default(),
-            payload: &[],
-        };
-        let Some(frame) = emit::tcp_frame(self.reply_link(), &segment) else { return };
+        let Some(frame) = emit::tcp_frame(self.reply_link(), &bare_reset(self.vip, self.client, seq)) else { return };
         if context.deferred.len() < MAX_DEFERRED {
             context.deferred.push_back((context.now_ns + ALERT_LINGER_NS, frame));
         } else {
@@ -1278,19 +1268,8 @@ impl Session {
             return;
         }
         let offset = self.splice.as_ref().map_or(self.sent, |splice| splice.next_offset());
-        let mut options = TcpOptions::default();
-        options.timestamp = None;
-        let segment = Segment {
-            source: self.vip,
-            destination: self.client,
-            seq: self.our_isn.wrapping_add(1).wrapping_add(offset as u32),
-            ack: 0,
-            flags: TcpFlags::RST,
-            window: 0,
-            options,
-            payload: &[],
-        };
-        context.out.push(Port::Outside, emit::tcp_frame(self.reply_link(), &segment));
+        let seq = self.our_isn.wrapping_add(1).wrapping_add(offset as u32);
+        context.out.push(Port::Outside, emit::tcp_frame(self.reply_link(), &bare_reset(self.vip, self.client, seq)));
         self.reset_backend(context);
     }
 
@@ -2446,24 +2425,19 @@ pub(crate) fn reset_segment(port: Port, link: Link, key: FlowKey, tcp: &TcpSegme
     out.push(port, emit::tcp_frame(link.reversed(), &segment));
 }
 
-/// TIME-WAIT's answer to a FIN sent again on a connection the box closed: the ACK of it, as
-/// `tcp` asks for it. `ts_value` is the box's clock on that connection (timestamps on it).
 /// The RST of a session that ended with a fatal alert, at the sequence number the box's FIN
 /// left (`seq`), for a client segment that came after.
 pub(crate) fn reset_after_alert(link: Link, key: FlowKey, seq: u32, out: &mut Output) {
-    let segment = Segment {
-        source: key.destination,
-        destination: key.source,
-        seq,
-        ack: 0,
-        flags: TcpFlags::RST,
-        window: 0,
-        options: TcpOptions::default(),
-        payload: &[],
-    };
-    out.push(Port::Outside, emit::tcp_frame(link.reversed(), &segment));
+    out.push(Port::Outside, emit::tcp_frame(link.reversed(), &bare_reset(key.destination, key.source, seq)));
 }
 
+/// A RST without ACK at `seq` (RFC 9293: the receiver takes it when `seq` is its RCV.NXT).
+fn bare_reset(source: SocketAddr, destination: SocketAddr, seq: u32) -> Segment<'static> {
+    Segment { source, destination, seq, ack: 0, flags: TcpFlags::RST, window: 0, options: TcpOptions::default(), payload: &[] }
+}
+
+/// TIME-WAIT's answer to a FIN sent again on a connection the box closed: the ACK of it, as
+/// `tcp` asks for it. `ts_value` is the box's clock on that connection (timestamps on it).
 pub(crate) fn time_wait_ack(port: Port, link: Link, key: FlowKey, tcp: &TcpSegment<'_>, ts_value: Option<u32>, out: &mut Output) {
     let len = tcp.payload.len() as u32 + tcp.flags.contains(TcpFlags::FIN) as u32;
     let mut options = TcpOptions::default();
