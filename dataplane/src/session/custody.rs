@@ -149,6 +149,11 @@ impl Custody {
         None
     }
 
+    /// When [`Custody::poll`] next has something to do.
+    pub(crate) fn deadline_ns(&self) -> Option<u64> {
+        self.deadline_ns
+    }
+
     /// The retransmission timer.
     pub(crate) fn poll(&mut self, now_ns: u64, mss: usize) -> Option<CustodyAction> {
         let deadline = self.deadline_ns?;

@@ -26,7 +26,9 @@ mod custody;
 pub mod emit;
 pub mod handover;
 pub mod handshake;
+mod neighbours;
 mod session;
+mod timers;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -40,7 +42,9 @@ use crate::wire::{
 };
 use emit::Link;
 use handover::SecretLog;
+use neighbours::Neighbours;
 use session::{BackendSide, ClientSyn, Session, SessionEvent};
+use timers::TimerQueue;
 
 /// The box's two ports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -213,6 +217,9 @@ pub struct Counters {
     /// SYNs with a new ISN on a 4-tuple a session holds, answered with a challenge ACK
     /// (RFC 5961 4): a client that really starts over resets the old session with it.
     pub challenge_acks: u64,
+    /// Times a session's timers were run because one was due (not once per session per turn:
+    /// an idle session costs nothing until its idle timeout).
+    pub session_timer_runs: u64,
 }
 
 /// How long an ended session's backend flow is still recognised (its late segments are reset
@@ -291,10 +298,16 @@ pub struct Engine {
     by_client: HashMap<FlowKey, u64>,
     /// Backend -> client flows (transparent mode: the backend talks to the client's address).
     by_backend: HashMap<FlowKey, u64>,
-    /// MAC addresses learned on the inside port.
-    inside_macs: HashMap<IpAddr, EthernetAddress>,
-    /// Backend addresses the box asked for (ARP/NDP): their replies are consumed, not bridged.
-    resolving: HashSet<IpAddr>,
+    /// MAC addresses learned on the inside port, and the box's own requests (ARP/NDP):
+    /// replies to those are consumed, not bridged.
+    neighbours: Neighbours,
+    /// When each session next needs its timers run.
+    timers: TimerQueue,
+    /// Sessions waiting for their backend's MAC: run when a neighbour is learned.
+    waiting_for_mac: HashSet<u64>,
+    /// Sessions whose handshake is at a worker: while there are any, the loop looks for
+    /// results often.
+    handshakes_at_workers: HashSet<u64>,
     /// Backend -> client flows of ended sessions: their segments are answered with RST and
     /// dropped, never bridged (they would carry plaintext to the client). The value: `Some`
     /// for a session closed with FINs, whose FIN sent again is acknowledged (TIME-WAIT), with
@@ -332,8 +345,10 @@ impl Engine {
             sessions: HashMap::new(),
             by_client: HashMap::new(),
             by_backend: HashMap::new(),
-            inside_macs: HashMap::new(),
-            resolving: HashSet::new(),
+            neighbours: Neighbours::default(),
+            timers: TimerQueue::default(),
+            waiting_for_mac: HashSet::new(),
+            handshakes_at_workers: HashSet::new(),
             ended_backend_flows: ExpiringFlows::new(MAX_ENDED_FLOWS),
             time_wait_clients: ExpiringFlows::new(MAX_TIME_WAIT_FLOWS),
             deferred: std::collections::VecDeque::new(),
@@ -383,9 +398,9 @@ impl Engine {
             (NetworkPayload::Arp(arp), _) => {
                 if port == Port::Inside {
                     let sender = IpAddr::V4(arp.sender_protocol_addr);
-                    self.inside_macs.insert(sender, arp.sender_hardware_addr);
-                    self.release_waiting_for_mac(now_ns, out);
-                    if arp.operation == ArpOperation::Reply && self.resolving.remove(&sender) {
+                    self.neighbours.learn(now_ns, sender, arp.sender_hardware_addr);
+                    self.release_waiting_for_mac(now_ns, sender, out);
+                    if arp.operation == ArpOperation::Reply && self.neighbours.answered(now_ns, sender) {
                         // The answer to the box's own request: not for the client's side.
                         return;
                     }
@@ -423,8 +438,9 @@ impl Engine {
                 self.bridge(port, frame, out);
             }
             (NetworkPayload::Ip { ip, transport }, _) => {
-                if port == Port::Inside {
-                    self.inside_macs.entry(ip.source).or_insert(link.source);
+                // Learned from the frames backends send (a header that verifies, a unicast sender).
+                if port == Port::Inside && ip.header_checksum_valid != Some(false) && !link.source.is_multicast() {
+                    self.neighbours.learn(now_ns, ip.source, link.source);
                 }
                 // Nothing the box consumes may change its state before its checksums verify.
                 let header_intact = ip.header_checksum_valid != Some(false);
@@ -512,7 +528,7 @@ impl Engine {
                         let target = ndp_target(message.message);
                         if !message.checksum_valid {
                             // RFC 4861 7.1.1: never believed. Dropped if it was for the box.
-                            if target.is_some_and(|target| self.ndp_for_box(port, message.msg_type, IpAddr::V6(target))) {
+                            if target.is_some_and(|target| self.ndp_for_box(now_ns, port, message.msg_type, IpAddr::V6(target))) {
                                 self.count_bad_checksum(port);
                             } else {
                                 self.bridge(port, frame, out);
@@ -521,9 +537,9 @@ impl Engine {
                         }
                         if port == Port::Inside && message.msg_type == 136 {
                             if let (Some(target), Some(mac)) = (target, ndp_link_address(message.message)) {
-                                self.inside_macs.insert(IpAddr::V6(target), mac);
-                                self.release_waiting_for_mac(now_ns, out);
-                                if self.resolving.remove(&IpAddr::V6(target)) {
+                                self.neighbours.learn(now_ns, IpAddr::V6(target), mac);
+                                self.release_waiting_for_mac(now_ns, IpAddr::V6(target), out);
+                                if self.neighbours.answered(now_ns, IpAddr::V6(target)) {
                                     return;
                                 }
                             }
@@ -571,10 +587,52 @@ impl Engine {
                 out.push(Port::Outside, Some(frame));
             }
         }
-        let ids: Vec<u64> = self.sessions.keys().copied().collect();
-        for id in ids {
+        while let Some((deadline_ns, id)) = self.timers.pop_due(now_ns) {
+            // A stale entry: the session ended, or was scheduled again earlier.
+            let Some(session) = self.sessions.get_mut(&id) else { continue };
+            if session.timer_ns != deadline_ns {
+                continue;
+            }
+            session.timer_ns = timers::NEVER;
+            self.counters.session_timer_runs += 1;
             self.with_session(id, now_ns, out, |session, context| session.poll(context));
         }
+        #[cfg(debug_assertions)]
+        self.audit_timers(now_ns, out);
+    }
+
+    /// Debug builds (and so every test): a session not yet due finds nothing to do when polled.
+    /// One that did would have a deadline its timer entry misses: a retransmission or a timeout
+    /// waiting for a poll that never comes.
+    #[cfg(debug_assertions)]
+    fn audit_timers(&mut self, now_ns: u64, out: &mut Output) {
+        if self.sessions.len() > 4096 {
+            return;
+        }
+        let not_due: Vec<(u64, u64)> =
+            self.sessions.iter().filter(|(_, s)| s.timer_ns > now_ns).map(|(id, s)| (*id, s.timer_ns)).collect();
+        for (id, timer_ns) in not_due {
+            self.with_session(id, now_ns, out, |session, context| {
+                let before = (context.out.outside.len(), context.out.inside.len(), context.deferred.len(), context.counters.clone());
+                let event = session.poll(context);
+                let after = (context.out.outside.len(), context.out.inside.len(), context.deferred.len(), context.counters.clone());
+                assert!(
+                    event.is_none() && before == after,
+                    "session {id}: its timers had work at {now_ns}, before its timer entry at {timer_ns}"
+                );
+                event
+            });
+        }
+    }
+
+    /// Entries in the timer queue (live and stale), for tests and metrics.
+    pub fn timer_entries(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// Addresses in the inside neighbour cache.
+    pub fn neighbour_entries(&self) -> usize {
+        self.neighbours.len()
     }
 
     /// Picks up the handshakes the pool finished (cheap when there are none: call it every
@@ -592,7 +650,7 @@ impl Engine {
 
     /// Whether handshakes are with the pool: the loop should not sleep long.
     pub fn handshakes_pending(&self) -> bool {
-        self.sessions.values().any(|session| session.tls_in_flight())
+        !self.handshakes_at_workers.is_empty()
     }
 
     fn bridge(&mut self, port: Port, frame: &[u8], out: &mut Output) {
@@ -722,8 +780,7 @@ impl Engine {
             now_ns,
             out,
             counters: &mut self.counters,
-            inside_macs: &self.inside_macs,
-            resolving: &mut self.resolving,
+            neighbours: &mut self.neighbours,
             pool: self.pool.as_ref(),
             idle_timeout_ns: self.config.idle_timeout_ns,
             close_timeout_ns: self.config.close_timeout_ns,
@@ -734,7 +791,19 @@ impl Engine {
             event = self.pass_through(id, now_ns, out);
         }
         let closed = matches!(event, Some(SessionEvent::Closed));
-        if let Some(SessionEvent::Ended | SessionEvent::Closed) = event {
+        if !matches!(event, Some(SessionEvent::Ended | SessionEvent::Closed)) {
+            self.track(id);
+            return;
+        }
+        self.waiting_for_mac.remove(&id);
+        self.handshakes_at_workers.remove(&id);
+        if self.timers.len() > 4096 + 2 * self.sessions.len() {
+            // Mostly ended sessions' entries: keep the live ones (amortised: the queue at least
+            // halves each time).
+            let sessions = &self.sessions;
+            self.timers.retain(|deadline_ns, id| sessions.get(&id).is_some_and(|session| session.timer_ns == deadline_ns));
+        }
+        {
             if let Some(session) = self.sessions.remove(&id) {
                 let client_flow = FlowKey { source: session.client(), destination: session.vip() };
                 self.by_client.remove(&client_flow);
@@ -883,9 +952,9 @@ impl Engine {
     }
 
     /// Whether an NDP message on `port` about `target` is one the box would consume.
-    fn ndp_for_box(&self, port: Port, msg_type: u8, target: IpAddr) -> bool {
+    fn ndp_for_box(&self, now_ns: u64, port: Port, msg_type: u8, target: IpAddr) -> bool {
         match (port, msg_type) {
-            (Port::Inside, 136) => self.resolving.contains(&target),
+            (Port::Inside, 136) => self.neighbours.asking(now_ns, target),
             (Port::Inside, 135) => self.config.snat_address == Some(target),
             (Port::Outside, 135) => self.is_vip(target),
             _ => false,
@@ -919,9 +988,35 @@ impl Engine {
         tcp.payload.is_empty()
     }
 
-    fn release_waiting_for_mac(&mut self, now_ns: u64, out: &mut Output) {
-        let waiting: Vec<u64> =
-            self.sessions.iter().filter(|(_, session)| session.waits_for_backend_mac()).map(|(id, _)| *id).collect();
+    /// What the engine keeps about a live session after each call into it: its timer entry,
+    /// and whether it waits for a MAC or for a handshake worker.
+    fn track(&mut self, id: u64) {
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        let deadline = session.next_deadline(self.config.idle_timeout_ns, self.config.close_timeout_ns);
+        session.timer_ns = self.timers.schedule(id, deadline, session.timer_ns);
+        if session.waits_for_backend_mac() {
+            self.waiting_for_mac.insert(id);
+        } else {
+            self.waiting_for_mac.remove(&id);
+        }
+        if session.tls_in_flight() {
+            self.handshakes_at_workers.insert(id);
+        } else {
+            self.handshakes_at_workers.remove(&id);
+        }
+    }
+
+    /// `address` was learned on the inside port: the sessions waiting for it go on.
+    fn release_waiting_for_mac(&mut self, now_ns: u64, address: IpAddr, out: &mut Output) {
+        if self.waiting_for_mac.is_empty() {
+            return;
+        }
+        let waiting: Vec<u64> = self
+            .waiting_for_mac
+            .iter()
+            .copied()
+            .filter(|id| self.sessions.get(id).is_some_and(|session| session.backend().ip() == address))
+            .collect();
         for id in waiting {
             self.with_session(id, now_ns, out, |session, context| session.poll(context));
         }

@@ -11,7 +11,7 @@
 //!   box seals, one per backend segment, kept in a record map until the client acknowledges
 //!   them, so a retransmission in any segmentation is rebuilt byte for byte.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -26,6 +26,7 @@ use super::emit::{self, Link, Segment};
 use super::handover::{SecretLog, SessionKeys};
 use super::handshake::{self, HandshakePool, Job, JobResult, Outcome};
 use super::client_hello::{self, FirstFlight};
+use super::neighbours::Neighbours;
 use super::{Counters, FlowKey, ListenerSetup, Output, PassthroughRoute, Port};
 use crate::wire::seq::unwrap_offset;
 use crate::wire::{ArpOperation, EthernetAddress, SackBlock, SackBlocks, SeqNumber, TcpFlags, TcpOptions, TcpSegment, TcpTimestamp};
@@ -35,9 +36,8 @@ pub(crate) struct Context<'a> {
     pub now_ns: u64,
     pub out: &'a mut Output,
     pub counters: &'a mut Counters,
-    pub inside_macs: &'a HashMap<IpAddr, EthernetAddress>,
-    /// Addresses the box is resolving on the inside port: their replies are the box's.
-    pub resolving: &'a mut std::collections::HashSet<IpAddr>,
+    /// MACs learned on the inside port, and the box's own requests.
+    pub neighbours: &'a mut Neighbours,
     pub idle_timeout_ns: u64,
     /// How long a session that has begun to close may stay idle (FIN-WAIT-2, CLOSE-WAIT).
     pub close_timeout_ns: u64,
@@ -296,6 +296,9 @@ pub(crate) struct Session {
     /// After a fatal alert: the sequence number of the client's RST, which waits (see
     /// [`Session::reset_client_later`]).
     client_reset_seq: Option<u32>,
+    /// The deadline of the session's live entry in the engine's timer queue
+    /// ([`super::timers`]), `NEVER` for none.
+    pub(crate) timer_ns: u64,
 }
 
 /// A record the box sealed toward the client, until the client acknowledges it.
@@ -448,6 +451,7 @@ impl Session {
             early_backend: Vec::new(),
             tls_in_flight: false,
             client_reset_seq: None,
+            timer_ns: super::timers::NEVER,
         })
     }
 
@@ -551,6 +555,36 @@ impl Session {
             return Some(SessionEvent::Ended);
         }
         event
+    }
+
+    /// The earliest time at which [`Session::poll`] has something to do: every deadline it
+    /// checks. Calling `poll` earlier is harmless (it finds nothing due); later is a bug, which
+    /// the engine's timer audit catches in debug builds.
+    pub(crate) fn next_deadline(&self, idle_timeout_ns: u64, close_timeout_ns: u64) -> u64 {
+        // `poll` ends an idle session once the idle time is strictly above the timeout.
+        let mut deadline = self.last_activity_ns.saturating_add(idle_timeout_ns).saturating_add(1);
+        let mut at = |candidate: Option<u64>| {
+            if let Some(candidate) = candidate {
+                deadline = deadline.min(candidate);
+            }
+        };
+        at(self.rto_deadline_ns);
+        at(match self.backend_state {
+            Backend::Resolving { asked_ns, tries } if tries > 0 => Some(asked_ns + INITIAL_RTO_NS),
+            Backend::SynSent { sent_ns, tries } => Some(sent_ns + (INITIAL_RTO_NS << tries.min(6))),
+            _ => None,
+        });
+        if let Some(splice) = &self.splice {
+            if splice.client_fin_forwarded || splice.backend_fin.is_some() {
+                at(Some(self.last_activity_ns.saturating_add(close_timeout_ns).saturating_add(1)));
+            }
+            at(splice.fin_to_backend_deadline_ns);
+            at(splice.custody.deadline_ns());
+        }
+        if let Some(plain) = &self.plain {
+            at(plain.custody.deadline_ns());
+        }
+        deadline
     }
 
     /// Timers: handshake retransmission, backend connection, synthetic records, idle.
@@ -1043,7 +1077,7 @@ impl Session {
     }
 
     fn connect_backend(&mut self, context: &mut Context<'_>) {
-        match context.inside_macs.get(&self.backend.ip()).copied() {
+        match context.neighbours.get(context.now_ns, self.backend.ip()) {
             Some(mac) => {
                 self.send_backend_syn(context, mac);
                 self.backend_state = Backend::SynSent { sent_ns: context.now_ns, tries: 1 };
@@ -1060,7 +1094,10 @@ impl Session {
     }
 
     fn ask_backend_mac(&self, context: &mut Context<'_>) {
-        context.resolving.insert(self.backend.ip());
+        // One request per address per interval, however many sessions wait for it.
+        if !context.neighbours.ask(context.now_ns, self.backend.ip()) {
+            return;
+        }
         let our_mac = self.backend_mac_source;
         match (self.backend_source.ip(), self.backend.ip()) {
             (IpAddr::V4(client), IpAddr::V4(backend)) => context.out.push(
@@ -1116,7 +1153,7 @@ impl Session {
     fn poll_backend(&mut self, context: &mut Context<'_>) -> Option<SessionEvent> {
         match self.backend_state {
             Backend::Resolving { asked_ns, tries } if tries > 0 => {
-                if context.inside_macs.contains_key(&self.backend.ip()) {
+                if context.neighbours.get(context.now_ns, self.backend.ip()).is_some() {
                     self.connect_backend(context);
                 } else if context.now_ns >= asked_ns + INITIAL_RTO_NS {
                     if tries >= MAX_RETRIES {
@@ -1129,7 +1166,7 @@ impl Session {
                 if tries >= MAX_RETRIES {
                     return Some(self.backend_unreachable(context));
                 }
-                if let Some(mac) = context.inside_macs.get(&self.backend.ip()).copied() {
+                if let Some(mac) = context.neighbours.get(context.now_ns, self.backend.ip()) {
                     self.send_backend_syn(context, mac);
                 }
                 self.backend_state = Backend::SynSent { sent_ns: context.now_ns, tries: tries + 1 };
@@ -1159,7 +1196,7 @@ impl Session {
             if tcp.ack_number.0 != self.client_isn.wrapping_add(1) {
                 return None;
             }
-            let Some(mac) = context.inside_macs.get(&self.backend.ip()).copied() else { return None };
+            let Some(mac) = context.neighbours.get(context.now_ns, self.backend.ip()) else { return None };
             let info = BackendInfo {
                 isn: tcp.seq_number.0,
                 mac,
@@ -1203,7 +1240,7 @@ impl Session {
                 if tries >= MAX_RETRIES {
                     return Some(self.backend_unreachable(context));
                 }
-                let Some(mac) = context.inside_macs.get(&self.backend.ip()).copied() else { return None };
+                let Some(mac) = context.neighbours.get(context.now_ns, self.backend.ip()) else { return None };
                 let reset = Segment {
                     source: self.backend_source,
                     destination: self.backend,
@@ -1242,10 +1279,9 @@ impl Session {
     }
 
     fn reset_backend(&self, context: &mut Context<'_>) {
-        let (Backend::Established(info), Some(mac)) = (&self.backend_state, context.inside_macs.get(&self.backend.ip()))
-        else {
-            return;
-        };
+        let Backend::Established(info) = &self.backend_state else { return };
+        // The MAC the backend's SYN-ACK came from: the cache may have let it expire since.
+        let mac = info.mac;
         // Past the box's FIN once it went: a RST at the FIN's own number is outside the window.
         let plaintext =
             self.splice.as_ref().map_or(0, |splice| splice.forwarded_plaintext + splice.client_fin_forwarded as u64);
@@ -1259,7 +1295,7 @@ impl Session {
             options: TcpOptions::default(),
             payload: &[],
         };
-        context.out.push(Port::Inside, emit::tcp_frame(self.backend_link(*mac), &segment));
+        context.out.push(Port::Inside, emit::tcp_frame(self.backend_link(mac), &segment));
     }
 
     fn reset_both(&self, context: &mut Context<'_>) {
