@@ -15,6 +15,8 @@
 //! snat_address = "198.18.2.1"  # required with mode = "snat"
 //! rx_checksum = "offload"      # offload | verify (see below)
 //! close_timeout = 60           # seconds a half-closed session may stay idle
+//! cores = 2                    # poll loops (default: one per receive queue, at most the cores)
+//! handshake_threads = 1        # TLS handshake workers per poll loop (0: in the loop)
 //!
 //! [[listener]]
 //! vip = "198.18.1.100:443"
@@ -88,6 +90,12 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Poll loops at most (`cores`).
+pub const MAX_LOOPS: usize = 256;
+/// Handshake workers per loop when the file does not say: a full handshake costs 0.1-0.5 ms,
+/// which would hold every other session's packets if it ran in the loop.
+const DEFAULT_HANDSHAKE_THREADS: usize = 1;
+
 /// `close_timeout` when the file does not say: Linux's `tcp_fin_timeout`.
 pub const DEFAULT_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -123,6 +131,11 @@ pub struct Config {
     pub trust_rx_checksum: bool,
     /// How long a session that has begun to close may stay idle (`close_timeout`, seconds).
     pub close_timeout: std::time::Duration,
+    /// Poll loops (`cores`); `None`: one per receive queue of the ports, at most the cores
+    /// the process may use.
+    pub cores: Option<usize>,
+    /// Handshake worker threads per poll loop (`handshake_threads`).
+    pub handshake_threads: usize,
     pub listeners: Vec<Listener>,
     pub pools: Vec<Pool>,
 }
@@ -183,6 +196,10 @@ struct RawBox {
     rx_checksum: Option<Spanned<String>>,
     #[serde(default)]
     close_timeout: Option<Spanned<i64>>,
+    #[serde(default)]
+    cores: Option<Spanned<i64>>,
+    #[serde(default)]
+    handshake_threads: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -320,6 +337,32 @@ impl Config {
                 }
             },
         };
+        let cores = match ports.cores.as_ref() {
+            None => None,
+            Some(value) => match usize::try_from(*value.get_ref()) {
+                Ok(cores @ 1..=MAX_LOOPS) => Some(cores),
+                _ => {
+                    return Err(places.error(
+                        Some(value.span()),
+                        "box.cores",
+                        format!("{}: must be 1 to {MAX_LOOPS} poll loops", value.get_ref()),
+                    ))
+                }
+            },
+        };
+        let handshake_threads = match ports.handshake_threads.as_ref() {
+            None => DEFAULT_HANDSHAKE_THREADS,
+            Some(value) => match usize::try_from(*value.get_ref()) {
+                Ok(threads @ 0..=64) => threads,
+                _ => {
+                    return Err(places.error(
+                        Some(value.span()),
+                        "box.handshake_threads",
+                        format!("{}: must be 0 to 64 threads per poll loop", value.get_ref()),
+                    ))
+                }
+            },
+        };
         if ports.outside.get_ref() == ports.inside.get_ref() {
             return Err(places.error(Some(ports.inside.span()), "box.inside", "must differ from box.outside"));
         }
@@ -453,6 +496,8 @@ impl Config {
             mode,
             trust_rx_checksum,
             close_timeout,
+            cores,
+            handshake_threads,
             listeners,
             pools,
         })
@@ -539,6 +584,19 @@ backends = ["198.18.2.10:80", "[2001:db8::10]:80"]
 
         let error = error_of(&GOOD.replace("default_certificate = 0", "default_certificate = 3"));
         assert_eq!(error.line, Some(15));
+    }
+
+    #[test]
+    fn poll_loops_and_handshake_workers() {
+        let config = parse(GOOD).unwrap();
+        assert_eq!((config.cores, config.handshake_threads), (None, DEFAULT_HANDSHAKE_THREADS));
+        let with = |lines: &str| GOOD.replace("inside = \"inside\"", &format!("inside = \"inside\"\n{lines}"));
+        let config = parse(&with("cores = 4\nhandshake_threads = 0")).unwrap();
+        assert_eq!((config.cores, config.handshake_threads), (Some(4), 0));
+        let error = error_of(&with("cores = 0"));
+        assert_eq!((error.line, error.field.as_deref()), (Some(5), Some("box.cores")), "{error}");
+        let error = error_of(&with("handshake_threads = -1"));
+        assert_eq!((error.line, error.field.as_deref()), (Some(5), Some("box.handshake_threads")), "{error}");
     }
 
     #[test]

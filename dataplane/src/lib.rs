@@ -6,4 +6,5 @@ pub mod bridge;
 pub mod io;
 pub mod pcap;
 pub mod session;
+pub mod steer;
 pub mod wire;

@@ -21,7 +21,8 @@ use std::sync::Arc;
 
 use cutls_crypto::ReleaseMode;
 use cutls_dataplane::session::handover::SecretLog;
-use cutls_dataplane::session::{Engine, EngineConfig, EngineKeys, ListenerSetup, Output, PassthroughRoute, Port};
+use cutls_dataplane::session::{Engine, EngineConfig, EngineKeys, ListenerSetup, LoopShare, Output, PassthroughRoute, Port};
+use cutls_dataplane::steer::{Owner, Steering};
 use cutls_dataplane::wire::{parse_frame, ArpOperation, EthernetAddress, LinkType, SeqNumber, TcpFlags, TcpOptions};
 
 use harness::frames::{arp_frame, fragmentation_needed, ndp_frame, solicited_node, summarize, tcp_frame, Outgoing};
@@ -487,6 +488,35 @@ fn four_concurrent_connections() {
         assert_clean_exchange(&lab, session, suite);
     }
     assert!(lab.settle(SETTLE_NS), "{}", lab.stuck("no session left"));
+}
+
+/// Several poll loops, each an engine of its own, frames steered between them as the live
+/// box does (`steer`): a frame received by the wrong loop is handed to its owner. The NIC here
+/// puts each frame on a queue at random, so hand-offs happen all the time. Every exchange is
+/// exact, every loop held sessions, and none saw a frame of another's session (it would have
+/// answered it with a RST or bridged it: both fail the exchange checks).
+#[test]
+fn sessions_steer_to_their_loops_whatever_queue_a_frame_arrives_on() {
+    const SUITES: [Suite; 4] = [Suite::Tls13Aes128Gcm, Suite::Tls12EcdsaAes128Gcm, Suite::Tls13Chacha20, Suite::Tls12EcdsaChacha20];
+    for family in [Addresses::ipv4(), Addresses::ipv6()] {
+        let mut lab = loops_lab(&family, 3, 21, WireConfig { loss_ppm: 20_000, ..WireConfig::default() });
+        let sessions: Vec<usize> = (0..24)
+            .map(|i| open(&mut lab, SUITES[i % SUITES.len()], 3000 + i, 40_000 + i, i as u64, Extras::default()))
+            .collect();
+        lab.run_until("24 exchanges over 3 loops", EXCHANGE_LIMIT_NS, |lab| sessions.iter().all(|&s| exchange_finished(lab, s)));
+        for (i, &session) in sessions.iter().enumerate() {
+            assert_clean_exchange(&lab, session, SUITES[i % SUITES.len()]);
+        }
+        assert!(lab.settle(SETTLE_NS), "{}", lab.stuck("no session left"));
+        let started: Vec<u64> = lab.boxed.engines.iter().map(|engine| engine.counters().sessions_started).collect();
+        assert_eq!(started.iter().sum::<u64>(), 24, "{started:?}");
+        assert!(started.iter().all(|&n| n > 0), "every loop holds sessions: {started:?}");
+        assert!(lab.boxed.handed_off > 0);
+        for engine in &lab.boxed.engines {
+            let counters = engine.counters();
+            assert_eq!(counters.ended_fin, counters.sessions_started, "{counters:?}");
+        }
+    }
 }
 
 // ---- what the backend sees ----
@@ -1357,6 +1387,82 @@ fn path_mtu_messages_that_do_not_hold_up_are_ignored() {
     assert_eq!((counters.path_mtu_updates, counters.icmp_ignored), (0, 2), "{counters:?}");
 }
 
+/// Poll loops as the box: frames land on a loop at random (a NIC's queues) and go to their
+/// owner ([`Steering`]); neighbour information reaches every loop.
+struct LoopsBox {
+    engines: Vec<Engine>,
+    steering: Steering,
+    output: Output,
+    rng: harness::Rng,
+    handed_off: u64,
+}
+
+impl Middlebox for LoopsBox {
+    fn frame(&mut self, now_ns: u64, side: Side, frame: &[u8], out: &mut Emitted) {
+        let port = match side {
+            Side::Outside => Port::Outside,
+            Side::Inside => Port::Inside,
+        };
+        let received_by = (self.rng.next() % self.engines.len() as u64) as usize;
+        match self.steering.owner(port, frame) {
+            Owner::Loop(owner) => {
+                self.handed_off += (owner != received_by) as u64;
+                self.engines[owner].handle_frame(now_ns, port, frame, &mut self.output);
+            }
+            Owner::Any => self.engines[received_by].handle_frame(now_ns, port, frame, &mut self.output),
+            Owner::Every => {
+                self.engines[received_by].handle_frame(now_ns, port, frame, &mut self.output);
+                for (index, engine) in self.engines.iter_mut().enumerate() {
+                    if index != received_by {
+                        engine.learn_neighbour(now_ns, frame, &mut self.output);
+                    }
+                }
+            }
+        }
+        out.outside.append(&mut self.output.outside);
+        out.inside.append(&mut self.output.inside);
+    }
+
+    fn tick(&mut self, now_ns: u64, out: &mut Emitted) {
+        for engine in &mut self.engines {
+            engine.poll(now_ns, &mut self.output);
+        }
+        out.outside.append(&mut self.output.outside);
+        out.inside.append(&mut self.output.inside);
+    }
+
+    fn live_sessions(&self) -> usize {
+        self.engines.iter().map(Engine::sessions).sum()
+    }
+
+    fn report(&self) -> String {
+        let reports: Vec<String> =
+            self.engines.iter().map(|engine| format!("{} live sessions, {:?}", engine.sessions(), engine.counters())).collect();
+        format!("{} loops: {}", self.engines.len(), reports.join("; "))
+    }
+}
+
+fn loops_lab(addresses: &Addresses, loops: usize, seed: u64, wire: WireConfig) -> Lab<LoopsBox> {
+    let secrets = Arc::new(SecretLog::default());
+    let backends: Vec<SocketAddr> = addresses.backends.iter().map(|(address, _)| *address).collect();
+    let engines = (0..loops)
+        .map(|index| {
+            let listener = ListenerSetup {
+                vip: addresses.vip,
+                tls: Some(server_config(secrets.clone())),
+                secrets: secrets.clone(),
+                backends: backends.clone(),
+                mode: ReleaseMode::CutThrough,
+                passthrough: None,
+            };
+            lab_engine_in(listener, addresses, seed, usize::MAX, LoopShare { index, loops })
+        })
+        .collect();
+    let steering = Steering::new(loops, [addresses.vip.ip()], backends, None);
+    let boxed = LoopsBox { engines, steering, output: Output::default(), rng: harness::Rng::new(seed), handed_off: 0 };
+    hosts_around(boxed, addresses, seed, wire)
+}
+
 /// The engine as the box.
 struct EngineBox {
     engine: Engine,
@@ -1416,6 +1522,10 @@ fn engine_lab_with(addresses: &Addresses, mode: ReleaseMode, seed: u64, wire: Wi
 /// An engine with one listener, transparent, handshakes inline (deterministic), answering
 /// SYNs with cookies once `syn_cookies_after` sessions live.
 fn lab_engine(listener: ListenerSetup, addresses: &Addresses, seed: u64, syn_cookies_after: usize) -> Engine {
+    lab_engine_in(listener, addresses, seed, syn_cookies_after, LoopShare::ONE)
+}
+
+fn lab_engine_in(listener: ListenerSetup, addresses: &Addresses, seed: u64, syn_cookies_after: usize, loop_share: LoopShare) -> Engine {
     Engine::new(EngineConfig {
         listeners: vec![listener],
         snat_address: None,
@@ -1427,6 +1537,7 @@ fn lab_engine(listener: ListenerSetup, addresses: &Addresses, seed: u64, syn_coo
         keys: EngineKeys::derive(seed),
         syn_cookies_after,
         handshake_threads: 0,
+        loop_share,
     })
 }
 

@@ -237,12 +237,20 @@ impl Lab {
     /// [`Lab::up`] with the impairment namespace on `side` ("server", "client" or "both"):
     /// nothing crosses that side until [`Impair::start`] runs the forwarder there.
     pub fn up_impaired(side: Option<&str>) -> io::Result<Self> {
+        Self::up_with(side, 1)
+    }
+
+    /// [`Lab::up_impaired`] with `queues` transmit and receive queues on every veth (for
+    /// several poll loops).
+    pub fn up_with(side: Option<&str>, queues: usize) -> io::Result<Self> {
         let lock = LabLock::acquire()?;
         lab_script("down")?;
-        match side {
-            None => lab_script("up")?,
-            Some(side) => lab_script_with(&["up", "--impair-side", side])?,
-        };
+        let queues = queues.to_string();
+        let mut arguments = vec!["up", "--queues", &queues];
+        if let Some(side) = side {
+            arguments.extend(["--impair-side", side]);
+        }
+        lab_script_with(&arguments)?;
         let env = LabEnv::parse(&lab_script("env")?)?;
         Ok(Lab { env, _lock: lock })
     }

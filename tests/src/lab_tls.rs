@@ -383,6 +383,8 @@ pub struct Setup {
     /// Bring the lab up with the impairment namespace on this side ("server", "client",
     /// "both"); the test starts the forwarder ([`crate::lab::Impair`]).
     pub impair_side: Option<&'static str>,
+    /// Poll loops (`cores` in the configuration), on veths with as many queues.
+    pub loops: usize,
 }
 
 impl Setup {
@@ -391,6 +393,7 @@ impl Setup {
             io,
             mode: AddressMode::Transparent,
             impair_side: None,
+            loops: 1,
         }
     }
 }
@@ -1036,7 +1039,7 @@ impl TlsLab {
     /// Brings the lab up with nginx backends and cutls running the [`standard_listeners`].
     pub fn up(setup: Setup) -> TlsLab {
         let binary = cutls_binary().expect("build cutls");
-        let lab = Lab::up_impaired(setup.impair_side).expect("lab up");
+        let lab = Lab::up_with(setup.impair_side, setup.loops).expect("lab up");
         let env_text = lab_script("env").expect("tools/lab env");
         let lab_value = |name: &str| -> IpAddr {
             env_text
@@ -1554,6 +1557,9 @@ pub fn write_config(
         "[box]\noutside = \"{}\"\ninside = \"{}\"\nio = \"{}\"\n",
         lab.env.box_outside, lab.env.box_inside, setup.io
     );
+    if setup.loops > 1 {
+        text += &format!("cores = {}\n", setup.loops);
+    }
     match setup.mode {
         AddressMode::Transparent => text += "mode = \"transparent\"\n",
         AddressMode::Snat(address) => {

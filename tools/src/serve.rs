@@ -1,15 +1,19 @@
 //! `cutls run --config FILE`: the box terminating TLS for the listeners of a configuration
 //! file, between its two ports.
 //!
-//! One poll loop owns both ports and every session (so both directions of a session always
-//! reach the loop that owns it). Each turn: frames from the outside and inside ports go through
-//! the session engine, what it emits goes out, and its timers run. Handshakes run on worker
-//! threads (`HANDSHAKE_THREADS`): a full handshake costs 0.1-0.5 ms (docs/bench-handshake.md),
-//! which would otherwise hold every other session's packets; the loop collects finished ones
-//! every turn.
+//! Per-core poll loops (`[box] cores`, default one per receive queue of the ports, at most the
+//! cores the process may use), each pinned to a core and owning its sessions outright: its own
+//! engine, its own queue of each port (AF_XDP: queue i; AF_PACKET: one socket per loop in a
+//! fanout group), its own handshake workers. Each turn: frames from both ports go through the
+//! engine, what it emits goes out, and its timers run. A frame steers to the loop that owns its
+//! session (`cutls_dataplane::steer`); the kernel's queue choice does not compute that
+//! function, so a loop hands a frame it does not own to the owner over a bounded channel and
+//! rings the owner's doorbell. Neighbour information (ARP, NDP) on the inside port reaches
+//! every loop. Handshakes run on worker threads: a full handshake costs 0.1-0.5 ms
+//! (docs/bench-handshake.md), which would otherwise hold every other session's packets.
 //!
-//! Not supported yet: several loops (steering sessions to cores), configuration reload, the
-//! management socket.
+//! Not supported yet: steering in the XDP program or with `PACKET_FANOUT_EBPF` (every frame a
+//! loop does not own costs a copy and a hand-off), configuration reload, the management socket.
 
 use std::io;
 use std::path::PathBuf;
@@ -18,24 +22,31 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
 use cutls_control::config::{AddressMode, Config, HoldBack, IoKind};
 use cutls_control::tls::{server_config, SecretLog};
 use cutls_crypto::ReleaseMode;
+use cutls_dataplane::bridge::{available_cores, pin_current_thread, CoreId};
 use cutls_dataplane::io::af_packet::{PacketConfig, PacketMode, PacketPort};
 use cutls_dataplane::io::af_xdp::{XdpConfig, XdpInterface, XdpPort};
 use cutls_dataplane::io::bpf::AttachPreference;
-use cutls_dataplane::io::{wait_readable, FrameIo};
-use cutls_dataplane::session::{Engine, EngineConfig, EngineKeys, ListenerSetup, Output, PassthroughRoute, Port};
+use cutls_dataplane::io::doorbell::Doorbell;
+use cutls_dataplane::io::{interface_index, receive_queue_count, wait_readable, FrameIo, RxChecksum};
+use cutls_dataplane::session::{
+    Counters, Engine, EngineConfig, EngineKeys, ListenerSetup, LoopShare, Output, PassthroughRoute, Port,
+};
+use cutls_dataplane::steer::{Owner, Steering};
 use cutls_dataplane::wire::EthernetAddress;
 
 /// Sessions idle this long are reset.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const BATCH: usize = 64;
-/// Live sessions above which SYNs are answered with SYN cookies.
+/// Live sessions (over all loops) above which SYNs are answered with SYN cookies.
 const SYN_COOKIES_AFTER: usize = 16_384;
-/// Threads that run TLS handshakes, so that a handshake (0.1-0.5 ms) does not hold the poll
-/// loop (docs/bench-handshake.md).
-const HANDSHAKE_THREADS: usize = 1;
+/// Frames waiting for a loop from the others at most; past that they are dropped and counted
+/// (a peer sends them again), never waited for.
+const HANDOFF_CAPACITY: usize = 8192;
 
 /// Entry point of `cutls run --config FILE`.
 pub fn main(config_path: PathBuf) -> ExitCode {
@@ -62,7 +73,7 @@ pub fn main(config_path: PathBuf) -> ExitCode {
     }
 }
 
-/// Builds the engine from the configuration and runs it until `stop`.
+/// Builds the engines from the configuration and runs their loops until `stop`.
 pub fn serve(config: &Config, stop: &AtomicBool) -> io::Result<()> {
     let mut listeners = Vec::new();
     for listener in &config.listeners {
@@ -93,48 +104,248 @@ pub fn serve(config: &Config, stop: &AtomicBool) -> io::Result<()> {
             passthrough,
         });
     }
-    let engine_config = EngineConfig {
-        listeners,
-        snat_address: match config.mode {
-            AddressMode::Transparent => None,
-            AddressMode::Snat(address) => Some(address),
-        },
-        outside_mac: interface_mac(&config.outside)?,
-        inside_mac: interface_mac(&config.inside)?,
-        idle_timeout_ns: IDLE_TIMEOUT.as_nanos() as u64,
-        close_timeout_ns: config.close_timeout.as_nanos() as u64,
-        trust_rx_checksum: config.trust_rx_checksum,
-        keys: engine_keys()?,
-        syn_cookies_after: SYN_COOKIES_AFTER,
-        handshake_threads: HANDSHAKE_THREADS,
+    let snat_address = match config.mode {
+        AddressMode::Transparent => None,
+        AddressMode::Snat(address) => Some(address),
     };
-    let engine = Engine::new(engine_config);
+    let cores = available_cores();
+    let queues = receive_queue_count(&config.outside)?.min(receive_queue_count(&config.inside)?).max(1) as usize;
+    let loops = loop_count(config, queues, cores.len())?;
+    let steering = Steering::new(
+        loops,
+        config.listeners.iter().map(|listener| listener.vip.ip()),
+        config.pools.iter().flat_map(|pool| pool.backends.iter().copied()),
+        snat_address,
+    );
+    let (outside_mac, inside_mac) = (interface_mac(&config.outside)?, interface_mac(&config.inside)?);
+    let keys = engine_keys()?;
+    let engines: Vec<Engine> = (0..loops)
+        .map(|index| {
+            Engine::new(EngineConfig {
+                listeners: listeners.clone(),
+                snat_address,
+                outside_mac,
+                inside_mac,
+                idle_timeout_ns: IDLE_TIMEOUT.as_nanos() as u64,
+                close_timeout_ns: config.close_timeout.as_nanos() as u64,
+                trust_rx_checksum: config.trust_rx_checksum,
+                // One set of keys: a SYN cookie or an ISN means the same in every loop.
+                keys: keys.clone(),
+                syn_cookies_after: (SYN_COOKIES_AFTER / loops).max(1),
+                handshake_threads: config.handshake_threads,
+                loop_share: LoopShare { index, loops },
+            })
+        })
+        .collect();
     match config.io {
         IoKind::Xdp | IoKind::XdpGeneric => {
             let preference =
                 if config.io == IoKind::Xdp { AttachPreference::NativeOrGeneric } else { AttachPreference::Generic };
-            let outside = XdpInterface::attach(&config.outside, 1, preference)?;
-            let inside = XdpInterface::attach(&config.inside, 1, preference)?;
+            let outside = XdpInterface::attach(&config.outside, loops as u32, preference)?;
+            let inside = XdpInterface::attach(&config.inside, loops as u32, preference)?;
             let xdp = XdpConfig::default();
-            let outside_port = XdpPort::open(&outside, 0, &xdp)?;
-            let inside_port = XdpPort::open(&inside, 0, &xdp)?;
-            poll_loop(engine, outside_port, inside_port, stop)
+            let mut ports = Vec::new();
+            for queue in 0..loops as u32 {
+                ports.push((XdpPort::open(&outside, queue, &xdp)?, XdpPort::open(&inside, queue, &xdp)?));
+            }
+            run_loops(engines, ports, steering, &cores, stop)
         }
         IoKind::Packet => {
-            let packet = PacketConfig { mode: PacketMode::RingsOrSocket, ..PacketConfig::default() };
-            let outside_port = PacketPort::open(&config.outside, &packet)?;
-            let inside_port = PacketPort::open(&config.inside, &packet)?;
-            poll_loop(engine, outside_port, inside_port, stop)
+            // With several loops, the sockets of one interface share its frames by flow hash.
+            let fanout_group = |interface: &str| -> io::Result<Option<u16>> {
+                if loops == 1 {
+                    return Ok(None);
+                }
+                Ok(Some((std::process::id() as u16).wrapping_add(interface_index(interface)? as u16)))
+            };
+            let outside_config =
+                PacketConfig { mode: PacketMode::RingsOrSocket, fanout_group: fanout_group(&config.outside)?, ..PacketConfig::default() };
+            let inside_config =
+                PacketConfig { mode: PacketMode::RingsOrSocket, fanout_group: fanout_group(&config.inside)?, ..PacketConfig::default() };
+            let mut ports = Vec::new();
+            for _ in 0..loops {
+                ports.push((PacketPort::open(&config.outside, &outside_config)?, PacketPort::open(&config.inside, &inside_config)?));
+            }
+            run_loops(engines, ports, steering, &cores, stop)
         }
     }
 }
 
-fn poll_loop<P: FrameIo>(mut engine: Engine, mut outside: P, mut inside: P, stop: &AtomicBool) -> io::Result<()> {
-    let start = Instant::now();
+/// How many poll loops: `cores` if the file says, else one per receive queue, at most the cores
+/// the process may use. AF_XDP needs exactly one loop per receive queue: a queue without a socket
+/// would hand its frames to the box's own stack.
+fn loop_count(config: &Config, queues: usize, cores: usize) -> io::Result<usize> {
+    let xdp = matches!(config.io, IoKind::Xdp | IoKind::XdpGeneric);
+    let loops = match config.cores {
+        Some(loops) => loops,
+        None if xdp => queues,
+        None => queues.min(cores.max(1)),
+    };
+    if xdp && loops != queues {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} and {} have {queues} receive queue(s) but cores = {loops}; AF_XDP needs one poll loop per \
+                 queue (cores = {queues}, or `ethtool -L IFACE combined {loops}` on both ports)",
+                config.outside, config.inside
+            ),
+        ));
+    }
+    Ok(loops)
+}
+
+/// A frame one loop received for another (or neighbour information for all).
+struct Handoff {
+    port: Port,
+    checksum: RxChecksum,
+    /// Neighbour information the sender already handled: only learn from it.
+    learn_only: bool,
+    frame: Vec<u8>,
+}
+
+/// What one loop counted besides its engine's counters.
+#[derive(Debug, Default)]
+struct LoopCounts {
+    /// Frames this loop received for another loop and handed over.
+    frames_handed_off: u64,
+    /// ... dropped because the owner's queue was full.
+    handoff_drops: u64,
+    /// Frames the transmit path dropped (ring full, oversize, refused).
+    transmit_drops: u64,
+}
+
+/// Runs one loop per `(outside, inside)` pair in its own thread, pinned to the next core, until
+/// `stop` (or until a loop fails, which stops them all), then prints the counters: the totals
+/// in the engine's format, and a few per loop.
+fn run_loops<P: FrameIo>(
+    engines: Vec<Engine>,
+    ports: Vec<(P, P)>,
+    steering: Steering,
+    cores: &[CoreId],
+    stop: &AtomicBool,
+) -> io::Result<()> {
+    let loops = engines.len();
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    for _ in 0..loops {
+        let (sender, receiver) = crossbeam_channel::bounded(HANDOFF_CAPACITY);
+        senders.push(sender);
+        receivers.push(receiver);
+    }
+    let doorbells: Vec<Arc<Doorbell>> = (0..loops).map(|_| Doorbell::new().map(Arc::new)).collect::<io::Result<_>>()?;
+    let failed = AtomicBool::new(false);
+    let pinned: Vec<Option<usize>> = (0..loops).map(|index| cores.get(index % cores.len().max(1)).map(|core| core.id)).collect();
+    eprintln!("cutls: {loops} poll loop(s) on cores {pinned:?}");
+    let started = Instant::now();
+    let results: Vec<io::Result<(Engine, LoopCounts)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = engines
+            .into_iter()
+            .zip(ports)
+            .zip(receivers)
+            .enumerate()
+            .map(|(index, ((engine, (outside, inside)), receiver))| {
+                let peers = Peers { index, senders: senders.clone(), doorbells: doorbells.clone(), receiver };
+                let (steering, failed, core) = (&steering, &failed, cores.get(index % cores.len().max(1)).copied());
+                std::thread::Builder::new()
+                    .name(format!("cutls-loop-{index}"))
+                    .spawn_scoped(scope, move || {
+                        if let Some(core) = core {
+                            if !pin_current_thread(core) {
+                                eprintln!("cutls: loop {index}: cannot pin to core {}", core.id);
+                            }
+                        }
+                        let result = poll_loop(engine, outside, inside, peers, steering, started, stop, failed);
+                        if result.is_err() {
+                            failed.store(true, Ordering::SeqCst);
+                        }
+                        result
+                    })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| match handle {
+                Ok(handle) => handle.join().unwrap_or_else(|_| Err(io::Error::other("a poll loop panicked"))),
+                Err(error) => {
+                    failed.store(true, Ordering::SeqCst);
+                    Err(error)
+                }
+            })
+            .collect()
+    });
+    let mut totals = Counters::default();
+    let mut open = 0;
+    let mut per_loop = Vec::new();
+    let mut first_error = None;
+    for (index, result) in results.into_iter().enumerate() {
+        match result {
+            Ok((engine, counts)) => {
+                totals.add(engine.counters());
+                open += engine.sessions();
+                per_loop.push((index, engine.counters().sessions_started, counts));
+            }
+            Err(error) => {
+                eprintln!("cutls: loop {index}: {error}");
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    println!("{totals:#?}");
+    println!("sessions still open: {open}");
+    let sum = |field: fn(&LoopCounts) -> u64| per_loop.iter().map(|(_, _, counts)| field(counts)).sum::<u64>();
+    println!("frames_handed_off: {}", sum(|counts| counts.frames_handed_off));
+    println!("handoff_drops: {}", sum(|counts| counts.handoff_drops));
+    println!("transmit_drops: {}", sum(|counts| counts.transmit_drops));
+    for (index, sessions_started, counts) in &per_loop {
+        println!("loop_{index}_sessions_started: {sessions_started}");
+        println!("loop_{index}_frames_handed_off: {}", counts.frames_handed_off);
+    }
+    match first_error {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// How a loop reaches the others.
+struct Peers {
+    index: usize,
+    senders: Vec<Sender<Handoff>>,
+    doorbells: Vec<Arc<Doorbell>>,
+    receiver: Receiver<Handoff>,
+}
+
+impl Peers {
+    fn hand_off(&self, owner: usize, handoff: Handoff, counts: &mut LoopCounts) {
+        match self.senders[owner].try_send(handoff) {
+            Ok(()) => {
+                counts.frames_handed_off += 1;
+                self.doorbells[owner].ring();
+            }
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => counts.handoff_drops += 1,
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn poll_loop<P: FrameIo>(
+    mut engine: Engine,
+    mut outside: P,
+    mut inside: P,
+    peers: Peers,
+    steering: &Steering,
+    start: Instant,
+    stop: &AtomicBool,
+    failed: &AtomicBool,
+) -> io::Result<(Engine, LoopCounts)> {
     let mut out = Output::default();
-    eprintln!("cutls: ready");
+    let mut counts = LoopCounts::default();
+    let me = peers.index;
+    let several = steering.loops() > 1;
+    if me == 0 {
+        eprintln!("cutls: ready");
+    }
     let mut last_poll = 0u64;
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.load(Ordering::Relaxed) && !failed.load(Ordering::Relaxed) {
         let mut worked = false;
         for port in [Port::Outside, Port::Inside] {
             let now = start.elapsed().as_nanos() as u64;
@@ -145,44 +356,72 @@ fn poll_loop<P: FrameIo>(mut engine: Engine, mut outside: P, mut inside: P, stop
             let frames = source.recv_batch(BATCH)?;
             worked |= !frames.is_empty();
             for index in 0..frames.len() {
-                if let Some(frame) = frames.get(index) {
-                    engine.handle_received(now, port, frame, frames.checksum(index), &mut out);
+                let Some(frame) = frames.get(index) else { continue };
+                let checksum = frames.checksum(index);
+                let owner = if several { steering.owner(port, frame) } else { Owner::Loop(me) };
+                match owner {
+                    Owner::Loop(owner) if owner != me => {
+                        let handoff = Handoff { port, checksum, learn_only: false, frame: frame.to_vec() };
+                        peers.hand_off(owner, handoff, &mut counts);
+                    }
+                    Owner::Every => {
+                        engine.handle_received(now, port, frame, checksum, &mut out);
+                        for other in (0..steering.loops()).filter(|&other| other != me) {
+                            let handoff = Handoff { port, checksum, learn_only: true, frame: frame.to_vec() };
+                            peers.hand_off(other, handoff, &mut counts);
+                        }
+                    }
+                    _ => engine.handle_received(now, port, frame, checksum, &mut out),
                 }
             }
             drop(frames);
-            flush(&mut out, &mut outside, &mut inside)?;
+            flush(&mut out, &mut outside, &mut inside, &mut counts)?;
         }
         let now = start.elapsed().as_nanos() as u64;
+        // Frames the other loops received for this one (a bounded number per turn, so that
+        // the ports are read again soon).
+        for handoff in peers.receiver.try_iter().take(BATCH * 4) {
+            worked = true;
+            if handoff.learn_only {
+                engine.learn_neighbour(now, &handoff.frame, &mut out);
+            } else {
+                engine.handle_received(now, handoff.port, &handoff.frame, handoff.checksum, &mut out);
+            }
+        }
         engine.collect_handshakes(now, &mut out);
-        flush(&mut out, &mut outside, &mut inside)?;
+        flush(&mut out, &mut outside, &mut inside, &mut counts)?;
         if now >= last_poll + 1_000_000 {
             engine.poll(now, &mut out);
-            flush(&mut out, &mut outside, &mut inside)?;
+            flush(&mut out, &mut outside, &mut inside, &mut counts)?;
             last_poll = now;
         }
         if !worked {
             // With handshakes at the workers, look again soon for their results.
-            let wait = if handshakes_pending(&engine) { Duration::from_micros(50) } else { Duration::from_millis(1) };
-            let fds: Vec<_> = [outside.readiness_fd(), inside.readiness_fd()].into_iter().flatten().collect();
-            wait_readable(&fds, wait)?;
+            let wait = if engine.handshakes_pending() { Duration::from_micros(50) } else { Duration::from_millis(1) };
+            let doorbell = &peers.doorbells[me];
+            doorbell.going_to_sleep();
+            if peers.receiver.is_empty() {
+                let mut fds: Vec<_> = [outside.readiness_fd(), inside.readiness_fd()].into_iter().flatten().collect();
+                if several {
+                    fds.push(doorbell.fd());
+                }
+                wait_readable(&fds, wait)?;
+            }
+            doorbell.woke();
         }
     }
-    println!("{:#?}", engine.counters());
-    println!("sessions still open: {}", engine.sessions());
-    Ok(())
+    Ok((engine, counts))
 }
 
-fn handshakes_pending(engine: &Engine) -> bool {
-    engine.handshakes_pending()
-}
-
-fn flush<P: FrameIo>(out: &mut Output, outside: &mut P, inside: &mut P) -> io::Result<()> {
+fn flush<P: FrameIo>(out: &mut Output, outside: &mut P, inside: &mut P, counts: &mut LoopCounts) -> io::Result<()> {
     if !out.outside.is_empty() {
-        outside.send_batch(&mut out.outside.iter().map(Vec::as_slice))?;
+        let report = outside.send_batch(&mut out.outside.iter().map(Vec::as_slice))?;
+        counts.transmit_drops += report.dropped() as u64;
         out.outside.clear();
     }
     if !out.inside.is_empty() {
-        inside.send_batch(&mut out.inside.iter().map(Vec::as_slice))?;
+        let report = inside.send_batch(&mut out.inside.iter().map(Vec::as_slice))?;
+        counts.transmit_drops += report.dropped() as u64;
         out.inside.clear();
     }
     Ok(())

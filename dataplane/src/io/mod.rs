@@ -25,6 +25,7 @@
 pub mod af_packet;
 pub mod af_xdp;
 pub mod bpf;
+pub mod doorbell;
 pub mod memory;
 pub mod pcap_io;
 mod sys;

@@ -56,6 +56,7 @@ pub enum Port {
 }
 
 /// A listener as the dataplane needs it: values made by the control plane.
+#[derive(Clone)]
 pub struct ListenerSetup {
     pub vip: SocketAddr,
     /// Must have `enable_secret_extraction` and `key_log` = `secrets`. `None`: a listener of
@@ -105,6 +106,21 @@ pub struct EngineConfig {
     /// Threads that run handshakes off the poll loop; 0 runs them inline (deterministic:
     /// tests, replays).
     pub handshake_threads: usize,
+    /// This engine's poll loop among all of them ([`crate::steer`]): SNAT source ports are
+    /// chosen so that the backend's answers steer back here.
+    pub loop_share: LoopShare,
+}
+
+/// Which of the box's poll loops an engine runs in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoopShare {
+    pub index: usize,
+    pub loops: usize,
+}
+
+impl LoopShare {
+    /// The whole box in one loop.
+    pub const ONE: LoopShare = LoopShare { index: 0, loops: 1 };
 }
 
 /// The engine's secrets, given to it like every other value: random in the live box (the
@@ -220,6 +236,47 @@ pub struct Counters {
     /// Times a session's timers were run because one was due (not once per session per turn:
     /// an idle session costs nothing until its idle timeout).
     pub session_timer_runs: u64,
+}
+
+impl Counters {
+    /// Adds `other`'s counts to these: the box's totals over its poll loops.
+    pub fn add(&mut self, other: &Counters) {
+        // An exhaustive pattern, so that a counter added later cannot be left out here.
+        let Counters { frames_bridged, frames_unparsed_bridged, arp_replies, ndp_advertisements, sessions_started, sessions_passthrough, handshakes_completed, ended_fin, ended_close_timeout, ended_client_reset, ended_backend_reset, ended_tls_error, ended_tag_failure, ended_idle, ended_backend_unreachable, client_segments_dropped, backend_segments_dropped, records_opened, records_sealed, records_regenerated, backend_retransmits, syn_cookies_sent, syn_cookies_accepted, backend_tuple_collisions, path_mtu_updates, icmp_ignored, path_mtu_relayed, bad_checksum_drops_outside, bad_checksum_drops_inside, client_bytes_after_close, time_wait_acks, challenge_acks, session_timer_runs } = other;
+        self.frames_bridged += frames_bridged;
+        self.frames_unparsed_bridged += frames_unparsed_bridged;
+        self.arp_replies += arp_replies;
+        self.ndp_advertisements += ndp_advertisements;
+        self.sessions_started += sessions_started;
+        self.sessions_passthrough += sessions_passthrough;
+        self.handshakes_completed += handshakes_completed;
+        self.ended_fin += ended_fin;
+        self.ended_close_timeout += ended_close_timeout;
+        self.ended_client_reset += ended_client_reset;
+        self.ended_backend_reset += ended_backend_reset;
+        self.ended_tls_error += ended_tls_error;
+        self.ended_tag_failure += ended_tag_failure;
+        self.ended_idle += ended_idle;
+        self.ended_backend_unreachable += ended_backend_unreachable;
+        self.client_segments_dropped += client_segments_dropped;
+        self.backend_segments_dropped += backend_segments_dropped;
+        self.records_opened += records_opened;
+        self.records_sealed += records_sealed;
+        self.records_regenerated += records_regenerated;
+        self.backend_retransmits += backend_retransmits;
+        self.syn_cookies_sent += syn_cookies_sent;
+        self.syn_cookies_accepted += syn_cookies_accepted;
+        self.backend_tuple_collisions += backend_tuple_collisions;
+        self.path_mtu_updates += path_mtu_updates;
+        self.icmp_ignored += icmp_ignored;
+        self.path_mtu_relayed += path_mtu_relayed;
+        self.bad_checksum_drops_outside += bad_checksum_drops_outside;
+        self.bad_checksum_drops_inside += bad_checksum_drops_inside;
+        self.client_bytes_after_close += client_bytes_after_close;
+        self.time_wait_acks += time_wait_acks;
+        self.challenge_acks += challenge_acks;
+        self.session_timer_runs += session_timer_runs;
+    }
 }
 
 /// How long an ended session's backend flow is still recognised (its late segments are reset
@@ -578,6 +635,28 @@ impl Engine {
         }
     }
 
+    /// Neighbour information (ARP, NDP advertisement) another loop received on the inside port
+    /// and handled: this engine only learns from it (its sessions waiting for that address go
+    /// on); nothing is answered or bridged.
+    pub fn learn_neighbour(&mut self, now_ns: u64, frame: &[u8], out: &mut Output) {
+        let Ok(parsed) = parse_frame_with(LinkType::Ethernet, frame, TransportChecksum::Verify) else { return };
+        let learned = match &parsed.network {
+            NetworkPayload::Arp(arp) => Some((IpAddr::V4(arp.sender_protocol_addr), arp.sender_hardware_addr)),
+            NetworkPayload::Ip { transport: Transport::Icmpv6(message), .. } if message.msg_type == 136 && message.checksum_valid => {
+                match (ndp_target(message.message), ndp_link_address(message.message)) {
+                    (Some(target), Some(mac)) => Some((IpAddr::V6(target), mac)),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        if let Some((address, mac)) = learned {
+            self.neighbours.learn(now_ns, address, mac);
+            self.neighbours.answered(now_ns, address);
+            self.release_waiting_for_mac(now_ns, address, out);
+        }
+    }
+
     /// Timers: retransmissions, backends to (re)try, idle sessions.
     pub fn poll(&mut self, now_ns: u64, out: &mut Output) {
         self.collect_handshakes(now_ns, out);
@@ -925,11 +1004,16 @@ impl Engine {
         Some((backend, side))
     }
 
-    /// A free SNAT port toward `backend` (not used by a live or recently ended session).
+    /// A free SNAT port toward `backend` (not used by a live or recently ended session), of
+    /// those that steer to this loop.
     fn snat_port(&mut self, address: IpAddr, backend: SocketAddr) -> Option<u16> {
+        let LoopShare { index, loops } = self.config.loop_share;
         for _ in FIRST_SNAT_PORT..=u16::MAX {
             let port = self.next_snat_port;
             self.next_snat_port = if port == u16::MAX { FIRST_SNAT_PORT } else { port + 1 };
+            if crate::steer::snat_port_steers_to(port, loops) != index {
+                continue;
+            }
             let key = FlowKey { source: backend, destination: SocketAddr::new(address, port) };
             if !self.by_backend.contains_key(&key) && !self.ended_backend_flows.contains(&key) {
                 return Some(port);

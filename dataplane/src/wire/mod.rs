@@ -41,7 +41,7 @@ pub mod tcp;
 pub mod vlan;
 
 #[cfg(test)]
-mod test_frames;
+pub(crate) mod test_frames;
 
 pub use arp::{ArpOperation, ArpRepr, Packet as ArpPacket};
 pub use embedded::EmbeddedPacket;
