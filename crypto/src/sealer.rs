@@ -70,8 +70,9 @@ struct Generation {
 pub struct RecordSealer {
     framing: Framing,
     current: Generation,
-    /// The generation before the last rekey, kept for retransmissions of its records.
-    previous: Option<Generation>,
+    /// The generation before the last rekey, kept for retransmissions of its records. Boxed:
+    /// an expanded key is some 1.8 KB, and most sessions never rekey.
+    previous: Option<Box<Generation>>,
     next_seq: u64,
     accelerate: bool,
     /// Reused by [`Self::seal_in_place`] (allocated once, on first use).
@@ -116,7 +117,7 @@ impl RecordSealer {
             aead: expand(keys, self.accelerate),
             iv: *keys.iv(),
         };
-        self.previous = Some(core::mem::replace(&mut self.current, next));
+        self.previous = Some(Box::new(core::mem::replace(&mut self.current, next)));
         self.framing = Framing { version: keys.version, aead: keys.aead };
         self.next_seq = 0;
     }

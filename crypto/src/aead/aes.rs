@@ -6,7 +6,9 @@ use aes::cipher::{Array, BlockCipherEncrypt, KeyInit};
 /// An expanded AES-128 or AES-256 key.
 #[derive(Clone)]
 pub(crate) enum AesKey {
-    Portable(PortableAes),
+    /// Boxed: the bitsliced key schedules are twice the size of AES-NI round keys, which is
+    /// what nearly every session holds.
+    Portable(Box<PortableAes>),
     #[cfg(target_arch = "x86_64")]
     Ni(ni::RoundKeys),
 }
@@ -33,7 +35,7 @@ impl AesKey {
         } else {
             PortableAes::Aes256(aes::Aes256::new(&Array(key.try_into().ok()?)))
         };
-        Some(AesKey::Portable(portable))
+        Some(AesKey::Portable(Box::new(portable)))
     }
 
     pub(crate) fn encrypt_block(&self, block: &mut [u8; 16]) {
