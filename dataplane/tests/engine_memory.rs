@@ -1537,6 +1537,7 @@ fn lab_engine_in(listener: ListenerSetup, addresses: &Addresses, seed: u64, syn_
         keys: EngineKeys::derive(seed),
         syn_cookies_after,
         handshake_threads: 0,
+        handshake_doorbell: None,
         loop_share,
     })
 }

@@ -47,6 +47,8 @@ const SYN_COOKIES_AFTER: usize = 16_384;
 /// Frames waiting for a loop from the others at most; past that they are dropped and counted
 /// (a peer sends them again), never waited for.
 const HANDOFF_CAPACITY: usize = 8192;
+/// The longest an idle loop sleeps without a timer due (frames and hand-offs wake it at once).
+const MAX_SLEEP: Duration = Duration::from_millis(10);
 
 /// Entry point of `cutls run --config FILE`.
 pub fn main(config_path: PathBuf) -> ExitCode {
@@ -119,6 +121,8 @@ pub fn serve(config: &Config, stop: &AtomicBool) -> io::Result<()> {
     );
     let (outside_mac, inside_mac) = (interface_mac(&config.outside)?, interface_mac(&config.inside)?);
     let keys = engine_keys()?;
+    // Each loop's doorbell: rung by the other loops' hand-offs and by its handshake workers.
+    let doorbells: Vec<Arc<Doorbell>> = (0..loops).map(|_| Doorbell::new().map(Arc::new)).collect::<io::Result<_>>()?;
     let engines: Vec<Engine> = (0..loops)
         .map(|index| {
             Engine::new(EngineConfig {
@@ -133,6 +137,7 @@ pub fn serve(config: &Config, stop: &AtomicBool) -> io::Result<()> {
                 keys: keys.clone(),
                 syn_cookies_after: (SYN_COOKIES_AFTER / loops).max(1),
                 handshake_threads: config.handshake_threads,
+                handshake_doorbell: Some(Arc::clone(&doorbells[index])),
                 loop_share: LoopShare { index, loops },
             })
         })
@@ -148,7 +153,7 @@ pub fn serve(config: &Config, stop: &AtomicBool) -> io::Result<()> {
             for queue in 0..loops as u32 {
                 ports.push((XdpPort::open(&outside, queue, &xdp)?, XdpPort::open(&inside, queue, &xdp)?));
             }
-            run_loops(engines, ports, steering, &cores, stop)
+            run_loops(engines, ports, steering, doorbells, &cores, stop)
         }
         IoKind::Packet => {
             // With several loops, the sockets of one interface share its frames by flow hash.
@@ -166,7 +171,7 @@ pub fn serve(config: &Config, stop: &AtomicBool) -> io::Result<()> {
             for _ in 0..loops {
                 ports.push((PacketPort::open(&config.outside, &outside_config)?, PacketPort::open(&config.inside, &inside_config)?));
             }
-            run_loops(engines, ports, steering, &cores, stop)
+            run_loops(engines, ports, steering, doorbells, &cores, stop)
         }
     }
 }
@@ -221,6 +226,7 @@ fn run_loops<P: FrameIo>(
     engines: Vec<Engine>,
     ports: Vec<(P, P)>,
     steering: Steering,
+    doorbells: Vec<Arc<Doorbell>>,
     cores: &[CoreId],
     stop: &AtomicBool,
 ) -> io::Result<()> {
@@ -232,7 +238,6 @@ fn run_loops<P: FrameIo>(
         senders.push(sender);
         receivers.push(receiver);
     }
-    let doorbells: Vec<Arc<Doorbell>> = (0..loops).map(|_| Doorbell::new().map(Arc::new)).collect::<io::Result<_>>()?;
     let failed = AtomicBool::new(false);
     let pinned: Vec<Option<usize>> = (0..loops).map(|index| cores.get(index % cores.len().max(1)).map(|core| core.id)).collect();
     eprintln!("cutls: {loops} poll loop(s) on cores {pinned:?}");
@@ -396,15 +401,16 @@ fn poll_loop<P: FrameIo>(
             last_poll = now;
         }
         if !worked {
-            // With handshakes at the workers, look again soon for their results.
-            let wait = if engine.handshakes_pending() { Duration::from_micros(50) } else { Duration::from_millis(1) };
+            // Sleep until a frame, a hand-off or a finished handshake rings, or the next timer
+            // (timers run at most once a millisecond), at most MAX_SLEEP.
+            let due = engine.next_deadline_ns().unwrap_or(u64::MAX).max(last_poll + 1_000_000);
+            let wait = Duration::from_nanos(due.saturating_sub(now)).min(MAX_SLEEP);
             let doorbell = &peers.doorbells[me];
             doorbell.going_to_sleep();
-            if peers.receiver.is_empty() {
+            // Rung before it was announced: the work is already there.
+            if peers.receiver.is_empty() && !engine.handshake_results_ready() {
                 let mut fds: Vec<_> = [outside.readiness_fd(), inside.readiness_fd()].into_iter().flatten().collect();
-                if several {
-                    fds.push(doorbell.fd());
-                }
+                fds.push(doorbell.fd());
                 wait_readable(&fds, wait)?;
             }
             doorbell.woke();

@@ -249,7 +249,8 @@ pub fn wait_readable(fds: &[BorrowedFd<'_>], timeout: Duration) -> io::Result<Wa
             revents: 0,
         })
         .collect();
-    let timeout_ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // Rounded up: a wait shorter than a millisecond must not become a busy poll.
+    let timeout_ms = libc::c_int::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX);
     // SAFETY: `pollfds` is a valid array of `pollfds.len()` entries for the duration of the call,
     // and every fd in it is borrowed, so open.
     let ready = unsafe {

@@ -18,6 +18,7 @@ use crossbeam_channel::{Receiver, Sender};
 use rustls::ServerConnection;
 
 use super::handover::{session_keys, SecretLog, SessionKeys};
+use crate::io::doorbell::Doorbell;
 
 /// Work for rustls: the session's connection and the complete records to feed it.
 pub(crate) struct Job {
@@ -112,19 +113,24 @@ pub struct HandshakePool {
 }
 
 impl HandshakePool {
-    /// Starts `threads` workers (at least one).
-    pub fn start(threads: usize) -> std::io::Result<HandshakePool> {
+    /// Starts `threads` workers (at least one); each rings `doorbell`, if given, after it
+    /// queues a result, so that the poll loop sleeps instead of polling for results.
+    pub fn start(threads: usize, doorbell: Option<Arc<Doorbell>>) -> std::io::Result<HandshakePool> {
         let (jobs, job_queue) = crossbeam_channel::unbounded::<Job>();
         let (result_sender, results) = crossbeam_channel::unbounded::<JobResult>();
         let mut workers = Vec::new();
         for index in 0..threads.max(1) {
             let job_queue = job_queue.clone();
             let result_sender = result_sender.clone();
+            let doorbell = doorbell.clone();
             workers.push(
                 std::thread::Builder::new().name(format!("cutls-handshake-{index}")).spawn(move || {
                     for job in job_queue.iter() {
                         if result_sender.send(run(job)).is_err() {
                             break;
+                        }
+                        if let Some(doorbell) = &doorbell {
+                            doorbell.ring();
                         }
                     }
                 })?,
@@ -142,6 +148,11 @@ impl HandshakePool {
 
     pub(crate) fn results(&self) -> impl Iterator<Item = JobResult> + '_ {
         self.results.try_iter()
+    }
+
+    /// Whether finished handshakes wait to be collected.
+    pub(crate) fn has_results(&self) -> bool {
+        !self.results.is_empty()
     }
 }
 

@@ -106,6 +106,8 @@ pub struct EngineConfig {
     /// Threads that run handshakes off the poll loop; 0 runs them inline (deterministic:
     /// tests, replays).
     pub handshake_threads: usize,
+    /// Rung by the handshake workers when a result is ready (the poll loop sleeps on it).
+    pub handshake_doorbell: Option<Arc<crate::io::doorbell::Doorbell>>,
     /// This engine's poll loop among all of them ([`crate::steer`]): SNAT source ports are
     /// chosen so that the backend's answers steer back here.
     pub loop_share: LoopShare,
@@ -395,7 +397,7 @@ impl Engine {
         // A pool that cannot start (no threads) leaves handshakes inline.
         let pool = match config.handshake_threads {
             0 => None,
-            threads => handshake::HandshakePool::start(threads).ok(),
+            threads => handshake::HandshakePool::start(threads, config.handshake_doorbell.clone()).ok(),
         };
         Engine {
             config,
@@ -725,6 +727,22 @@ impl Engine {
             let id = result.session;
             self.with_session(id, now_ns, out, |session, context| session.tls_result(context, result));
         }
+    }
+
+    /// When [`Engine::poll`] next has work (a session's timer, a deferred frame), if ever: the
+    /// loop may sleep until then when no frame comes.
+    pub fn next_deadline_ns(&self) -> Option<u64> {
+        let deferred = self.deferred.front().map(|(at, _)| *at);
+        match (self.timers.next_ns(), deferred) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether finished handshakes wait for [`Engine::collect_handshakes`]: checked by a loop
+    /// after it announced it will sleep (its doorbell), so that no result waits for a timeout.
+    pub fn handshake_results_ready(&self) -> bool {
+        self.pool.as_ref().is_some_and(|pool| pool.has_results())
     }
 
     /// Whether handshakes are with the pool: the loop should not sleep long.

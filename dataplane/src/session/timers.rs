@@ -41,6 +41,11 @@ impl TimerQueue {
         self.heap.pop().map(|Reverse(entry)| entry)
     }
 
+    /// The earliest deadline queued (perhaps a stale entry's, which only wakes the loop early).
+    pub(crate) fn next_ns(&self) -> Option<u64> {
+        self.heap.peek().map(|&Reverse((deadline_ns, _))| deadline_ns)
+    }
+
     /// Drops every entry `live` refuses: the stale entries of ended sessions, which would
     /// otherwise stay until their deadlines (an idle timeout away).
     pub(crate) fn retain(&mut self, mut live: impl FnMut(u64, u64) -> bool) {
@@ -74,6 +79,7 @@ mod tests {
         timers.schedule(1, 30, NEVER);
         timers.schedule(2, 10, NEVER);
         timers.schedule(3, 20, NEVER);
+        assert_eq!(timers.next_ns(), Some(10));
         assert_eq!(timers.pop_due(9), None);
         assert_eq!(timers.pop_due(25), Some((10, 2)));
         assert_eq!(timers.pop_due(25), Some((20, 3)));
