@@ -299,7 +299,9 @@ impl XdpPort {
         )?;
         // Every receive frame starts in the fill ring; it holds exactly `rx_frames` entries.
         for frame in 0..rx_frames {
-            fill.push((frame * frame_size) as u64);
+            // A fresh ring of `fill_size == rx_frames` slots: each fits.
+            let pushed = fill.push((frame * frame_size) as u64);
+            debug_assert!(pushed, "a fresh fill ring holds every receive frame");
         }
         fill.submit();
         let free_tx_frames = (rx_frames..rx_frames + tx_frames)
@@ -341,11 +343,17 @@ impl XdpPort {
         if self.held.is_empty() {
             return;
         }
-        // The fill ring has room for every receive frame, so these always fit.
-        for &address in &self.held {
-            self.fill.push(address);
+        // The fill ring has a slot for every receive frame, but the kernel's consumer index may
+        // lag: what does not fit now stays held for the next turn.
+        let mut kept = 0;
+        for index in 0..self.held.len() {
+            let address = self.held[index];
+            if !self.fill.push(address) {
+                self.held[kept] = address;
+                kept += 1;
+            }
         }
-        self.held.clear();
+        self.held.truncate(kept);
         self.fill.submit();
     }
 
@@ -484,13 +492,15 @@ impl FrameIo for XdpPort {
                     frame.len(),
                 );
             }
-            // A free transmit frame implies a free transmit ring slot: there are as many frames
-            // as slots.
-            self.tx.push(XdpDesc {
+            if !self.tx.push(XdpDesc {
                 addr: address,
                 len: frame.len() as u32,
                 options: 0,
-            });
+            }) {
+                self.free_tx_frames.push(address);
+                report.ring_full += 1;
+                continue;
+            }
             report.sent += 1;
             report.sent_bytes += frame.len() as u64;
         }
@@ -610,15 +620,21 @@ impl<T: Copy> ProducerRing<T> {
         self.local_producer.wrapping_sub(self.cached_consumer)
     }
 
-    /// Writes `value` at the next slot. Callers guarantee a free slot (they never hold more
-    /// entries than the ring has slots); a full ring is a logic error caught in debug builds.
-    fn push(&mut self, value: T) {
-        debug_assert!(self.pending() < self.words.size, "AF_XDP ring overflow");
+    /// Writes `value` at the next slot, if the kernel has left one free; returns whether it did.
+    /// Counting the frames we own does not guarantee a slot: the kernel can hand a transmitted
+    /// frame back on the completion ring (from another CPU, when the peer frees the skb) before
+    /// it moves the transmit ring's consumer past that frame's descriptor. Writing anyway would
+    /// overwrite a descriptor the kernel has not read yet.
+    fn push(&mut self, value: T) -> bool {
+        if self.local_producer.wrapping_sub(self.cached_consumer) >= self.words.size && self.pending() >= self.words.size {
+            return false;
+        }
         let slot = (self.local_producer & self.words.mask) as usize;
         // SAFETY: `slot < size`, inside the descriptor array; the kernel does not read slots
         // between its consumer and our producer until we publish them in `submit`.
         unsafe { self.words.descs.add(slot).write(value) };
         self.local_producer = self.local_producer.wrapping_add(1);
+        true
     }
 
     /// Publishes the pushed entries to the kernel.
