@@ -281,6 +281,43 @@ impl Counters {
     }
 }
 
+/// Why a session ended: counted in one place ([`Engine`]'s `with_session`), one counter each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    /// Both sides closed with FIN (a passthrough session; a TLS session that closed cleanly
+    /// ends as `SessionEvent::Closed`, with TIME-WAIT, and counts here too).
+    Fin,
+    /// Half closed and then idle past the close timeout, or the backend never acknowledged the
+    /// box's FIN.
+    CloseTimeout,
+    ClientReset,
+    BackendReset,
+    /// The handshake failed, a record could not be parsed or opened, or the handshake flight
+    /// was never acknowledged.
+    TlsError,
+    /// A client record failed authentication.
+    TagFailure,
+    Idle,
+    /// The backend could not be resolved, connected or chosen.
+    BackendUnreachable,
+}
+
+impl EndReason {
+    fn count(self, counters: &mut Counters) {
+        let counter = match self {
+            EndReason::Fin => &mut counters.ended_fin,
+            EndReason::CloseTimeout => &mut counters.ended_close_timeout,
+            EndReason::ClientReset => &mut counters.ended_client_reset,
+            EndReason::BackendReset => &mut counters.ended_backend_reset,
+            EndReason::TlsError => &mut counters.ended_tls_error,
+            EndReason::TagFailure => &mut counters.ended_tag_failure,
+            EndReason::Idle => &mut counters.ended_idle,
+            EndReason::BackendUnreachable => &mut counters.ended_backend_unreachable,
+        };
+        *counter += 1;
+    }
+}
+
 /// How long an ended session's backend flow is still recognised (its late segments are reset
 /// and dropped rather than bridged), and how many such flows are kept at most.
 const ENDED_FLOW_TTL_NS: u64 = 120_000_000_000;
@@ -888,9 +925,13 @@ impl Engine {
             event = self.pass_through(id, now_ns, out);
         }
         let closed = matches!(event, Some(SessionEvent::Closed));
-        if !matches!(event, Some(SessionEvent::Ended | SessionEvent::Closed)) {
-            self.track(id);
-            return;
+        match event {
+            Some(SessionEvent::Ended(reason)) => reason.count(&mut self.counters),
+            Some(SessionEvent::Closed) => EndReason::Fin.count(&mut self.counters),
+            _ => {
+                self.track(id);
+                return;
+            }
         }
         self.waiting_for_mac.remove(&id);
         self.handshakes_at_workers.remove(&id);
@@ -970,7 +1011,7 @@ impl Engine {
         let Some((backend, side)) = self.choose_backend(&backends, listener, true, client) else {
             self.with_session(id, now_ns, out, |session, context| {
                 session.refuse(context);
-                Some(SessionEvent::Ended)
+                Some(SessionEvent::Ended(EndReason::BackendUnreachable))
             });
             return None;
         };

@@ -27,7 +27,7 @@ use super::handover::{SecretLog, SessionKeys};
 use super::handshake::{self, HandshakePool, Job, JobResult, Outcome};
 use super::client_hello::{self, FirstFlight};
 use super::neighbours::Neighbours;
-use super::{Counters, FlowKey, ListenerSetup, Output, PassthroughRoute, Port};
+use super::{Counters, EndReason, FlowKey, ListenerSetup, Output, PassthroughRoute, Port};
 use crate::wire::seq::unwrap_offset;
 use crate::wire::{ArpOperation, EthernetAddress, SackBlock, SackBlocks, SeqNumber, TcpFlags, TcpOptions, TcpSegment, TcpTimestamp};
 
@@ -49,7 +49,8 @@ pub(crate) struct Context<'a> {
 }
 
 pub(crate) enum SessionEvent {
-    Ended,
+    /// The session is over; the engine counts the reason (one place for every end).
+    Ended(EndReason),
     /// Both sides closed with FIN and acknowledged each other's: the engine keeps the two
     /// 4-tuples in TIME-WAIT a while (a peer whose last ACK from the box was lost sends its FIN
     /// again and must get that ACK, not a RST).
@@ -57,6 +58,17 @@ pub(crate) enum SessionEvent {
     /// The connection is to be spliced as plain TCP to the listener's passthrough pool: the
     /// engine picks the backend and calls [`Session::start_passthrough`].
     Passthrough,
+}
+
+impl SessionEvent {
+    /// Why the session ends, for an event that ends it inside another step (a passthrough
+    /// request cannot come from there).
+    fn end_reason(&self) -> EndReason {
+        match self {
+            SessionEvent::Ended(reason) => *reason,
+            SessionEvent::Closed | SessionEvent::Passthrough => EndReason::Fin,
+        }
+    }
 }
 
 /// The largest record overhead of any suite (TLS 1.2 AES-GCM: header, explicit nonce, tag),
@@ -290,7 +302,7 @@ pub(crate) struct Session {
     early_application: Vec<u8>,
     splice: Option<Box<Splice>>,
     /// Set when a step deep inside ended the session; the next return reports it.
-    ended: bool,
+    ended: Option<EndReason>,
     /// A client FIN that came after the handshake but before the splice started.
     pending_client_fin: Option<u64>,
     /// Backend bytes (from its offset 0) sent before the splice started.
@@ -451,7 +463,7 @@ impl Session {
             client_handshake_len: 0,
             early_application: Vec::new(),
             splice: None,
-            ended: false,
+            ended: None,
             pending_client_fin: None,
             early_backend: Vec::new(),
             tls_in_flight: false,
@@ -464,9 +476,9 @@ impl Session {
         self.listener
     }
 
-    /// No backend can take the connection: the client gets a RST.
+    /// No backend can take the connection: the client gets a RST (the caller ends the session
+    /// with [`EndReason::BackendUnreachable`]).
     pub(crate) fn refuse(&mut self, context: &mut Context<'_>) {
-        context.counters.ended_backend_unreachable += 1;
         self.send_to_client(context, TcpFlags::RST | TcpFlags::ACK, self.sent, &[]);
     }
 
@@ -556,8 +568,8 @@ impl Session {
             Port::Outside => self.client_segment(context, tcp),
             Port::Inside => self.backend_segment(context, tcp),
         };
-        if self.ended {
-            return Some(SessionEvent::Ended);
+        if let Some(reason) = self.ended {
+            return Some(SessionEvent::Ended(reason));
         }
         event
     }
@@ -595,9 +607,8 @@ impl Session {
     /// Timers: handshake retransmission, backend connection, synthetic records, idle.
     pub(crate) fn poll(&mut self, context: &mut Context<'_>) -> Option<SessionEvent> {
         if context.now_ns.saturating_sub(self.last_activity_ns) > context.idle_timeout_ns {
-            context.counters.ended_idle += 1;
             self.reset_both(context);
-            return Some(SessionEvent::Ended);
+            return Some(SessionEvent::Ended(EndReason::Idle));
         }
         if let Some(event) = self.poll_backend(context) {
             return Some(event);
@@ -629,9 +640,8 @@ impl Session {
             } else if context.now_ns >= deadline {
                 self.retries += 1;
                 if self.retries > MAX_RETRIES {
-                    context.counters.ended_tls_error += 1;
                     self.reset_both(context);
-                    return Some(SessionEvent::Ended);
+                    return Some(SessionEvent::Ended(EndReason::TlsError));
                 }
                 self.rto_ns = (self.rto_ns * 2).min(60_000_000_000);
                 self.sent = self.acked;
@@ -651,9 +661,8 @@ impl Session {
             return self.client_segment_plain(context, tcp);
         }
         if tcp.flags.contains(TcpFlags::RST) {
-            context.counters.ended_client_reset += 1;
             self.reset_backend(context);
-            return Some(SessionEvent::Ended);
+            return Some(SessionEvent::Ended(EndReason::ClientReset));
         }
         if tcp.flags.contains(TcpFlags::SYN) {
             if tcp.seq_number.0 == self.client_isn {
@@ -698,9 +707,8 @@ impl Session {
                 let room = MAX_HANDSHAKE_BYTES.saturating_sub(self.handshake_in.len());
                 if room == 0 && !self.tls_in_flight {
                     // rustls had all of it and still wants more: no handshake is that long.
-                    context.counters.ended_tls_error += 1;
                     self.reset_both(context);
-                    return Some(SessionEvent::Ended);
+                    return Some(SessionEvent::Ended(EndReason::TlsError));
                 }
                 // While a handshake job is away, a client that sends its first request right
                 // after its Finished can fill the buffer: take what fits, TCP resends the rest.
@@ -731,10 +739,9 @@ impl Session {
         }
         if tcp.flags.contains(TcpFlags::FIN) {
             // The client gave up during the handshake.
-            context.counters.ended_client_reset += 1;
             self.send_to_client(context, TcpFlags::RST | TcpFlags::ACK, self.sent, &[]);
             self.reset_backend(context);
-            return Some(SessionEvent::Ended);
+            return Some(SessionEvent::Ended(EndReason::ClientReset));
         }
         self.transmit_handshake(context);
         None
@@ -822,8 +829,8 @@ impl Session {
         match self.apply_tls_result(context, result) {
             Ok(()) => {
                 self.transmit_handshake(context);
-                if self.ended {
-                    return Some(SessionEvent::Ended);
+                if let Some(reason) = self.ended {
+                    return Some(SessionEvent::Ended(reason));
                 }
                 None
             }
@@ -855,14 +862,13 @@ impl Session {
 
     /// rustls refused the handshake: its alert (already in the flight) goes out, then RSTs.
     fn tls_failed(&mut self, context: &mut Context<'_>) -> SessionEvent {
-        context.counters.ended_tls_error += 1;
         // rustls' alert is the end of the flight: deliver it, with a FIN, before the RST.
         self.transmit_handshake(context);
         let end = self.handshake_out_len;
         self.send_to_client(context, TcpFlags::FIN | TcpFlags::ACK, end, &[]);
         self.reset_client_later(context, end + 1);
         self.reset_backend(context);
-        SessionEvent::Ended
+        SessionEvent::Ended(EndReason::TlsError)
     }
 
     /// The client's RST at our offset `offset`: sent `ALERT_LINGER_NS` from now, or as soon as
@@ -1192,9 +1198,8 @@ impl Session {
     }
 
     fn backend_unreachable(&mut self, context: &mut Context<'_>) -> SessionEvent {
-        context.counters.ended_backend_unreachable += 1;
         self.send_to_client(context, TcpFlags::RST | TcpFlags::ACK, self.sent, &[]);
-        SessionEvent::Ended
+        SessionEvent::Ended(EndReason::BackendUnreachable)
     }
 
     fn backend_segment(&mut self, context: &mut Context<'_>, tcp: &TcpSegment<'_>) -> Option<SessionEvent> {
@@ -1202,10 +1207,9 @@ impl Session {
             return self.backend_segment_plain(context, tcp);
         }
         if tcp.flags.contains(TcpFlags::RST) {
-            context.counters.ended_backend_reset += 1;
             let offset = self.splice.as_ref().map_or(self.sent, |splice| splice.next_offset());
             self.send_to_client(context, TcpFlags::RST | TcpFlags::ACK, offset, &[]);
-            return Some(SessionEvent::Ended);
+            return Some(SessionEvent::Ended(EndReason::BackendReset));
         }
         if tcp.flags.contains(TcpFlags::SYN) && tcp.flags.contains(TcpFlags::ACK) {
             if tcp.ack_number.0 != self.client_isn.wrapping_add(1) {
@@ -1373,8 +1377,8 @@ impl Session {
         let early = std::mem::take(&mut self.early_application);
         if !early.is_empty() {
             let offset = self.client_handshake_len;
-            if self.open_client_bytes(context, offset, early, None).is_err() {
-                self.ended = true;
+            if let Err(event) = self.open_client_bytes(context, offset, early, None) {
+                self.ended = Some(event.end_reason());
             }
         }
         if let (Some(fin), Some(splice)) = (self.pending_client_fin.take(), self.splice.as_mut()) {
@@ -1389,8 +1393,8 @@ impl Session {
                 self.seal_backend_bytes(context, (i * mss) as u64, piece);
             }
         }
-        if self.forward_client_fin(context).is_some() {
-            self.ended = true;
+        if let Some(event) = self.forward_client_fin(context) {
+            self.ended = Some(event.end_reason());
         }
         // The client's acknowledgement of what we took so far.
         self.send_ack_to_client(context);
@@ -1476,7 +1480,7 @@ impl Session {
                 }
             }
         }
-        self.check_closed(context)
+        self.check_closed()
     }
 
     /// Opens client bytes at client offset `offset` and forwards the plaintext to the backend.
@@ -1498,14 +1502,12 @@ impl Session {
         loop {
             match result {
                 Err(OpenError::TagMismatch { .. }) => {
-                    context.counters.ended_tag_failure += 1;
                     self.fail_with_alert(context, 20); // bad_record_mac
-                    return Err(SessionEvent::Ended);
+                    return Err(SessionEvent::Ended(EndReason::TagFailure));
                 }
                 Err(_) => {
-                    context.counters.ended_tls_error += 1;
                     self.fail_with_alert(context, 10); // unexpected_message
-                    return Err(SessionEvent::Ended);
+                    return Err(SessionEvent::Ended(EndReason::TlsError));
                 }
                 Ok(step) => match step.stop {
                     None => break,
@@ -1540,9 +1542,8 @@ impl Session {
                                     consumed_without_data = true;
                                 }
                                 _ => {
-                                    context.counters.ended_client_reset += 1;
                                     self.reset_backend(context);
-                                    return Err(SessionEvent::Ended);
+                                    return Err(SessionEvent::Ended(EndReason::ClientReset));
                                 }
                             },
                             ContentType::ApplicationData => {}
@@ -1604,9 +1605,8 @@ impl Session {
     }
 
     fn fail_tls(&mut self, context: &mut Context<'_>) -> SessionEvent {
-        context.counters.ended_tls_error += 1;
         self.fail_with_alert(context, 10);
-        SessionEvent::Ended
+        SessionEvent::Ended(EndReason::TlsError)
     }
 
     /// A fatal alert to the client, then resets both ways.
@@ -1742,9 +1742,8 @@ impl Session {
         let splice = self.splice.as_mut()?;
         let closing = splice.client_fin_forwarded || splice.backend_fin.is_some();
         if closing && context.now_ns.saturating_sub(self.last_activity_ns) > context.close_timeout_ns {
-            context.counters.ended_close_timeout += 1;
             self.reset_both(context);
-            return Some(SessionEvent::Ended);
+            return Some(SessionEvent::Ended(EndReason::CloseTimeout));
         }
         let deadline = splice.fin_to_backend_deadline_ns?;
         if context.now_ns < deadline {
@@ -1752,9 +1751,8 @@ impl Session {
         }
         splice.fin_to_backend_tries += 1;
         if splice.fin_to_backend_tries > MAX_RETRIES {
-            context.counters.ended_close_timeout += 1;
             self.reset_both(context);
-            return Some(SessionEvent::Ended);
+            return Some(SessionEvent::Ended(EndReason::CloseTimeout));
         }
         splice.fin_to_backend_deadline_ns = Some(context.now_ns + (FIN_RTO_NS << splice.fin_to_backend_tries));
         self.send_fin_to_backend(context);
@@ -1827,7 +1825,7 @@ impl Session {
             let ack_offset = splice.client_ack_offset(self.client_handshake_len);
             self.emit_to_client(context, TcpFlags::ACK, splice.next_offset(), ack_offset, window, &[]);
         }
-        self.check_closed(context)
+        self.check_closed()
     }
 
     /// Backend plaintext at `offset`: new bytes become one record; bytes already sealed are
@@ -1958,14 +1956,13 @@ impl Session {
                 None
             }
             CustodyAction::GaveUp => {
-                context.counters.ended_backend_unreachable += 1;
                 self.reset_both(context);
-                Some(SessionEvent::Ended)
+                Some(SessionEvent::Ended(EndReason::BackendUnreachable))
             }
         }
     }
 
-    fn check_closed(&mut self, context: &mut Context<'_>) -> Option<SessionEvent> {
+    fn check_closed(&self) -> Option<SessionEvent> {
         let splice = self.splice.as_ref()?;
         // The client's side is done when its FIN came and the box acknowledged it (which it does
         // once the backend has the box's FIN); the backend's when the client acknowledged the
@@ -1974,7 +1971,6 @@ impl Session {
         let client_done = splice.client_fin.is_some() && splice.client_fin_forwarded && splice.backend_acked_fin;
         let backend_done = splice.backend_fin.is_some() && splice.client_acked_fin;
         if client_done && backend_done {
-            context.counters.ended_fin += 1;
             return Some(SessionEvent::Closed);
         }
         None
@@ -2069,8 +2065,7 @@ impl Session {
         let Some(connected) = plain.connected else {
             // The backend has not answered yet.
             if tcp.flags.contains(TcpFlags::RST) {
-                context.counters.ended_client_reset += 1;
-                return Some(SessionEvent::Ended);
+                return Some(SessionEvent::Ended(EndReason::ClientReset));
             }
             // In-order bytes are taken (bounded) and acknowledged: the box owes them to the
             // backend. A FIN waits: the client sends it again.
@@ -2131,10 +2126,9 @@ impl Session {
         };
         context.out.push(Port::Inside, emit::tcp_frame(self.backend_link(connected.backend.mac), &segment));
         if tcp.flags.contains(TcpFlags::RST) {
-            context.counters.ended_client_reset += 1;
-            return Some(SessionEvent::Ended);
+            return Some(SessionEvent::Ended(EndReason::ClientReset));
         }
-        self.plain_closed(context)
+        self.plain_closed()
     }
 
     fn backend_segment_plain(&mut self, context: &mut Context<'_>, tcp: &TcpSegment<'_>) -> Option<SessionEvent> {
@@ -2195,14 +2189,13 @@ impl Session {
         };
         context.out.push(Port::Outside, emit::tcp_frame(self.reply_link(), &segment));
         if tcp.flags.contains(TcpFlags::RST) {
-            context.counters.ended_backend_reset += 1;
-            return Some(SessionEvent::Ended);
+            return Some(SessionEvent::Ended(EndReason::BackendReset));
         }
         if let Some(event) = self.custody_action(context, action) {
             return Some(event);
         }
         self.send_first_flight(context);
-        self.plain_closed(context)
+        self.plain_closed()
     }
 
     /// Passthrough: the segments a path MTU message quotes are the other peer's, forwarded
@@ -2254,11 +2247,10 @@ impl Session {
     }
 
     /// Both FINs crossed and were acknowledged.
-    fn plain_closed(&mut self, context: &mut Context<'_>) -> Option<SessionEvent> {
+    fn plain_closed(&self) -> Option<SessionEvent> {
         let plain = self.plain.as_ref()?;
         if matches!((plain.client_fin, plain.backend_fin), (Some((_, true)), Some((_, true)))) {
-            context.counters.ended_fin += 1;
-            return Some(SessionEvent::Ended);
+            return Some(SessionEvent::Ended(EndReason::Fin));
         }
         None
     }
