@@ -239,7 +239,9 @@ fn run_loops<P: FrameIo>(
         receivers.push(receiver);
     }
     let failed = AtomicBool::new(false);
-    let pinned: Vec<Option<usize>> = (0..loops).map(|index| cores.get(index % cores.len().max(1)).map(|core| core.id)).collect();
+    // Loop i on the next core, round robin; none when the cores cannot be listed.
+    let core_of = |index: usize| cores.get(index % cores.len().max(1)).copied();
+    let pinned: Vec<Option<usize>> = (0..loops).map(|index| core_of(index).map(|core| core.id)).collect();
     eprintln!("cutls: {loops} poll loop(s) on cores {pinned:?}");
     let started = Instant::now();
     let results: Vec<io::Result<(Engine, LoopCounts)>> = std::thread::scope(|scope| {
@@ -250,7 +252,7 @@ fn run_loops<P: FrameIo>(
             .enumerate()
             .map(|(index, ((engine, (outside, inside)), receiver))| {
                 let peers = Peers { index, senders: senders.clone(), doorbells: doorbells.clone(), receiver };
-                let (steering, failed, core) = (&steering, &failed, cores.get(index % cores.len().max(1)).copied());
+                let (steering, failed, core) = (&steering, &failed, core_of(index));
                 std::thread::Builder::new()
                     .name(format!("cutls-loop-{index}"))
                     .spawn_scoped(scope, move || {

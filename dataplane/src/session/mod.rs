@@ -401,9 +401,6 @@ pub struct Engine {
     timers: TimerQueue,
     /// Sessions waiting for their backend's MAC: run when a neighbour is learned.
     waiting_for_mac: HashSet<u64>,
-    /// Sessions whose handshake is at a worker: while there are any, the loop looks for
-    /// results often.
-    handshakes_at_workers: HashSet<u64>,
     /// Backend -> client flows of ended sessions: their segments are answered with RST and
     /// dropped, never bridged (they would carry plaintext to the client). The value: `Some`
     /// for a session closed with FINs, whose FIN sent again is acknowledged (TIME-WAIT), with
@@ -444,7 +441,6 @@ impl Engine {
             neighbours: Neighbours::default(),
             timers: TimerQueue::default(),
             waiting_for_mac: HashSet::new(),
-            handshakes_at_workers: HashSet::new(),
             ended_backend_flows: ExpiringFlows::new(MAX_ENDED_FLOWS),
             time_wait_clients: ExpiringFlows::new(MAX_TIME_WAIT_FLOWS),
             deferred: std::collections::VecDeque::new(),
@@ -782,11 +778,6 @@ impl Engine {
         self.pool.as_ref().is_some_and(|pool| pool.has_results())
     }
 
-    /// Whether handshakes are with the pool: the loop should not sleep long.
-    pub fn handshakes_pending(&self) -> bool {
-        !self.handshakes_at_workers.is_empty()
-    }
-
     fn bridge(&mut self, port: Port, frame: &[u8], out: &mut Output) {
         self.counters.frames_bridged += 1;
         let other = match port {
@@ -934,7 +925,6 @@ impl Engine {
             }
         }
         self.waiting_for_mac.remove(&id);
-        self.handshakes_at_workers.remove(&id);
         if self.timers.len() > 4096 + 2 * self.sessions.len() {
             // Mostly ended sessions' entries: keep the live ones (amortised: the queue at least
             // halves each time).
@@ -1132,20 +1122,16 @@ impl Engine {
     }
 
     /// What the engine keeps about a live session after each call into it: its timer entry,
-    /// and whether it waits for a MAC or for a handshake worker.
+    /// and whether it waits for a MAC.
     fn track(&mut self, id: u64) {
         let Some(session) = self.sessions.get_mut(&id) else { return };
         let deadline = session.next_deadline(self.config.idle_timeout_ns, self.config.close_timeout_ns);
         session.timer_ns = self.timers.schedule(id, deadline, session.timer_ns);
         if session.waits_for_backend_mac() {
             self.waiting_for_mac.insert(id);
-        } else {
+        } else if !self.waiting_for_mac.is_empty() {
+            // Nearly always empty: no hash of the id per segment.
             self.waiting_for_mac.remove(&id);
-        }
-        if session.tls_in_flight() {
-            self.handshakes_at_workers.insert(id);
-        } else {
-            self.handshakes_at_workers.remove(&id);
         }
     }
 

@@ -519,10 +519,6 @@ impl Session {
         self.client_reset_seq
     }
 
-    pub(crate) fn tls_in_flight(&self) -> bool {
-        self.tls_in_flight
-    }
-
     pub(crate) fn waits_for_backend_mac(&self) -> bool {
         matches!(self.backend_state, Backend::Resolving { tries, .. } if tries > 0)
     }
