@@ -27,6 +27,8 @@ pub mod emit;
 pub mod handover;
 pub mod handshake;
 mod neighbours;
+mod reorder;
+mod sender;
 mod session;
 mod timers;
 
@@ -178,6 +180,14 @@ impl Output {
             }
         }
     }
+
+    /// Frames queued for `port` so far.
+    pub(crate) fn count(&self, port: Port) -> usize {
+        match port {
+            Port::Outside => self.outside.len(),
+            Port::Inside => self.inside.len(),
+        }
+    }
 }
 
 /// What happened, for the operator (and the tests).
@@ -201,13 +211,22 @@ pub struct Counters {
     pub ended_tag_failure: u64,
     pub ended_idle: u64,
     pub ended_backend_unreachable: u64,
+    /// Sessions whose client acknowledged nothing the box sent it through every retransmission.
+    pub ended_client_unresponsive: u64,
     /// Client segments dropped: out of order during the handshake, or refused by the opener.
     pub client_segments_dropped: u64,
-    /// Backend segments dropped: ahead of the record frontier, or not placeable.
+    /// Backend segments dropped: ahead of a gap with the reorder buffer full, beyond the
+    /// window the box offered, or data before the splice that did not fit.
     pub backend_segments_dropped: u64,
+    /// Backend segments that arrived ahead of a gap and were held until it filled (SACKed to
+    /// the backend, which resends the hole at once).
+    pub backend_segments_held: u64,
     pub records_opened: u64,
     pub records_sealed: u64,
-    pub records_regenerated: u64,
+    /// Segments the box sent the client again from its send buffer (SACK or duplicate-ACK
+    /// recovery, timeouts, path MTU), and times its retransmission timer fired.
+    pub client_retransmits: u64,
+    pub client_timeouts: u64,
     /// Client plaintext the box sent the backend again on its own (see `custody`).
     pub backend_retransmits: u64,
     /// SYNs answered with a SYN cookie (no state), and connections made from a valid cookie.
@@ -244,7 +263,7 @@ impl Counters {
     /// Adds `other`'s counts to these: the box's totals over its poll loops.
     pub fn add(&mut self, other: &Counters) {
         // An exhaustive pattern, so that a counter added later cannot be left out here.
-        let Counters { frames_bridged, frames_unparsed_bridged, arp_replies, ndp_advertisements, sessions_started, sessions_passthrough, handshakes_completed, ended_fin, ended_close_timeout, ended_client_reset, ended_backend_reset, ended_tls_error, ended_tag_failure, ended_idle, ended_backend_unreachable, client_segments_dropped, backend_segments_dropped, records_opened, records_sealed, records_regenerated, backend_retransmits, syn_cookies_sent, syn_cookies_accepted, backend_tuple_collisions, path_mtu_updates, icmp_ignored, path_mtu_relayed, bad_checksum_drops_outside, bad_checksum_drops_inside, client_bytes_after_close, time_wait_acks, challenge_acks, session_timer_runs } = other;
+        let Counters { frames_bridged, frames_unparsed_bridged, arp_replies, ndp_advertisements, sessions_started, sessions_passthrough, handshakes_completed, ended_fin, ended_close_timeout, ended_client_reset, ended_backend_reset, ended_tls_error, ended_tag_failure, ended_idle, ended_backend_unreachable, ended_client_unresponsive, client_segments_dropped, backend_segments_dropped, backend_segments_held, records_opened, records_sealed, client_retransmits, client_timeouts, backend_retransmits, syn_cookies_sent, syn_cookies_accepted, backend_tuple_collisions, path_mtu_updates, icmp_ignored, path_mtu_relayed, bad_checksum_drops_outside, bad_checksum_drops_inside, client_bytes_after_close, time_wait_acks, challenge_acks, session_timer_runs } = other;
         self.frames_bridged += frames_bridged;
         self.frames_unparsed_bridged += frames_unparsed_bridged;
         self.arp_replies += arp_replies;
@@ -264,7 +283,10 @@ impl Counters {
         self.backend_segments_dropped += backend_segments_dropped;
         self.records_opened += records_opened;
         self.records_sealed += records_sealed;
-        self.records_regenerated += records_regenerated;
+        self.client_retransmits += client_retransmits;
+        self.client_timeouts += client_timeouts;
+        self.backend_segments_held += backend_segments_held;
+        self.ended_client_unresponsive += ended_client_unresponsive;
         self.backend_retransmits += backend_retransmits;
         self.syn_cookies_sent += syn_cookies_sent;
         self.syn_cookies_accepted += syn_cookies_accepted;
@@ -300,6 +322,8 @@ pub enum EndReason {
     Idle,
     /// The backend could not be resolved, connected or chosen.
     BackendUnreachable,
+    /// The client acknowledged nothing through every retransmission of the box's bytes.
+    ClientUnresponsive,
 }
 
 impl EndReason {
@@ -313,6 +337,7 @@ impl EndReason {
             EndReason::TagFailure => &mut counters.ended_tag_failure,
             EndReason::Idle => &mut counters.ended_idle,
             EndReason::BackendUnreachable => &mut counters.ended_backend_unreachable,
+            EndReason::ClientUnresponsive => &mut counters.ended_client_unresponsive,
         };
         *counter += 1;
     }

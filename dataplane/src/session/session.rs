@@ -11,17 +11,18 @@
 //!   box seals, one per backend segment, kept in a record map until the client acknowledges
 //!   them, so a retransmission in any segmentation is rebuilt byte for byte.
 
-use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use cutls_crypto::{
-    ContentType, OpenError, OpenOutput, OpenerConfig, RecordOpener, RecordSealer, ReleaseMode, SealedRecord, Secret,
+    ContentType, OpenError, OpenOutput, OpenerConfig, RecordOpener, RecordSealer, ReleaseMode, Secret,
     Stop,
 };
 use rustls::ServerConnection;
 
 use super::custody::{Custody, CustodyAction};
+use super::reorder::{Held, Reorder};
+use super::sender::{Sender, TimerOutcome, SEND_BUFFER_LIMIT};
 use super::emit::{self, Link, Segment};
 use super::handover::{SecretLog, SessionKeys};
 use super::handshake::{self, HandshakePool, Job, JobResult, Outcome};
@@ -91,8 +92,6 @@ pub(crate) const ALERT_LINGER_NS: u64 = 1_000_000_000;
 const MAX_DEFERRED: usize = 1 << 16;
 /// Our window scale toward the client (when it offers one).
 const OUR_WINDOW_SCALE: u8 = 7;
-/// Records the box keeps for retransmission before it stops taking new backend data.
-const MAX_MAPPED_RECORDS: usize = 4096;
 /// Backend bytes kept before the splice starts (a banner, not a download).
 const MAX_EARLY_BACKEND_BYTES: usize = 16 * 1024;
 
@@ -317,16 +316,6 @@ pub(crate) struct Session {
     pub(crate) timer_ns: u64,
 }
 
-/// A record the box sealed toward the client, until the client acknowledges it.
-struct MappedRecord {
-    plaintext_start: u64,
-    data_len: u64,
-    cipher_start: u64,
-    sealed: SealedRecord,
-    /// Records the box wrote on its own (close_notify, KeyUpdate): retransmitted by timer.
-    synthetic: Option<SyntheticRecord>,
-}
-
 /// What [`Session::open_client_bytes`] did with a chunk.
 #[derive(Default)]
 struct Opened {
@@ -336,11 +325,6 @@ struct Opened {
     acknowledged: bool,
 }
 
-struct SyntheticRecord {
-    plaintext: Vec<u8>,
-    fin: bool,
-}
-
 struct Splice {
     opener: RecordOpener,
     sealer: RecordSealer,
@@ -348,17 +332,20 @@ struct Splice {
     client_secret: Option<Secret>,
     server_secret: Option<Secret>,
     backend: BackendInfo,
-    records: VecDeque<MappedRecord>,
-    /// Next backend plaintext offset, and our offset of the next record.
+    /// The box's sender toward the client: sealed records until the client has them.
+    sender: Sender,
+    /// Backend segments ahead of a gap.
+    reorder: Reorder,
+    /// Next backend plaintext offset to seal (everything before it the box acknowledged).
     plaintext_frontier: u64,
-    cipher_frontier: u64,
     backend_reference: u64,
-    /// The client's last acknowledgement and window, as forwarded to the backend.
-    client_acked_cipher: u64,
-    /// Plaintext offset of the backend's FIN (its sequence number minus one), once seen.
+    /// The right edge of the window last offered to the backend (plaintext offset; it never
+    /// moves left, RFC 9293 3.8.6).
+    backend_window_edge: u64,
+    /// Plaintext offset of the backend's FIN (its sequence number minus one), once sealed as a
+    /// close_notify; and a FIN seen ahead of a gap, until the gap fills.
     backend_fin: Option<u64>,
-    /// Our offset just past the close_notify record sent with the FIN.
-    client_fin_cipher: Option<u64>,
+    backend_fin_ahead: Option<u64>,
     /// The client's FIN (client offset), once seen, and whether it went to the backend.
     client_fin: Option<u64>,
     client_fin_forwarded: bool,
@@ -367,7 +354,6 @@ struct Splice {
     /// (RFC 8446 6.1).
     client_close_notify: Option<u64>,
     backend_acked_fin: bool,
-    client_acked_fin: bool,
     /// The box's FIN toward the backend, until the backend acknowledges it: when to send it
     /// again, and how many times it went.
     fin_to_backend_deadline_ns: Option<u64>,
@@ -385,9 +371,11 @@ struct Splice {
     backend_acked_cipher: u64,
     /// End of the plaintext sent to the backend so far (its rcv_nxt once it has it all).
     forwarded_plaintext: u64,
-    /// The latest SACK blocks of each side, translated for the other.
-    sack_for_backend: SackBlocks,
+    /// The backend's latest SACK blocks (client plaintext), translated for the client.
     sack_for_client: SackBlocks,
+    /// The acknowledgement and window of the last segment to the client, so that a backend
+    /// segment that changes neither sends no pure ACK (the client would count it a duplicate).
+    last_to_client: (u64, u16),
     /// Client bytes the box acknowledged on its own, and their plaintext until the backend
     /// has it.
     custody: Custody,
@@ -593,6 +581,7 @@ impl Session {
             }
             at(splice.fin_to_backend_deadline_ns);
             at(splice.custody.deadline_ns());
+            at(splice.sender.deadline_ns());
         }
         if let Some(plain) = &self.plain {
             at(plain.custody.deadline_ns());
@@ -627,9 +616,11 @@ impl Session {
                 }
             }
         }
+        if let Some(event) = self.poll_sender(context) {
+            return Some(event);
+        }
         if let Some(deadline) = self.rto_deadline_ns {
-            let outstanding = self.acked < self.handshake_out_len
-                || self.splice.as_ref().is_some_and(|splice| splice.records.iter().any(|r| r.synthetic.is_some()));
+            let outstanding = self.acked < self.handshake_out_len;
             if !outstanding {
                 self.rto_deadline_ns = None;
                 self.retries = 0;
@@ -642,11 +633,38 @@ impl Session {
                 self.rto_ns = (self.rto_ns * 2).min(60_000_000_000);
                 self.sent = self.acked;
                 self.transmit_handshake(context);
-                self.retransmit_synthetic(context);
                 self.rto_deadline_ns = Some(context.now_ns + self.rto_ns);
             }
         }
         None
+    }
+
+    /// The send buffer's timer: a retransmission timeout, a zero-window probe, or a client
+    /// that never answered.
+    fn poll_sender(&mut self, context: &mut Context<'_>) -> Option<SessionEvent> {
+        let mss = self.client_emitter(context.now_ns).payload_room();
+        let splice = self.splice.as_mut()?;
+        match splice.sender.on_timer(context.now_ns, mss) {
+            TimerOutcome::Idle => None,
+            TimerOutcome::Retransmit => {
+                context.counters.client_timeouts += 1;
+                self.transmit_to_client(context);
+                None
+            }
+            TimerOutcome::Probe => {
+                // RFC 9293 3.8.6.1: a segment the client must answer with its window; an old
+                // sequence number (the byte before what it acknowledged) carries no data.
+                let probe = splice.sender.acked().saturating_sub(1);
+                let window = (splice.window_for_client(self.client_handshake_len) >> self.our_window_scale).min(65535) as u16;
+                let ack_offset = splice.client_ack_offset(self.client_handshake_len);
+                self.emit_to_client(context, TcpFlags::ACK, probe, ack_offset, window, &[]);
+                None
+            }
+            TimerOutcome::GaveUp => {
+                self.reset_both(context);
+                Some(SessionEvent::Ended(EndReason::ClientUnresponsive))
+            }
+        }
     }
 
     // -------------------------------------------------------------------------------------
@@ -953,43 +971,22 @@ impl Session {
         window: u16,
         payload: &[u8],
     ) {
-        let mut options = TcpOptions::default();
-        if self.timestamps {
+        self.client_emitter(context.now_ns).emit(context.out, flags, offset, ack_offset, window, payload);
+    }
+
+    /// What a segment toward the client needs of the session, by value.
+    fn client_emitter(&self, now_ns: u64) -> ClientEmitter {
+        ClientEmitter {
+            link: self.reply_link(),
+            vip: self.vip,
+            client: self.client,
+            our_isn: self.our_isn,
+            client_isn: self.client_isn,
             // One clock toward the client, ours, whatever the segment carries: the backend's
             // clock runs at its own rate and mixing them would step back (PAWS drops those).
-            options.timestamp = Some(TcpTimestamp { value: ts_now(context.now_ns), echo_reply: self.client_ts_recent });
-        }
-        if let Some(splice) = &self.splice {
-            options.sack_blocks = splice.sack_for_client;
-        }
-        // The client's MSS (or a smaller path MTU learnt since) counts payload without options:
-        // a record larger than that leaves in several segments.
-        let sack_blocks = options.sack_blocks.as_slice().len();
-        let option_bytes = if self.timestamps { 12 } else { 0 } + if sack_blocks > 0 { 4 + 8 * sack_blocks } else { 0 };
-        let room = (self.client_mss() as usize).saturating_sub(option_bytes).max(64);
-        let mut at = 0;
-        loop {
-            let end = payload.len().min(at + room);
-            let last = end == payload.len();
-            let mut piece_flags = flags;
-            if !last {
-                piece_flags.remove(TcpFlags::FIN | TcpFlags::PSH);
-            }
-            let segment = Segment {
-                source: self.vip,
-                destination: self.client,
-                seq: self.our_isn.wrapping_add(1).wrapping_add((offset + at as u64) as u32),
-                ack: self.client_isn.wrapping_add(1).wrapping_add(ack_offset as u32),
-                flags: piece_flags,
-                window,
-                options,
-                payload: &payload[at..end],
-            };
-            context.out.push(Port::Outside, emit::tcp_frame(self.reply_link(), &segment));
-            if last {
-                break;
-            }
-            at = end;
+            timestamp: self.timestamps.then(|| TcpTimestamp { value: ts_now(now_ns), echo_reply: self.client_ts_recent }),
+            sack_blocks: self.splice.as_ref().map(|splice| splice.sack_for_client).unwrap_or_default(),
+            mss: self.client_mss(),
         }
     }
 
@@ -1012,7 +1009,7 @@ impl Session {
         match port {
             Port::Outside => {
                 let (low, high) = match &self.splice {
-                    Some(splice) => (splice.client_acked_cipher, splice.cipher_frontier),
+                    Some(splice) => (splice.sender.acked(), splice.sender.sent_end()),
                     None => (self.acked, self.sent),
                 };
                 let offset = unwrap_offset(high, seq.wrapping_sub(self.our_isn.wrapping_add(1)));
@@ -1029,12 +1026,11 @@ impl Session {
                         // The handshake flight: send again at once, in smaller pieces.
                         self.sent = self.acked;
                         self.transmit_handshake(context);
-                    } else {
-                        // Records are rebuilt from the backend's bytes, which it resends on its
-                        // third duplicate acknowledgement (RFC 5681) rather than after a timeout.
-                        for _ in 0..3 {
-                            self.ack_backend(context, None);
-                        }
+                    } else if let Some(splice) = self.splice.as_mut() {
+                        // Everything in flight leaves again from the send buffer, cut smaller,
+                        // rather than after a timeout.
+                        splice.sender.resend_all();
+                        self.transmit_to_client(context);
                     }
                 }
             }
@@ -1080,7 +1076,7 @@ impl Session {
     }
 
     fn our_offset(&self, ack: u32) -> u64 {
-        let reference = self.splice.as_ref().map_or(self.sent, |splice| splice.cipher_frontier);
+        let reference = self.splice.as_ref().map_or(self.sent, |splice| splice.sender.sent_end());
         unwrap_offset(reference, ack.wrapping_sub(self.our_isn.wrapping_add(1)))
     }
 
@@ -1337,6 +1333,7 @@ impl Session {
         let opener = RecordOpener::new(&keys.client.keys, keys.client.seq, self.client_handshake_len, config);
         let sealer = RecordSealer::new(&keys.server.keys, keys.server.seq);
         let handshake_len = self.handshake_out_len;
+        let client_room = self.client_emitter(context.now_ns).payload_room();
         self.splice = Some(Box::new(Splice {
             opener,
             sealer,
@@ -1344,18 +1341,17 @@ impl Session {
             client_secret: keys.client.secret,
             server_secret: keys.server.secret,
             backend,
-            records: VecDeque::new(),
+            sender: Sender::new(handshake_len, self.client_window, client_room),
+            reorder: Reorder::default(),
             plaintext_frontier: 0,
-            cipher_frontier: handshake_len,
             backend_reference: 0,
-            client_acked_cipher: self.acked,
+            backend_window_edge: 0,
             backend_fin: None,
-            client_fin_cipher: None,
+            backend_fin_ahead: None,
             client_fin: None,
             client_fin_forwarded: false,
             client_close_notify: None,
             backend_acked_fin: false,
-            client_acked_fin: false,
             fin_to_backend_deadline_ns: None,
             fin_to_backend_tries: 0,
             backend_acked_plaintext: 0,
@@ -1364,8 +1360,8 @@ impl Session {
             backend_window: 65535,
             backend_acked_cipher: self.client_handshake_len,
             forwarded_plaintext: 0,
-            sack_for_backend: SackBlocks::default(),
             sack_for_client: SackBlocks::default(),
+            last_to_client: (0, 0),
             // Everything the handshake acknowledged, including application bytes that came
             // with the Finished.
             custody: Custody::new(self.client_next),
@@ -1386,7 +1382,7 @@ impl Session {
             let options = if self.timestamps { 12 } else { 0 };
             let mss = self.syn.mss.saturating_sub(MAX_RECORD_OVERHEAD + options).max(64) as usize;
             for (i, piece) in early_backend.chunks(mss).enumerate() {
-                self.seal_backend_bytes(context, (i * mss) as u64, piece);
+                self.take_backend_bytes(context, (i * mss) as u64, piece);
             }
         }
         if let Some(event) = self.forward_client_fin(context) {
@@ -1399,19 +1395,30 @@ impl Session {
 
     fn client_segment_splice(&mut self, context: &mut Context<'_>, tcp: &TcpSegment<'_>) -> Option<SessionEvent> {
         let offset = self.client_offset(tcp.seq_number.0);
+        let client_room = self.client_emitter(context.now_ns).payload_room();
+        let mut backend_fin_newly_acked = false;
         let scale = self.syn.window_scale.unwrap_or(0);
         let client_window = (tcp.window as u64) << scale;
         let Some(splice) = self.splice.as_mut() else { return None };
         if tcp.flags.contains(TcpFlags::ACK) {
-            let acked = unwrap_offset(splice.cipher_frontier, tcp.ack_number.0.wrapping_sub(self.our_isn.wrapping_add(1)));
-            splice.client_ack(acked);
+            // The client's acknowledgement and SACK blocks are the box's own business now (its
+            // send buffer); the backend learns only the window they free.
+            let reference = splice.sender.sent_end();
+            let our_offset = |seq: u32| unwrap_offset(reference, seq.wrapping_sub(self.our_isn.wrapping_add(1)));
+            let acked = our_offset(tcp.ack_number.0);
+            let mut blocks = [(0u64, 0u64); 4];
+            let mut count = 0;
+            for block in tcp.options.sack_blocks.as_slice() {
+                blocks[count] = (our_offset(block.left.0), our_offset(block.right.0));
+                count += 1;
+            }
+            let carries = !tcp.payload.is_empty() || tcp.flags.contains(TcpFlags::FIN);
+            let fin_acked_before = splice.backend_fin_acked();
+            splice.sender.on_ack(context.now_ns, acked, client_window, &blocks[..count], carries, client_room);
+            // The client has the close_notify the backend's FIN became: now the box acknowledges
+            // that FIN (the backend's LAST-ACK or FIN-WAIT ends).
+            backend_fin_newly_acked = !fin_acked_before && splice.backend_fin_acked();
         }
-        splice.sack_for_backend = if splice.backend.sack {
-            splice.client_sack_for_backend(&tcp.options.sack_blocks, self.our_isn, splice.backend.isn)
-        } else {
-            SackBlocks::default()
-        };
-        let _ = client_window;
         let mut forwarded = false;
         // The box sent the client an ACK for this segment already.
         let mut acknowledged = false;
@@ -1463,9 +1470,12 @@ impl Session {
             self.send_ack_to_client(context);
             acknowledged = true;
         }
-        if !forwarded && !fin_sent_now {
-            // A pure acknowledgement or window update: pass it on.
+        // What the client's acknowledgement opened (or asked to be sent again).
+        self.transmit_to_client(context);
+        if backend_fin_newly_acked && !fin_sent_now {
             self.ack_backend(context, tcp.options.timestamp);
+        } else if !forwarded && !fin_sent_now {
+            self.update_backend_window(context, tcp.options.timestamp);
         }
         if !tcp.payload.is_empty() && !acknowledged {
             if let Some(splice) = self.splice.as_ref() {
@@ -1611,17 +1621,21 @@ impl Session {
     /// application first, which then saw only "connection reset").
     fn fail_with_alert(&mut self, context: &mut Context<'_>, description: u8) {
         let mut sent_at = None;
+        let mss = self.client_emitter(context.now_ns).payload_room();
+        let emitter = self.client_emitter(context.now_ns);
+        let window = (self.our_receive_window() >> self.our_window_scale).min(65535) as u16;
         if let Some(splice) = self.splice.as_mut() {
-            if splice.client_fin_cipher.is_none() {
-                let plaintext = [2, description];
-                let mut record = vec![0u8; splice.sealer.record_len(plaintext.len())];
-                if splice.sealer.seal(ContentType::Alert, &plaintext, &mut record).is_ok() {
-                    let offset = splice.cipher_frontier;
-                    splice.cipher_frontier += record.len() as u64;
-                    splice.client_fin_cipher = Some(splice.cipher_frontier);
-                    sent_at = Some(splice.cipher_frontier + 1);
-                    self.send_to_client(context, TcpFlags::ACK | TcpFlags::PSH | TcpFlags::FIN, offset, &record);
-                }
+            if splice.sender.fin_offset().is_none() && splice.seal_record(ContentType::Alert, &[2, description]) {
+                // Everything queued leaves now, the alert and its FIN last: the session is gone
+                // after this, so nothing would be sent again.
+                splice.sender.push_fin();
+                sent_at = Some(splice.sender.end() + 1);
+                let ack_offset = splice.client_ack_offset(self.client_handshake_len);
+                let out = &mut *context.out;
+                splice.sender.flush(context.now_ns, mss, &mut |offset, bytes, fin| {
+                    let flags = if fin { TcpFlags::ACK | TcpFlags::PSH | TcpFlags::FIN } else { TcpFlags::ACK | TcpFlags::PSH };
+                    emitter.emit(out, flags, offset, ack_offset, window, bytes);
+                });
             }
         }
         match sent_at {
@@ -1637,11 +1651,11 @@ impl Session {
     fn send_key_update(&mut self, context: &mut Context<'_>) {
         let Some(splice) = self.splice.as_mut() else { return };
         let Some(next) = splice.server_secret.as_ref().map(Secret::next_generation) else { return };
-        splice.push_synthetic(ContentType::Handshake, vec![24, 0, 0, 1, 0], false);
+        splice.seal_record(ContentType::Handshake, &[24, 0, 0, 1, 0]);
         let aead = next_aead(&splice.sealer);
         splice.sealer.rekey(&next.traffic_keys(aead));
         splice.server_secret = Some(next);
-        self.retransmit_synthetic(context);
+        self.transmit_to_client(context);
     }
 
     /// A segment to the backend carrying plaintext at `plaintext_offset`.
@@ -1666,13 +1680,18 @@ impl Session {
             let value = client_ts.map_or(self.client_ts_recent, |ts| ts.value);
             options.timestamp = Some(TcpTimestamp { value, echo_reply: backend.ts_recent });
         }
-        options.sack_blocks = splice.sack_for_backend;
-        let plaintext_acked = splice.backend_plaintext_acked();
-        splice.backend_fin_ack_sent |= splice.client_acked_fin;
+        if backend.sack {
+            options.sack_blocks = splice.reorder.sack_blocks(backend.isn);
+        }
+        let plaintext_acked = splice.ack_for_backend();
+        splice.backend_fin_ack_sent |= splice.backend_fin_acked();
         splice.last_ack_to_backend = plaintext_acked;
         let window_scale = self.syn.window_scale.unwrap_or(0);
-        // The client's window is in ciphertext; the backend's plaintext fits it with overhead.
-        let client_window = self.client_window * 16 / 17;
+        // The window is the box's own room, scaled as the client's SYN (replayed) said; a
+        // window the field cannot carry is offered as its largest value.
+        let edge = splice.backend_window_right_edge().min(splice.plaintext_frontier + (65535u64 << window_scale));
+        splice.backend_window_edge = edge;
+        let client_window = edge - splice.plaintext_frontier;
         let segment = Segment {
             source: self.backend_source,
             destination: self.backend,
@@ -1686,6 +1705,20 @@ impl Session {
         context.out.push(Port::Inside, emit::tcp_frame(self.backend_link(backend.mac), &segment));
     }
 
+    /// After the client acknowledged bytes: tell the backend the window they freed, if it may
+    /// be waiting for it (the window offered was under half the buffer and grew by two
+    /// segments); otherwise the next acknowledgement of its data carries it.
+    fn update_backend_window(&mut self, context: &mut Context<'_>, ts: Option<TcpTimestamp>) {
+        let Some(splice) = self.splice.as_ref() else { return };
+        let offered = splice.backend_window_edge;
+        let grown = splice.backend_window_right_edge().saturating_sub(offered);
+        let mss = splice.backend_payload_mss() as u64;
+        let offered_window = offered.saturating_sub(splice.plaintext_frontier);
+        if grown >= 2 * mss && offered_window < (SEND_BUFFER_LIMIT / 2) as u64 {
+            self.ack_backend(context, ts);
+        }
+    }
+
     fn ack_backend(&mut self, context: &mut Context<'_>, ts: Option<TcpTimestamp>) {
         let Some(splice) = self.splice.as_ref() else { return };
         if splice.backend_acked_fin && splice.backend_fin_ack_sent {
@@ -1693,8 +1726,8 @@ impl Session {
             return;
         }
         if splice.client_fin_forwarded
-            && splice.sack_for_backend.as_slice().is_empty()
-            && splice.backend_plaintext_acked() == splice.last_ack_to_backend
+            && splice.reorder.is_empty()
+            && splice.ack_for_backend() == splice.last_ack_to_backend
         {
             // After the box's FIN the client sends no data: an ACK that acknowledges nothing new
             // and reports no loss tells the backend nothing (and a backend in TIME-WAIT or
@@ -1790,135 +1823,133 @@ impl Session {
                 return Some(event);
             }
         }
-        let mut sent = false;
+        let sent_before = self.client_segments_sent(context);
         if !tcp.payload.is_empty() {
-            sent = self.seal_backend_bytes(context, offset, tcp.payload);
+            self.take_backend_bytes(context, offset, tcp.payload);
         }
         if tcp.flags.contains(TcpFlags::FIN) {
             let fin_offset = offset + tcp.payload.len() as u64;
-            let mut ack_fin_again = false;
-            if let Some(splice) = self.splice.as_mut() {
-                if splice.backend_fin.is_some() && splice.backend_fin_ack_sent {
+            let Some(splice) = self.splice.as_mut() else { return None };
+            if splice.backend_fin.is_some() {
+                if splice.backend_fin_ack_sent {
                     // The backend's FIN again: the box's ACK of it was lost.
-                    ack_fin_again = true;
-                } else if splice.backend_fin.is_none() && fin_offset == splice.plaintext_frontier {
-                    splice.backend_fin = Some(fin_offset);
-                    // close_notify, sealed, carries the FIN to the client.
-                    splice.push_synthetic(ContentType::Alert, vec![1, 0], true);
-                    splice.client_fin_cipher = Some(splice.cipher_frontier);
-                    self.retransmit_synthetic(context);
-                    sent = true;
+                    let offset = splice.forwarded_plaintext + splice.client_fin_forwarded as u64;
+                    self.send_to_backend(context, offset, TcpFlags::ACK, &[], None);
                 }
-            }
-            if ack_fin_again {
-                let offset = self.splice.as_ref().map_or(0, |splice| splice.forwarded_plaintext + splice.client_fin_forwarded as u64);
-                self.send_to_backend(context, offset, TcpFlags::ACK, &[], None);
+            } else if fin_offset == splice.plaintext_frontier && splice.reorder.is_empty() {
+                self.close_toward_client(context, fin_offset);
+            } else if fin_offset > splice.plaintext_frontier {
+                splice.backend_fin_ahead = Some(fin_offset);
             }
         }
-        if !sent {
+        if self.client_segments_sent(context) == sent_before {
+            // Nothing went to the client. A pure ACK from the backend (a duplicate acknowledgement
+            // of client bytes, RFC 5681) goes on as one; otherwise only news goes.
             let Some(splice) = self.splice.as_ref() else { return None };
             let window = (splice.window_for_client(self.client_handshake_len) >> self.our_window_scale).min(65535) as u16;
             let ack_offset = splice.client_ack_offset(self.client_handshake_len);
-            self.emit_to_client(context, TcpFlags::ACK, splice.next_offset(), ack_offset, window, &[]);
+            if pure_ack || splice.last_to_client != (ack_offset, window) {
+                let next = splice.next_offset();
+                if let Some(splice) = self.splice.as_mut() {
+                    splice.last_to_client = (ack_offset, window);
+                }
+                self.emit_to_client(context, TcpFlags::ACK, next, ack_offset, window, &[]);
+            }
         }
         self.check_closed()
     }
 
-    /// Backend plaintext at `offset`: new bytes become one record; bytes already sealed are
-    /// rebuilt from the record map. Returns whether anything went to the client.
-    fn seal_backend_bytes(&mut self, context: &mut Context<'_>, offset: u64, payload: &[u8]) -> bool {
-        let Some(splice) = self.splice.as_mut() else { return false };
+    /// Frames queued for the outside port so far (to tell whether a step sent the client
+    /// anything).
+    fn client_segments_sent(&self, context: &Context<'_>) -> usize {
+        context.out.count(Port::Outside)
+    }
+
+    /// Backend plaintext at `offset`: bytes that continue the stream become one record each
+    /// (with the held segments they make contiguous), bytes ahead of a gap are held, bytes
+    /// sealed already are ignored; then the box acknowledges what it has (SACKing what it holds)
+    /// and sends what the client's windows allow.
+    fn take_backend_bytes(&mut self, context: &mut Context<'_>, offset: u64, payload: &[u8]) {
+        let Some(splice) = self.splice.as_mut() else { return };
         let end = offset + payload.len() as u64;
         if offset > splice.plaintext_frontier {
-            // Ahead of a gap: the record framing of the gap is not decided yet. Dropped; the
-            // backend sends it again after the gap.
-            context.counters.backend_segments_dropped += 1;
-            return false;
-        }
-        let mut pieces: Vec<(u64, Vec<u8>)> = Vec::new();
-        // Retransmitted bytes: regenerate the records' bytes that carry them.
-        if offset < splice.plaintext_frontier {
-            let old_end = end.min(splice.plaintext_frontier);
-            for record in splice.records.iter().filter(|r| r.data_len > 0) {
-                let record_end = record.plaintext_start + record.data_len;
-                if record_end <= offset || record.plaintext_start >= old_end {
-                    continue;
-                }
-                let from = offset.max(record.plaintext_start);
-                let to = old_end.min(record_end);
-                let data_offset = (5 + splice.sealer.framing().explicit_nonce_len()) as u64;
-                let range_start = if from == record.plaintext_start { 0 } else { data_offset + (from - record.plaintext_start) };
-                let range_end = if to == record_end {
-                    record.sealed.record_len as u64
-                } else {
-                    data_offset + (to - record.plaintext_start)
-                };
-                let data = &payload[(from - offset) as usize..(to - offset) as usize];
-                let mut bytes = vec![0u8; (range_end - range_start) as usize];
-                if splice.sealer.regenerate(&record.sealed, range_start as usize..range_end as usize, data, &mut bytes).is_ok() {
-                    context.counters.records_regenerated += 1;
-                    pieces.push((record.cipher_start + range_start, bytes));
+            match splice.reorder.hold(splice.plaintext_frontier, offset, payload) {
+                Held::Kept => context.counters.backend_segments_held += 1,
+                Held::Duplicate => {}
+                Held::Full => context.counters.backend_segments_dropped += 1,
+            }
+        } else if end > splice.plaintext_frontier {
+            // Bytes past the window the box offered (a backend ignoring it) are not taken.
+            if splice.sender.stored() > SEND_BUFFER_LIMIT + 64 * 1024 {
+                context.counters.backend_segments_dropped += 1;
+            } else {
+                let fresh = payload[(splice.plaintext_frontier - offset) as usize..].to_vec();
+                Self::seal_backend_run(splice, context, &fresh);
+                while let Some((_, held)) = splice.reorder.take_next(splice.plaintext_frontier) {
+                    Self::seal_backend_run(splice, context, &held);
                 }
             }
         }
-        // New bytes: one record.
-        if end > splice.plaintext_frontier {
-            if splice.records.len() >= MAX_MAPPED_RECORDS {
-                context.counters.backend_segments_dropped += 1;
-            } else {
-                let fresh = &payload[(splice.plaintext_frontier - offset) as usize..];
-                for data in fresh.chunks(cutls_crypto::record::MAX_FRAGMENT_LEN) {
-                    let mut record = vec![0u8; splice.sealer.record_len(data.len())];
-                    let Ok(sealed) = splice.sealer.seal(ContentType::ApplicationData, data, &mut record) else { break };
-                    context.counters.records_sealed += 1;
-                    splice.records.push_back(MappedRecord {
-                        plaintext_start: splice.plaintext_frontier,
-                        data_len: data.len() as u64,
-                        cipher_start: splice.cipher_frontier,
-                        sealed,
-                        synthetic: None,
-                    });
-                    pieces.push((splice.cipher_frontier, record.clone()));
-                    splice.plaintext_frontier += data.len() as u64;
-                    splice.cipher_frontier += record.len() as u64;
-                }
+        if let Some(fin) = splice.backend_fin_ahead {
+            if fin == splice.plaintext_frontier && splice.reorder.is_empty() {
+                splice.backend_fin_ahead = None;
+                self.close_toward_client(context, fin);
             }
         }
         // Before the AES-GCM confidentiality limit (RFC 8446 section 5.5), TLS 1.3 moves to the
         // next key generation on its own.
-        let key_update_due = splice.sealer.needs_key_update() && splice.server_secret.is_some();
-        let window = (splice.window_for_client(self.client_handshake_len) >> self.our_window_scale).min(65535) as u16;
-        let ack_offset = splice.client_ack_offset(self.client_handshake_len);
-        let sent = !pieces.is_empty();
-        for (cipher, bytes) in pieces {
-            self.emit_to_client(context, TcpFlags::ACK | TcpFlags::PSH, cipher, ack_offset, window, &bytes);
-        }
+        let key_update_due = self.splice.as_ref().is_some_and(|splice| splice.sealer.needs_key_update() && splice.server_secret.is_some());
         if key_update_due {
             self.send_key_update(context);
         }
-        sent
+        self.transmit_to_client(context);
+        self.ack_backend(context, None);
     }
 
-    /// Sends (again) the records the box wrote on its own that the client has not acknowledged.
-    fn retransmit_synthetic(&mut self, context: &mut Context<'_>) {
-        let Some(splice) = self.splice.as_ref() else { return };
+    /// Seals backend plaintext that continues the stream: one record per segment, as the
+    /// backend cut it (cut again at the record limit).
+    fn seal_backend_run(splice: &mut Splice, context: &mut Context<'_>, bytes: &[u8]) {
+        for data in bytes.chunks(cutls_crypto::record::MAX_FRAGMENT_LEN) {
+            if !splice.seal_record(ContentType::ApplicationData, data) {
+                break;
+            }
+            context.counters.records_sealed += 1;
+            splice.plaintext_frontier += data.len() as u64;
+        }
+    }
+
+    /// The backend's FIN at plaintext offset `fin`, with everything before it sealed: a
+    /// close_notify, sealed, carries it to the client.
+    fn close_toward_client(&mut self, context: &mut Context<'_>, fin: u64) {
+        let Some(splice) = self.splice.as_mut() else { return };
+        if splice.backend_fin.is_some() || splice.sender.fin_offset().is_some() {
+            return;
+        }
+        splice.backend_fin = Some(fin);
+        splice.seal_record(ContentType::Alert, &[1, 0]);
+        splice.sender.push_fin();
+        self.transmit_to_client(context);
+    }
+
+    /// Sends the client what its windows allow from the send buffer (and, in recovery, what
+    /// it lost first).
+    fn transmit_to_client(&mut self, context: &mut Context<'_>) {
+        let emitter = self.client_emitter(context.now_ns);
+        let Some(splice) = self.splice.as_mut() else { return };
         let window = (splice.window_for_client(self.client_handshake_len) >> self.our_window_scale).min(65535) as u16;
         let ack_offset = splice.client_ack_offset(self.client_handshake_len);
-        let mut frames = Vec::new();
-        for record in &splice.records {
-            let Some(synthetic) = &record.synthetic else { continue };
-            let mut bytes = vec![0u8; record.sealed.record_len];
-            let range = 0..record.sealed.record_len;
-            if splice.sealer.regenerate(&record.sealed, range, &synthetic.plaintext, &mut bytes).is_ok() {
-                let flags = if synthetic.fin { TcpFlags::ACK | TcpFlags::PSH | TcpFlags::FIN } else { TcpFlags::ACK | TcpFlags::PSH };
-                frames.push((record.cipher_start, flags, bytes));
-            }
-        }
-        for (offset, flags, bytes) in frames {
-            self.emit_to_client(context, flags, offset, ack_offset, window, &bytes);
-        }
-        if self.splice.as_ref().is_some_and(|s| s.records.iter().any(|r| r.synthetic.is_some())) && self.rto_deadline_ns.is_none() {
-            self.rto_deadline_ns = Some(context.now_ns + self.rto_ns);
+        let now_ns = context.now_ns;
+        let mss = emitter.payload_room();
+        let mut sent = 0u64;
+        let out = &mut *context.out;
+        let retransmissions = splice.sender.transmit(now_ns, mss, &mut |offset, bytes, fin| {
+            let flags = if fin { TcpFlags::ACK | TcpFlags::PSH | TcpFlags::FIN } else { TcpFlags::ACK | TcpFlags::PSH };
+            emitter.emit(out, flags, offset, ack_offset, window, bytes);
+            sent += 1;
+        });
+        context.counters.client_retransmits += retransmissions as u64;
+        if sent > 0 {
+            splice.last_to_client = (ack_offset, window);
         }
     }
 
@@ -1965,7 +1996,7 @@ impl Session {
         // box's close_notify and FIN (and the box's acknowledgement of the backend's FIN went out
         // with the client's).
         let client_done = splice.client_fin.is_some() && splice.client_fin_forwarded && splice.backend_acked_fin;
-        let backend_done = splice.backend_fin.is_some() && splice.client_acked_fin;
+        let backend_done = splice.backend_fin_acked();
         if client_done && backend_done {
             return Some(SessionEvent::Closed);
         }
@@ -2282,53 +2313,25 @@ impl Splice {
     /// Our next offset toward the client: past the FIN once the box sent it (a pure ACK or a
     /// RST at the FIN's own sequence number is outside the client's window and dropped).
     fn next_offset(&self) -> u64 {
-        self.cipher_frontier + self.client_fin_cipher.is_some() as u64
+        self.sender.next_offset()
     }
 
-    /// The client acknowledged our offset `acked`: forget records it has, note its FIN ack.
-    fn client_ack(&mut self, acked: u64) {
-        if acked > self.client_acked_cipher {
-            self.client_acked_cipher = acked;
-        }
-        if let Some(fin) = self.client_fin_cipher {
-            if acked > fin {
-                self.client_acked_fin = true;
-            }
-        }
-        while let Some(record) = self.records.front() {
-            if record.cipher_start + record.sealed.record_len as u64 <= self.client_acked_cipher {
-                self.records.pop_front();
-            } else {
-                break;
-            }
-        }
+    /// Our acknowledgement toward the backend: everything sealed (the box holds it for the
+    /// client now), and the backend's FIN once the client has the close_notify it became.
+    fn ack_for_backend(&self) -> u64 {
+        self.plaintext_frontier + self.backend_fin_acked() as u64
     }
 
-    /// The backend-plaintext the client has acknowledged: whole records it has, and inside a
-    /// record the bytes before the one acknowledged, never the last one before the tag (so that
-    /// the backend sends it again and the box can rebuild the tag).
-    fn backend_plaintext_acked(&self) -> u64 {
-        let mut acked = match self.records.front() {
-            Some(record) => record.plaintext_start,
-            None => self.plaintext_frontier,
-        };
-        for record in &self.records {
-            let record_end = record.cipher_start + record.sealed.record_len as u64;
-            if self.client_acked_cipher >= record_end {
-                acked = record.plaintext_start + record.data_len;
-                continue;
-            }
-            let data_start = record.cipher_start + (5 + self.sealer.framing().explicit_nonce_len()) as u64;
-            if record.data_len > 0 && self.client_acked_cipher > data_start {
-                acked = record.plaintext_start + (self.client_acked_cipher - data_start).min(record.data_len - 1);
-            }
-            break;
-        }
-        acked + self.backend_fin_acked() as u64
+    /// The right edge of the window to offer the backend (a plaintext offset): what the send
+    /// buffer and the reorder buffer have left. It never moves left of what was offered.
+    fn backend_window_right_edge(&self) -> u64 {
+        let held = self.sender.stored() + self.reorder.stored();
+        let room = SEND_BUFFER_LIMIT.saturating_sub(held) as u64;
+        self.backend_window_edge.max(self.plaintext_frontier + room)
     }
 
     fn backend_fin_acked(&self) -> bool {
-        self.client_acked_fin
+        self.backend_fin.is_some() && self.sender.fin_acked()
     }
 
     /// Our acknowledgement toward the client: what the backend has acknowledged, mapped.
@@ -2355,33 +2358,6 @@ impl Splice {
         (self.backend.mss.max(64) - if self.backend.timestamps { 12 } else { 0 }) as usize
     }
 
-    /// The client's SACK blocks (our offsets) as backend plaintext: records the block covers
-    /// whole. A partly covered record is not SACKed: the backend resends it and the box rebuilds
-    /// the missing bytes.
-    fn client_sack_for_backend(&self, blocks: &SackBlocks, our_isn: u32, backend_isn: u32) -> SackBlocks {
-        let mut translated = SackBlocks::default();
-        // Three blocks at most: with timestamps, four would not fit the 40 bytes of options.
-        for block in blocks.as_slice().iter().take(3) {
-            let left = unwrap_offset(self.cipher_frontier, block.left.0.wrapping_sub(our_isn.wrapping_add(1)));
-            let right = unwrap_offset(self.cipher_frontier, block.right.0.wrapping_sub(our_isn.wrapping_add(1)));
-            let mut range: Option<(u64, u64)> = None;
-            for record in self.records.iter().filter(|r| r.data_len > 0) {
-                let end = record.cipher_start + record.sealed.record_len as u64;
-                if record.cipher_start >= left && end <= right {
-                    let (start, stop) = (record.plaintext_start, record.plaintext_start + record.data_len);
-                    range = Some(range.map_or((start, stop), |(a, b)| (a.min(start), b.max(stop))));
-                }
-            }
-            if let Some((start, stop)) = range {
-                let _ = translated.push(SackBlock {
-                    left: SeqNumber(backend_isn.wrapping_add(1).wrapping_add(start as u32)),
-                    right: SeqNumber(backend_isn.wrapping_add(1).wrapping_add(stop as u32)),
-                });
-            }
-        }
-        translated
-    }
-
     /// The backend's SACK blocks (client plaintext) as client offsets: whole verified records.
     fn backend_sack_for_client(&self, blocks: &SackBlocks, client_isn: u32) -> SackBlocks {
         let mut translated = SackBlocks::default();
@@ -2400,18 +2376,68 @@ impl Splice {
         translated
     }
 
-    /// Seals a record the box writes on its own (no backend bytes) and maps it.
-    fn push_synthetic(&mut self, content_type: ContentType, plaintext: Vec<u8>, fin: bool) {
+    /// Seals a record and queues it for the client.
+    fn seal_record(&mut self, content_type: ContentType, plaintext: &[u8]) -> bool {
         let mut record = vec![0u8; self.sealer.record_len(plaintext.len())];
-        let Ok(sealed) = self.sealer.seal(content_type, &plaintext, &mut record) else { return };
-        self.records.push_back(MappedRecord {
-            plaintext_start: self.plaintext_frontier,
-            data_len: 0,
-            cipher_start: self.cipher_frontier,
-            sealed,
-            synthetic: Some(SyntheticRecord { plaintext, fin }),
-        });
-        self.cipher_frontier += record.len() as u64;
+        if self.sealer.seal(content_type, plaintext, &mut record).is_err() {
+            return false;
+        }
+        self.sender.push(record);
+        true
+    }
+}
+
+/// What a segment toward the client needs of its session, copied out so that the send buffer
+/// can be borrowed while segments are built.
+#[derive(Clone, Copy)]
+struct ClientEmitter {
+    link: Link,
+    vip: SocketAddr,
+    client: SocketAddr,
+    our_isn: u32,
+    client_isn: u32,
+    timestamp: Option<TcpTimestamp>,
+    sack_blocks: SackBlocks,
+    mss: u16,
+}
+
+impl ClientEmitter {
+    /// The payload one segment carries at most: the client's MSS (or a smaller path MTU learnt
+    /// since) counts payload without options.
+    fn payload_room(&self) -> usize {
+        let sack_blocks = self.sack_blocks.as_slice().len();
+        let option_bytes = if self.timestamp.is_some() { 12 } else { 0 } + if sack_blocks > 0 { 4 + 8 * sack_blocks } else { 0 };
+        (self.mss as usize).saturating_sub(option_bytes).max(64)
+    }
+
+    /// Segments at our offset `offset`: a payload larger than one segment leaves in several.
+    fn emit(&self, out: &mut Output, flags: TcpFlags, offset: u64, ack_offset: u64, window: u16, payload: &[u8]) {
+        let options = TcpOptions { timestamp: self.timestamp, sack_blocks: self.sack_blocks, ..TcpOptions::default() };
+        let room = self.payload_room();
+        let mut at = 0;
+        loop {
+            let end = payload.len().min(at + room);
+            let last = end == payload.len();
+            let mut piece_flags = flags;
+            if !last {
+                piece_flags.remove(TcpFlags::FIN | TcpFlags::PSH);
+            }
+            let segment = Segment {
+                source: self.vip,
+                destination: self.client,
+                seq: self.our_isn.wrapping_add(1).wrapping_add((offset + at as u64) as u32),
+                ack: self.client_isn.wrapping_add(1).wrapping_add(ack_offset as u32),
+                flags: piece_flags,
+                window,
+                options,
+                payload: &payload[at..end],
+            };
+            out.push(Port::Outside, emit::tcp_frame(self.link, &segment));
+            if last {
+                break;
+            }
+            at = end;
+        }
     }
 }
 
@@ -2517,16 +2543,18 @@ pub(crate) fn ts_now(now_ns: u64) -> u32 {
 
 #[cfg(test)]
 mod tests {
-    /// What an established session holds inline (the heap adds the record map, the opener's
+    /// What an established session holds inline (the heap adds the send buffer, the opener's
     /// records and the buffers in flight). Measured 2026-12-02: Session 760 B, Splice 3,968 B
     /// (the opener's and the sealer's expanded AES-GCM keys with their GHASH powers are some
-    /// 1.8 KB each). A bound, so that growth is a decision.
+    /// 1.8 KB each); with the send buffer's sender state (congestion window, RTT, SACK
+    /// scoreboard) and the reorder buffer, Splice 4,224 B. A bound, so that growth is a
+    /// decision.
     #[test]
     fn an_established_session_stays_small() {
         let session = std::mem::size_of::<super::Session>();
         let splice = std::mem::size_of::<super::Splice>();
         eprintln!("Session {session} B, Splice {splice} B");
         assert!(session <= 800, "Session is {session} bytes");
-        assert!(splice <= 4096, "Splice is {splice} bytes");
+        assert!(splice <= 4352, "Splice is {splice} bytes");
     }
 }

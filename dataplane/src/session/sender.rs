@@ -1,0 +1,734 @@
+//! The box's TCP sender toward the client, for the server -> client direction.
+//!
+//! The box takes custody of the backend's bytes: it seals one record per backend segment,
+//! acknowledges the backend at once and keeps the record's bytes here until the client
+//! acknowledges them. So a backend segment lost or reordered on the inside link is repaired by
+//! the backend's own fast recovery (the box acknowledges what it has and SACKs what it holds
+//! beyond a gap), a segment lost on the outside link is sent again from here as a Linux sender
+//! would (RFC 6675 SACK loss recovery, RFC 5681 congestion control, RFC 6298 timer), and the
+//! backend's Nagle never waits for the client's delayed ACK. Before this, the box only
+//! translated ACKs: a backend segment behind a gap could not be sealed (record framing is
+//! decided in order) and was dropped, and only the backend's RTO repaired the hole.
+//!
+//! Offsets are the box's byte offsets toward the client (0 = first byte after the SYN). Bytes
+//! arrive as whole records (`push`); a segment never spans two records, which keeps a
+//! retransmission a slice of one stored record. Memory is bounded by the caller, which offers
+//! the backend only the window left below [`SEND_BUFFER_LIMIT`].
+
+use std::collections::VecDeque;
+
+/// Record bytes kept at most for the client (sealed, not yet acknowledged); the backend's
+/// window is what is left below this.
+pub(crate) const SEND_BUFFER_LIMIT: usize = 512 * 1024;
+/// RFC 6298 bounds (the minimum as Linux has it; RFC 6298 asks for one second).
+const MIN_RTO_NS: u64 = 200_000_000;
+const MAX_RTO_NS: u64 = 60_000_000_000;
+const INITIAL_RTO_NS: u64 = 1_000_000_000;
+/// Timeouts in a row without any acknowledgement before the session is given up: with the
+/// backoff, about 3 minutes from a 200 ms timer, 6 from the initial second (Linux's
+/// tcp_retries2 gives about 15).
+const MAX_RETRIES: u32 = 10;
+/// RFC 6928.
+const INITIAL_WINDOW_SEGMENTS: u64 = 10;
+/// RFC 5681 / RFC 6675 DupThresh.
+const DUPLICATE_THRESHOLD: u64 = 3;
+/// SACKed ranges remembered above the cumulative acknowledgement.
+const MAX_SACKED_RANGES: usize = 32;
+
+/// What a timer expiry asks of the caller.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum TimerOutcome {
+    /// Nothing was due.
+    Idle,
+    /// The retransmission timer fired: call [`Sender::transmit`], which resends from the
+    /// cumulative acknowledgement.
+    Retransmit,
+    /// The client's window is closed with bytes waiting: send a zero-window probe (a pure ACK
+    /// at the offset before [`Sender::acked`], which the client must answer with its window).
+    Probe,
+    /// Nothing acknowledged through every retry: the client is gone.
+    GaveUp,
+}
+
+#[derive(Debug)]
+struct Chunk {
+    start: u64,
+    bytes: Vec<u8>,
+    /// When the first byte of it first left (RTT samples are taken only from chunks sent once:
+    /// Karn's algorithm).
+    first_sent_ns: Option<u64>,
+    retransmitted: bool,
+}
+
+impl Chunk {
+    fn end(&self) -> u64 {
+        self.start + self.bytes.len() as u64
+    }
+}
+
+/// Loss recovery in progress (fast recovery after SACKs or duplicate ACKs, or after a timeout).
+#[derive(Debug, Clone, Copy)]
+struct Recovery {
+    /// Recovery ends when everything sent before it began is acknowledged (RFC 6675 RecoveryPoint).
+    point: u64,
+    /// Unacknowledged, un-SACKed bytes below this are taken as lost.
+    lost_until: u64,
+    /// Lost bytes below this were sent again already (RFC 6675 HighRxt).
+    high_rxt: u64,
+    /// Begun by the retransmission timer: the window grows again in slow start meanwhile
+    /// (RFC 5681 3.1), and is kept as it grew when recovery ends.
+    after_timeout: bool,
+    /// The next lost segment leaves whatever the pipe says: on entering recovery (RFC 6675
+    /// 5 step 4.3) and on a partial ACK without SACK (RFC 6582 3.2 step 5).
+    resend_first: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct Sender {
+    /// Cumulative acknowledgement (SND.UNA).
+    una: u64,
+    /// Next new byte to send (SND.NXT).
+    nxt: u64,
+    /// End of the bytes queued.
+    end: u64,
+    chunks: VecDeque<Chunk>,
+    stored: usize,
+    /// The offset of the FIN, once queued (it follows the last byte), and whether it left.
+    fin: Option<u64>,
+    fin_sent: bool,
+    fin_acked: bool,
+    /// The client's window's right edge: its latest acknowledgement plus its window.
+    right_edge: u64,
+    cwnd: u64,
+    ssthresh: u64,
+    /// Bytes acknowledged toward the next congestion-avoidance increase.
+    avoidance_acked: u64,
+    srtt_ns: Option<u64>,
+    rttvar_ns: u64,
+    rto_ns: u64,
+    /// Timeouts (or zero-window probes) in a row without progress.
+    retries: u32,
+    deadline_ns: Option<u64>,
+    /// SACKed ranges above `una`: ascending, disjoint.
+    sacked: Vec<(u64, u64)>,
+    duplicate_acks: u64,
+    recovery: Option<Recovery>,
+}
+
+impl Sender {
+    /// A sender whose next byte is `start`, toward a client with window `window` (bytes).
+    pub(crate) fn new(start: u64, window: u64, mss: usize) -> Sender {
+        Sender {
+            una: start,
+            nxt: start,
+            end: start,
+            chunks: VecDeque::new(),
+            stored: 0,
+            fin: None,
+            fin_sent: false,
+            fin_acked: false,
+            right_edge: start + window,
+            cwnd: INITIAL_WINDOW_SEGMENTS * mss as u64,
+            ssthresh: u64::MAX,
+            avoidance_acked: 0,
+            srtt_ns: None,
+            rttvar_ns: 0,
+            rto_ns: INITIAL_RTO_NS,
+            retries: 0,
+            deadline_ns: None,
+            sacked: Vec::new(),
+            duplicate_acks: 0,
+            recovery: None,
+        }
+    }
+
+    /// Queues one record's bytes after everything queued so far.
+    pub(crate) fn push(&mut self, bytes: Vec<u8>) {
+        if bytes.is_empty() || self.fin.is_some() {
+            return;
+        }
+        self.stored += bytes.len();
+        let start = self.end;
+        self.end += bytes.len() as u64;
+        self.chunks.push_back(Chunk { start, bytes, first_sent_ns: None, retransmitted: false });
+    }
+
+    /// Queues a FIN after everything queued so far.
+    pub(crate) fn push_fin(&mut self) {
+        self.fin.get_or_insert(self.end);
+    }
+
+    /// The offset just past the last byte queued.
+    pub(crate) fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// Bytes kept for the client.
+    pub(crate) fn stored(&self) -> usize {
+        self.stored
+    }
+
+    /// The client's cumulative acknowledgement.
+    pub(crate) fn acked(&self) -> u64 {
+        self.una
+    }
+
+    /// The sequence offset a segment without data carries: past the FIN once it left.
+    pub(crate) fn next_offset(&self) -> u64 {
+        self.nxt + self.fin_sent as u64
+    }
+
+    /// The highest offset sent so far (acknowledgements beyond it acknowledge nothing real).
+    pub(crate) fn sent_end(&self) -> u64 {
+        self.next_offset()
+    }
+
+    /// Where the FIN sits, once queued.
+    pub(crate) fn fin_offset(&self) -> Option<u64> {
+        self.fin
+    }
+
+    pub(crate) fn fin_acked(&self) -> bool {
+        self.fin_acked
+    }
+
+    /// Whether bytes (or the FIN) wait for the client, sent or not.
+    #[cfg(test)]
+    fn has_outstanding(&self) -> bool {
+        self.una < self.end || (self.fin.is_some() && !self.fin_acked)
+    }
+
+    pub(crate) fn deadline_ns(&self) -> Option<u64> {
+        self.deadline_ns
+    }
+
+    #[cfg(test)]
+    fn in_recovery(&self) -> bool {
+        self.recovery.is_some()
+    }
+
+    #[cfg(test)]
+    fn congestion_window(&self) -> u64 {
+        self.cwnd
+    }
+
+    /// An acknowledgement from the client: `ack` (an offset), its window in bytes, its SACK
+    /// blocks as offsets, and whether the segment carried data or a FIN (then it is no
+    /// duplicate acknowledgement). Returns the bytes newly acknowledged.
+    pub(crate) fn on_ack(&mut self, now_ns: u64, ack: u64, window: u64, sack: &[(u64, u64)], carries_data: bool, mss: usize) -> u64 {
+        let mss = mss.max(1) as u64;
+        if ack > self.sent_end() || ack < self.una {
+            // Acknowledges what was never sent, or is older than what we know: no news.
+            return 0;
+        }
+        let newly_sacked = self.take_sack(sack);
+        let mut newly_acked = 0;
+        if ack > self.una {
+            let data_ack = ack.min(self.end);
+            newly_acked = data_ack - self.una;
+            if self.fin.is_some_and(|fin| ack > fin) {
+                self.fin_acked = true;
+            }
+            self.acknowledge(now_ns, data_ack);
+            self.duplicate_acks = 0;
+            self.retries = 0;
+            self.grow_window(newly_acked, mss);
+        } else if !carries_data && self.nxt > self.una && (newly_sacked > 0 || ack + window == self.right_edge) {
+            self.duplicate_acks += 1;
+        }
+        self.right_edge = ack + window;
+        let highest_sacked = self.highest_sacked();
+        let no_sack = self.sacked.is_empty();
+        if let Some(recovery) = self.recovery.as_mut() {
+            if self.una >= recovery.point {
+                // Everything sent before the loss is in: leave recovery (RFC 6675 / 6582).
+                if !recovery.after_timeout {
+                    self.cwnd = self.ssthresh.max(2 * mss);
+                }
+                self.recovery = None;
+            } else {
+                recovery.high_rxt = recovery.high_rxt.max(self.una);
+                recovery.lost_until = recovery.lost_until.max(highest_sacked);
+                if no_sack && newly_acked > 0 {
+                    // Without SACK (RFC 6582 NewReno): a partial ACK means the next segment
+                    // is lost too.
+                    recovery.high_rxt = self.una;
+                    recovery.lost_until = recovery.lost_until.max(self.una + mss);
+                    recovery.resend_first = true;
+                }
+            }
+        } else if self.nxt > self.una && (self.duplicate_acks >= DUPLICATE_THRESHOLD || self.sacked_bytes() >= DUPLICATE_THRESHOLD * mss) {
+            // Loss (RFC 6675 5: DupThresh duplicate ACKs or that many segments SACKed above).
+            let flight = self.nxt - self.una;
+            self.ssthresh = (flight / 2).max(2 * mss);
+            self.cwnd = self.ssthresh;
+            self.recovery = Some(Recovery {
+                point: self.nxt,
+                lost_until: self.highest_sacked().max(self.una + mss),
+                high_rxt: self.una,
+                after_timeout: false,
+                resend_first: true,
+            });
+        }
+        if self.has_unacked_in_flight() {
+            if newly_acked > 0 || self.deadline_ns.is_none() {
+                self.deadline_ns = Some(now_ns + self.rto_ns);
+            }
+        } else {
+            self.deadline_ns = None;
+        }
+        newly_acked
+    }
+
+    /// Sends what the windows allow: lost bytes first (in recovery), then new bytes, then a
+    /// FIN. `emit(offset, bytes, fin)` puts one segment on the wire; `mss` is the most payload
+    /// one may carry. Returns the number of segments that were retransmissions.
+    pub(crate) fn transmit(&mut self, now_ns: u64, mss: usize, emit: &mut dyn FnMut(u64, &[u8], bool)) -> usize {
+        let mss = mss.max(1);
+        let mut retransmissions = 0;
+        loop {
+            let resend_first = self.recovery.is_some_and(|recovery| recovery.resend_first);
+            if self.pipe() >= self.cwnd && !resend_first {
+                break;
+            }
+            if let Some((start, stop)) = self.next_lost(mss as u64) {
+                self.send_range(now_ns, start, stop, true, emit);
+                if let Some(recovery) = self.recovery.as_mut() {
+                    recovery.high_rxt = stop;
+                    recovery.resend_first = false;
+                }
+                retransmissions += 1;
+                continue;
+            }
+            if let Some(recovery) = self.recovery.as_mut() {
+                recovery.resend_first = false;
+                if self.pipe() >= self.cwnd {
+                    break;
+                }
+            }
+            let limit = self.end.min(self.right_edge);
+            if self.nxt < limit {
+                let chunk_end = self.chunk_at(self.nxt).map_or(limit, |chunk| chunk.end());
+                let stop = limit.min(chunk_end).min(self.nxt + mss as u64);
+                let start = self.nxt;
+                self.nxt = stop;
+                self.send_range(now_ns, start, stop, false, emit);
+                continue;
+            }
+            if self.fin == Some(self.end) && self.nxt == self.end && !self.fin_sent {
+                // The FIN alone (its bytes left earlier, or there were none).
+                self.fin_sent = true;
+                emit(self.end, &[], true);
+            }
+            break;
+        }
+        if self.has_unacked_in_flight() {
+            self.deadline_ns.get_or_insert(now_ns + self.rto_ns);
+        } else if self.nxt < self.end && self.right_edge <= self.nxt {
+            // Bytes wait behind a closed window: the persist timer (RFC 9293 3.8.6.1).
+            self.deadline_ns.get_or_insert(now_ns + self.rto_ns);
+        }
+        retransmissions
+    }
+
+    /// Queues a FIN and sends everything queued at once, whatever the windows say: for a
+    /// fatal alert, after which the session is gone and nothing would be sent again.
+    pub(crate) fn flush(&mut self, now_ns: u64, mss: usize, emit: &mut dyn FnMut(u64, &[u8], bool)) {
+        self.cwnd = u64::MAX / 2;
+        self.right_edge = self.right_edge.max(self.end);
+        self.transmit(now_ns, mss, emit);
+    }
+
+    /// The retransmission (or persist) timer, if due.
+    pub(crate) fn on_timer(&mut self, now_ns: u64, mss: usize) -> TimerOutcome {
+        let Some(deadline) = self.deadline_ns else { return TimerOutcome::Idle };
+        if now_ns < deadline {
+            return TimerOutcome::Idle;
+        }
+        let mss = mss.max(1) as u64;
+        if !self.has_unacked_in_flight() {
+            if self.nxt < self.end && self.right_edge <= self.nxt {
+                // Zero-window probe, backing off; a client may keep its window shut for long
+                // (the idle timeout bounds it).
+                self.rto_ns = (self.rto_ns * 2).min(MAX_RTO_NS);
+                self.deadline_ns = Some(now_ns + self.rto_ns);
+                return TimerOutcome::Probe;
+            }
+            self.deadline_ns = None;
+            return TimerOutcome::Idle;
+        }
+        self.retries += 1;
+        if self.retries > MAX_RETRIES {
+            self.deadline_ns = None;
+            return TimerOutcome::GaveUp;
+        }
+        // RFC 5681 3.1 and RFC 6298 5.5-5.6: one segment, half the flight as the threshold,
+        // the timer backed off; everything not SACKed is taken as lost.
+        let flight = self.nxt - self.una;
+        if self.retries == 1 {
+            self.ssthresh = (flight / 2).max(2 * mss);
+        }
+        self.cwnd = mss;
+        self.rto_ns = (self.rto_ns * 2).min(MAX_RTO_NS);
+        self.recovery = Some(Recovery { point: self.nxt, lost_until: self.nxt, high_rxt: self.una, after_timeout: true, resend_first: true });
+        if self.fin_sent && !self.fin_acked && self.una >= self.end {
+            // Only the FIN is outstanding: send it again.
+            self.fin_sent = false;
+        }
+        self.deadline_ns = Some(now_ns + self.rto_ns);
+        TimerOutcome::Retransmit
+    }
+
+    /// The path toward the client carries less than before: everything in flight leaves again
+    /// (at the new, smaller MSS) instead of waiting for the timer.
+    pub(crate) fn resend_all(&mut self) {
+        if self.nxt > self.una {
+            let after_timeout = self.recovery.is_none_or(|recovery| recovery.after_timeout);
+            self.recovery = Some(Recovery { point: self.nxt, lost_until: self.nxt, high_rxt: self.una, after_timeout, resend_first: true });
+            self.sacked.clear();
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+
+    /// Bytes (and the FIN) sent and not yet acknowledged.
+    fn has_unacked_in_flight(&self) -> bool {
+        self.nxt > self.una || (self.fin_sent && !self.fin_acked)
+    }
+
+    /// RFC 6675 `pipe`: bytes in flight, less those SACKed and those taken as lost and not
+    /// yet sent again.
+    fn pipe(&self) -> u64 {
+        let outstanding = self.nxt - self.una;
+        let sacked = self.sacked_bytes();
+        let lost = match self.recovery {
+            Some(recovery) => {
+                let from = recovery.high_rxt.max(self.una);
+                let until = recovery.lost_until.min(self.nxt);
+                if until > from { (until - from) - self.sacked_within(from, until) } else { 0 }
+            }
+            None => 0,
+        };
+        outstanding.saturating_sub(sacked + lost)
+    }
+
+    /// The next lost range to send again: un-SACKed bytes from HighRxt below `lost_until`,
+    /// within one chunk and one segment.
+    fn next_lost(&self, mss: u64) -> Option<(u64, u64)> {
+        let recovery = self.recovery?;
+        let mut start = recovery.high_rxt.max(self.una);
+        let until = recovery.lost_until.min(self.nxt);
+        for &(left, right) in &self.sacked {
+            if right <= start {
+                continue;
+            }
+            if left <= start {
+                start = right;
+                continue;
+            }
+            break;
+        }
+        if start >= until {
+            return None;
+        }
+        let next_sacked = self.sacked.iter().map(|&(left, _)| left).find(|&left| left > start).unwrap_or(u64::MAX);
+        let chunk_end = self.chunk_at(start).map_or(until, Chunk::end);
+        Some((start, until.min(next_sacked).min(chunk_end).min(start + mss)))
+    }
+
+    fn send_range(&mut self, now_ns: u64, start: u64, stop: u64, retransmission: bool, emit: &mut dyn FnMut(u64, &[u8], bool)) {
+        let fin = self.fin == Some(stop);
+        let index = self.chunks.partition_point(|chunk| chunk.end() <= start);
+        let Some(chunk) = self.chunks.get_mut(index) else { return };
+        if chunk.start > start || stop > chunk.end() {
+            return;
+        }
+        if retransmission || chunk.first_sent_ns.is_some() && start == chunk.start {
+            chunk.retransmitted = true;
+        }
+        chunk.first_sent_ns.get_or_insert(now_ns);
+        if fin {
+            self.fin_sent = true;
+        }
+        let from = (start - chunk.start) as usize;
+        let to = (stop - chunk.start) as usize;
+        emit(start, &chunk.bytes[from..to], fin);
+    }
+
+    fn chunk_at(&self, offset: u64) -> Option<&Chunk> {
+        let index = self.chunks.partition_point(|chunk| chunk.end() <= offset);
+        self.chunks.get(index).filter(|chunk| chunk.start <= offset)
+    }
+
+    /// The cumulative acknowledgement moved to `ack`: forget what the client has, and take an
+    /// RTT sample from the newest chunk it completes if none of them was sent twice.
+    fn acknowledge(&mut self, now_ns: u64, ack: u64) {
+        let mut sample = None;
+        let mut karn = false;
+        while let Some(chunk) = self.chunks.front() {
+            if chunk.end() > ack {
+                break;
+            }
+            karn |= chunk.retransmitted;
+            sample = chunk.first_sent_ns;
+            self.stored -= chunk.bytes.len();
+            self.chunks.pop_front();
+        }
+        if let (Some(sent), false) = (sample, karn) {
+            self.rtt_sample(now_ns.saturating_sub(sent));
+        }
+        self.una = ack;
+        self.nxt = self.nxt.max(ack);
+        self.sacked.retain_mut(|range| {
+            range.0 = range.0.max(ack);
+            range.1 > range.0
+        });
+    }
+
+    /// RFC 6298 2.2-2.4.
+    fn rtt_sample(&mut self, rtt_ns: u64) {
+        let rtt_ns = rtt_ns.max(1);
+        match self.srtt_ns {
+            None => {
+                self.srtt_ns = Some(rtt_ns);
+                self.rttvar_ns = rtt_ns / 2;
+            }
+            Some(srtt) => {
+                self.rttvar_ns = (3 * self.rttvar_ns + srtt.abs_diff(rtt_ns)) / 4;
+                self.srtt_ns = Some((7 * srtt + rtt_ns) / 8);
+            }
+        }
+        let srtt = self.srtt_ns.unwrap_or(rtt_ns);
+        self.rto_ns = (srtt + (4 * self.rttvar_ns).max(1_000_000)).clamp(MIN_RTO_NS, MAX_RTO_NS);
+    }
+
+    /// RFC 5681 3.1: slow start (with RFC 3465's limit of two segments per ACK), then one
+    /// segment per window; nothing grows during recovery.
+    fn grow_window(&mut self, acked: u64, mss: u64) {
+        if self.recovery.is_some_and(|recovery| !recovery.after_timeout) || acked == 0 {
+            return;
+        }
+        if self.cwnd < self.ssthresh {
+            self.cwnd += acked.min(2 * mss);
+        } else {
+            self.avoidance_acked += acked;
+            if self.avoidance_acked >= self.cwnd {
+                self.avoidance_acked -= self.cwnd;
+                self.cwnd += mss;
+            }
+        }
+        // Never more than everything the box may hold could fill.
+        self.cwnd = self.cwnd.min(4 * SEND_BUFFER_LIMIT as u64);
+    }
+
+    /// Merges the client's SACK blocks into the scoreboard; returns the bytes newly SACKed.
+    fn take_sack(&mut self, blocks: &[(u64, u64)]) -> u64 {
+        let before = self.sacked_bytes();
+        for &(left, right) in blocks {
+            let left = left.max(self.una);
+            let right = right.min(self.nxt);
+            if left >= right {
+                continue;
+            }
+            let mut merged = (left, right);
+            self.sacked.retain(|&(a, b)| {
+                if b < merged.0 || a > merged.1 {
+                    true
+                } else {
+                    merged = (merged.0.min(a), merged.1.max(b));
+                    false
+                }
+            });
+            let at = self.sacked.partition_point(|&(a, _)| a < merged.0);
+            self.sacked.insert(at, merged);
+        }
+        if self.sacked.len() > MAX_SACKED_RANGES {
+            // Keep the lowest ranges: they decide what is resent next.
+            self.sacked.truncate(MAX_SACKED_RANGES);
+        }
+        self.sacked_bytes().saturating_sub(before)
+    }
+
+    fn sacked_bytes(&self) -> u64 {
+        self.sacked.iter().map(|&(a, b)| b - a).sum()
+    }
+
+    fn sacked_within(&self, from: u64, until: u64) -> u64 {
+        self.sacked.iter().map(|&(a, b)| b.min(until).saturating_sub(a.max(from))).sum()
+    }
+
+    fn highest_sacked(&self) -> u64 {
+        self.sacked.last().map_or(self.una, |&(_, b)| b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MSS: usize = 100;
+
+    /// A sender at offset 1000 with a wide window and `records` records of `MSS` bytes queued.
+    fn sender_with(records: usize) -> Sender {
+        let mut sender = Sender::new(1000, 1 << 20, MSS);
+        for i in 0..records {
+            sender.push(vec![i as u8; MSS]);
+        }
+        sender
+    }
+
+    fn send(sender: &mut Sender, now_ns: u64) -> Vec<(u64, usize, bool)> {
+        let mut sent = Vec::new();
+        sender.transmit(now_ns, MSS, &mut |offset, bytes, fin| sent.push((offset, bytes.len(), fin)));
+        sent
+    }
+
+    #[test]
+    fn the_initial_window_is_ten_segments_and_acks_open_it() {
+        let mut sender = sender_with(30);
+        let sent = send(&mut sender, 0);
+        assert_eq!(sent.len(), 10);
+        assert_eq!(sent[0], (1000, MSS, false));
+        assert_eq!(sent[9], (1900, MSS, false));
+        // Two segments acknowledged: slow start adds two.
+        assert_eq!(sender.on_ack(1_000_000, 1200, 1 << 20, &[], false, MSS), 200);
+        assert_eq!(sender.congestion_window(), 1200);
+        let sent = send(&mut sender, 1_000_000);
+        assert_eq!(sent.iter().map(|s| s.0).collect::<Vec<_>>(), vec![2000, 2100, 2200, 2300]);
+        assert_eq!(sender.stored(), 28 * MSS);
+    }
+
+    #[test]
+    fn the_client_window_is_never_overrun() {
+        let mut sender = Sender::new(0, 250, MSS);
+        sender.push(vec![1; MSS]);
+        sender.push(vec![2; MSS]);
+        sender.push(vec![3; MSS]);
+        let sent = send(&mut sender, 0);
+        assert_eq!(sent, vec![(0, MSS, false), (100, MSS, false), (200, 50, false)]);
+        // The window shuts: nothing more, and the persist timer asks for a probe.
+        sender.on_ack(1000, 250, 0, &[], false, MSS);
+        assert!(send(&mut sender, 1000).is_empty());
+        let deadline = sender.deadline_ns().expect("persist timer");
+        assert_eq!(sender.on_timer(deadline, MSS), TimerOutcome::Probe);
+        // It opens again: the rest leaves.
+        sender.on_ack(deadline + 1, 250, 1000, &[], false, MSS);
+        assert_eq!(send(&mut sender, deadline + 1), vec![(250, 50, false)]);
+    }
+
+    #[test]
+    fn sacks_resend_exactly_the_hole_at_once() {
+        let mut sender = sender_with(10);
+        send(&mut sender, 0);
+        // Segment 1100..1200 is lost; the client SACKs the ones after it, one ACK each.
+        let mut resent = Vec::new();
+        for i in 2..6u64 {
+            sender.on_ack(10, 1100, 1 << 20, &[(1200, 1000 + 100 * i + 100)], false, MSS);
+            resent.extend(send(&mut sender, 10));
+        }
+        assert!(sender.in_recovery());
+        assert_eq!(resent, vec![(1100, MSS, false)]);
+        // The hole filled: recovery ends at the recovery point, with half the window.
+        sender.on_ack(20, 2000, 1 << 20, &[], false, MSS);
+        assert!(!sender.in_recovery());
+        // Half the flight when the loss was found (1100..2000).
+        assert_eq!(sender.congestion_window(), 450);
+        assert_eq!(sender.stored(), 0);
+    }
+
+    #[test]
+    fn duplicate_acks_without_sack_resend_and_partial_acks_go_on() {
+        let mut sender = sender_with(10);
+        send(&mut sender, 0);
+        // 1100 and 1300 lost; no SACK: the first ACK at 1100 is new, three duplicates follow.
+        let mut resent = Vec::new();
+        for _ in 0..4 {
+            sender.on_ack(10, 1100, 1 << 20, &[], false, MSS);
+            resent.extend(send(&mut sender, 10));
+        }
+        assert_eq!(resent, vec![(1100, MSS, false)]);
+        // A partial ACK up to the next hole: that segment leaves at once (RFC 6582).
+        sender.on_ack(20, 1300, 1 << 20, &[], false, MSS);
+        assert_eq!(send(&mut sender, 20)[0], (1300, MSS, false));
+    }
+
+    #[test]
+    fn the_timer_resends_from_the_acknowledgement_and_backs_off() {
+        let mut sender = sender_with(3);
+        send(&mut sender, 0);
+        let first = sender.deadline_ns().expect("timer armed");
+        assert_eq!(first, INITIAL_RTO_NS);
+        assert_eq!(sender.on_timer(first - 1, MSS), TimerOutcome::Idle);
+        assert_eq!(sender.on_timer(first, MSS), TimerOutcome::Retransmit);
+        // One segment (cwnd = 1 MSS), the timer doubled.
+        assert_eq!(send(&mut sender, first), vec![(1000, MSS, false)]);
+        assert_eq!(sender.deadline_ns(), Some(first + 2 * INITIAL_RTO_NS));
+        // Its ACK: the rest follows in slow start, no RTT sample from a resent chunk.
+        sender.on_ack(first + 5, 1100, 1 << 20, &[], false, MSS);
+        assert_eq!(send(&mut sender, first + 5), vec![(1100, MSS, false), (1200, MSS, false)]);
+    }
+
+    #[test]
+    fn a_silent_client_is_given_up() {
+        let mut sender = sender_with(1);
+        send(&mut sender, 0);
+        let mut now = 0;
+        let mut outcome = TimerOutcome::Idle;
+        for _ in 0..=MAX_RETRIES {
+            now = sender.deadline_ns().expect("armed");
+            outcome = sender.on_timer(now, MSS);
+            send(&mut sender, now);
+        }
+        assert_eq!(outcome, TimerOutcome::GaveUp);
+        assert!(now < 400_000_000_000);
+    }
+
+    #[test]
+    fn rtt_samples_set_the_timer() {
+        let mut sender = sender_with(2);
+        send(&mut sender, 0);
+        // 1 ms RTT: the timer is the minimum.
+        sender.on_ack(1_000_000, 1200, 1 << 20, &[], false, MSS);
+        assert_eq!(sender.rto_ns, MIN_RTO_NS);
+        assert_eq!(sender.srtt_ns, Some(1_000_000));
+    }
+
+    #[test]
+    fn the_fin_follows_the_last_byte_and_is_resent_alone() {
+        let mut sender = sender_with(1);
+        sender.push_fin();
+        assert_eq!(send(&mut sender, 0), vec![(1000, MSS, true)]);
+        assert_eq!(sender.next_offset(), 1101);
+        // The data is acknowledged, not the FIN: the timer sends the FIN alone.
+        sender.on_ack(10, 1100, 1 << 20, &[], false, MSS);
+        assert!(!sender.fin_acked());
+        let deadline = sender.deadline_ns().expect("armed for the FIN");
+        assert_eq!(sender.on_timer(deadline, MSS), TimerOutcome::Retransmit);
+        assert_eq!(send(&mut sender, deadline), vec![(1100, 0, true)]);
+        sender.on_ack(deadline + 1, 1101, 1 << 20, &[], false, MSS);
+        assert!(sender.fin_acked());
+        assert!(!sender.has_outstanding());
+        assert_eq!(sender.deadline_ns(), None);
+    }
+
+    #[test]
+    fn acknowledgements_of_unsent_bytes_are_ignored() {
+        let mut sender = sender_with(3);
+        sender.transmit(0, MSS, &mut |_, _, _| {});
+        assert_eq!(sender.on_ack(1, 1_000_000, 1 << 20, &[], false, MSS), 0);
+        assert_eq!(sender.acked(), 1000);
+        // A SACK block beyond what was sent is clipped to it.
+        sender.on_ack(1, 1000, 1 << 20, &[(1100, 9_000_000)], false, MSS);
+        assert_eq!(sender.sacked, vec![(1100, 1300)]);
+    }
+
+    #[test]
+    fn a_segment_never_spans_two_records() {
+        let mut sender = Sender::new(0, 1 << 20, 1000);
+        sender.push(vec![0; 150]);
+        sender.push(vec![1; 150]);
+        let mut sent = Vec::new();
+        sender.transmit(0, 1000, &mut |offset, bytes, _| sent.push((offset, bytes.len())));
+        assert_eq!(sent, vec![(0, 150), (150, 150)]);
+    }
+}
