@@ -13,7 +13,7 @@ PROPTEST_CASES ?= 10000
 # Commands the lab tests run, each with the Debian package that provides it.
 LAB_DEPS = ip:iproute2 ethtool:ethtool nginx:nginx curl:curl openssl:openssl ping:iputils-ping h2load:nghttp2-client python3:python3
 
-.PHONY: all build test test-deps unit bench-crypto bench-decrypt bench-handshake bench-dataplane bench-idle demo demo-decrypt clean lab-up lab-down bench-bridge
+.PHONY: all build test test-deps unit bench-crypto bench-decrypt bench-handshake bench-dataplane bench-idle bench-loss demo demo-decrypt clean lab-up lab-down bench-bridge
 
 all: build
 
@@ -47,6 +47,13 @@ lab-down:
 # Forwarding rate and TCP throughput of each cutls backend against a Linux bridge, in the lab.
 bench-bridge: test-deps
 	$(CARGO) bench -p cutls-tests --bench bridge
+
+# Download throughput at 0, 0.1, 1 and 5% loss on each side, through cutls and through nginx
+# and HAProxy terminating TLS on the same path, in the lab (docs/bench-loss.md). Needs root.
+bench-loss: test-deps
+	@command -v haproxy >/dev/null || PATH="$$PATH:/usr/sbin" command -v haproxy >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy; }
+	$(CARGO) build --release -p cutls-tools -p cutls-impair
+	$(CARGO) bench -p cutls-tests --bench loss
 
 # The main job: the lab demo (namespaces, nginx backends, cutls terminating TLS, curl and
 # openssl through it, the counters). Needs root.

@@ -361,22 +361,37 @@ impl RecordOpener {
         acked
     }
 
-    /// The stream range of the verified records whose application data lies entirely in the
-    /// plaintext range `start..end` (a peer's selective acknowledgement), or `None`. Records
-    /// with no data inside (alerts, KeyUpdate) between two such records are included.
+    /// The stream range that carried the plaintext range `start..end` (a peer's selective
+    /// acknowledgement of released plaintext), or `None` if the opener no longer tracks it.
+    /// Inside a record the mapping is exact (a record's body bytes carry its plaintext in
+    /// order, after the header and TLS 1.2's explicit nonce), so a SACK for part of a record
+    /// tells the sender which of its segments arrived; a range that ends with a verified
+    /// record's data takes in its tag. The header before the first byte is left out: a sender
+    /// that resends it costs the opener a duplicate, never a hole.
     pub fn ciphertext_range_for_plaintext(&self, start: u64, end: u64) -> Option<(u64, u64)> {
-        let mut range: Option<(u64, u64)> = None;
+        if start >= end {
+            return None;
+        }
+        let data_offset = (HEADER_LEN + self.framing.explicit_nonce_len()) as u64;
+        let mut first = None;
         for record in &self.records {
-            let Some(verified) = record.outcome else { break };
-            let data_start = record.plaintext_start;
-            let data_end = data_start + verified.data_len as u64;
-            if data_start >= start && data_end <= end && (verified.data_len > 0 || range.is_some()) {
-                range = Some(range.map_or((record.start, record.end()), |(first, _)| (first, record.end())));
-            } else if range.is_some() {
-                break;
+            let data_len = match record.outcome {
+                Some(verified) => verified.data_len as u64,
+                None => break_even(record, self.framing),
+            };
+            let (data_start, data_end) = (record.plaintext_start, record.plaintext_start + data_len);
+            let body = record.start + data_offset;
+            if first.is_none() && start >= data_start && start < data_end {
+                first = Some(body + (start - data_start));
+            }
+            if let Some(left) = first {
+                if end > data_start && end <= data_end {
+                    let right = if record.outcome.is_some() && end == data_end { record.end() } else { body + (end - data_start) };
+                    return (left < right).then_some((left, right));
+                }
             }
         }
-        range
+        None
     }
 
     /// The end of the stream bytes seen without a gap from `from` (at least `from`): what a

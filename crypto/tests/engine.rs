@@ -324,6 +324,56 @@ fn contiguous_end_follows_what_is_held() {
     }
 }
 
+/// A selective acknowledgement of released plaintext maps to the stream bytes that carried
+/// it, inside a record too (so a sender learns which of a record's segments arrived), and takes
+/// in a verified record's tag when it covers the record's data to the end.
+#[test]
+fn plaintext_sack_maps_to_the_segments_that_carried_it() {
+    for suite in SUITES {
+        let keys = keys_for(suite, 43);
+        let stream = build_stream(&keys, &[4000, 4000], &mut Rng(9));
+        let tls13 = suite.0 == ProtocolVersion::Tls13;
+        let explicit = if suite.0 == ProtocolVersion::Tls12 && suite.1 != AeadAlgorithm::Chacha20Poly1305 { 8 } else { 0 };
+        let data = 5 + explicit;
+        let first_end = data + 4000 + 16 + tls13 as usize;
+        let mut opener = RecordOpener::new(&keys, 0, 0, OpenerConfig::default());
+        let mut out = OpenOutput::default();
+        let mut feed = |opener: &mut RecordOpener, start: usize, end: usize| {
+            let mut chunk = stream.bytes[start..end].to_vec();
+            let mut step = opener.open(start as u64, &mut chunk, &mut out).unwrap();
+            while let Some(Stop::Record(_)) = step.stop {
+                step = opener.open_more(start as u64, &mut chunk, step.consumed, &mut out).unwrap();
+            }
+        };
+        // The first record's head, then a piece after a hole.
+        feed(&mut opener, 0, 1000);
+        feed(&mut opener, 2000, 3000);
+        let at = |plaintext: usize| (data + plaintext) as u64;
+        assert_eq!(
+            opener.ciphertext_range_for_plaintext((2000 - data) as u64, (3000 - data) as u64),
+            Some((2000, 3000)),
+            "{suite:?}: inside an unverified record"
+        );
+        assert_eq!(opener.ciphertext_range_for_plaintext(0, 100), Some((at(0), at(100))), "{suite:?}: from the record's start");
+        // The rest: the first record verifies, and a SACK to its data's end covers its tag.
+        feed(&mut opener, 1000, 2000);
+        feed(&mut opener, 3000, first_end + 500);
+        assert_eq!(
+            opener.ciphertext_range_for_plaintext(100, 4000),
+            Some((at(100), first_end as u64)),
+            "{suite:?}: to the end of a verified record"
+        );
+        // Across the boundary into the second record.
+        assert_eq!(
+            opener.ciphertext_range_for_plaintext(3000, 4200),
+            Some((at(3000), (first_end + data + 200) as u64)),
+            "{suite:?}: across two records"
+        );
+        assert_eq!(opener.ciphertext_range_for_plaintext(9000, 9100), None, "{suite:?}: nothing tracked there");
+        assert_eq!(opener.ciphertext_range_for_plaintext(50, 50), None, "{suite:?}: empty");
+    }
+}
+
 struct Rng(u64);
 
 impl Rng {

@@ -178,6 +178,7 @@ fn engine(addresses: &Addresses) -> Engine {
         handshake_threads: 0,
         handshake_doorbell: None,
         loop_share: LoopShare::ONE,
+        congestion: Default::default(),
     })
 }
 

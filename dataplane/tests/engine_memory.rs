@@ -1539,6 +1539,7 @@ fn lab_engine_in(listener: ListenerSetup, addresses: &Addresses, seed: u64, syn_
         handshake_threads: 0,
         handshake_doorbell: None,
         loop_share,
+        congestion: Default::default(),
     })
 }
 

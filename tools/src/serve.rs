@@ -139,6 +139,7 @@ pub fn serve(config: &Config, stop: &AtomicBool) -> io::Result<()> {
                 handshake_threads: config.handshake_threads,
                 handshake_doorbell: Some(Arc::clone(&doorbells[index])),
                 loop_share: LoopShare { index, loops },
+                congestion: config.congestion,
             })
         })
         .collect();

@@ -29,6 +29,7 @@ pub mod handshake;
 mod neighbours;
 mod reorder;
 mod sender;
+pub use sender::CongestionControl;
 mod session;
 mod timers;
 
@@ -113,6 +114,8 @@ pub struct EngineConfig {
     /// This engine's poll loop among all of them ([`crate::steer`]): SNAT source ports are
     /// chosen so that the backend's answers steer back here.
     pub loop_share: LoopShare,
+    /// The congestion control of the box's sender toward clients.
+    pub congestion: CongestionControl,
 }
 
 /// Which of the box's poll loops an engine runs in.
@@ -213,8 +216,12 @@ pub struct Counters {
     pub ended_backend_unreachable: u64,
     /// Sessions whose client acknowledged nothing the box sent it through every retransmission.
     pub ended_client_unresponsive: u64,
-    /// Client segments dropped: out of order during the handshake, or refused by the opener.
+    /// Client segments dropped: out of order during the handshake, or not placeable with the
+    /// buffer for those full.
     pub client_segments_dropped: u64,
+    /// Client segments the opener could not place yet (a record header before them was lost):
+    /// held, SACKed, and opened once the header came.
+    pub client_segments_held: u64,
     /// Backend segments dropped: ahead of a gap with the reorder buffer full, beyond the
     /// window the box offered, or data before the splice that did not fit.
     pub backend_segments_dropped: u64,
@@ -227,6 +234,9 @@ pub struct Counters {
     /// recovery, timeouts, path MTU), and times its retransmission timer fired.
     pub client_retransmits: u64,
     pub client_timeouts: u64,
+    /// Tail loss probes (RFC 8985): the last segment sent again after two round trips without
+    /// an acknowledgement, so that a lost tail costs a round trip, not a timeout.
+    pub client_tail_probes: u64,
     /// Client plaintext the box sent the backend again on its own (see `custody`).
     pub backend_retransmits: u64,
     /// SYNs answered with a SYN cookie (no state), and connections made from a valid cookie.
@@ -263,7 +273,7 @@ impl Counters {
     /// Adds `other`'s counts to these: the box's totals over its poll loops.
     pub fn add(&mut self, other: &Counters) {
         // An exhaustive pattern, so that a counter added later cannot be left out here.
-        let Counters { frames_bridged, frames_unparsed_bridged, arp_replies, ndp_advertisements, sessions_started, sessions_passthrough, handshakes_completed, ended_fin, ended_close_timeout, ended_client_reset, ended_backend_reset, ended_tls_error, ended_tag_failure, ended_idle, ended_backend_unreachable, ended_client_unresponsive, client_segments_dropped, backend_segments_dropped, backend_segments_held, records_opened, records_sealed, client_retransmits, client_timeouts, backend_retransmits, syn_cookies_sent, syn_cookies_accepted, backend_tuple_collisions, path_mtu_updates, icmp_ignored, path_mtu_relayed, bad_checksum_drops_outside, bad_checksum_drops_inside, client_bytes_after_close, time_wait_acks, challenge_acks, session_timer_runs } = other;
+        let Counters { frames_bridged, frames_unparsed_bridged, arp_replies, ndp_advertisements, sessions_started, sessions_passthrough, handshakes_completed, ended_fin, ended_close_timeout, ended_client_reset, ended_backend_reset, ended_tls_error, ended_tag_failure, ended_idle, ended_backend_unreachable, ended_client_unresponsive, client_segments_dropped, client_segments_held, backend_segments_dropped, backend_segments_held, records_opened, records_sealed, client_retransmits, client_timeouts, client_tail_probes, backend_retransmits, syn_cookies_sent, syn_cookies_accepted, backend_tuple_collisions, path_mtu_updates, icmp_ignored, path_mtu_relayed, bad_checksum_drops_outside, bad_checksum_drops_inside, client_bytes_after_close, time_wait_acks, challenge_acks, session_timer_runs } = other;
         self.frames_bridged += frames_bridged;
         self.frames_unparsed_bridged += frames_unparsed_bridged;
         self.arp_replies += arp_replies;
@@ -285,7 +295,9 @@ impl Counters {
         self.records_sealed += records_sealed;
         self.client_retransmits += client_retransmits;
         self.client_timeouts += client_timeouts;
+        self.client_tail_probes += client_tail_probes;
         self.backend_segments_held += backend_segments_held;
+        self.client_segments_held += client_segments_held;
         self.ended_client_unresponsive += ended_client_unresponsive;
         self.backend_retransmits += backend_retransmits;
         self.syn_cookies_sent += syn_cookies_sent;
@@ -935,6 +947,7 @@ impl Engine {
             idle_timeout_ns: self.config.idle_timeout_ns,
             close_timeout_ns: self.config.close_timeout_ns,
             deferred: &mut self.deferred,
+            congestion: self.config.congestion,
         };
         let mut event = work(session, &mut context);
         if let Some(SessionEvent::Passthrough) = event {

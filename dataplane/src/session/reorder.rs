@@ -10,8 +10,13 @@ use std::collections::VecDeque;
 
 use crate::wire::{SackBlock, SackBlocks, SeqNumber};
 
-/// Plaintext bytes held at most ahead of a gap.
+/// Backend plaintext held at most ahead of a gap (the backend's window is what the box offers,
+/// so this covers what the backend can have in flight beyond one loss).
 pub(crate) const REORDER_LIMIT: usize = 256 * 1024;
+/// Client ciphertext held at most beyond a lost record header: a client's flight can be as
+/// large as the window the backend offers (Linux grows it to megabytes), and every segment
+/// dropped here is one more the client must find lost and resend.
+pub(crate) const CLIENT_REORDER_LIMIT: usize = 1024 * 1024;
 
 #[derive(Debug, Default)]
 pub(crate) struct Reorder {
@@ -20,6 +25,8 @@ pub(crate) struct Reorder {
     stored: usize,
     /// The range of the segment held last (RFC 2018: the first SACK block reports it).
     latest: Option<(u64, u64)>,
+    /// Bytes held at most; 0 means [`REORDER_LIMIT`].
+    limit: usize,
 }
 
 /// What [`Reorder::hold`] did.
@@ -34,6 +41,11 @@ pub(crate) enum Held {
 }
 
 impl Reorder {
+    /// A reorder buffer that holds at most `limit` bytes.
+    pub(crate) fn with_limit(limit: usize) -> Reorder {
+        Reorder { limit, ..Reorder::default() }
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.segments.is_empty()
     }
@@ -61,7 +73,8 @@ impl Reorder {
                 }
                 other => {
                     let gap_end = other.map_or(end, |(at, _)| at.min(end));
-                    if self.stored + (gap_end - start) as usize > REORDER_LIMIT {
+                    let limit = if self.limit == 0 { REORDER_LIMIT } else { self.limit };
+                    if self.stored + (gap_end - start) as usize > limit {
                         return if kept { Held::Kept } else { Held::Full };
                     }
                     let piece = bytes[(start - offset) as usize..(gap_end - offset) as usize].to_vec();
@@ -100,6 +113,25 @@ impl Reorder {
             }
             return Some((frontier, piece));
         }
+    }
+
+    /// The first held segment if it starts at or before `limit`, whole (for a consumer that
+    /// can place bytes before `limit` again, like the record opener).
+    pub(crate) fn take_from(&mut self, limit: u64) -> Option<(u64, Vec<u8>)> {
+        if self.segments.front()?.0 > limit {
+            return None;
+        }
+        let (at, piece) = self.segments.pop_front()?;
+        self.stored -= piece.len();
+        if self.segments.is_empty() {
+            self.latest = None;
+        }
+        Some((at, piece))
+    }
+
+    /// Segments held.
+    pub(crate) fn len(&self) -> usize {
+        self.segments.len()
     }
 
     /// SACK blocks for what is held, as the backend's sequence numbers (`isn` + 1 + offset):

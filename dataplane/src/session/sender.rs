@@ -43,11 +43,101 @@ pub(crate) enum TimerOutcome {
     /// The retransmission timer fired: call [`Sender::transmit`], which resends from the
     /// cumulative acknowledgement.
     Retransmit,
+    /// A tail loss probe is due (RFC 8985 7): call [`Sender::transmit`], which sends new data
+    /// or the last segment again, so that a lost tail is found by the client's SACK, not by
+    /// the retransmission timer.
+    TailProbe,
     /// The client's window is closed with bytes waiting: send a zero-window probe (a pure ACK
     /// at the offset before [`Sender::acked`], which the client must answer with its window).
     Probe,
     /// Nothing acknowledged through every retry: the client is gone.
     GaveUp,
+}
+
+/// How the box sizes its congestion window toward a client (`[box] congestion_control`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CongestionControl {
+    /// RFC 5681: slow start, then a segment per window; half the flight on a loss.
+    Reno,
+    /// Model-based, in the manner of BBR (what this machine's kernel runs): the window is
+    /// twice the path's measured bandwidth-delay product (the largest delivery rate of the last
+    /// ten round trips times the smallest RTT of the last ten seconds), found by doubling per
+    /// round trip until the delivery rate stops growing. A random loss does not shrink it, so
+    /// a lossy path runs at its rate, not at Reno's `1.22 / sqrt(p)` segments per round trip.
+    /// Simplified: no pacing, no gain cycling, no probe-RTT phase.
+    #[default]
+    Bbr,
+}
+
+/// The path model of [`CongestionControl::Bbr`].
+#[derive(Debug, Default)]
+struct PathModel {
+    /// Bytes delivered (acknowledged or SACKed) so far.
+    delivered: u64,
+    /// The round trip in progress: when and at which `delivered` it began, and the `delivered`
+    /// that ends it (what was in flight at its start has arrived).
+    round_start_ns: u64,
+    round_start_delivered: u64,
+    round_end_delivered: u64,
+    /// Delivery rates (bytes per second) of the last rounds, the largest kept.
+    rates: [u64; 10],
+    round: usize,
+    min_rtt_ns: u64,
+    min_rtt_at_ns: u64,
+    /// Startup ends when three rounds in a row did not raise the rate by a quarter.
+    full_rate: u64,
+    rounds_without_growth: u32,
+    filled_pipe: bool,
+}
+
+impl PathModel {
+    fn max_rate(&self) -> u64 {
+        self.rates.iter().copied().max().unwrap_or(0)
+    }
+
+    fn rtt_sample(&mut self, now_ns: u64, rtt_ns: u64) {
+        if self.min_rtt_ns == 0 || rtt_ns <= self.min_rtt_ns || now_ns.saturating_sub(self.min_rtt_at_ns) > 10_000_000_000 {
+            self.min_rtt_ns = rtt_ns.max(1);
+            self.min_rtt_at_ns = now_ns;
+        }
+    }
+
+    /// `bytes` more delivered at `now_ns`, with `in_flight` outstanding.
+    fn deliver(&mut self, now_ns: u64, bytes: u64, in_flight: u64) {
+        self.delivered += bytes;
+        if self.round_start_ns == 0 {
+            self.round_start_ns = now_ns;
+            self.round_start_delivered = self.delivered - bytes;
+            self.round_end_delivered = self.delivered + in_flight;
+            return;
+        }
+        if self.delivered < self.round_end_delivered {
+            return;
+        }
+        let elapsed = now_ns.saturating_sub(self.round_start_ns).max(1);
+        let rate = ((self.delivered - self.round_start_delivered) as u128 * 1_000_000_000 / elapsed as u128) as u64;
+        self.round = (self.round + 1) % self.rates.len();
+        self.rates[self.round] = rate;
+        if !self.filled_pipe {
+            let max = self.max_rate();
+            if max >= self.full_rate + self.full_rate / 4 {
+                self.full_rate = max;
+                self.rounds_without_growth = 0;
+            } else {
+                self.rounds_without_growth += 1;
+                self.filled_pipe = self.rounds_without_growth >= 3;
+            }
+        }
+        self.round_start_ns = now_ns;
+        self.round_start_delivered = self.delivered;
+        self.round_end_delivered = self.delivered + in_flight.max(1);
+    }
+
+    /// Twice the bandwidth-delay product, once both are measured.
+    fn target_window(&self) -> Option<u64> {
+        let rate = self.max_rate();
+        (rate > 0 && self.min_rtt_ns > 0).then(|| (2 * rate as u128 * self.min_rtt_ns as u128 / 1_000_000_000) as u64)
+    }
 }
 
 #[derive(Debug)]
@@ -81,6 +171,10 @@ struct Recovery {
     /// The next lost segment leaves whatever the pipe says: on entering recovery (RFC 6675
     /// 5 step 4.3) and on a partial ACK without SACK (RFC 6582 3.2 step 5).
     resend_first: bool,
+    /// When the segment at the cumulative acknowledgement was sent again: SND.NXT then. A SACK
+    /// for bytes at or past it, while that segment is still missing, means the resend was
+    /// lost too (what RACK finds by time): it goes again instead of waiting for the timer.
+    first_resent_before: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -99,6 +193,8 @@ pub(crate) struct Sender {
     fin_acked: bool,
     /// The client's window's right edge: its latest acknowledgement plus its window.
     right_edge: u64,
+    congestion: CongestionControl,
+    model: PathModel,
     cwnd: u64,
     ssthresh: u64,
     /// Bytes acknowledged toward the next congestion-avoidance increase.
@@ -109,15 +205,23 @@ pub(crate) struct Sender {
     /// Timeouts (or zero-window probes) in a row without progress.
     retries: u32,
     deadline_ns: Option<u64>,
+    /// The deadline is a tail loss probe's (RFC 8985 7), not the retransmission timer's.
+    deadline_is_probe: bool,
+    /// A tail loss probe fired: the next `transmit` sends it.
+    probe_pending: bool,
+    /// A probe went since the last acknowledgement of new data (one per tail).
+    probe_sent: bool,
     /// SACKed ranges above `una`: ascending, disjoint.
     sacked: Vec<(u64, u64)>,
+    /// The segment size of the latest call (for the lone-segment probe rule).
+    mss: u64,
     duplicate_acks: u64,
     recovery: Option<Recovery>,
 }
 
 impl Sender {
     /// A sender whose next byte is `start`, toward a client with window `window` (bytes).
-    pub(crate) fn new(start: u64, window: u64, mss: usize) -> Sender {
+    pub(crate) fn new(start: u64, window: u64, mss: usize, congestion: CongestionControl) -> Sender {
         Sender {
             una: start,
             nxt: start,
@@ -128,6 +232,8 @@ impl Sender {
             fin_sent: false,
             fin_acked: false,
             right_edge: start + window,
+            congestion,
+            model: PathModel::default(),
             cwnd: INITIAL_WINDOW_SEGMENTS * mss as u64,
             ssthresh: u64::MAX,
             avoidance_acked: 0,
@@ -136,10 +242,19 @@ impl Sender {
             rto_ns: INITIAL_RTO_NS,
             retries: 0,
             deadline_ns: None,
+            deadline_is_probe: false,
+            probe_pending: false,
+            probe_sent: false,
             sacked: Vec::new(),
+            mss: mss as u64,
             duplicate_acks: 0,
             recovery: None,
         }
+    }
+
+    /// A round trip measured before the splice (the handshake flight's acknowledgement).
+    pub(crate) fn seed_rtt(&mut self, now_ns: u64, rtt_ns: u64) {
+        self.rtt_sample(now_ns, rtt_ns);
     }
 
     /// Queues one record's bytes after everything queued so far.
@@ -217,6 +332,7 @@ impl Sender {
     /// duplicate acknowledgement). Returns the bytes newly acknowledged.
     pub(crate) fn on_ack(&mut self, now_ns: u64, ack: u64, window: u64, sack: &[(u64, u64)], carries_data: bool, mss: usize) -> u64 {
         let mss = mss.max(1) as u64;
+        self.mss = mss;
         if ack > self.sent_end() || ack < self.una {
             // Acknowledges what was never sent, or is older than what we know: no news.
             return 0;
@@ -232,23 +348,41 @@ impl Sender {
             self.acknowledge(now_ns, data_ack);
             self.duplicate_acks = 0;
             self.retries = 0;
-            self.grow_window(newly_acked, mss);
+            self.probe_sent = false;
+            // Progress undoes the backoff (as Linux does): after a timeout every chunk in flight
+            // was sent twice, so Karn's rule gives no new sample to do it otherwise.
+            self.rto_ns = self.computed_rto();
+            if self.congestion == CongestionControl::Reno {
+                self.grow_window(newly_acked, mss);
+            }
         } else if !carries_data && self.nxt > self.una && (newly_sacked > 0 || ack + window == self.right_edge) {
             self.duplicate_acks += 1;
         }
         self.right_edge = ack + window;
+        if self.congestion == CongestionControl::Bbr && newly_acked + newly_sacked > 0 {
+            self.model.deliver(now_ns, newly_acked + newly_sacked, self.nxt - self.una);
+            self.grow_to_model(newly_acked + newly_sacked, mss);
+        }
         let highest_sacked = self.highest_sacked();
         let no_sack = self.sacked.is_empty();
         if let Some(recovery) = self.recovery.as_mut() {
             if self.una >= recovery.point {
                 // Everything sent before the loss is in: leave recovery (RFC 6675 / 6582).
-                if !recovery.after_timeout {
+                if !recovery.after_timeout && self.congestion == CongestionControl::Reno {
                     self.cwnd = self.ssthresh.max(2 * mss);
                 }
                 self.recovery = None;
             } else {
                 recovery.high_rxt = recovery.high_rxt.max(self.una);
                 recovery.lost_until = recovery.lost_until.max(highest_sacked);
+                if newly_acked > 0 {
+                    recovery.first_resent_before = None;
+                } else if recovery.first_resent_before.is_some_and(|mark| highest_sacked > mark) {
+                    // Bytes sent after the resend arrived, the resend did not: lost again.
+                    recovery.high_rxt = self.una;
+                    recovery.resend_first = true;
+                    recovery.first_resent_before = None;
+                }
                 if no_sack && newly_acked > 0 {
                     // Without SACK (RFC 6582 NewReno): a partial ACK means the next segment
                     // is lost too.
@@ -257,27 +391,55 @@ impl Sender {
                     recovery.resend_first = true;
                 }
             }
-        } else if self.nxt > self.una && (self.duplicate_acks >= DUPLICATE_THRESHOLD || self.sacked_bytes() >= DUPLICATE_THRESHOLD * mss) {
-            // Loss (RFC 6675 5: DupThresh duplicate ACKs or that many segments SACKed above).
-            let flight = self.nxt - self.una;
-            self.ssthresh = (flight / 2).max(2 * mss);
-            self.cwnd = self.ssthresh;
+        } else if self.nxt > self.una
+            && (self.duplicate_acks >= DUPLICATE_THRESHOLD
+                || self.sacked_bytes() >= DUPLICATE_THRESHOLD * mss
+                || (!self.sacked.is_empty() && self.highest_sacked() >= self.nxt))
+        {
+            // Loss (RFC 6675 5: DupThresh duplicate ACKs or that many segments SACKed above;
+            // or, RFC 5827's early retransmit, everything sent after the hole SACKed, so that
+            // no more duplicates are coming).
+            if self.congestion == CongestionControl::Reno {
+                let flight = self.nxt - self.una;
+                self.ssthresh = (flight / 2).max(2 * mss);
+                self.cwnd = self.ssthresh;
+            }
             self.recovery = Some(Recovery {
                 point: self.nxt,
                 lost_until: self.highest_sacked().max(self.una + mss),
                 high_rxt: self.una,
                 after_timeout: false,
                 resend_first: true,
+                first_resent_before: None,
             });
         }
         if self.has_unacked_in_flight() {
-            if newly_acked > 0 || self.deadline_ns.is_none() {
-                self.deadline_ns = Some(now_ns + self.rto_ns);
+            if newly_acked > 0 || self.deadline_ns.is_none() || (self.deadline_is_probe && self.recovery.is_some()) {
+                self.arm(now_ns);
             }
         } else {
             self.deadline_ns = None;
+            self.deadline_is_probe = false;
         }
         newly_acked
+    }
+
+    /// (Re)arms the timer for what is in flight: a tail loss probe while none went since the
+    /// last progress and no recovery runs (PTO = 2 SRTT, at least 10 ms; a lone segment waits
+    /// for a delayed ACK too, as RFC 8985 7.2 says), else the retransmission timer.
+    fn arm(&mut self, now_ns: u64) {
+        let probe = match self.srtt_ns {
+            Some(srtt) if self.recovery.is_none() && !self.probe_sent => {
+                let mut pto = (2 * srtt).max(10_000_000);
+                if self.nxt - self.una <= self.mss {
+                    pto = pto.max(srtt * 3 / 2 + MIN_RTO_NS);
+                }
+                (pto < self.rto_ns).then_some(pto)
+            }
+            _ => None,
+        };
+        self.deadline_is_probe = probe.is_some();
+        self.deadline_ns = Some(now_ns + probe.unwrap_or(self.rto_ns));
     }
 
     /// Sends what the windows allow: lost bytes first (in recovery), then new bytes, then a
@@ -285,7 +447,25 @@ impl Sender {
     /// one may carry. Returns the number of segments that were retransmissions.
     pub(crate) fn transmit(&mut self, now_ns: u64, mss: usize, emit: &mut dyn FnMut(u64, &[u8], bool)) -> usize {
         let mss = mss.max(1);
+        self.mss = mss as u64;
         let mut retransmissions = 0;
+        let nxt_before = self.nxt;
+        if self.probe_pending {
+            self.probe_pending = false;
+            self.probe_sent = true;
+            let limit = self.end.min(self.right_edge);
+            if self.nxt >= limit && self.nxt > self.una {
+                // No new data may go: the last segment again (RFC 8985 7.3).
+                let chunk_start = self.chunk_at(self.nxt - 1).map_or(self.una, |chunk| chunk.start);
+                let start = chunk_start.max(self.una).max(self.nxt.saturating_sub(mss as u64));
+                let stop = self.nxt;
+                self.send_range(now_ns, start, stop, true, emit);
+                retransmissions += 1;
+            } else {
+                // New data is the probe: let one segment past the congestion window.
+                self.cwnd = self.cwnd.max(self.pipe() + mss as u64);
+            }
+        }
         loop {
             let resend_first = self.recovery.is_some_and(|recovery| recovery.resend_first);
             if self.pipe() >= self.cwnd && !resend_first {
@@ -293,9 +473,14 @@ impl Sender {
             }
             if let Some((start, stop)) = self.next_lost(mss as u64) {
                 self.send_range(now_ns, start, stop, true, emit);
+                let nxt = self.nxt;
+                let first = start == self.una;
                 if let Some(recovery) = self.recovery.as_mut() {
                     recovery.high_rxt = stop;
                     recovery.resend_first = false;
+                    if first {
+                        recovery.first_resent_before = Some(nxt);
+                    }
                 }
                 retransmissions += 1;
                 continue;
@@ -323,7 +508,10 @@ impl Sender {
             break;
         }
         if self.has_unacked_in_flight() {
-            self.deadline_ns.get_or_insert(now_ns + self.rto_ns);
+            if self.nxt > nxt_before || self.deadline_ns.is_none() || retransmissions > 0 {
+                // RFC 8985 7.2: the probe timer restarts when new data leaves.
+                self.arm(now_ns);
+            }
         } else if self.nxt < self.end && self.right_edge <= self.nxt {
             // Bytes wait behind a closed window: the persist timer (RFC 9293 3.8.6.1).
             self.deadline_ns.get_or_insert(now_ns + self.rto_ns);
@@ -346,6 +534,12 @@ impl Sender {
             return TimerOutcome::Idle;
         }
         let mss = mss.max(1) as u64;
+        if self.deadline_is_probe && self.has_unacked_in_flight() {
+            self.deadline_is_probe = false;
+            self.probe_pending = true;
+            self.deadline_ns = Some(now_ns + self.rto_ns);
+            return TimerOutcome::TailProbe;
+        }
         if !self.has_unacked_in_flight() {
             if self.nxt < self.end && self.right_edge <= self.nxt {
                 // Zero-window probe, backing off; a client may keep its window shut for long
@@ -370,7 +564,8 @@ impl Sender {
         }
         self.cwnd = mss;
         self.rto_ns = (self.rto_ns * 2).min(MAX_RTO_NS);
-        self.recovery = Some(Recovery { point: self.nxt, lost_until: self.nxt, high_rxt: self.una, after_timeout: true, resend_first: true });
+        self.deadline_is_probe = false;
+        self.recovery = Some(Recovery { point: self.nxt, lost_until: self.nxt, high_rxt: self.una, after_timeout: true, resend_first: true, first_resent_before: None });
         if self.fin_sent && !self.fin_acked && self.una >= self.end {
             // Only the FIN is outstanding: send it again.
             self.fin_sent = false;
@@ -384,7 +579,7 @@ impl Sender {
     pub(crate) fn resend_all(&mut self) {
         if self.nxt > self.una {
             let after_timeout = self.recovery.is_none_or(|recovery| recovery.after_timeout);
-            self.recovery = Some(Recovery { point: self.nxt, lost_until: self.nxt, high_rxt: self.una, after_timeout, resend_first: true });
+            self.recovery = Some(Recovery { point: self.nxt, lost_until: self.nxt, high_rxt: self.una, after_timeout, resend_first: true, first_resent_before: None });
             self.sacked.clear();
         }
     }
@@ -475,7 +670,7 @@ impl Sender {
             self.chunks.pop_front();
         }
         if let (Some(sent), false) = (sample, karn) {
-            self.rtt_sample(now_ns.saturating_sub(sent));
+            self.rtt_sample(now_ns, now_ns.saturating_sub(sent));
         }
         self.una = ack;
         self.nxt = self.nxt.max(ack);
@@ -486,8 +681,9 @@ impl Sender {
     }
 
     /// RFC 6298 2.2-2.4.
-    fn rtt_sample(&mut self, rtt_ns: u64) {
+    fn rtt_sample(&mut self, now_ns: u64, rtt_ns: u64) {
         let rtt_ns = rtt_ns.max(1);
+        self.model.rtt_sample(now_ns, rtt_ns);
         match self.srtt_ns {
             None => {
                 self.srtt_ns = Some(rtt_ns);
@@ -498,8 +694,16 @@ impl Sender {
                 self.srtt_ns = Some((7 * srtt + rtt_ns) / 8);
             }
         }
-        let srtt = self.srtt_ns.unwrap_or(rtt_ns);
-        self.rto_ns = (srtt + (4 * self.rttvar_ns).max(1_000_000)).clamp(MIN_RTO_NS, MAX_RTO_NS);
+        self.rto_ns = self.computed_rto();
+    }
+
+    /// RFC 6298 2.3: SRTT + max(G, 4 RTTVAR), within the bounds; the initial value without a
+    /// sample.
+    fn computed_rto(&self) -> u64 {
+        match self.srtt_ns {
+            Some(srtt) => (srtt + (4 * self.rttvar_ns).max(1_000_000)).clamp(MIN_RTO_NS, MAX_RTO_NS),
+            None => INITIAL_RTO_NS,
+        }
     }
 
     /// RFC 5681 3.1: slow start (with RFC 3465's limit of two segments per ACK), then one
@@ -519,6 +723,20 @@ impl Sender {
         }
         // Never more than everything the box may hold could fill.
         self.cwnd = self.cwnd.min(4 * SEND_BUFFER_LIMIT as u64);
+    }
+
+    /// [`CongestionControl::Bbr`]: the window grows by what was delivered (doubling per round
+    /// trip) until the path is full, then toward twice the bandwidth-delay product, never below
+    /// four segments. Losses do not shrink it; after a timeout it starts again from one
+    /// segment and grows back the same way.
+    fn grow_to_model(&mut self, delivered: u64, mss: u64) {
+        let grown = self.cwnd + delivered;
+        self.cwnd = match self.model.target_window() {
+            Some(target) if self.model.filled_pipe => grown.min(target),
+            _ => grown,
+        }
+        .max(4 * mss)
+        .min(4 * SEND_BUFFER_LIMIT as u64);
     }
 
     /// Merges the client's SACK blocks into the scoreboard; returns the bytes newly SACKed.
@@ -570,7 +788,7 @@ mod tests {
 
     /// A sender at offset 1000 with a wide window and `records` records of `MSS` bytes queued.
     fn sender_with(records: usize) -> Sender {
-        let mut sender = Sender::new(1000, 1 << 20, MSS);
+        let mut sender = Sender::new(1000, 1 << 20, MSS, CongestionControl::Reno);
         for i in 0..records {
             sender.push(vec![i as u8; MSS]);
         }
@@ -600,7 +818,7 @@ mod tests {
 
     #[test]
     fn the_client_window_is_never_overrun() {
-        let mut sender = Sender::new(0, 250, MSS);
+        let mut sender = Sender::new(0, 250, MSS, CongestionControl::Reno);
         sender.push(vec![1; MSS]);
         sender.push(vec![2; MSS]);
         sender.push(vec![3; MSS]);
@@ -712,6 +930,117 @@ mod tests {
     }
 
     #[test]
+    fn a_lost_tail_is_probed_and_found_without_the_timer() {
+        let mut sender = sender_with(4);
+        sender.seed_rtt(0, 1_000_000);
+        send(&mut sender, 0);
+        // 1000..1200 arrive, the last two segments are lost: nothing more comes back.
+        sender.on_ack(1_000_000, 1200, 1 << 20, &[], false, MSS);
+        let deadline = sender.deadline_ns().expect("armed");
+        assert_eq!(deadline, 1_000_000 + 10_000_000, "a probe after 10 ms, not the 200 ms timer");
+        assert_eq!(sender.on_timer(deadline, MSS), TimerOutcome::TailProbe);
+        // No new data: the last segment goes again; the client SACKs it, and the hole before
+        // it leaves at once.
+        assert_eq!(send(&mut sender, deadline), vec![(1300, MSS, false)]);
+        sender.on_ack(deadline + 1_000_000, 1200, 1 << 20, &[(1300, 1400)], false, MSS);
+        assert_eq!(send(&mut sender, deadline + 1_000_000), vec![(1200, MSS, false)]);
+        sender.on_ack(deadline + 2_000_000, 1400, 1 << 20, &[], false, MSS);
+        assert_eq!(sender.stored(), 0);
+        assert_eq!(sender.deadline_ns(), None);
+    }
+
+    #[test]
+    fn a_lone_segment_waits_for_a_delayed_ack_before_a_probe() {
+        let mut sender = sender_with(1);
+        sender.seed_rtt(0, 1_000_000);
+        send(&mut sender, 0);
+        assert!(sender.deadline_ns().expect("armed") >= MIN_RTO_NS);
+    }
+
+    #[test]
+    fn a_hole_with_everything_after_it_sacked_is_resent_at_once() {
+        let mut sender = sender_with(3);
+        send(&mut sender, 0);
+        // 1000..1100 lost; the two after it SACKed: no third duplicate will ever come.
+        sender.on_ack(10, 1000, 1 << 20, &[(1100, 1200)], false, MSS);
+        sender.on_ack(11, 1000, 1 << 20, &[(1100, 1300)], false, MSS);
+        assert_eq!(send(&mut sender, 11), vec![(1000, MSS, false)]);
+    }
+
+    #[test]
+    fn a_lost_resend_goes_again_when_later_bytes_arrive() {
+        let mut sender = sender_with(20);
+        send(&mut sender, 0);
+        // 1000..1100 lost; three SACKs: resent.
+        for right in [1200, 1300, 1400] {
+            sender.on_ack(10, 1000, 1 << 20, &[(1100, right)], false, MSS);
+        }
+        assert_eq!(send(&mut sender, 10)[0], (1000, MSS, false));
+        // The resend is lost too. ACKs go on SACKing what was in flight; then bytes sent after
+        // the resend (past 3000) arrive: it goes again.
+        sender.on_ack(20, 1000, 1 << 20, &[(1100, 3000)], false, MSS);
+        let sent = send(&mut sender, 20);
+        assert!(!sent.iter().any(|s| s.0 == 1000), "not before later bytes are SACKed: {sent:?}");
+        let newest = sent.iter().map(|s| s.0 + s.1 as u64).max().unwrap_or(3000);
+        sender.on_ack(30, 1000, 1 << 20, &[(1100, newest)], false, MSS);
+        assert_eq!(send(&mut sender, 30).first(), Some(&(1000, MSS, false)));
+    }
+
+    #[test]
+    fn progress_undoes_the_backoff() {
+        let mut sender = sender_with(3);
+        sender.seed_rtt(0, 1_000_000);
+        send(&mut sender, 0);
+        let mut now = 0;
+        // A tail probe first, then three timeouts.
+        for _ in 0..4 {
+            now = sender.deadline_ns().expect("armed");
+            sender.on_timer(now, MSS);
+            send(&mut sender, now);
+        }
+        assert!(sender.rto_ns >= 8 * MIN_RTO_NS);
+        sender.on_ack(now + 1, 1100, 1 << 20, &[], false, MSS);
+        assert_eq!(sender.rto_ns, MIN_RTO_NS);
+    }
+
+    #[test]
+    fn a_random_loss_halves_renos_window_but_not_the_models() {
+        for (congestion, expected) in [(CongestionControl::Reno, 450), (CongestionControl::Bbr, 1000)] {
+            let mut sender = Sender::new(1000, 1 << 20, MSS, congestion);
+            for i in 0..30 {
+                sender.push(vec![i as u8; MSS]);
+            }
+            sender.seed_rtt(0, 1_000_000);
+            send(&mut sender, 0);
+            // 1100..1200 lost, the segments after it SACKed one by one.
+            for right in [1300, 1400, 1500] {
+                sender.on_ack(1_000_000, 1100, 1 << 20, &[(1200, right)], false, MSS);
+            }
+            assert!(sender.in_recovery(), "{congestion:?}");
+            assert!(sender.congestion_window() >= expected, "{congestion:?}: {}", sender.congestion_window());
+            if congestion == CongestionControl::Reno {
+                assert_eq!(sender.congestion_window(), expected);
+            }
+        }
+    }
+
+    #[test]
+    fn the_model_measures_rate_and_round_trip() {
+        let mut model = PathModel::default();
+        model.rtt_sample(0, 2_000_000);
+        // 10,000 bytes in flight delivered over each 2 ms round: 5 MB/s.
+        let mut now = 0;
+        model.deliver(now, 1, 10_000);
+        for _ in 0..20 {
+            now += 2_000_000;
+            model.deliver(now, 10_000, 10_000);
+        }
+        assert_eq!(model.max_rate(), 5_000_000);
+        assert!(model.filled_pipe, "the rate stopped growing");
+        assert_eq!(model.target_window(), Some(20_000));
+    }
+
+    #[test]
     fn acknowledgements_of_unsent_bytes_are_ignored() {
         let mut sender = sender_with(3);
         sender.transmit(0, MSS, &mut |_, _, _| {});
@@ -724,7 +1053,7 @@ mod tests {
 
     #[test]
     fn a_segment_never_spans_two_records() {
-        let mut sender = Sender::new(0, 1 << 20, 1000);
+        let mut sender = Sender::new(0, 1 << 20, 1000, CongestionControl::Reno);
         sender.push(vec![0; 150]);
         sender.push(vec![1; 150]);
         let mut sent = Vec::new();

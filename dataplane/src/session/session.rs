@@ -21,8 +21,8 @@ use cutls_crypto::{
 use rustls::ServerConnection;
 
 use super::custody::{Custody, CustodyAction};
-use super::reorder::{Held, Reorder};
-use super::sender::{Sender, TimerOutcome, SEND_BUFFER_LIMIT};
+use super::reorder::{Held, Reorder, CLIENT_REORDER_LIMIT};
+use super::sender::{CongestionControl, Sender, TimerOutcome, SEND_BUFFER_LIMIT};
 use super::emit::{self, Link, Segment};
 use super::handover::{SecretLog, SessionKeys};
 use super::handshake::{self, HandshakePool, Job, JobResult, Outcome};
@@ -47,6 +47,8 @@ pub(crate) struct Context<'a> {
     /// Frames for the outside port to send later (at the time given): the RST that follows a
     /// fatal alert.
     pub deferred: &'a mut std::collections::VecDeque<(u64, Vec<u8>)>,
+    /// How the box's sender toward a client sizes its congestion window.
+    pub congestion: CongestionControl,
 }
 
 pub(crate) enum SessionEvent {
@@ -290,6 +292,10 @@ pub(crate) struct Session {
     client_window: u64,
     rto_deadline_ns: Option<u64>,
     rto_ns: u64,
+    /// When the handshake flight first left, and the round trip its acknowledgement measured
+    /// (0 = not yet): the first RTT sample of the box's sender toward the client.
+    flight_sent_ns: u64,
+    handshake_rtt_ns: u64,
     retries: u32,
     tls: Option<Box<ServerConnection>>,
     client_random: Option<[u8; 32]>,
@@ -323,6 +329,8 @@ struct Opened {
     forwarded: bool,
     /// The box acknowledged more client bytes on its own.
     acknowledged: bool,
+    /// Bytes were held for later (the opener could not place them yet).
+    held: bool,
 }
 
 struct Splice {
@@ -336,6 +344,8 @@ struct Splice {
     sender: Sender,
     /// Backend segments ahead of a gap.
     reorder: Reorder,
+    /// Client segments the opener could not place yet (beyond a record header not seen).
+    client_reorder: Reorder,
     /// Next backend plaintext offset to seal (everything before it the box acknowledged).
     plaintext_frontier: u64,
     backend_reference: u64,
@@ -442,6 +452,8 @@ impl Session {
             sent: 0,
             client_window: syn.window,
             rto_deadline_ns: None,
+            flight_sent_ns: 0,
+            handshake_rtt_ns: 0,
             rto_ns: INITIAL_RTO_NS,
             retries: 0,
             tls,
@@ -651,6 +663,11 @@ impl Session {
                 self.transmit_to_client(context);
                 None
             }
+            TimerOutcome::TailProbe => {
+                context.counters.client_tail_probes += 1;
+                self.transmit_to_client(context);
+                None
+            }
             TimerOutcome::Probe => {
                 // RFC 9293 3.8.6.1: a segment the client must answer with its window; an old
                 // sequence number (the byte before what it acknowledged) carries no data.
@@ -700,6 +717,10 @@ impl Session {
             // Past the handshake bytes means all of them (the rest is the splice's).
             let acked = self.our_offset(tcp.ack_number.0).min(self.handshake_out_len);
             if acked > self.acked {
+                if acked == self.handshake_out_len && self.retries == 0 && self.flight_sent_ns > 0 {
+                    // Sent once and acknowledged whole (Karn): a clean sample.
+                    self.handshake_rtt_ns = context.now_ns.saturating_sub(self.flight_sent_ns).max(1);
+                }
                 self.acked = acked;
                 self.retries = 0;
                 self.rto_ns = INITIAL_RTO_NS;
@@ -909,6 +930,9 @@ impl Session {
         let total = self.handshake_out_len;
         // The client's MSS counts payload only; with timestamps 12 bytes of options go too.
         let mss = self.client_mss() as u64 - if self.timestamps { 12 } else { 0 };
+        if self.sent == 0 && total > 0 && self.flight_sent_ns == 0 {
+            self.flight_sent_ns = context.now_ns;
+        }
         while self.sent < total && self.sent < self.acked + self.client_window.max(mss) {
             let end = (self.sent + mss).min(total);
             // Freed only once all of it was acknowledged, and `sent` never goes below `acked`.
@@ -985,7 +1009,7 @@ impl Session {
             // One clock toward the client, ours, whatever the segment carries: the backend's
             // clock runs at its own rate and mixing them would step back (PAWS drops those).
             timestamp: self.timestamps.then(|| TcpTimestamp { value: ts_now(now_ns), echo_reply: self.client_ts_recent }),
-            sack_blocks: self.splice.as_ref().map(|splice| splice.sack_for_client).unwrap_or_default(),
+            sack_blocks: self.splice.as_ref().map(|splice| splice.client_sack(self.client_isn)).unwrap_or_default(),
             mss: self.client_mss(),
         }
     }
@@ -1334,6 +1358,10 @@ impl Session {
         let sealer = RecordSealer::new(&keys.server.keys, keys.server.seq);
         let handshake_len = self.handshake_out_len;
         let client_room = self.client_emitter(context.now_ns).payload_room();
+        let mut sender = Sender::new(handshake_len, self.client_window, client_room, context.congestion);
+        if self.handshake_rtt_ns > 0 {
+            sender.seed_rtt(context.now_ns, self.handshake_rtt_ns);
+        }
         self.splice = Some(Box::new(Splice {
             opener,
             sealer,
@@ -1341,8 +1369,9 @@ impl Session {
             client_secret: keys.client.secret,
             server_secret: keys.server.secret,
             backend,
-            sender: Sender::new(handshake_len, self.client_window, client_room),
+            sender,
             reorder: Reorder::default(),
+            client_reorder: Reorder::with_limit(CLIENT_REORDER_LIMIT),
             plaintext_frontier: 0,
             backend_reference: 0,
             backend_window_edge: 0,
@@ -1441,11 +1470,17 @@ impl Session {
                 match self.open_client_bytes(context, offset + skip as u64, payload[skip..].to_vec(), ts) {
                     Ok(opened) => {
                         forwarded = opened.forwarded;
-                        if opened.acknowledged {
+                        if opened.acknowledged || opened.held {
+                            // A segment held out of order is answered at once, with its SACK
+                            // block, as a receiver answers one (RFC 5681 4.2).
                             self.send_ack_to_client(context);
                             acknowledged = true;
                         }
                     }
+                    Err(event) => return Some(event),
+                }
+                match self.open_held_client_bytes(context, ts) {
+                    Ok(more) => forwarded |= more,
                     Err(event) => return Some(event),
                 }
             }
@@ -1489,6 +1524,27 @@ impl Session {
         self.check_closed()
     }
 
+    /// Feeds held client segments to the opener again once the record headers before them
+    /// are known. Returns whether plaintext went to the backend.
+    fn open_held_client_bytes(&mut self, context: &mut Context<'_>, ts: Option<TcpTimestamp>) -> Result<bool, SessionEvent> {
+        let mut forwarded = false;
+        let tries = self.splice.as_ref().map_or(0, |splice| splice.client_reorder.len());
+        for _ in 0..tries {
+            let Some(splice) = self.splice.as_mut() else { break };
+            let limit = splice.opener.next_header_offset();
+            let Some((at, bytes)) = splice.client_reorder.take_from(limit) else { break };
+            let opened = self.open_client_bytes(context, at, bytes, ts)?;
+            forwarded |= opened.forwarded;
+            if opened.held {
+                // Still not placeable: the bytes before it are missing too. Held again, not
+                // newly: the counter counts segments, not attempts.
+                context.counters.client_segments_held -= 1;
+                break;
+            }
+        }
+        Ok(forwarded)
+    }
+
     /// Opens client bytes at client offset `offset` and forwards the plaintext to the backend.
     fn open_client_bytes(
         &mut self,
@@ -1518,7 +1574,19 @@ impl Session {
                 Ok(step) => match step.stop {
                     None => break,
                     Some(Stop::Refused(_)) => {
-                        context.counters.client_segments_dropped += 1;
+                        // Bytes the opener cannot place yet (past a record header that was
+                        // lost): held, SACKed to the client, and fed again once the header
+                        // arrives, so that one lost segment costs one resent segment.
+                        let Some(splice) = self.splice.as_mut() else { return Ok(opened) };
+                        let at = offset + step.consumed as u64;
+                        match splice.client_reorder.hold(0, at, &chunk[step.consumed..]) {
+                            Held::Kept => {
+                                context.counters.client_segments_held += 1;
+                                opened.held = true;
+                            }
+                            Held::Duplicate => {}
+                            Held::Full => context.counters.client_segments_dropped += 1,
+                        }
                         break;
                     }
                     Some(Stop::Record(done)) => {
@@ -2376,6 +2444,24 @@ impl Splice {
         translated
     }
 
+    /// The SACK blocks toward the client: the segments the box holds itself (the latest first),
+    /// then what the backend SACKed, translated; three at most.
+    fn client_sack(&self, client_isn: u32) -> SackBlocks {
+        let mut blocks = self.client_reorder.sack_blocks(client_isn);
+        let overlaps = |a: &SackBlock, b: &SackBlock| {
+            (a.left.0.wrapping_sub(b.right.0) as i32) < 0 && (b.left.0.wrapping_sub(a.right.0) as i32) < 0
+        };
+        for block in self.sack_for_client.as_slice() {
+            if blocks.as_slice().len() >= 3 {
+                break;
+            }
+            if !blocks.as_slice().iter().any(|held| overlaps(held, block)) {
+                let _ = blocks.push(*block);
+            }
+        }
+        blocks
+    }
+
     /// Seals a record and queues it for the client.
     fn seal_record(&mut self, content_type: ContentType, plaintext: &[u8]) -> bool {
         let mut record = vec![0u8; self.sealer.record_len(plaintext.len())];
@@ -2546,15 +2632,15 @@ mod tests {
     /// What an established session holds inline (the heap adds the send buffer, the opener's
     /// records and the buffers in flight). Measured 2026-12-02: Session 760 B, Splice 3,968 B
     /// (the opener's and the sealer's expanded AES-GCM keys with their GHASH powers are some
-    /// 1.8 KB each); with the send buffer's sender state (congestion window, RTT, SACK
-    /// scoreboard) and the reorder buffer, Splice 4,224 B. A bound, so that growth is a
-    /// decision.
+    /// 1.8 KB each); with the box's sender toward the client (congestion window, RTT, path
+    /// model, SACK scoreboard) and the two reorder buffers, Splice 4,416 B. A bound, so that
+    /// growth is a decision.
     #[test]
     fn an_established_session_stays_small() {
         let session = std::mem::size_of::<super::Session>();
         let splice = std::mem::size_of::<super::Splice>();
         eprintln!("Session {session} B, Splice {splice} B");
         assert!(session <= 800, "Session is {session} bytes");
-        assert!(splice <= 4352, "Splice is {splice} bytes");
+        assert!(splice <= 4480, "Splice is {splice} bytes");
     }
 }
