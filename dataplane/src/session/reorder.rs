@@ -10,9 +10,10 @@ use std::collections::VecDeque;
 
 use crate::wire::{SackBlock, SackBlocks, SeqNumber};
 
-/// Backend plaintext held at most ahead of a gap (the backend's window is what the box offers,
-/// so this covers what the backend can have in flight beyond one loss).
-pub(crate) const REORDER_LIMIT: usize = 256 * 1024;
+/// Backend plaintext held at most ahead of a gap: as much as the window the box offers the
+/// backend ([`super::sender::SEND_BUFFER_LIMIT`]), so that everything the backend may send
+/// after one loss is held, not dropped (a drop there costs the backend a timeout).
+pub(crate) const REORDER_LIMIT: usize = super::sender::SEND_BUFFER_LIMIT;
 /// Client ciphertext held at most beyond a lost record header: a client's flight can be as
 /// large as the window the backend offers (Linux grows it to megabytes), and every segment
 /// dropped here is one more the client must find lost and resend.

@@ -88,6 +88,16 @@ struct PathModel {
     full_rate: u64,
     rounds_without_growth: u32,
     filled_pipe: bool,
+    /// Rounds counted since the start (the round index above wraps).
+    rounds: u64,
+    /// ACK aggregation (as Linux's BBR measures it): bytes delivered in the current epoch
+    /// beyond what the delivery rate explains, and the largest such excess in each of two
+    /// windows of five rounds. Receivers and links that batch ACKs (delayed ACKs, interrupt
+    /// moderation, a forwarder's batches) deliver in bursts; without room for the excess the
+    /// window starves between them.
+    epoch_start_ns: u64,
+    epoch_delivered: u64,
+    extra_acked: [u64; 2],
 }
 
 impl PathModel {
@@ -105,6 +115,7 @@ impl PathModel {
     /// `bytes` more delivered at `now_ns`, with `in_flight` outstanding.
     fn deliver(&mut self, now_ns: u64, bytes: u64, in_flight: u64) {
         self.delivered += bytes;
+        self.aggregation(now_ns, bytes);
         if self.round_start_ns == 0 {
             self.round_start_ns = now_ns;
             self.round_start_delivered = self.delivered - bytes;
@@ -113,6 +124,11 @@ impl PathModel {
         }
         if self.delivered < self.round_end_delivered {
             return;
+        }
+        self.rounds += 1;
+        let slot = ((self.rounds / 5) % 2) as usize;
+        if self.rounds % 5 == 0 {
+            self.extra_acked[slot] = 0;
         }
         let elapsed = now_ns.saturating_sub(self.round_start_ns).max(1);
         let rate = ((self.delivered - self.round_start_delivered) as u128 * 1_000_000_000 / elapsed as u128) as u64;
@@ -133,10 +149,28 @@ impl PathModel {
         self.round_end_delivered = self.delivered + in_flight.max(1);
     }
 
-    /// Twice the bandwidth-delay product, once both are measured.
+    fn aggregation(&mut self, now_ns: u64, bytes: u64) {
+        let rate = self.max_rate();
+        let expected = (rate as u128 * now_ns.saturating_sub(self.epoch_start_ns) as u128 / 1_000_000_000) as u64;
+        if self.epoch_start_ns == 0 || self.epoch_delivered <= expected {
+            // Deliveries are behind the rate: a new epoch starts.
+            self.epoch_start_ns = now_ns;
+            self.epoch_delivered = 0;
+        }
+        self.epoch_delivered += bytes;
+        let expected = (rate as u128 * now_ns.saturating_sub(self.epoch_start_ns) as u128 / 1_000_000_000) as u64;
+        let extra = self.epoch_delivered.saturating_sub(expected);
+        let slot = ((self.rounds / 5) % 2) as usize;
+        self.extra_acked[slot] = self.extra_acked[slot].max(extra);
+    }
+
+    /// Twice the bandwidth-delay product, plus the ACK aggregation seen, once both are
+    /// measured.
     fn target_window(&self) -> Option<u64> {
         let rate = self.max_rate();
-        (rate > 0 && self.min_rtt_ns > 0).then(|| (2 * rate as u128 * self.min_rtt_ns as u128 / 1_000_000_000) as u64)
+        let bdp = (2 * rate as u128 * self.min_rtt_ns as u128 / 1_000_000_000) as u64;
+        let extra = self.extra_acked.iter().copied().max().unwrap_or(0);
+        (rate > 0 && self.min_rtt_ns > 0).then_some(bdp + extra)
     }
 }
 
@@ -1037,7 +1071,9 @@ mod tests {
         }
         assert_eq!(model.max_rate(), 5_000_000);
         assert!(model.filled_pipe, "the rate stopped growing");
-        assert_eq!(model.target_window(), Some(20_000));
+        // Twice the BDP (2 x 5 MB/s x 2 ms), and each ACK delivering a whole round at once is
+        // an aggregation of one round's bytes.
+        assert_eq!(model.target_window(), Some(20_000 + 10_000));
     }
 
     #[test]
