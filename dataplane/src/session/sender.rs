@@ -181,6 +181,8 @@ struct Chunk {
     /// When the first byte of it first left (RTT samples are taken only from chunks sent once:
     /// Karn's algorithm).
     first_sent_ns: Option<u64>,
+    /// When it (or a piece of it) last left: RACK's transmission time (RFC 8985).
+    last_sent_ns: u64,
     retransmitted: bool,
 }
 
@@ -247,8 +249,14 @@ pub(crate) struct Sender {
     probe_sent: bool,
     /// SACKed ranges above `una`: ascending, disjoint.
     sacked: Vec<(u64, u64)>,
+    /// RACK (RFC 8985): the latest transmission among the chunks delivered so far, as (time,
+    /// end offset): a tie in time is broken by sequence, as RACK does.
+    rack_sent_ns: u64,
+    rack_end: u64,
     /// The segment size of the latest call (for the lone-segment probe rule).
     mss: u64,
+    /// The time of the latest acknowledgement or transmission (RACK's clock in `next_lost`).
+    rack_now_ns: u64,
     duplicate_acks: u64,
     recovery: Option<Recovery>,
 }
@@ -280,7 +288,10 @@ impl Sender {
             probe_pending: false,
             probe_sent: false,
             sacked: Vec::new(),
+            rack_sent_ns: 0,
+            rack_end: 0,
             mss: mss as u64,
+            rack_now_ns: 0,
             duplicate_acks: 0,
             recovery: None,
         }
@@ -299,7 +310,7 @@ impl Sender {
         self.stored += bytes.len();
         let start = self.end;
         self.end += bytes.len() as u64;
-        self.chunks.push_back(Chunk { start, bytes, first_sent_ns: None, retransmitted: false });
+        self.chunks.push_back(Chunk { start, bytes, first_sent_ns: None, last_sent_ns: 0, retransmitted: false });
     }
 
     /// Queues a FIN after everything queued so far.
@@ -367,11 +378,23 @@ impl Sender {
     pub(crate) fn on_ack(&mut self, now_ns: u64, ack: u64, window: u64, sack: &[(u64, u64)], carries_data: bool, mss: usize) -> u64 {
         let mss = mss.max(1) as u64;
         self.mss = mss;
+        self.rack_now_ns = now_ns;
         if ack > self.sent_end() || ack < self.una {
             // Acknowledges what was never sent, or is older than what we know: no news.
             return 0;
         }
         let newly_sacked = self.take_sack(sack);
+        for &(left, right) in sack {
+            let first = self.chunks.partition_point(|chunk| chunk.end() <= left);
+            for chunk in self.chunks.range(first..) {
+                if chunk.start >= right {
+                    break;
+                }
+                if chunk.start >= left && chunk.end() <= right && (chunk.last_sent_ns, chunk.end()) > (self.rack_sent_ns, self.rack_end) {
+                    (self.rack_sent_ns, self.rack_end) = (chunk.last_sent_ns, chunk.end());
+                }
+            }
+        }
         let mut newly_acked = 0;
         if ack > self.una {
             let data_ack = ack.min(self.end);
@@ -447,6 +470,25 @@ impl Sender {
                 first_resent_before: None,
             });
         }
+        // RACK's rule for resends anywhere below HighRxt: a chunk sent again, still missing,
+        // although a chunk sent after it was delivered (and a round trip and a quarter have
+        // passed), is lost again.
+        if let Some(high_rxt) = self.recovery.map(|recovery| recovery.high_rxt) {
+            let lost_again = self
+                .chunks
+                .iter()
+                .take_while(|chunk| chunk.start < high_rxt)
+                .find(|chunk| {
+                    chunk.retransmitted
+                        && self.rack_lost(now_ns, chunk)
+                        && !self.sacked.iter().any(|&(a, b)| a <= chunk.start && chunk.end() <= b)
+                })
+                .map(|chunk| chunk.start.max(self.una));
+            if let (Some(start), Some(recovery)) = (lost_again, self.recovery.as_mut()) {
+                recovery.high_rxt = recovery.high_rxt.min(start);
+                recovery.resend_first = true;
+            }
+        }
         if self.has_unacked_in_flight() {
             if newly_acked > 0 || self.deadline_ns.is_none() || (self.deadline_is_probe && self.recovery.is_some()) {
                 self.arm(now_ns);
@@ -482,6 +524,7 @@ impl Sender {
     pub(crate) fn transmit(&mut self, now_ns: u64, mss: usize, emit: &mut dyn FnMut(u64, &[u8], bool)) -> usize {
         let mss = mss.max(1);
         self.mss = mss as u64;
+        self.rack_now_ns = now_ns;
         let mut retransmissions = 0;
         let nxt_before = self.nxt;
         if self.probe_pending {
@@ -647,22 +690,41 @@ impl Sender {
         let recovery = self.recovery?;
         let mut start = recovery.high_rxt.max(self.una);
         let until = recovery.lost_until.min(self.nxt);
-        for &(left, right) in &self.sacked {
-            if right <= start {
-                continue;
+        loop {
+            for &(left, right) in &self.sacked {
+                if right <= start {
+                    continue;
+                }
+                if left <= start {
+                    start = right;
+                    continue;
+                }
+                break;
             }
-            if left <= start {
-                start = right;
-                continue;
+            if start >= until {
+                return None;
             }
-            break;
+            let chunk = self.chunk_at(start);
+            // A chunk sent again after the newest one delivered is still on its way (RACK):
+            // not lost, not sent a third time (after a timeout everything goes again).
+            if let Some(chunk) = chunk {
+                let found_lost = recovery.resend_first && chunk.start <= recovery.high_rxt.max(self.una);
+                if !recovery.after_timeout && !found_lost && chunk.retransmitted && !self.rack_lost(self.rack_now_ns, chunk) {
+                    start = chunk.end();
+                    continue;
+                }
+            }
+            let next_sacked = self.sacked.iter().map(|&(left, _)| left).find(|&left| left > start).unwrap_or(u64::MAX);
+            let chunk_end = chunk.map_or(until, Chunk::end);
+            return Some((start, until.min(next_sacked).min(chunk_end).min(start + mss)));
         }
-        if start >= until {
-            return None;
-        }
-        let next_sacked = self.sacked.iter().map(|&(left, _)| left).find(|&left| left > start).unwrap_or(u64::MAX);
-        let chunk_end = self.chunk_at(start).map_or(until, Chunk::end);
-        Some((start, until.min(next_sacked).min(chunk_end).min(start + mss)))
+    }
+
+    /// RACK's loss rule (RFC 8985 6.2): sent before a chunk that was delivered, and longer ago
+    /// than a round trip plus a quarter of one for reordering.
+    fn rack_lost(&self, now_ns: u64, chunk: &Chunk) -> bool {
+        let srtt = self.srtt_ns.unwrap_or(INITIAL_RTO_NS);
+        (chunk.last_sent_ns, chunk.end()) < (self.rack_sent_ns, self.rack_end) && now_ns >= chunk.last_sent_ns + srtt + srtt / 4
     }
 
     fn send_range(&mut self, now_ns: u64, start: u64, stop: u64, retransmission: bool, emit: &mut dyn FnMut(u64, &[u8], bool)) {
@@ -676,6 +738,7 @@ impl Sender {
             chunk.retransmitted = true;
         }
         chunk.first_sent_ns.get_or_insert(now_ns);
+        chunk.last_sent_ns = now_ns;
         if fin {
             self.fin_sent = true;
         }
@@ -700,6 +763,9 @@ impl Sender {
             }
             karn |= chunk.retransmitted;
             sample = chunk.first_sent_ns;
+            if (chunk.last_sent_ns, chunk.end()) > (self.rack_sent_ns, self.rack_end) {
+                (self.rack_sent_ns, self.rack_end) = (chunk.last_sent_ns, chunk.end());
+            }
             self.stored -= chunk.bytes.len();
             self.chunks.pop_front();
         }
@@ -1018,6 +1084,22 @@ mod tests {
         let newest = sent.iter().map(|s| s.0 + s.1 as u64).max().unwrap_or(3000);
         sender.on_ack(30, 1000, 1 << 20, &[(1100, newest)], false, MSS);
         assert_eq!(send(&mut sender, 30).first(), Some(&(1000, MSS, false)));
+    }
+
+    #[test]
+    fn any_lost_resend_goes_again_once_later_bytes_arrive() {
+        let mut sender = sender_with(40);
+        sender.seed_rtt(0, 1_000_000);
+        send(&mut sender, 0);
+        // 1100..1200 and 1500..1600 lost; everything else up to 2000 SACKed.
+        sender.on_ack(1_000_000, 1100, 1 << 20, &[(1200, 1500), (1600, 2000)], false, MSS);
+        let resent: Vec<u64> = send(&mut sender, 1_000_000).iter().map(|s| s.0).collect();
+        assert!(resent.starts_with(&[1100, 1500]), "{resent:?}");
+        let newest = 1000 + 100 * 40;
+        // The resend of 1100 arrives, that of 1500 does not; new bytes sent after both do.
+        sender.on_ack(3_000_000, 1500, 1 << 20, &[(1600, newest)], false, MSS);
+        let again: Vec<u64> = send(&mut sender, 3_000_000).iter().map(|s| s.0).collect();
+        assert_eq!(again.first(), Some(&1500), "{again:?}");
     }
 
     #[test]
