@@ -2633,14 +2633,14 @@ mod tests {
     /// records and the buffers in flight). Measured 2026-12-02: Session 760 B, Splice 3,968 B
     /// (the opener's and the sealer's expanded AES-GCM keys with their GHASH powers are some
     /// 1.8 KB each); with the box's sender toward the client (congestion window, RTT, path
-    /// model, SACK scoreboard) and the two reorder buffers, Splice 4,416 B. A bound, so that
-    /// growth is a decision.
+    /// model, SACK scoreboard, RACK's clock) and the two reorder buffers, Splice 4,544 B. A
+    /// bound, so that growth is a decision.
     #[test]
     fn an_established_session_stays_small() {
         let session = std::mem::size_of::<super::Session>();
         let splice = std::mem::size_of::<super::Splice>();
         eprintln!("Session {session} B, Splice {splice} B");
         assert!(session <= 800, "Session is {session} bytes");
-        assert!(splice <= 4480, "Splice is {splice} bytes");
+        assert!(splice <= 4608, "Splice is {splice} bytes");
     }
 }
