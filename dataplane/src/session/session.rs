@@ -1689,8 +1689,8 @@ impl Session {
     /// application first, which then saw only "connection reset").
     fn fail_with_alert(&mut self, context: &mut Context<'_>, description: u8) {
         let mut sent_at = None;
-        let mss = self.client_emitter(context.now_ns).payload_room();
         let emitter = self.client_emitter(context.now_ns);
+        let mss = emitter.payload_room();
         let window = (self.our_receive_window() >> self.our_window_scale).min(65535) as u16;
         if let Some(splice) = self.splice.as_mut() {
             if splice.sender.fin_offset().is_none() && splice.seal_record(ContentType::Alert, &[2, description]) {
@@ -1701,8 +1701,7 @@ impl Session {
                 let ack_offset = splice.client_ack_offset(self.client_handshake_len);
                 let out = &mut *context.out;
                 splice.sender.flush(context.now_ns, mss, &mut |offset, bytes, fin| {
-                    let flags = if fin { TcpFlags::ACK | TcpFlags::PSH | TcpFlags::FIN } else { TcpFlags::ACK | TcpFlags::PSH };
-                    emitter.emit(out, flags, offset, ack_offset, window, bytes);
+                    emitter.emit(out, data_flags(fin), offset, ack_offset, window, bytes);
                 });
             }
         }
@@ -1951,8 +1950,8 @@ impl Session {
             if splice.sender.stored() > SEND_BUFFER_LIMIT + 64 * 1024 {
                 context.counters.backend_segments_dropped += 1;
             } else {
-                let fresh = payload[(splice.plaintext_frontier - offset) as usize..].to_vec();
-                Self::seal_backend_run(splice, context, &fresh);
+                let fresh = &payload[(splice.plaintext_frontier - offset) as usize..];
+                Self::seal_backend_run(splice, context, fresh);
                 while let Some((_, held)) = splice.reorder.take_next(splice.plaintext_frontier) {
                     Self::seal_backend_run(splice, context, &held);
                 }
@@ -2011,8 +2010,7 @@ impl Session {
         let mut sent = 0u64;
         let out = &mut *context.out;
         let retransmissions = splice.sender.transmit(now_ns, mss, &mut |offset, bytes, fin| {
-            let flags = if fin { TcpFlags::ACK | TcpFlags::PSH | TcpFlags::FIN } else { TcpFlags::ACK | TcpFlags::PSH };
-            emitter.emit(out, flags, offset, ack_offset, window, bytes);
+            emitter.emit(out, data_flags(fin), offset, ack_offset, window, bytes);
             sent += 1;
         });
         context.counters.client_retransmits += retransmissions as u64;
@@ -2524,6 +2522,15 @@ impl ClientEmitter {
             }
             at = end;
         }
+    }
+}
+
+/// The flags of a segment from the send buffer: data, with the FIN where it ends the stream.
+fn data_flags(fin: bool) -> TcpFlags {
+    if fin {
+        TcpFlags::ACK | TcpFlags::PSH | TcpFlags::FIN
+    } else {
+        TcpFlags::ACK | TcpFlags::PSH
     }
 }
 
