@@ -321,6 +321,14 @@ impl RecordOpener {
         self.next_header
     }
 
+    /// The first stream offset a chunk cannot start at and still be placed, in part at least:
+    /// the end of the next unknown record header. A chunk that starts inside that header (its
+    /// first bytes lost) fills in the header bytes it carries; one that starts past it is
+    /// refused ([`Refusal::BeyondUnknownHeader`]).
+    pub fn placeable_before(&self) -> u64 {
+        self.next_header + HEADER_LEN as u64
+    }
+
     /// The plaintext offset the next record's data will start at.
     pub fn next_plaintext_offset(&self) -> u64 {
         self.next_plaintext

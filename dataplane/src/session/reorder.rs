@@ -106,6 +106,9 @@ impl Reorder {
             let (at, mut piece) = self.segments.pop_front()?;
             self.stored -= piece.len();
             if stop <= frontier {
+                if self.segments.is_empty() {
+                    self.latest = None;
+                }
                 continue;
             }
             piece.drain(..(frontier - at) as usize);
@@ -116,10 +119,10 @@ impl Reorder {
         }
     }
 
-    /// The first held segment if it starts at or before `limit`, whole (for a consumer that
-    /// can place bytes before `limit` again, like the record opener).
-    pub(crate) fn take_from(&mut self, limit: u64) -> Option<(u64, Vec<u8>)> {
-        if self.segments.front()?.0 > limit {
+    /// The first held segment if it starts before `limit`, whole (for a consumer that can
+    /// place bytes it has seen again, like the record opener).
+    pub(crate) fn take_before(&mut self, limit: u64) -> Option<(u64, Vec<u8>)> {
+        if self.segments.front()?.0 >= limit {
             return None;
         }
         let (at, piece) = self.segments.pop_front()?;

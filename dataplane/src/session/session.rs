@@ -1531,8 +1531,11 @@ impl Session {
         let tries = self.splice.as_ref().map_or(0, |splice| splice.client_reorder.len());
         for _ in 0..tries {
             let Some(splice) = self.splice.as_mut() else { break };
-            let limit = splice.opener.next_header_offset();
-            let Some((at, bytes)) = splice.client_reorder.take_from(limit) else { break };
+            // A segment that starts inside the next header (the one before it, which carries
+            // the header's first bytes, was lost) is placeable too: waiting for it to start at
+            // the header would wait for ever, since the client resends only what is missing.
+            let limit = splice.opener.placeable_before();
+            let Some((at, bytes)) = splice.client_reorder.take_before(limit) else { break };
             let opened = self.open_client_bytes(context, at, bytes, ts)?;
             forwarded |= opened.forwarded;
             if opened.held {
@@ -1882,9 +1885,19 @@ impl Session {
             }
             splice.backend_acked_plaintext = splice.backend_acked_plaintext.max(data_acked);
             let cipher = splice.opener.ciphertext_for_plaintext_ack(data_acked);
+            let retired = splice.opener.tracked_records();
             splice.opener.acknowledge(cipher);
+            let retired = retired > splice.opener.tracked_records();
             splice.backend_acked_cipher = cipher;
             let mss = splice.backend_payload_mss();
+            // Held client segments the opener refused for want of room (too many records
+            // tracked) fit now: opened at once, not when the client next sends.
+            if retired && !splice.client_reorder.is_empty() {
+                if let Err(event) = self.open_held_client_bytes(context, tcp.options.timestamp) {
+                    return Some(event);
+                }
+            }
+            let Some(splice) = self.splice.as_mut() else { return None };
             let action = splice.custody.backend_ack(context.now_ns, data_acked, pure_ack, mss);
             if let Some(event) = self.custody_action(context, action) {
                 return Some(event);

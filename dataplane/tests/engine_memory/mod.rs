@@ -246,6 +246,10 @@ pub struct Lab<M: Middlebox> {
     /// When set, every frame delivered is kept in `captured` (time, hop, bytes).
     pub capturing: bool,
     pub captured: Vec<(u64, Hop, Vec<u8>)>,
+    /// When set, the client's data segments are kept in `diverted` instead of sent, for tests
+    /// that deliver the client's bytes cut and ordered by hand.
+    pub divert_client_data: bool,
+    pub diverted: Vec<Vec<u8>>,
 }
 
 /// The router of [`WireConfig::client_path_mtu`].
@@ -280,6 +284,8 @@ impl<M: Middlebox> Lab<M> {
             tcp_segments_sent: [0; 4],
             capturing: false,
             captured: Vec::new(),
+            divert_client_data: false,
+            diverted: Vec::new(),
         }
     }
 
@@ -355,7 +361,10 @@ impl<M: Middlebox> Lab<M> {
 
     /// Puts a frame a test made on the wire (a router's ICMP error, say).
     pub fn inject(&mut self, hop: Hop, frame: Vec<u8>) {
+        // Never diverted: a test diverts the client's own frames to inject its own.
+        let divert = std::mem::replace(&mut self.divert_client_data, false);
         self.send(hop, frame);
+        self.divert_client_data = divert;
     }
 
     fn send(&mut self, hop: Hop, frame: Vec<u8>) {
@@ -375,6 +384,13 @@ impl<M: Middlebox> Lab<M> {
             }
         }
         let is_tcp = parse_frame(LinkType::Ethernet, &frame).is_ok_and(|parsed| parsed.tcp().is_some());
+        if hop == Hop::ClientToBox && self.divert_client_data {
+            let data = parse_frame(LinkType::Ethernet, &frame).is_ok_and(|parsed| parsed.tcp().is_some_and(|tcp| !tcp.payload.is_empty()));
+            if data {
+                self.diverted.push(frame);
+                return;
+            }
+        }
         if is_tcp && self.rng.chance(self.wire.loss_ppm) {
             self.segments_dropped += 1;
             self.trace.record(self.now, &format!("LOST {}", hop.label()), &frame);
