@@ -389,7 +389,32 @@ struct Splice {
     /// Client bytes the box acknowledged on its own, and their plaintext until the backend
     /// has it.
     custody: Custody,
+    /// Held client segments (SACKed to the client) released to the backend: the
+    /// acknowledgement toward the client stays below them until the backend has them all.
+    ack_hold: Option<AckHold>,
 }
+
+/// The client's acknowledgement held back while segments it was told were SACKed go to the
+/// backend. The backend acknowledges them a segment or two at a time; passed on one by one,
+/// each of those acknowledgements would end at the start of a range the client has marked
+/// SACKed, which Linux takes for SACK reneging (RFC 2018 8): it arms a short timer and then
+/// recovers as after a retransmission timeout, resending everything. A receiver's cumulative
+/// acknowledgement jumps over what it holds; so does the box's, once the backend has it.
+#[derive(Clone, Copy, Debug)]
+struct AckHold {
+    /// The acknowledgement sent instead of one in `from..until` (client offsets).
+    floor: u64,
+    /// The released segments' range: an acknowledgement before it or past it goes on.
+    from: u64,
+    until: u64,
+    /// A hold ends here at the latest (a forward to the backend may have been lost: then the
+    /// client's recovery is the repair, and it needs the true acknowledgement).
+    deadline_ns: u64,
+}
+
+/// How long the acknowledgement toward the client is held at most (see [`AckHold`]): many
+/// round trips to a backend on the same LAN, short of a client's 200 ms minimum RTO.
+const ACK_HOLD_NS: u64 = 10_000_000;
 
 impl Session {
     #[allow(clippy::too_many_arguments)]
@@ -594,6 +619,7 @@ impl Session {
             at(splice.fin_to_backend_deadline_ns);
             at(splice.custody.deadline_ns());
             at(splice.sender.deadline_ns());
+            at(splice.ack_hold.map(|hold| hold.deadline_ns));
         }
         if let Some(plain) = &self.plain {
             at(plain.custody.deadline_ns());
@@ -612,6 +638,11 @@ impl Session {
         }
         if let Some(event) = self.poll_close(context) {
             return Some(event);
+        }
+        if let Some(splice) = self.splice.as_mut() {
+            if splice.release_ack_hold(context.now_ns, self.client_handshake_len) {
+                self.send_ack_to_client(context);
+            }
         }
         if let Some(splice) = self.splice.as_mut() {
             let mss = splice.backend_payload_mss();
@@ -1394,6 +1425,7 @@ impl Session {
             // Everything the handshake acknowledged, including application bytes that came
             // with the Finished.
             custody: Custody::new(self.client_next),
+            ack_hold: None,
         }));
         let early = std::mem::take(&mut self.early_application);
         if !early.is_empty() {
@@ -1536,8 +1568,14 @@ impl Session {
             // the header would wait for ever, since the client resends only what is missing.
             let limit = splice.opener.placeable_before();
             let Some((at, bytes)) = splice.client_reorder.take_before(limit) else { break };
+            let end = at + bytes.len() as u64;
             let opened = self.open_client_bytes(context, at, bytes, ts)?;
             forwarded |= opened.forwarded;
+            if !opened.held {
+                if let Some(splice) = self.splice.as_mut() {
+                    splice.hold_ack_below(context.now_ns, self.client_handshake_len, at, end);
+                }
+            }
             if opened.held {
                 // Still not placeable: the bytes before it are missing too. Held again, not
                 // newly: the counter counts segments, not attempts.
@@ -1868,7 +1906,7 @@ impl Session {
         let pure_ack = tcp.payload.is_empty() && !tcp.flags.contains(TcpFlags::FIN) && window == splice.backend_window;
         splice.backend_window = window;
         splice.sack_for_client = if splice.backend.sack {
-            splice.backend_sack_for_client(&tcp.options.sack_blocks, self.client_isn)
+            splice.backend_sack_for_client(&tcp.options.sack_blocks, tcp.ack_number, self.client_isn)
         } else {
             SackBlocks::default()
         };
@@ -1898,6 +1936,7 @@ impl Session {
                 }
             }
             let Some(splice) = self.splice.as_mut() else { return None };
+            splice.release_ack_hold(context.now_ns, self.client_handshake_len);
             let action = splice.custody.backend_ack(context.now_ns, data_acked, pure_ack, mss);
             if let Some(event) = self.custody_action(context, action) {
                 return Some(event);
@@ -1906,6 +1945,11 @@ impl Session {
         let sent_before = self.client_segments_sent(context);
         if !tcp.payload.is_empty() {
             self.take_backend_bytes(context, offset, tcp.payload);
+        } else if !tcp.flags.contains(TcpFlags::FIN) && self.splice.as_ref().is_some_and(|splice| offset < splice.plaintext_frontier) {
+            // A zero-window probe or a keepalive (one byte below what the box has, RFC 9293
+            // 3.8.6.1 and 3.8.4): answered with the box's window. Were it not, a window update
+            // the wire lost would leave the backend probing a closed window for ever.
+            self.ack_backend(context, None);
         }
         if tcp.flags.contains(TcpFlags::FIN) {
             let fin_offset = offset + tcp.payload.len() as u64;
@@ -2413,13 +2457,47 @@ impl Splice {
         self.backend_fin.is_some() && self.sender.fin_acked()
     }
 
-    /// Our acknowledgement toward the client: what the backend has acknowledged, mapped.
+    /// Our acknowledgement toward the client: what the backend has acknowledged, mapped, held
+    /// below released segments while the backend takes them (see [`AckHold`]).
     fn client_ack_offset(&self, client_handshake_len: u64) -> u64 {
+        let ack = self.true_client_ack(client_handshake_len);
+        match self.ack_hold {
+            Some(hold) if hold.from <= ack && ack < hold.until => hold.floor,
+            _ => ack,
+        }
+    }
+
+    /// What the box could acknowledge to the client now: what the backend has acknowledged,
+    /// mapped, or what the box took custody of.
+    fn true_client_ack(&self, client_handshake_len: u64) -> u64 {
         let fin = match self.client_fin {
             Some(fin) if self.client_fin_forwarded && self.backend_acked_fin => Some(fin + 1),
             _ => None,
         };
         fin.unwrap_or(self.backend_acked_cipher.max(client_handshake_len).max(self.custody.acked_cipher()))
+    }
+
+    /// Held segments `start..end` (SACKed to the client) went to the backend.
+    fn hold_ack_below(&mut self, now_ns: u64, client_handshake_len: u64, start: u64, end: u64) {
+        let floor = self.client_ack_offset(client_handshake_len);
+        if floor >= start {
+            return;
+        }
+        let hold = self.ack_hold.get_or_insert(AckHold { floor, from: start, until: end, deadline_ns: now_ns + ACK_HOLD_NS });
+        hold.from = hold.from.min(start);
+        hold.until = hold.until.max(end);
+    }
+
+    /// Ends the hold once the backend has everything it covered or its time is up; whether
+    /// the acknowledgement toward the client moved.
+    fn release_ack_hold(&mut self, now_ns: u64, client_handshake_len: u64) -> bool {
+        let Some(hold) = self.ack_hold else { return false };
+        let ack = self.true_client_ack(client_handshake_len);
+        if ack >= hold.until || now_ns >= hold.deadline_ns {
+            self.ack_hold = None;
+            return ack > hold.floor;
+        }
+        false
     }
 
     /// The window offered to the client, in bytes past our acknowledgement: the backend's
@@ -2438,11 +2516,23 @@ impl Splice {
     }
 
     /// The backend's SACK blocks (client plaintext) as client offsets: whole verified records.
-    fn backend_sack_for_client(&self, blocks: &SackBlocks, client_isn: u32) -> SackBlocks {
+    /// A D-SACK (RFC 2883: a first block below the acknowledgement `ack`, or inside the second)
+    /// is not passed on: the duplicate the backend reports is one the box sent, not the
+    /// client, and a client told that its retransmission was needless undoes its recovery
+    /// (Linux, after a timeout, then believes everything is in flight and waits for the next).
+    fn backend_sack_for_client(&self, blocks: &SackBlocks, ack: SeqNumber, client_isn: u32) -> SackBlocks {
         let mut translated = SackBlocks::default();
         let reference = self.opener.next_plaintext_offset();
+        let blocks = blocks.as_slice();
+        let duplicate = |block: &SackBlock| {
+            block.right.0.wrapping_sub(ack.0) as i32 <= 0
+                || blocks.get(1).is_some_and(|second| {
+                    block.left.0.wrapping_sub(second.left.0) as i32 >= 0 && second.right.0.wrapping_sub(block.right.0) as i32 >= 0
+                })
+        };
+        let skip = blocks.first().is_some_and(duplicate) as usize;
         // Three blocks at most: with timestamps, four would not fit the 40 bytes of options.
-        for block in blocks.as_slice().iter().take(3) {
+        for block in blocks.iter().skip(skip).take(3) {
             let left = unwrap_offset(reference, block.left.0.wrapping_sub(client_isn.wrapping_add(1)));
             let right = unwrap_offset(reference, block.right.0.wrapping_sub(client_isn.wrapping_add(1)));
             if let Some((start, stop)) = self.opener.ciphertext_range_for_plaintext(left, right) {
