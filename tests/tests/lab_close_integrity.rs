@@ -246,10 +246,10 @@ fn a_thousand_polite_closes_at_once() {
 /// stops early must still have received an exact prefix), every upload nginx stored is
 /// compared with what was sent, and the box's drops are counted on both ports.
 ///
-/// A dropped frame is a lost frame, and the box's loss recovery is issue 10's: a transfer can
-/// still stall now and then (CI saw one of 30 stop at 232 KB). Stalls are reported, and fail
-/// the test only when they are the rule (more than a quarter), so that this test keeps to what
-/// issue 8 promises: integrity.
+/// A dropped frame is a lost frame, and the box's loss recovery is issue 10's. CI once saw one
+/// transfer of 30 stop at 232 KB; since the box answers backend window probes and replays held
+/// client segments that start inside a record header, 120 transfers in four runs finished (2026-12-02).
+/// Stalls are reported; more than one fails the test.
 #[test]
 fn corrupted_frames_on_both_links_never_reach_a_peer() {
     if !lab_enabled() {
@@ -309,5 +309,5 @@ fn corrupted_frames_on_both_links_never_reach_a_peer() {
     assert!(counters.get("bad_checksum_drops_inside") > 0, "the box dropped no corrupted backend frame");
     assert!(counters.get("bad_checksum_drops_outside") > 0, "the box dropped no corrupted client frame");
     assert_eq!(counters.get("ended_tag_failure"), 0, "a corrupted frame reached the record engine");
-    assert!(stalled.len() * 4 <= transfers, "most transfers stalled: {}", stalled.join("\n"));
+    assert!(stalled.len() <= 1, "{} of {transfers} transfers stalled: {}", stalled.len(), stalled.join("\n"));
 }
