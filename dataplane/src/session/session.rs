@@ -2488,14 +2488,20 @@ impl Splice {
         hold.until = hold.until.max(end);
     }
 
-    /// Ends the hold once the backend has everything it covered or its time is up; whether
-    /// the acknowledgement toward the client moved.
+    /// Ends the hold once the box may acknowledge everything it covered or its time is up;
+    /// whether the time ran out while it held the acknowledgement back (so that the client
+    /// must now be told). The hold ends the other way silently: whatever moved the
+    /// acknowledgement past it sent it.
     fn release_ack_hold(&mut self, now_ns: u64, client_handshake_len: u64) -> bool {
         let Some(hold) = self.ack_hold else { return false };
         let ack = self.true_client_ack(client_handshake_len);
-        if ack >= hold.until || now_ns >= hold.deadline_ns {
+        if ack >= hold.until {
             self.ack_hold = None;
-            return ack > hold.floor;
+            return false;
+        }
+        if now_ns >= hold.deadline_ns {
+            self.ack_hold = None;
+            return hold.from <= ack;
         }
         false
     }
