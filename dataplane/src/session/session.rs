@@ -389,32 +389,7 @@ struct Splice {
     /// Client bytes the box acknowledged on its own, and their plaintext until the backend
     /// has it.
     custody: Custody,
-    /// Held client segments (SACKed to the client) released to the backend: the
-    /// acknowledgement toward the client stays below them until the backend has them all.
-    ack_hold: Option<AckHold>,
 }
-
-/// The client's acknowledgement held back while segments it was told were SACKed go to the
-/// backend. The backend acknowledges them a segment or two at a time; passed on one by one,
-/// each of those acknowledgements would end at the start of a range the client has marked
-/// SACKed, which Linux takes for SACK reneging (RFC 2018 8): it arms a short timer and then
-/// recovers as after a retransmission timeout, resending everything. A receiver's cumulative
-/// acknowledgement jumps over what it holds; so does the box's, once the backend has it.
-#[derive(Clone, Copy, Debug)]
-struct AckHold {
-    /// The acknowledgement sent instead of one in `from..until` (client offsets).
-    floor: u64,
-    /// The released segments' range: an acknowledgement before it or past it goes on.
-    from: u64,
-    until: u64,
-    /// A hold ends here at the latest (a forward to the backend may have been lost: then the
-    /// client's recovery is the repair, and it needs the true acknowledgement).
-    deadline_ns: u64,
-}
-
-/// How long the acknowledgement toward the client is held at most (see [`AckHold`]): many
-/// round trips to a backend on the same LAN, short of a client's 200 ms minimum RTO.
-const ACK_HOLD_NS: u64 = 10_000_000;
 
 impl Session {
     #[allow(clippy::too_many_arguments)]
@@ -619,7 +594,6 @@ impl Session {
             at(splice.fin_to_backend_deadline_ns);
             at(splice.custody.deadline_ns());
             at(splice.sender.deadline_ns());
-            at(splice.ack_hold.map(|hold| hold.deadline_ns));
         }
         if let Some(plain) = &self.plain {
             at(plain.custody.deadline_ns());
@@ -638,11 +612,6 @@ impl Session {
         }
         if let Some(event) = self.poll_close(context) {
             return Some(event);
-        }
-        if let Some(splice) = self.splice.as_mut() {
-            if splice.release_ack_hold(context.now_ns, self.client_handshake_len) {
-                self.send_ack_to_client(context);
-            }
         }
         if let Some(splice) = self.splice.as_mut() {
             let mss = splice.backend_payload_mss();
@@ -1040,7 +1009,7 @@ impl Session {
             // One clock toward the client, ours, whatever the segment carries: the backend's
             // clock runs at its own rate and mixing them would step back (PAWS drops those).
             timestamp: self.timestamps.then(|| TcpTimestamp { value: ts_now(now_ns), echo_reply: self.client_ts_recent }),
-            sack_blocks: self.splice.as_ref().map(|splice| splice.client_sack(self.client_isn)).unwrap_or_default(),
+            sack_blocks: self.splice.as_ref().map(|splice| splice.client_sack(self.client_isn, self.client_handshake_len)).unwrap_or_default(),
             mss: self.client_mss(),
         }
     }
@@ -1425,7 +1394,6 @@ impl Session {
             // Everything the handshake acknowledged, including application bytes that came
             // with the Finished.
             custody: Custody::new(self.client_next),
-            ack_hold: None,
         }));
         let early = std::mem::take(&mut self.early_application);
         if !early.is_empty() {
@@ -1568,14 +1536,8 @@ impl Session {
             // the header would wait for ever, since the client resends only what is missing.
             let limit = splice.opener.placeable_before();
             let Some((at, bytes)) = splice.client_reorder.take_before(limit) else { break };
-            let end = at + bytes.len() as u64;
             let opened = self.open_client_bytes(context, at, bytes, ts)?;
             forwarded |= opened.forwarded;
-            if !opened.held {
-                if let Some(splice) = self.splice.as_mut() {
-                    splice.hold_ack_below(context.now_ns, self.client_handshake_len, at, end);
-                }
-            }
             if opened.held {
                 // Still not placeable: the bytes before it are missing too. Held again, not
                 // newly: the counter counts segments, not attempts.
@@ -1931,12 +1893,12 @@ impl Session {
             // Held client segments the opener refused for want of room (too many records
             // tracked) fit now: opened at once, not when the client next sends.
             if retired && !splice.client_reorder.is_empty() {
-                if let Err(event) = self.open_held_client_bytes(context, tcp.options.timestamp) {
+                // No client timestamp: the segments toward the backend carry the client's clock.
+                if let Err(event) = self.open_held_client_bytes(context, None) {
                     return Some(event);
                 }
             }
             let Some(splice) = self.splice.as_mut() else { return None };
-            splice.release_ack_hold(context.now_ns, self.client_handshake_len);
             let action = splice.custody.backend_ack(context.now_ns, data_acked, pure_ack, mss);
             if let Some(event) = self.custody_action(context, action) {
                 return Some(event);
@@ -2457,53 +2419,13 @@ impl Splice {
         self.backend_fin.is_some() && self.sender.fin_acked()
     }
 
-    /// Our acknowledgement toward the client: what the backend has acknowledged, mapped, held
-    /// below released segments while the backend takes them (see [`AckHold`]).
+    /// Our acknowledgement toward the client: what the backend has acknowledged, mapped.
     fn client_ack_offset(&self, client_handshake_len: u64) -> u64 {
-        let ack = self.true_client_ack(client_handshake_len);
-        match self.ack_hold {
-            Some(hold) if hold.from <= ack && ack < hold.until => hold.floor,
-            _ => ack,
-        }
-    }
-
-    /// What the box could acknowledge to the client now: what the backend has acknowledged,
-    /// mapped, or what the box took custody of.
-    fn true_client_ack(&self, client_handshake_len: u64) -> u64 {
         let fin = match self.client_fin {
             Some(fin) if self.client_fin_forwarded && self.backend_acked_fin => Some(fin + 1),
             _ => None,
         };
         fin.unwrap_or(self.backend_acked_cipher.max(client_handshake_len).max(self.custody.acked_cipher()))
-    }
-
-    /// Held segments `start..end` (SACKed to the client) went to the backend.
-    fn hold_ack_below(&mut self, now_ns: u64, client_handshake_len: u64, start: u64, end: u64) {
-        let floor = self.client_ack_offset(client_handshake_len);
-        if floor >= start {
-            return;
-        }
-        let hold = self.ack_hold.get_or_insert(AckHold { floor, from: start, until: end, deadline_ns: now_ns + ACK_HOLD_NS });
-        hold.from = hold.from.min(start);
-        hold.until = hold.until.max(end);
-    }
-
-    /// Ends the hold once the box may acknowledge everything it covered or its time is up;
-    /// whether the time ran out while it held the acknowledgement back (so that the client
-    /// must now be told). The hold ends the other way silently: whatever moved the
-    /// acknowledgement past it sent it.
-    fn release_ack_hold(&mut self, now_ns: u64, client_handshake_len: u64) -> bool {
-        let Some(hold) = self.ack_hold else { return false };
-        let ack = self.true_client_ack(client_handshake_len);
-        if ack >= hold.until {
-            self.ack_hold = None;
-            return false;
-        }
-        if now_ns >= hold.deadline_ns {
-            self.ack_hold = None;
-            return hold.from <= ack;
-        }
-        false
     }
 
     /// The window offered to the client, in bytes past our acknowledgement: the backend's
@@ -2552,17 +2474,20 @@ impl Splice {
     }
 
     /// The SACK blocks toward the client: the segments the box holds itself (the latest first),
-    /// then what the backend SACKed, translated; three at most.
-    fn client_sack(&self, client_isn: u32) -> SackBlocks {
+    /// then what the backend SACKed, translated; three at most. A translated block at or below
+    /// our acknowledgement (the box took custody of those bytes) is left out: the client would
+    /// read it as a D-SACK, a needless retransmission, and undo its recovery.
+    fn client_sack(&self, client_isn: u32, client_handshake_len: u64) -> SackBlocks {
         let mut blocks = self.client_reorder.sack_blocks(client_isn);
         let overlaps = |a: &SackBlock, b: &SackBlock| {
             (a.left.0.wrapping_sub(b.right.0) as i32) < 0 && (b.left.0.wrapping_sub(a.right.0) as i32) < 0
         };
+        let ack = SeqNumber(client_isn.wrapping_add(1).wrapping_add(self.client_ack_offset(client_handshake_len) as u32));
         for block in self.sack_for_client.as_slice() {
             if blocks.as_slice().len() >= 3 {
                 break;
             }
-            if !blocks.as_slice().iter().any(|held| overlaps(held, block)) {
+            if block.left.0.wrapping_sub(ack.0) as i32 >= 0 && !blocks.as_slice().iter().any(|held| overlaps(held, block)) {
                 let _ = blocks.push(*block);
             }
         }
