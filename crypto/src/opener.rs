@@ -159,6 +159,8 @@ pub enum OpenError {
     BadHeader { offset: u64, error: HeaderError },
     /// A record shorter than the framing's minimum.
     RecordTooShort { seq: u64, body_len: usize },
+    /// A record whose plaintext would exceed the protocol's limit (a `record_overflow` alert).
+    RecordOverflow { seq: u64, body_len: usize },
     TagMismatch { seq: u64 },
     /// A TLS 1.3 record with no content type (all zeros).
     NoContentType { seq: u64 },
@@ -175,6 +177,7 @@ impl fmt::Display for OpenError {
         match self {
             OpenError::BadHeader { offset, error } => write!(f, "bad record header at stream offset {offset}: {error}"),
             OpenError::RecordTooShort { seq, body_len } => write!(f, "record {seq} is too short ({body_len} bytes)"),
+            OpenError::RecordOverflow { seq, body_len } => write!(f, "record {seq} is too long ({body_len} bytes)"),
             OpenError::TagMismatch { seq } => write!(f, "tag failure at record {seq}"),
             OpenError::NoContentType { seq } => write!(f, "record {seq} has no inner content type"),
             OpenError::PaddingIntoReleased { seq } => write!(f, "record {seq}: padding reaches released bytes"),
@@ -588,12 +591,17 @@ impl RecordOpener {
     /// The header at `next_header` is complete (`header_bytes`): track its record.
     fn start_record(&mut self, header_bytes: [u8; HEADER_LEN]) -> Result<(), OpenError> {
         let start = self.next_header;
-        let header = Header::parse(&header_bytes, self.framing.version)
-            .map_err(|error| OpenError::BadHeader { offset: start, error })?;
+        let header = Header::parse(&header_bytes, self.framing.version).map_err(|error| match error {
+            HeaderError::TooLong(body_len) => OpenError::RecordOverflow { seq: self.next_seq, body_len },
+            error => OpenError::BadHeader { offset: start, error },
+        })?;
         let unprotected =
             self.framing.version == ProtocolVersion::Tls13 && header.content_type == ContentType::ChangeCipherSpec;
         if header.body_len < self.framing.min_body_len() || (unprotected && header.body_len == 0) {
             return Err(OpenError::RecordTooShort { seq: self.next_seq, body_len: header.body_len });
+        }
+        if !unprotected && header.body_len > self.framing.max_body_len() {
+            return Err(OpenError::RecordOverflow { seq: self.next_seq, body_len: header.body_len });
         }
         let ciphertext_len = header.body_len.saturating_sub(self.framing.explicit_nonce_len() + TAG_LEN);
         // Predicted application data: all of it for TLS 1.2 application data, all but the inner

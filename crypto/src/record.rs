@@ -151,6 +151,14 @@ impl Framing {
         self.explicit_nonce_len() + TAG_LEN + (self.version == ProtocolVersion::Tls13) as usize
     }
 
+    /// The longest protected record body whose plaintext is within the limit: 2^14 bytes of
+    /// plaintext (RFC 5246 6.2.1), or of TLS 1.3's inner plaintext with its type byte and
+    /// padding, 2^14 + 1 (RFC 8446 5.4), plus the nonce and the tag. Every AEAD here has a
+    /// 16-byte tag, so a longer body is known to overflow before it is decrypted.
+    pub fn max_body_len(&self) -> usize {
+        MAX_FRAGMENT_LEN + self.explicit_nonce_len() + TAG_LEN + (self.version == ProtocolVersion::Tls13) as usize
+    }
+
     /// The per-record nonce. `explicit` is the TLS 1.2 GCM explicit nonce from the record.
     pub fn nonce(&self, iv: &[u8; 12], seq: u64, explicit: Option<&[u8; EXPLICIT_NONCE_LEN]>) -> [u8; 12] {
         let mut nonce = *iv;

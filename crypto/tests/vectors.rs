@@ -849,6 +849,37 @@ fn tls12_aes128gcm_mitls_record_with_explicit_nonce_apart_from_seq() {
     }
 }
 
+/// RFC 8446 5.4 and RFC 5246 6.2.1: a record's plaintext is at most 2^14 bytes (TLS 1.3:
+/// 2^14 + 1 with the inner type and padding). The longest legal record opens; a header one byte
+/// longer is refused as an overflow before any byte of its body (the box answers
+/// `record_overflow`), for every protocol and AEAD.
+#[test]
+fn records_past_the_plaintext_limit_overflow() {
+    for version in [ProtocolVersion::Tls13, ProtocolVersion::Tls12] {
+        for aead in [AeadAlgorithm::Aes128Gcm, AeadAlgorithm::Aes256Gcm, AeadAlgorithm::Chacha20Poly1305] {
+            let keys = TrafficKeys::new(version, aead, &vec![7u8; aead.key_len()], &[9u8; 12]).expect("keys");
+            let plaintext = vec![0x61u8; 1 << 14];
+            let mut sealer = RecordSealer::new(&keys, 0);
+            let mut record = vec![0u8; sealer.record_len(plaintext.len())];
+            let sealed = sealer.seal(ContentType::ApplicationData, &plaintext, &mut record).expect("seal 2^14 bytes");
+            let mut opener = RecordOpener::new(&keys, 0, 0, verify_first());
+            let mut out = OpenOutput::default();
+            let mut bytes = record[..sealed.record_len].to_vec();
+            let step = opener.open(0, &mut bytes, &mut out).expect("the longest legal record opens");
+            assert!(matches!(step.stop, Some(Stop::Record(_))), "{version:?} {aead:?}: {step:?}");
+
+            let body_len = sealed.record_len - 5 + 1;
+            let mut header = vec![23, 3, 3, (body_len >> 8) as u8, body_len as u8];
+            let mut opener = RecordOpener::new(&keys, 0, 0, verify_first());
+            assert_eq!(
+                opener.open(0, &mut header, &mut out),
+                Err(OpenError::RecordOverflow { seq: 0, body_len }),
+                "{version:?} {aead:?}"
+            );
+        }
+    }
+}
+
 // ================================================================================================
 // Helpers
 // ================================================================================================

@@ -677,6 +677,44 @@ fn deliver_hand_cut(plan: impl Fn(&[usize], usize) -> Vec<(usize, usize)>) {
     }
 }
 
+#[test]
+fn a_record_over_the_plaintext_limit_gets_record_overflow() {
+    // RFC 8446 5.2/5.4, RFC 5246 6.2.1: 2^14 + 256 bytes of TLS 1.3 body passes the header's
+    // limit, but its plaintext cannot be within 2^14 + 1; the client must hear record_overflow,
+    // and no byte of the record may reach the backend.
+    for suite in [Suite::Tls13Aes128Gcm, Suite::Tls12EcdsaAes256Gcm, Suite::Tls12EcdsaChacha20] {
+        let mut lab = engine_lab(&Addresses::ipv4(), ReleaseMode::CutThrough, 23, WireConfig::default());
+        let extras = Extras { write_after_handshake: true, hold_request_ns: 5 * MS, max_fragment: Some(1000), ..Extras::default() };
+        let session = open(&mut lab, suite, 3_000, 100, 23, extras);
+        lab.run_until("the client's handshake", 1_000 * MS, |lab| lab.client.sessions[session].handshake_done_at.is_some());
+        lab.divert_client_data = true;
+        let handshake_len = lab.client.sessions[session].tcp.written();
+        lab.run_until("the request sent", 1_000 * MS, |lab| {
+            let tcp = &lab.client.sessions[session].tcp;
+            tcp.written() > handshake_len && tcp.highest_sent() == tcp.written()
+        });
+        let mut flight = HandCut::new(std::mem::take(&mut lab.diverted));
+        flight.stream[3..5].copy_from_slice(&(16384u16 + 256).to_be_bytes());
+        for frame in flight.segments(0, flight.stream.len()) {
+            lab.inject(Hop::ClientToBox, frame);
+        }
+        lab.divert_client_data = false;
+        let client = lab.client.address_of(session);
+        lab.run_until(&format!("{suite:?}: the client to give up"), 10_000 * MS, |lab| lab.client.sessions[session].is_finished());
+        let report = || lab.stuck(&format!("{suite:?}: an oversized record"));
+        let alert = &lab.client.sessions[session].tls_error;
+        assert!(
+            matches!(alert, Some(rustls::Error::AlertReceived(rustls::AlertDescription::RecordOverflow))),
+            "{alert:?}\n{}",
+            report()
+        );
+        let forwarded = lab.backends.session_for(client).map_or(0, |backend| backend.request.len());
+        assert_eq!(forwarded, 0, "{}", report());
+        assert_eq!(lab.boxed.engine.counters().ended_tls_error, 1, "{}", report());
+        assert!(lab.settle(SETTLE_NS), "{}", lab.stuck("the box to drop the session"));
+    }
+}
+
 /// A client's flight, diverted from the wire, to be delivered again in pieces of a test's
 /// choosing: offsets count from the flight's first byte.
 struct HandCut {

@@ -1570,6 +1570,10 @@ impl Session {
                     self.fail_with_alert(context, 20); // bad_record_mac
                     return Err(SessionEvent::Ended(EndReason::TagFailure));
                 }
+                Err(OpenError::RecordOverflow { .. }) => {
+                    self.fail_with_alert(context, 22); // record_overflow
+                    return Err(SessionEvent::Ended(EndReason::TlsError));
+                }
                 Err(_) => {
                     self.fail_with_alert(context, 10); // unexpected_message
                     return Err(SessionEvent::Ended(EndReason::TlsError));
