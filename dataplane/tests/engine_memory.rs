@@ -715,6 +715,24 @@ fn a_record_over_the_plaintext_limit_gets_record_overflow() {
     }
 }
 
+#[test]
+fn a_client_key_update_is_followed_and_answered() {
+    // RFC 8446 4.6.3: after the client's KeyUpdate its records are under the next key
+    // generation, and update_requested (rustls asks for it) obliges the box to update its own
+    // keys before its next data: the request must reach the backend and the response the client.
+    for mode in [ReleaseMode::CutThrough, ReleaseMode::VerifyFirst] {
+        for suite in [Suite::Tls13Aes128Gcm, Suite::Tls13Chacha20] {
+            let mut lab = engine_lab(&Addresses::ipv4(), mode, 29, WireConfig::default());
+            let extras = Extras { write_after_handshake: true, hold_request_ns: 5 * MS, ..Extras::default() };
+            let session = open(&mut lab, suite, 50_000, 50_000, 29, extras);
+            lab.run_until("the client's handshake", 1_000 * MS, |lab| lab.client.sessions[session].handshake_done_at.is_some());
+            lab.client.sessions[session].tls.refresh_traffic_keys().expect("a KeyUpdate");
+            lab.run_until(&format!("{suite:?} {mode:?}: the exchange"), EXCHANGE_LIMIT_NS, |lab| exchange_finished(lab, session));
+            assert_clean_exchange(&lab, session, suite);
+        }
+    }
+}
+
 /// A client's flight, diverted from the wire, to be delivered again in pieces of a test's
 /// choosing: offsets count from the flight's first byte.
 struct HandCut {

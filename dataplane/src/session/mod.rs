@@ -27,6 +27,7 @@ pub mod emit;
 pub mod handover;
 pub mod handshake;
 mod neighbours;
+mod post_handshake;
 mod reorder;
 mod sender;
 pub use sender::CongestionControl;

@@ -28,6 +28,7 @@ use super::handover::{SecretLog, SessionKeys};
 use super::handshake::{self, HandshakePool, Job, JobResult, Outcome};
 use super::client_hello::{self, FirstFlight};
 use super::neighbours::Neighbours;
+use super::post_handshake::{PostHandshake, Violation};
 use super::{Counters, EndReason, FlowKey, ListenerSetup, Output, PassthroughRoute, Port};
 use crate::wire::seq::unwrap_offset;
 use crate::wire::{ArpOperation, EthernetAddress, SackBlock, SackBlocks, SeqNumber, TcpFlags, TcpOptions, TcpSegment, TcpTimestamp};
@@ -389,6 +390,8 @@ struct Splice {
     /// Client bytes the box acknowledged on its own, and their plaintext until the backend
     /// has it.
     custody: Custody,
+    /// The client's post-handshake messages (a KeyUpdate in pieces).
+    post_handshake: PostHandshake,
 }
 
 impl Session {
@@ -1394,6 +1397,7 @@ impl Session {
             // Everything the handshake acknowledged, including application bytes that came
             // with the Finished.
             custody: Custody::new(self.client_next),
+            post_handshake: PostHandshake::default(),
         }));
         let early = std::mem::take(&mut self.early_application);
         if !early.is_empty() {
@@ -1600,21 +1604,34 @@ impl Session {
                         context.counters.records_opened += 1;
                         let plaintext = done.plaintext.clone().map(|range| out.held[range].to_vec());
                         let Some(splice) = self.splice.as_mut() else { return Ok(opened) };
+                        if done.content_type != ContentType::Handshake && splice.post_handshake.in_message() {
+                            // RFC 8446 5.1: no other record inside a handshake message.
+                            return Err(self.fail_tls(context));
+                        }
                         match done.content_type {
                             ContentType::Handshake => {
-                                // TLS 1.3 KeyUpdate (24, length 1, request flag).
-                                match plaintext.as_deref() {
-                                    Some([24, 0, 0, 1, request]) if *request <= 1 => {
+                                // TLS 1.3 only (a TLS 1.2 client's renegotiation is refused):
+                                // a KeyUpdate, maybe in pieces, changes the client's keys.
+                                let parsed = match (plaintext.as_deref(), splice.client_secret.is_some()) {
+                                    (Some(fragment), true) => splice.post_handshake.record(fragment),
+                                    _ => Err(Violation::UnexpectedMessage),
+                                };
+                                match parsed {
+                                    Err(violation) => {
+                                        self.fail_with_alert(context, violation.alert());
+                                        return Err(SessionEvent::Ended(EndReason::TlsError));
+                                    }
+                                    Ok(Some(update)) => {
                                         let Some(next) = splice.client_secret.as_ref().map(Secret::next_generation) else {
                                             return Err(self.fail_tls(context));
                                         };
                                         splice.opener.rekey(&next.traffic_keys(next_aead(&splice.sealer)));
                                         splice.client_secret = Some(next);
-                                        key_update_answer |= *request == 1;
-                                        consumed_without_data = true;
+                                        key_update_answer |= update.update_requested;
                                     }
-                                    _ => return Err(self.fail_tls(context)),
+                                    Ok(None) => {}
                                 }
+                                consumed_without_data = true;
                             }
                             ContentType::Alert => match plaintext.as_deref() {
                                 Some([_, 0]) => {
