@@ -13,7 +13,7 @@ PROPTEST_CASES ?= 10000
 # Commands the lab tests run, each with the Debian package that provides it.
 LAB_DEPS = ip:iproute2 ethtool:ethtool nginx:nginx curl:curl openssl:openssl ping:iputils-ping h2load:nghttp2-client python3:python3
 
-.PHONY: all build test test-deps unit bench-crypto bench-decrypt bench-handshake bench-dataplane bench-idle bench-loss demo demo-decrypt clean lab-up lab-down bench-bridge
+.PHONY: all build test test-deps unit fuzz bench-crypto bench-decrypt bench-handshake bench-dataplane bench-idle bench-loss demo demo-decrypt clean lab-up lab-down bench-bridge
 
 all: build
 
@@ -35,6 +35,12 @@ test-deps:
 
 unit:
 	PROPTEST_CASES=$(PROPTEST_CASES) $(CARGO) test --workspace --profile $(TEST_PROFILE)
+
+# The session engine fuzzed with mutated golden replays, longer than the slice `make test` runs
+# (dataplane/tests/engine_memory.rs: mutated_golden_replays_never_panic_leak_or_linger).
+FUZZ_ITERATIONS ?= 200000
+fuzz:
+	CUTLS_FUZZ_ITERATIONS=$(FUZZ_ITERATIONS) $(CARGO) test -p cutls-dataplane --profile $(TEST_PROFILE) --test engine_memory mutated_golden -- --nocapture
 
 # The lab (tools/lab, docs/lab.md): client, box and server network namespaces. Needs root.
 lab-up:

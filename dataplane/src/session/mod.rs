@@ -268,13 +268,18 @@ pub struct Counters {
     /// Times a session's timers were run because one was due (not once per session per turn:
     /// an idle session costs nothing until its idle timeout).
     pub session_timer_runs: u64,
+    /// TCP frames from a listener's backend address and port for no session the box knows (it
+    /// ended long ago, the box restarted, the frame is forged) and no connection a host opened
+    /// to the backend through the bridge: never bridged, since their payload is plaintext meant
+    /// for a client through the box; the backend gets a RST.
+    pub orphan_backend_drops: u64,
 }
 
 impl Counters {
     /// Adds `other`'s counts to these: the box's totals over its poll loops.
     pub fn add(&mut self, other: &Counters) {
         // An exhaustive pattern, so that a counter added later cannot be left out here.
-        let Counters { frames_bridged, frames_unparsed_bridged, arp_replies, ndp_advertisements, sessions_started, sessions_passthrough, handshakes_completed, ended_fin, ended_close_timeout, ended_client_reset, ended_backend_reset, ended_tls_error, ended_tag_failure, ended_idle, ended_backend_unreachable, ended_client_unresponsive, client_segments_dropped, client_segments_held, backend_segments_dropped, backend_segments_held, records_opened, records_sealed, client_retransmits, client_timeouts, client_tail_probes, backend_retransmits, syn_cookies_sent, syn_cookies_accepted, backend_tuple_collisions, path_mtu_updates, icmp_ignored, path_mtu_relayed, bad_checksum_drops_outside, bad_checksum_drops_inside, client_bytes_after_close, time_wait_acks, challenge_acks, session_timer_runs } = other;
+        let Counters { frames_bridged, frames_unparsed_bridged, arp_replies, ndp_advertisements, sessions_started, sessions_passthrough, handshakes_completed, ended_fin, ended_close_timeout, ended_client_reset, ended_backend_reset, ended_tls_error, ended_tag_failure, ended_idle, ended_backend_unreachable, ended_client_unresponsive, client_segments_dropped, client_segments_held, backend_segments_dropped, backend_segments_held, records_opened, records_sealed, client_retransmits, client_timeouts, client_tail_probes, backend_retransmits, syn_cookies_sent, syn_cookies_accepted, backend_tuple_collisions, path_mtu_updates, icmp_ignored, path_mtu_relayed, bad_checksum_drops_outside, bad_checksum_drops_inside, client_bytes_after_close, time_wait_acks, challenge_acks, session_timer_runs, orphan_backend_drops } = other;
         self.frames_bridged += frames_bridged;
         self.frames_unparsed_bridged += frames_unparsed_bridged;
         self.arp_replies += arp_replies;
@@ -313,6 +318,7 @@ impl Counters {
         self.time_wait_acks += time_wait_acks;
         self.challenge_acks += challenge_acks;
         self.session_timer_runs += session_timer_runs;
+        self.orphan_backend_drops += orphan_backend_drops;
     }
 }
 
@@ -360,6 +366,11 @@ impl EndReason {
 /// and dropped rather than bridged), and how many such flows are kept at most.
 const ENDED_FLOW_TTL_NS: u64 = 120_000_000_000;
 const MAX_ENDED_FLOWS: usize = 1 << 16;
+/// Connections to a listener's backend address and port that a host opened through the bridge
+/// (not through the VIP): remembered while they carry traffic, this long after their last
+/// frame, at most this many. Only these may carry a backend's frames to the outside.
+const BRIDGED_FLOW_TTL_NS: u64 = 600_000_000_000;
+const MAX_BRIDGED_FLOWS: usize = 1 << 16;
 /// TIME-WAIT toward the client of a session closed with FINs (Linux: 60 s), and how many
 /// such flows are kept at most (past that, a FIN sent again gets a RST, which also ends it).
 const TIME_WAIT_NS: u64 = 60_000_000_000;
@@ -444,6 +455,9 @@ pub struct Engine {
     /// for a session closed with FINs, whose FIN sent again is acknowledged (TIME-WAIT), with
     /// the box's timestamp value toward the backend if the flow had timestamps.
     ended_backend_flows: ExpiringFlows<Option<Option<u32>>>,
+    /// Backend flows (keyed from the backend's side) opened through the bridge: see
+    /// [`BRIDGED_FLOW_TTL_NS`].
+    bridged_backend_flows: ExpiringFlows<()>,
     /// Client -> VIP flows of sessions closed with FINs (TIME-WAIT); the value: whether the
     /// flow had timestamps.
     time_wait_clients: ExpiringFlows<bool>,
@@ -480,6 +494,7 @@ impl Engine {
             timers: TimerQueue::default(),
             waiting_for_mac: HashSet::new(),
             ended_backend_flows: ExpiringFlows::new(MAX_ENDED_FLOWS),
+            bridged_backend_flows: ExpiringFlows::new(MAX_BRIDGED_FLOWS),
             time_wait_clients: ExpiringFlows::new(MAX_TIME_WAIT_FLOWS),
             deferred: std::collections::VecDeque::new(),
             alerted_clients: ExpiringFlows::new(MAX_TIME_WAIT_FLOWS),
@@ -571,6 +586,8 @@ impl Engine {
                 // Learned from the frames backends send (a header that verifies, a unicast sender).
                 if port == Port::Inside && ip.header_checksum_valid != Some(false) && !link.source.is_multicast() {
                     self.neighbours.learn(now_ns, ip.source, link.source);
+                    // A session resolving that address goes on now, not at its next ARP retry.
+                    self.release_waiting_for_mac(now_ns, ip.source, out);
                 }
                 // Nothing the box consumes may change its state before its checksums verify.
                 let header_intact = ip.header_checksum_valid != Some(false);
@@ -606,6 +623,22 @@ impl Engine {
                                     Some(_) if tcp.payload.is_empty() && !tcp.flags.contains(TcpFlags::SYN) => {}
                                     _ if tcp.flags.contains(TcpFlags::RST) => {}
                                     _ => session::reset_segment(Port::Inside, link, key, tcp, out),
+                                }
+                                return;
+                            }
+                            if self.is_listener_backend(source) {
+                                if self.bridged_backend_flows.live(now_ns, &key).is_some() {
+                                    // A host's own connection to the backend, opened through the bridge.
+                                    self.bridged_backend_flows.insert(now_ns, key, now_ns + BRIDGED_FLOW_TTL_NS, ());
+                                    self.bridge(port, frame, out);
+                                    return;
+                                }
+                                // Fail closed: a backend's flow the box does not know is one it
+                                // forgot (it ended long ago, the box restarted), or a forgery; its
+                                // plaintext must not reach the outside.
+                                self.counters.orphan_backend_drops += 1;
+                                if !tcp.flags.contains(TcpFlags::RST) {
+                                    session::reset_segment(Port::Inside, link, key, tcp, out);
                                 }
                                 return;
                             }
@@ -645,6 +678,20 @@ impl Engine {
                                     session::reset_segment(Port::Outside, link, key, tcp, out);
                                 }
                                 return;
+                            }
+                            if self.is_listener_backend(destination) {
+                                // A host connecting to a backend directly, through the bridge: its
+                                // SYN opens the way back, its traffic keeps it open.
+                                let backend_side = FlowKey { source: destination, destination: source };
+                                // Never for a flow of the box's own sessions (a forged SYN must not
+                                // open the way for a session's plaintext once the box forgets it).
+                                let opening = tcp.flags.contains(TcpFlags::SYN)
+                                    && !tcp.flags.contains(TcpFlags::ACK)
+                                    && !self.by_backend.contains_key(&backend_side)
+                                    && !self.ended_backend_flows.contains(&backend_side);
+                                if opening || self.bridged_backend_flows.live(now_ns, &backend_side).is_some() {
+                                    self.bridged_backend_flows.insert(now_ns, backend_side, now_ns + BRIDGED_FLOW_TTL_NS, ());
+                                }
                             }
                         }
                         self.bridge(port, frame, out);
@@ -770,7 +817,15 @@ impl Engine {
                 let after = (context.out.outside.len(), context.out.inside.len(), context.deferred.len(), context.counters.clone());
                 assert!(
                     event.is_none() && before == after,
-                    "session {id}: its timers had work at {now_ns}, before its timer entry at {timer_ns}"
+                    "session {id}: its timers had work at {now_ns}, before its timer entry at {timer_ns}: \
+                     ended {}, frames out {:?} -> {:?}, deferred {} -> {}, counters {:?} -> {:?}",
+                    event.is_some(),
+                    (before.0, before.1),
+                    (after.0, after.1),
+                    before.2,
+                    after.2,
+                    before.3,
+                    after.3
                 );
                 event
             });
@@ -881,6 +936,7 @@ impl Engine {
         };
         self.counters.sessions_started += 1;
         self.by_client.insert(key, id);
+        self.bridged_backend_flows.remove(&FlowKey { source: backend, destination: side.source });
         self.by_backend.insert(FlowKey { source: backend, destination: side.source }, id);
         self.sessions.insert(id, session);
         if cookie_isn.is_none() {
@@ -1044,6 +1100,7 @@ impl Engine {
             });
             return None;
         };
+        self.bridged_backend_flows.remove(&FlowKey { source: backend, destination: side.source });
         self.by_backend.insert(FlowKey { source: backend, destination: side.source }, id);
         self.with_session(id, now_ns, out, |session, context| {
             session.start_passthrough(context, backend, side);
@@ -1119,8 +1176,18 @@ impl Engine {
                 self.by_backend.contains_key(&key)
                     || self.ended_backend_flows.contains(&key)
                     || self.config.snat_address == Some(key.destination.ip())
+                    || self.is_listener_backend(key.source)
             }
         }
+    }
+
+    /// Whether `address` is a backend (address and port) of a listener: its TCP frames belong
+    /// to the box's sessions, none to the bridge.
+    fn is_listener_backend(&self, address: SocketAddr) -> bool {
+        self.config.listeners.iter().any(|listener| {
+            listener.backends.contains(&address)
+                || listener.passthrough.as_ref().is_some_and(|route| route.backends.contains(&address))
+        })
     }
 
     /// Whether an NDP message on `port` about `target` is one the box would consume.
