@@ -25,7 +25,7 @@ use cutls_dataplane::session::{Engine, EngineConfig, EngineKeys, ListenerSetup, 
 use cutls_dataplane::steer::{Owner, Steering};
 use cutls_dataplane::wire::{parse_frame, ArpOperation, EthernetAddress, LinkType, SeqNumber, TcpFlags, TcpOptions};
 
-use harness::frames::{arp_frame, fragmentation_needed, ndp_frame, solicited_node, summarize, tcp_frame, Outgoing};
+use harness::frames::{arp_frame, fragmentation_needed, ndp_frame, solicited_node, summarize, tcp_frame, tcp_frame_like, Outgoing};
 use harness::hosts::{BackendExpectation, BackendHost, ClientHost, CloseStyle, ConnectionPlan, Corruption};
 use harness::reference::ReferenceProxy;
 use harness::tls::{client_config, deterministic_server_config, server_config, Suite};
@@ -455,8 +455,7 @@ fn replay_mutated(inputs: &[(u64, Vec<u8>)], seed: u64, addresses: &Addresses) -
     let mut now = 0;
     for (time, frame) in &frames {
         now = *time;
-        let port = if frame[6..12] == addresses.client_mac.0 { Port::Outside } else { Port::Inside };
-        engine.handle_frame(now, port, frame, &mut out);
+        engine.handle_frame(now, port_of(frame, addresses), frame, &mut out);
         engine.poll(now, &mut out);
         check(&mut out);
     }
@@ -618,12 +617,31 @@ fn replay_golden(inputs: &[(u64, Vec<u8>)], addresses: &Addresses) -> (Vec<Vec<u
     let mut out = Output::default();
     let (mut to_client, mut to_backends) = (Vec::new(), Vec::new());
     for (time, frame) in inputs {
-        let port = if frame[6..12] == addresses.client_mac.0 { Port::Outside } else { Port::Inside };
-        engine.handle_frame(*time, port, frame, &mut out);
+        engine.handle_frame(*time, port_of(frame, addresses), frame, &mut out);
         to_client.append(&mut out.outside);
         to_backends.append(&mut out.inside);
     }
     (to_client, to_backends)
+}
+
+/// The port a recorded input came in on: the outside if the client's MAC sent it.
+fn port_of(frame: &[u8], addresses: &Addresses) -> Port {
+    if frame[6..12] == addresses.client_mac.0 {
+        Port::Outside
+    } else {
+        Port::Inside
+    }
+}
+
+/// The last TCP segment with data the lab delivered on `hop` (`Lab::capturing` must be on).
+fn last_data_segment<M: Middlebox>(lab: &Lab<M>, hop: Hop) -> Vec<u8> {
+    let data = |frame: &[u8]| parse_frame(LinkType::Ethernet, frame).is_ok_and(|f| f.tcp().is_some_and(|t| !t.payload.is_empty()));
+    lab.captured
+        .iter()
+        .rev()
+        .find(|(_, on, frame)| *on == hop && data(frame))
+        .map(|(_, _, frame)| frame.clone())
+        .unwrap_or_else(|| panic!("a data segment on {hop:?}"))
 }
 
 /// Recorded outputs split by hop (toward the client's MAC, or not), each in delivery order,
@@ -970,11 +988,7 @@ impl HandCut {
     /// Frames carrying the flight's bytes `start..end`, 1,000 at most each.
     fn segments(&self, start: usize, end: usize) -> Vec<Vec<u8>> {
         let parsed = parse_frame(LinkType::Ethernet, &self.template).expect("frame");
-        let (ip, tcp) = (parsed.ip().expect("ip"), parsed.tcp().expect("tcp"));
-        let source = SocketAddr::new(ip.source, tcp.src_port);
-        let destination = SocketAddr::new(ip.destination, tcp.dst_port);
-        let mac = |bytes: &[u8]| EthernetAddress(bytes.try_into().expect("six bytes"));
-        let (source_mac, destination_mac) = (mac(&self.template[6..12]), mac(&self.template[0..6]));
+        let tcp = parsed.tcp().expect("tcp");
         (start..end)
             .step_by(1000)
             .map(|at| {
@@ -986,7 +1000,7 @@ impl HandCut {
                     options: TcpOptions { timestamp: tcp.options.timestamp, ..TcpOptions::default() },
                     payload: self.stream[at..end.min(at + 1000)].to_vec(),
                 };
-                tcp_frame(source_mac, destination_mac, source, destination, &segment)
+                tcp_frame_like(&self.template, &segment)
             })
             .collect()
     }
@@ -1230,15 +1244,7 @@ fn a_duplicate_client_segment_is_acknowledged() {
         let delivered = lab.backends.session_for(client).is_some_and(|b| b.request.len() == 20_000);
         delivered && tcp.acked_len() == tcp.written()
     });
-    let (_, _, duplicate) = lab
-        .captured
-        .iter()
-        .rev()
-        .find(|(_, hop, frame)| {
-            *hop == Hop::ClientToBox && parse_frame(LinkType::Ethernet, frame).is_ok_and(|f| f.tcp().is_some_and(|t| !t.payload.is_empty()))
-        })
-        .cloned()
-        .expect("a client data segment");
+    let duplicate = last_data_segment(&lab, Hop::ClientToBox);
     let parsed = parse_frame(LinkType::Ethernet, &duplicate).expect("frame");
     let segment = parsed.tcp().expect("tcp");
     let end = segment.seq_number + segment.payload.len();
@@ -1265,17 +1271,9 @@ fn a_backend_window_probe_is_answered() {
         lab.client.sessions[session].response.len() == lab.client.sessions[session].expected_response().len()
     });
     assert!(lab.backends.session_for(client).is_some(), "a backend connection");
-    let (_, _, last_data) = lab
-        .captured
-        .iter()
-        .rev()
-        .find(|(_, hop, frame)| {
-            *hop == Hop::BackendToBox && parse_frame(LinkType::Ethernet, frame).is_ok_and(|f| f.tcp().is_some_and(|t| !t.payload.is_empty()))
-        })
-        .cloned()
-        .expect("a backend data segment");
+    let last_data = last_data_segment(&lab, Hop::BackendToBox);
     let parsed = parse_frame(LinkType::Ethernet, &last_data).expect("frame");
-    let (ip, tcp) = (parsed.ip().expect("ip"), parsed.tcp().expect("tcp"));
+    let tcp = parsed.tcp().expect("tcp");
     let next = tcp.seq_number + tcp.payload.len();
     let probe = Outgoing {
         seq: next - 1,
@@ -1285,14 +1283,7 @@ fn a_backend_window_probe_is_answered() {
         options: TcpOptions { timestamp: tcp.options.timestamp, ..TcpOptions::default() },
         payload: Vec::new(),
     };
-    let mac = |bytes: &[u8]| EthernetAddress(bytes.try_into().expect("six bytes"));
-    let frame = tcp_frame(
-        mac(&last_data[6..12]),
-        mac(&last_data[0..6]),
-        SocketAddr::new(ip.source, tcp.src_port),
-        SocketAddr::new(ip.destination, tcp.dst_port),
-        &probe,
-    );
+    let frame = tcp_frame_like(&last_data, &probe);
     let mut out = Output::default();
     lab.boxed.engine.handle_frame(lab.now, Port::Inside, &frame, &mut out);
     let answered = out.inside.iter().any(|frame| {

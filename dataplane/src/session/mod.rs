@@ -458,6 +458,9 @@ pub struct Engine {
     /// Backend flows (keyed from the backend's side) opened through the bridge: see
     /// [`BRIDGED_FLOW_TTL_NS`].
     bridged_backend_flows: ExpiringFlows<()>,
+    /// Every listener's backend addresses and ports (pools and passthrough routes), looked up
+    /// for frames the box would otherwise bridge.
+    backend_addresses: HashSet<SocketAddr>,
     /// Client -> VIP flows of sessions closed with FINs (TIME-WAIT); the value: whether the
     /// flow had timestamps.
     time_wait_clients: ExpiringFlows<bool>,
@@ -480,6 +483,12 @@ pub struct Engine {
 impl Engine {
     pub fn new(config: EngineConfig) -> Engine {
         let listeners = config.listeners.len();
+        let backend_addresses = config
+            .listeners
+            .iter()
+            .flat_map(|listener| listener.backends.iter().chain(listener.passthrough.iter().flat_map(|route| &route.backends)))
+            .copied()
+            .collect();
         // A pool that cannot start (no threads) leaves handshakes inline.
         let pool = match config.handshake_threads {
             0 => None,
@@ -495,6 +504,7 @@ impl Engine {
             waiting_for_mac: HashSet::new(),
             ended_backend_flows: ExpiringFlows::new(MAX_ENDED_FLOWS),
             bridged_backend_flows: ExpiringFlows::new(MAX_BRIDGED_FLOWS),
+            backend_addresses,
             time_wait_clients: ExpiringFlows::new(MAX_TIME_WAIT_FLOWS),
             deferred: std::collections::VecDeque::new(),
             alerted_clients: ExpiringFlows::new(MAX_TIME_WAIT_FLOWS),
@@ -1184,10 +1194,7 @@ impl Engine {
     /// Whether `address` is a backend (address and port) of a listener: its TCP frames belong
     /// to the box's sessions, none to the bridge.
     fn is_listener_backend(&self, address: SocketAddr) -> bool {
-        self.config.listeners.iter().any(|listener| {
-            listener.backends.contains(&address)
-                || listener.passthrough.as_ref().is_some_and(|route| route.backends.contains(&address))
-        })
+        self.backend_addresses.contains(&address)
     }
 
     /// Whether an NDP message on `port` about `target` is one the box would consume.

@@ -1612,8 +1612,11 @@ impl Session {
                             ContentType::Handshake => {
                                 // TLS 1.3 only (a TLS 1.2 client's renegotiation is refused):
                                 // a KeyUpdate, maybe in pieces, changes the client's keys.
-                                let parsed = match (plaintext.as_deref(), splice.client_secret.is_some()) {
-                                    (Some(fragment), true) => splice.post_handshake.record(fragment),
+                                let parsed = match (plaintext.as_deref(), splice.client_secret.as_ref()) {
+                                    (Some(fragment), Some(secret)) => splice
+                                        .post_handshake
+                                        .record(fragment)
+                                        .map(|update| update.map(|update| (update, secret.next_generation()))),
                                     _ => Err(Violation::UnexpectedMessage),
                                 };
                                 match parsed {
@@ -1621,10 +1624,7 @@ impl Session {
                                         self.fail_with_alert(context, violation.alert());
                                         return Err(SessionEvent::Ended(EndReason::TlsError));
                                     }
-                                    Ok(Some(update)) => {
-                                        let Some(next) = splice.client_secret.as_ref().map(Secret::next_generation) else {
-                                            return Err(self.fail_tls(context));
-                                        };
+                                    Ok(Some((update, next))) => {
                                         splice.opener.rekey(&next.traffic_keys(next_aead(&splice.sealer)));
                                         splice.client_secret = Some(next);
                                         key_update_answer |= update.update_requested;
@@ -2474,10 +2474,7 @@ impl Splice {
         let reference = self.opener.next_plaintext_offset();
         let blocks = blocks.as_slice();
         let duplicate = |block: &SackBlock| {
-            block.right.0.wrapping_sub(ack.0) as i32 <= 0
-                || blocks.get(1).is_some_and(|second| {
-                    block.left.0.wrapping_sub(second.left.0) as i32 >= 0 && second.right.0.wrapping_sub(block.right.0) as i32 >= 0
-                })
+            block.right <= ack || blocks.get(1).is_some_and(|second| second.left <= block.left && block.right <= second.right)
         };
         let skip = blocks.first().is_some_and(duplicate) as usize;
         // Three blocks at most: with timestamps, four would not fit the 40 bytes of options.
@@ -2508,7 +2505,7 @@ impl Splice {
             if blocks.as_slice().len() >= 3 {
                 break;
             }
-            if block.left.0.wrapping_sub(ack.0) as i32 >= 0 && !blocks.as_slice().iter().any(|held| overlaps(held, block)) {
+            if block.left >= ack && !blocks.as_slice().iter().any(|held| overlaps(held, block)) {
                 let _ = blocks.push(*block);
             }
         }

@@ -31,6 +31,21 @@ pub struct Outgoing {
 }
 
 /// An Ethernet + IPv4/IPv6 + TCP frame.
+/// A TCP frame with `template`'s MAC addresses, IP addresses and ports, carrying `segment`
+/// (for tests that write a peer's segments from one it sent).
+pub fn tcp_frame_like(template: &[u8], segment: &Outgoing) -> Vec<u8> {
+    let parsed = parse_frame(LinkType::Ethernet, template).expect("a template frame");
+    let (ip, tcp) = (parsed.ip().expect("ip"), parsed.tcp().expect("tcp"));
+    let mac = |bytes: &[u8]| EthernetAddress(bytes.try_into().expect("six bytes"));
+    tcp_frame(
+        mac(&template[6..12]),
+        mac(&template[0..6]),
+        SocketAddr::new(ip.source, tcp.src_port),
+        SocketAddr::new(ip.destination, tcp.dst_port),
+        segment,
+    )
+}
+
 pub fn tcp_frame(
     source_mac: EthernetAddress,
     destination_mac: EthernetAddress,

@@ -383,13 +383,12 @@ impl<M: Middlebox> Lab<M> {
                 return;
             }
         }
-        let is_tcp = parse_frame(LinkType::Ethernet, &frame).is_ok_and(|parsed| parsed.tcp().is_some());
-        if hop == Hop::ClientToBox && self.divert_client_data {
-            let data = parse_frame(LinkType::Ethernet, &frame).is_ok_and(|parsed| parsed.tcp().is_some_and(|tcp| !tcp.payload.is_empty()));
-            if data {
-                self.diverted.push(frame);
-                return;
-            }
+        // Some(whether it carries data) for a TCP segment.
+        let tcp_data = parse_frame(LinkType::Ethernet, &frame).ok().and_then(|parsed| parsed.tcp().map(|tcp| !tcp.payload.is_empty()));
+        let is_tcp = tcp_data.is_some();
+        if hop == Hop::ClientToBox && self.divert_client_data && tcp_data == Some(true) {
+            self.diverted.push(frame);
+            return;
         }
         if is_tcp && self.rng.chance(self.wire.loss_ppm) {
             self.segments_dropped += 1;
