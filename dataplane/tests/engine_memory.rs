@@ -29,7 +29,7 @@ use harness::frames::{arp_frame, fragmentation_needed, ndp_frame, solicited_node
 use harness::hosts::{BackendExpectation, BackendHost, ClientHost, CloseStyle, ConnectionPlan, Corruption};
 use harness::reference::ReferenceProxy;
 use harness::tls::{client_config, deterministic_server_config, server_config, Suite};
-use harness::{content, kind, Addresses, Emitted, Hop, Lab, Middlebox, Side, WireConfig, MS, PATH_MTU_ROUTER};
+use harness::{content, kind, Addresses, Rng, Emitted, Hop, Lab, Middlebox, Side, WireConfig, MS, PATH_MTU_ROUTER};
 
 const MIB: usize = 1024 * 1024;
 /// Plenty for any exchange here; a stuck one fails with a report instead of hanging.
@@ -1295,6 +1295,157 @@ fn a_backend_window_probe_is_answered() {
 }
 
 #[test]
+fn forged_segments_on_both_ports_change_nothing() {
+    // Issue 11: one RST at a random sequence number cut a download; data segments at random
+    // sequence numbers, or an ACK of data never sent, froze it. Each of these, with the
+    // session's addresses and ports, now leaves the exchange as it would have been.
+    for mode in [ReleaseMode::CutThrough, ReleaseMode::VerifyFirst] {
+        let suite = Suite::Tls13Aes128Gcm;
+        let mut lab = engine_lab(&Addresses::ipv4(), mode, 17, WireConfig::default());
+        lab.capturing = true;
+        let session = open(&mut lab, suite, 20_000, 8 * MIB, 17, Extras::default());
+        lab.run_until("some of the download", EXCHANGE_LIMIT_NS, |lab| lab.client.sessions[session].response.len() > 200_000);
+        let mut rng = Rng::new(17);
+        for hop in [Hop::ClientToBox, Hop::BackendToBox] {
+            for (what, frame) in forgeries(&last_frame(&lab, hop), &mut rng) {
+                assert_eq!(lab.boxed.live_sessions(), 1, "the download still runs");
+                let refusals = |lab: &Lab<EngineBox>| {
+                    let counters = lab.boxed.engine.counters();
+                    counters.segments_out_of_window
+                        + counters.challenge_acks
+                        + counters.challenge_acks_held
+                        + counters.acks_out_of_range
+                        + counters.orphan_backend_drops
+                        + counters.segments_without_ack
+                };
+                let refused_before = refusals(&lab);
+                let mut out = Output::default();
+                lab.boxed.engine.handle_frame(lab.now, if hop == Hop::ClientToBox { Port::Outside } else { Port::Inside }, &frame, &mut out);
+                let answers: Vec<String> = out.outside.iter().chain(&out.inside).map(|f| summarize(f)).collect();
+                assert_eq!(refusals(&lab), refused_before + 1, "{mode:?}, {hop:?}: {what} ({}) counted once; answers {answers:#?}", summarize(&frame));
+                // Whatever the box answered goes on the wire, as it would have.
+                for answer in out.outside {
+                    lab.inject(Hop::BoxToClient, answer);
+                }
+                for answer in out.inside {
+                    lab.inject(Hop::BoxToBackend, answer);
+                }
+                lab.run_for(MS);
+            }
+        }
+        lab.run_until("the exchange", EXCHANGE_LIMIT_NS, |lab| exchange_finished(lab, session));
+        assert_clean_exchange(&lab, session, suite);
+        assert!(lab.settle(SETTLE_NS), "{}", lab.stuck("sessions to end"));
+    }
+}
+
+#[test]
+fn forged_segments_during_the_handshake_change_nothing() {
+    // Issue 11: a RST or FIN anywhere during the handshake ended the session.
+    let suite = Suite::Tls13Aes128Gcm;
+    let mut lab = engine_lab(&Addresses::ipv4(), ReleaseMode::CutThrough, 23, WireConfig::default());
+    lab.capturing = true;
+    let session = open(&mut lab, suite, 2_000, 20_000, 23, Extras::default());
+    let flight_sent = |lab: &Lab<EngineBox>| {
+        lab.captured.iter().any(|(_, hop, frame)| {
+            *hop == Hop::BoxToClient && parse_frame(LinkType::Ethernet, frame).is_ok_and(|f| f.tcp().is_some_and(|t| !t.payload.is_empty()))
+        })
+    };
+    lab.run_until("the box's handshake flight", EXCHANGE_LIMIT_NS, flight_sent);
+    let mut rng = Rng::new(23);
+    for (what, frame) in forgeries(&last_frame(&lab, Hop::ClientToBox), &mut rng) {
+        let mut out = Output::default();
+        lab.boxed.engine.handle_frame(lab.now, Port::Outside, &frame, &mut out);
+        assert_eq!(lab.boxed.live_sessions(), 1, "{what} ({}) ended the handshake", summarize(&frame));
+        for answer in out.outside {
+            lab.inject(Hop::BoxToClient, answer);
+        }
+    }
+    lab.run_until("the exchange", EXCHANGE_LIMIT_NS, |lab| exchange_finished(lab, session));
+    assert_clean_exchange(&lab, session, suite);
+    assert!(lab.settle(SETTLE_NS), "{}", lab.stuck("sessions to end"));
+}
+
+#[test]
+fn a_keepalive_from_the_client_is_answered() {
+    // A client's keepalive (no data, one byte below what the box acknowledged, RFC 9293 3.8.4)
+    // is answered with an ACK; before, it only refreshed the idle timer, and a client whose
+    // backend went silent waited for its own timeout.
+    let mut lab = engine_lab(&Addresses::ipv4(), ReleaseMode::CutThrough, 19, WireConfig::default());
+    lab.capturing = true;
+    let session = open(&mut lab, Suite::Tls13Aes128Gcm, 100, 20_000, 19, Extras::default());
+    lab.run_until("the response to reach the client", 10_000 * MS, |lab| {
+        lab.client.sessions[session].response.len() == lab.client.sessions[session].expected_response().len()
+    });
+    let last = last_frame(&lab, Hop::ClientToBox);
+    let parsed = parse_frame(LinkType::Ethernet, &last).expect("frame");
+    let tcp = parsed.tcp().expect("tcp");
+    let next = tcp.seq_number + tcp.payload.len();
+    let keepalive = Outgoing {
+        seq: next - 1,
+        ack: tcp.ack_number,
+        flags: TcpFlags::ACK,
+        window: tcp.window,
+        options: TcpOptions { timestamp: tcp.options.timestamp, ..TcpOptions::default() },
+        payload: Vec::new(),
+    };
+    let frame = tcp_frame_like(&last, &keepalive);
+    let mut out = Output::default();
+    lab.boxed.engine.handle_frame(lab.now, Port::Outside, &frame, &mut out);
+    let answered = out.outside.iter().any(|frame| {
+        parse_frame(LinkType::Ethernet, frame)
+            .is_ok_and(|f| f.tcp().is_some_and(|t| t.flags == TcpFlags::ACK && t.ack_number == next && t.payload.is_empty()))
+    });
+    let answers: Vec<String> = out.outside.iter().chain(&out.inside).map(|f| summarize(f)).collect();
+    assert!(answered, "keepalive {} answered with {answers:#?}", summarize(&frame));
+}
+
+/// The last TCP frame on `hop`.
+fn last_frame<M: Middlebox>(lab: &Lab<M>, hop: Hop) -> Vec<u8> {
+    let tcp = |frame: &[u8]| parse_frame(LinkType::Ethernet, frame).is_ok_and(|f| f.tcp().is_some());
+    lab.captured
+        .iter()
+        .rev()
+        .find(|(_, on, frame)| *on == hop && tcp(frame))
+        .map(|(_, _, frame)| frame.clone())
+        .unwrap_or_else(|| panic!("a TCP frame on {hop:?}"))
+}
+
+/// What a blind attacker sends with a connection's addresses and ports (issue 11, RFC 5961):
+/// made from `template`, the last segment the peer sent, whose end is its next sequence number.
+fn forgeries(template: &[u8], rng: &mut Rng) -> Vec<(&'static str, Vec<u8>)> {
+    let parsed = parse_frame(LinkType::Ethernet, template).expect("frame");
+    let tcp = parsed.tcp().expect("tcp");
+    let next = tcp.seq_number + tcp.payload.len();
+    let ack = tcp.ack_number;
+    let mut random = || SeqNumber(rng.next() as u32);
+    // Far from the window whatever the random draw: a quarter of the sequence space away.
+    let far = 1usize << 30;
+    let cases = [
+        ("a RST at a random sequence number", random(), ack, TcpFlags::RST | TcpFlags::ACK, 0),
+        ("a RST in the window but not at its start", next + 1_000, ack, TcpFlags::RST, 0),
+        ("data at a random sequence number", random(), ack, TcpFlags::ACK | TcpFlags::PSH, 300),
+        ("more data at a random sequence number", random(), ack, TcpFlags::ACK | TcpFlags::PSH, 1_000),
+        ("data far before the window", next - far, ack, TcpFlags::ACK, 100),
+        ("data far after the window", next + far, ack, TcpFlags::ACK, 100),
+        ("an ACK of a million bytes never sent", next, ack + 1_000_000, TcpFlags::ACK, 0),
+        ("an ACK of 2^31 - 1 bytes never sent", next, ack + 0x7fff_ffff, TcpFlags::ACK, 0),
+        ("an ACK far below what was acknowledged", next, ack - far, TcpFlags::ACK, 0),
+        ("a SYN inside the connection", random(), SeqNumber(0), TcpFlags::SYN, 0),
+        ("a FIN at a random sequence number", random(), ack, TcpFlags::FIN | TcpFlags::ACK, 0),
+        ("a segment without ACK", next, ack, TcpFlags::PSH, 10),
+    ];
+    cases
+        .into_iter()
+        .map(|(what, seq, ack, flags, len)| {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+            let options = TcpOptions { timestamp: tcp.options.timestamp, ..TcpOptions::default() };
+            (what, tcp_frame_like(template, &Outgoing { seq, ack, flags, window: tcp.window, options, payload }))
+        })
+        .collect()
+}
+
+#[test]
 fn the_box_consumes_replies_to_its_own_resolution() {
     for exchange in [Exchange::new(Suite::Tls13Aes128Gcm).sizes(1, 1), Exchange::new(Suite::Tls13Aes128Gcm).ipv6().sizes(1, 1)] {
         let lab = exchange.run();
@@ -1682,6 +1833,37 @@ fn passthrough_plain_tcp_on_both_kinds_of_listener() {
             }
         }
     }
+}
+
+#[test]
+fn forged_segments_do_not_end_a_passthrough_session() {
+    // A passthrough session relays segments, and the peers' own TCP judges them; the box must
+    // not end the session (or move its idea of either stream) for a forged RST or a sequence
+    // number far from the stream.
+    let mut lab = passthrough_lab(&Addresses::ipv4(), false, 29, WireConfig::default());
+    lab.capturing = true;
+    let session = open_plain(&mut lab, 20_000, 8 * MIB, 29, false);
+    lab.run_until("some of the download", EXCHANGE_LIMIT_NS, |lab| lab.client.sessions[session].response.len() > 200_000);
+    let mut rng = Rng::new(29);
+    for hop in [Hop::ClientToBox, Hop::BackendToBox] {
+        for (what, frame) in forgeries(&last_frame(&lab, hop), &mut rng) {
+            lab.inject(hop, frame);
+            lab.run_for(MS);
+            assert_eq!(lab.boxed.live_sessions(), 1, "{hop:?}: {what} ended the session");
+        }
+    }
+    lab.run_until("the exchange", EXCHANGE_LIMIT_NS, |lab| exchange_finished(lab, session));
+    let client = &lab.client.sessions[session];
+    assert_eq!(client.response.len(), client.expected_response().len());
+    assert!(client.mismatch.is_none(), "{:?}", client.mismatch);
+    // The forgeries were relayed, and the peers' models note what they refused of them (RSTs
+    // off their window, old timestamps: the forgeries carry a template's); nothing else may
+    // be wrong.
+    let relayed_forgery = |v: &String| v.contains(kind::RST_SEQ) || v.contains("RST at seq") || v.contains(kind::PAWS);
+    let violations: Vec<String> = lab.violations().into_iter().filter(|v| !relayed_forgery(v)).collect();
+    assert!(violations.is_empty(), "{violations:#?}");
+    assert!(lab.settle(SETTLE_NS), "{}", lab.stuck("sessions to end"));
+    assert_eq!(lab.boxed.engine.counters().ended_fin, 1);
 }
 
 /// Passthrough and path MTU: the segments toward the client are the backend's, so a

@@ -21,6 +21,7 @@
 //!
 //! Not supported yet (see the README): passthrough pools, ICMP relaying for sessions.
 
+mod acceptance;
 mod client_hello;
 mod custody;
 pub mod emit;
@@ -262,9 +263,21 @@ pub struct Counters {
     pub client_bytes_after_close: u64,
     /// FINs sent again on a connection the box closed, acknowledged from TIME-WAIT.
     pub time_wait_acks: u64,
-    /// SYNs with a new ISN on a 4-tuple a session holds, answered with a challenge ACK
-    /// (RFC 5961 4): a client that really starts over resets the old session with it.
+    /// Challenge ACKs (RFC 5961): for SYNs on a 4-tuple a session holds (a client that really
+    /// starts over resets the old session with it) and RSTs in the window but not exact.
     pub challenge_acks: u64,
+    /// Segments outside the receive window (RFC 9293 3.10.7.4), dropped and, within a rate
+    /// limit, answered with an ACK: retransmissions of acknowledged data, keepalives, forgeries.
+    pub segments_out_of_window: u64,
+    /// RSTs inside the window but not at the next sequence number, and SYNs inside a
+    /// connection, whose challenge ACK the rate limit held back (RFC 5961 7); those answered
+    /// count as `challenge_acks`. Also RSTs toward a backend connection not yet synchronized
+    /// that do not acknowledge its SYN or sit at its start (RFC 9293 3.10.7.3), dropped.
+    pub challenge_acks_held: u64,
+    /// Segments acknowledging data never sent or older than a window (RFC 5961 5.2), dropped.
+    pub acks_out_of_range: u64,
+    /// Segments with neither ACK nor RST in a synchronized connection, dropped.
+    pub segments_without_ack: u64,
     /// Times a session's timers were run because one was due (not once per session per turn:
     /// an idle session costs nothing until its idle timeout).
     pub session_timer_runs: u64,
@@ -279,7 +292,7 @@ impl Counters {
     /// Adds `other`'s counts to these: the box's totals over its poll loops.
     pub fn add(&mut self, other: &Counters) {
         // An exhaustive pattern, so that a counter added later cannot be left out here.
-        let Counters { frames_bridged, frames_unparsed_bridged, arp_replies, ndp_advertisements, sessions_started, sessions_passthrough, handshakes_completed, ended_fin, ended_close_timeout, ended_client_reset, ended_backend_reset, ended_tls_error, ended_tag_failure, ended_idle, ended_backend_unreachable, ended_client_unresponsive, client_segments_dropped, client_segments_held, backend_segments_dropped, backend_segments_held, records_opened, records_sealed, client_retransmits, client_timeouts, client_tail_probes, backend_retransmits, syn_cookies_sent, syn_cookies_accepted, backend_tuple_collisions, path_mtu_updates, icmp_ignored, path_mtu_relayed, bad_checksum_drops_outside, bad_checksum_drops_inside, client_bytes_after_close, time_wait_acks, challenge_acks, session_timer_runs, orphan_backend_drops } = other;
+        let Counters { frames_bridged, frames_unparsed_bridged, arp_replies, ndp_advertisements, sessions_started, sessions_passthrough, handshakes_completed, ended_fin, ended_close_timeout, ended_client_reset, ended_backend_reset, ended_tls_error, ended_tag_failure, ended_idle, ended_backend_unreachable, ended_client_unresponsive, client_segments_dropped, client_segments_held, backend_segments_dropped, backend_segments_held, records_opened, records_sealed, client_retransmits, client_timeouts, client_tail_probes, backend_retransmits, syn_cookies_sent, syn_cookies_accepted, backend_tuple_collisions, path_mtu_updates, icmp_ignored, path_mtu_relayed, bad_checksum_drops_outside, bad_checksum_drops_inside, client_bytes_after_close, time_wait_acks, challenge_acks, session_timer_runs, orphan_backend_drops, segments_out_of_window, challenge_acks_held, acks_out_of_range, segments_without_ack } = other;
         self.frames_bridged += frames_bridged;
         self.frames_unparsed_bridged += frames_unparsed_bridged;
         self.arp_replies += arp_replies;
@@ -317,6 +330,10 @@ impl Counters {
         self.client_bytes_after_close += client_bytes_after_close;
         self.time_wait_acks += time_wait_acks;
         self.challenge_acks += challenge_acks;
+        self.segments_out_of_window += segments_out_of_window;
+        self.challenge_acks_held += challenge_acks_held;
+        self.acks_out_of_range += acks_out_of_range;
+        self.segments_without_ack += segments_without_ack;
         self.session_timer_runs += session_timer_runs;
         self.orphan_backend_drops += orphan_backend_drops;
     }
