@@ -1,0 +1,223 @@
+//! Issue 11 acceptance, with real peers: forged segments during a download.
+//!
+//! A raw-socket injector (Python, in the client's namespace and in the server's) watches the
+//! download's segments and, while it runs, sends segments with the connection's addresses and
+//! ports that a blind attacker would: RSTs at random sequence numbers and in the window but not
+//! at its start, data at random sequence numbers and a quarter of the sequence space before and
+//! after the window, ACKs of random numbers and of data never sent (+10^6, +2^31 - 1), SYNs and
+//! FINs at random numbers. The download through cutls must finish with every byte right; the
+//! same injection against nginx terminating TLS on the same path (the Linux kernel judging the
+//! forgeries) is run for comparison and printed.
+//!
+//! Needs root (network namespaces); `CUTLS_SKIP_LAB=1` skips. Commands: ip, nginx, curl,
+//! python3.
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use cutls_tests::lab::sha256;
+use cutls_tests::lab_tls::{h1_port, lab_enabled, write_generated, HoldBack, Setup, TlsLab, HOST, SUITES};
+
+/// The injector. Arguments: interface, match ("to IP PORT": the peer's segments toward that
+/// address, or "from IP,IP,.. -": its segments from those addresses), seconds to
+/// wait before the first forgery, rounds, seed. It learns the connection's numbers from the
+/// last matching segment before each forgery and prints a JSON summary.
+const FORGER: &str = r#"
+import json, os, random, socket, struct, sys, time
+iface, how, address, port, delay, rounds, seed = sys.argv[1:8]
+port, delay, rounds = int(port), float(delay), int(rounds)
+rng = random.Random(int(seed))
+addresses = [socket.inet_aton(a) for a in address.split(",")]
+sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+sock.bind((iface, 0))
+sock.settimeout(0.02)
+
+def parse(frame):
+    if len(frame) < 54 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
+        return None
+    ihl = (frame[14] & 15) * 4
+    t = 14 + ihl
+    sport, dport, seq, ack = struct.unpack("!HHII", frame[t:t + 12])
+    off = (frame[t + 12] >> 4) * 4
+    flags = frame[t + 13]
+    window = struct.unpack("!H", frame[t + 14:t + 16])[0]
+    total = struct.unpack("!H", frame[16:18])[0]
+    ts, o = None, t + 20
+    while o < t + off:
+        kind = frame[o]
+        if kind == 0:
+            break
+        if kind == 1:
+            o += 1
+            continue
+        length = frame[o + 1]
+        if kind == 8 and length == 10:
+            ts = struct.unpack("!II", frame[o + 2:o + 10])
+        if length < 2:
+            break
+        o += length
+    return dict(smac=frame[6:12], dmac=frame[0:6], src=frame[26:30], dst=frame[30:34], sport=sport, dport=dport,
+                seq=seq, ack=ack, flags=flags, window=window, end=(seq + total - ihl - off) & 0xffffffff, ts=ts)
+
+def matches(s):
+    if s is None or s["flags"] & 0x07 or not s["flags"] & 0x10:
+        return False
+    if how == "to":
+        return s["dst"] == addresses[0] and s["dport"] == port
+    return s["src"] in addresses
+
+def checksum(data):
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    while total >> 16:
+        total = (total & 0xffff) + (total >> 16)
+    return ~total & 0xffff
+
+def forge(s, seq, ack, flags, payload):
+    options = b"\x01\x01\x08\x0a" + struct.pack("!II", *s["ts"]) if s["ts"] else b""
+    tcp = struct.pack("!HHIIBBHHH", s["sport"], s["dport"], seq & 0xffffffff, ack & 0xffffffff,
+                      (5 + len(options) // 4) << 4, flags, s["window"], 0, 0) + options + payload
+    tcp = tcp[:16] + struct.pack("!H", checksum(s["src"] + s["dst"] + struct.pack("!BBH", 0, 6, len(tcp)) + tcp)) + tcp[18:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), rng.randrange(65536), 0x4000, 64, 6, 0, s["src"], s["dst"])
+    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
+    return s["dmac"] + s["smac"] + b"\x08\x00" + ip + tcp
+
+FAR = 1 << 30
+CASES = [
+    ("RST at a random number", lambda s: (rng.getrandbits(32), s["ack"], 0x14, b"")),
+    ("RST in the window, not at its start", lambda s: (s["end"] + 1000, 0, 0x04, b"")),
+    ("data at a random number", lambda s: (rng.getrandbits(32), s["ack"], 0x18, os.urandom(300))),
+    ("more data at a random number", lambda s: (rng.getrandbits(32), s["ack"], 0x18, os.urandom(1000))),
+    ("data far before the window", lambda s: (s["end"] - FAR, s["ack"], 0x18, os.urandom(100))),
+    ("data far after the window", lambda s: (s["end"] + FAR, s["ack"], 0x18, os.urandom(100))),
+    ("ACK of a random number", lambda s: (s["end"], rng.getrandbits(32), 0x10, b"")),
+    ("ACK of 10^6 bytes never sent", lambda s: (s["end"], s["ack"] + 10**6, 0x10, b"")),
+    ("ACK of 2^31 - 1 bytes never sent", lambda s: (s["end"], s["ack"] + 2**31 - 1, 0x10, b"")),
+    ("SYN at a random number", lambda s: (rng.getrandbits(32), 0, 0x02, b"")),
+    ("FIN at a random number", lambda s: (rng.getrandbits(32), s["ack"], 0x11, b"")),
+]
+
+latest, seen, sent, quiet_since = None, 0, 0, time.time()
+def watch(duration):
+    global latest, seen, quiet_since
+    until = time.time() + duration
+    while time.time() < until:
+        try:
+            frame = sock.recv(65535)
+        except socket.timeout:
+            continue
+        s = parse(frame)
+        if matches(s):
+            latest, seen, quiet_since = s, seen + 1, time.time()
+
+start = time.time()
+while latest is None and time.time() - start < 20:
+    watch(0.1)
+watch(delay)
+for round in range(rounds):
+    for name, make in CASES:
+        watch(0.03)
+        if latest is None or time.time() - quiet_since > 2:
+            break
+        seq, ack, flags, payload = make(latest)
+        sock.send(forge(latest, seq, ack, flags, payload))
+        sent += 1
+print(json.dumps({"seen": seen, "sent": sent, "cases": len(CASES)}))
+"#;
+
+/// Starts an injector in `ns` on `iface`.
+fn forger(ns: &str, iface: &str, how: &str, addresses: &[IpAddr], port: u16, seed: u64) -> Child {
+    let addresses: Vec<String> = addresses.iter().map(IpAddr::to_string).collect();
+    Command::new("ip")
+        .args(["netns", "exec", ns, "python3", "-c", FORGER, iface, how, &addresses.join(","), &port.to_string()])
+        .args(["0.5", "5", &seed.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| panic!("start the injector in {ns}: {error}"))
+}
+
+/// The injector's summary: (segments it saw, forgeries it sent).
+fn forger_report(child: Child, what: &str) -> (u64, u64) {
+    let output = child.wait_with_output().expect("the injector ends");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let number = |key: &str| -> u64 {
+        text.split(&format!("\"{key}\": "))
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|digits| digits.parse().ok())
+            .unwrap_or_else(|| panic!("{what}: injector output {text:?}, stderr {}", String::from_utf8_lossy(&output.stderr)))
+    };
+    (number("seen"), number("sent"))
+}
+
+const SIZE: u64 = 48 << 20;
+const FILE: &str = "/forged-48m";
+
+#[test]
+fn forged_segments_during_a_download_change_nothing() {
+    if !lab_enabled() {
+        return;
+    }
+    let t = TlsLab::up(Setup::io("xdp"));
+    let expected = write_generated(&t.web.root.join(&FILE[1..]), SIZE, 1111).expect("write the download");
+    let env = t.lab.env.clone();
+    let nginx_tls = SocketAddr::new(env.backends_v4[0], 8443);
+    let mut lines = Vec::new();
+    for (index, (target, through_cutls)) in
+        [(t.vip(false, h1_port(HoldBack::CutThrough)), true), (t.vip(false, h1_port(HoldBack::VerifyFirst)), true), (nginx_tls, false)]
+            .into_iter()
+            .enumerate()
+    {
+        let what = if through_cutls { format!("cutls {target}") } else { format!("nginx {target} (reference)") };
+        let seed = 40 + index as u64;
+        let client_side = forger(&env.client_ns, &env.client_if, "to", &[target.ip()], target.port(), seed);
+        let server_side = forger(&env.server_ns, &env.server_if, "from", &env.backends_v4, 0, seed + 10);
+        let started = Instant::now();
+        // Slow enough that the forgeries land inside the download.
+        let mut args: Vec<String> =
+            ["-sS", "--fail", "--max-time", "90", "--limit-rate", "12M", "--cacert"].iter().map(|s| s.to_string()).collect();
+        args.push(t.cert.display().to_string());
+        args.extend(["--resolve".to_string(), format!("{HOST}:{}:{}", target.port(), target.ip())]);
+        if through_cutls {
+            args.extend(SUITES[0].curl_args());
+        }
+        let out = t.scratch("forged");
+        args.extend([format!("https://{HOST}:{}{FILE}?{index}", target.port()), "-o".into(), out.display().to_string()]);
+        let curl = t.client_run("curl", &args);
+        if through_cutls {
+            t.count_connections(1);
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let (client_seen, client_sent) = forger_report(client_side, &what);
+        let (server_seen, server_sent) = forger_report(server_side, &what);
+        let got = std::fs::read(&out).unwrap_or_default();
+        let exact = curl.status.success() && sha256(&got) == expected;
+        let line = format!(
+            "{what}: {} of {SIZE} bytes in {seconds:.1} s, {}; forgeries sent: {client_sent} from the client side ({client_seen} segments seen), {server_sent} from the server side ({server_seen} seen){}",
+            got.len(),
+            if exact { "exact" } else { "NOT EXACT" },
+            if curl.status.success() { String::new() } else { format!("; curl: {}", String::from_utf8_lossy(&curl.stderr).trim()) }
+        );
+        eprintln!("{line}");
+        lines.push(line.clone());
+        if through_cutls {
+            assert!(client_sent > 0 && server_sent > 0, "{what}: the injectors sent nothing: {line}");
+            if !exact {
+                t.fail(format!("{what}: the download did not survive the forgeries: {line}"));
+            }
+        }
+    }
+    let counters = t.finish();
+    eprintln!("{}", lines.join("\n"));
+    // (curl's own close ends in a RST, ended_client_reset: it closes without reading the
+    // box's close_notify; a download cut by a forged RST would have been short.)
+    for name in ["ended_backend_reset", "ended_tag_failure", "ended_tls_error", "ended_idle"] {
+        assert_eq!(counters.get(name), 0, "{name}");
+    }
+    assert!(counters.get("challenge_acks") + counters.get("challenge_acks_held") > 0, "no in-window RST was challenged");
+    assert!(counters.get("segments_out_of_window") > 0, "no forgery was outside the window");
+    assert_eq!(counters.sessions_still_open, Some(0), "the session table drains");
+}
