@@ -1396,6 +1396,22 @@ impl TlsLab {
             .unwrap_or_else(|error| panic!("run {program}: {error}"))
     }
 
+    /// A crash: cutls is killed with SIGKILL (no counters, no cleanup), then started again with
+    /// the same configuration. Returns how long until the new process was ready.
+    pub fn crash_and_restart_cutls(&self) -> Duration {
+        let mut slot = self.cutls.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(mut cutls) = slot.take() {
+            cutls.signal(libc::SIGKILL);
+            let _ = cutls.wait();
+        }
+        let started = std::time::Instant::now();
+        let binary = cutls_binary().expect("build cutls");
+        let cutls = Cutls::start(&self.lab, &binary, &["--config", &self.config.display().to_string()])
+            .unwrap_or_else(|error| panic!("restart cutls: {error}"));
+        *slot = Some(cutls);
+        started.elapsed()
+    }
+
     /// Stops cutls with SIGINT and returns what it printed (None if it was stopped before).
     fn stop_cutls(&self) -> Option<crate::lab::CutlsExit> {
         let mut cutls = self.cutls.lock().ok()?.take()?;

@@ -1,4 +1,4 @@
-//! Issue 11 acceptance, with real peers: forged segments during a download.
+//! Issue 11 acceptance, with real peers: forged segments during a download, and a crash.
 //!
 //! A raw-socket injector (Python, in the client's namespace and in the server's) watches the
 //! download's segments and, while it runs, sends segments with the connection's addresses and
@@ -8,6 +8,11 @@
 //! FINs at random numbers. The download through cutls must finish with every byte right; the
 //! same injection against nginx terminating TLS on the same path (the Linux kernel judging the
 //! forgeries) is run for comparison and printed.
+//!
+//! The crash: cutls is killed with SIGKILL in the middle of a download and started again at
+//! once. The backend goes on resending what the dead process had not acknowledged; the new
+//! process knows no session, and must not bridge those segments (plaintext) to the client. A
+//! sniffer on the client's link looks for a marker that every kilobyte of the body carries.
 //!
 //! Needs root (network namespaces); `CUTLS_SKIP_LAB=1` skips. Commands: ip, nginx, curl,
 //! python3.
@@ -220,4 +225,87 @@ fn forged_segments_during_a_download_change_nothing() {
     assert!(counters.get("challenge_acks") + counters.get("challenge_acks_held") > 0, "no in-window RST was challenged");
     assert!(counters.get("segments_out_of_window") > 0, "no forgery was outside the window");
     assert_eq!(counters.sessions_still_open, Some(0), "the session table drains");
+}
+
+/// The sniffer: arguments interface, seconds, marker. Counts the frames on the link and those
+/// that carry the marker in the clear, and prints a JSON summary.
+const SNIFFER: &str = r#"
+import json, socket, sys, time
+iface, seconds, marker = sys.argv[1], float(sys.argv[2]), sys.argv[3].encode()
+sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+sock.bind((iface, 0))
+sock.settimeout(0.05)
+frames, leaks, first = 0, 0, None
+until = time.time() + seconds
+while time.time() < until:
+    try:
+        frame = sock.recv(65535)
+    except socket.timeout:
+        continue
+    frames += 1
+    if marker in frame:
+        leaks += 1
+        if first is None:
+            first = frame[:80].hex()
+print(json.dumps({"frames": frames, "leaks": leaks, "first": first}))
+"#;
+
+const MARKER: &str = "CUTLS-PLAINTEXT-MARKER";
+const CRASH_FILE: &str = "/crash-32m";
+
+/// A body whose every kilobyte starts with [`MARKER`] and its number.
+fn marked_body(size: usize) -> Vec<u8> {
+    let mut body = Vec::with_capacity(size);
+    let mut block = 0u64;
+    while body.len() < size {
+        let mut chunk = format!("{MARKER}-{block:08}-").into_bytes();
+        chunk.resize(1024, b'a' + (block % 26) as u8);
+        body.extend_from_slice(&chunk);
+        block += 1;
+    }
+    body.truncate(size);
+    body
+}
+
+#[test]
+fn no_plaintext_reaches_the_client_after_a_crash_mid_download() {
+    if !lab_enabled() {
+        return;
+    }
+    let t = TlsLab::up(Setup::io("xdp"));
+    std::fs::write(t.web.root.join(&CRASH_FILE[1..]), marked_body(32 << 20)).expect("write the download");
+    let env = t.lab.env.clone();
+    let sniffer = Command::new("ip")
+        .args(["netns", "exec", &env.client_ns, "python3", "-c", SNIFFER, &env.client_if, "12", MARKER])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the sniffer");
+    let to = t.vip(false, h1_port(HoldBack::CutThrough));
+    let out = t.scratch("crash");
+    let mut args: Vec<String> = ["-sS", "--max-time", "20", "--limit-rate", "4M", "--cacert"].iter().map(|s| s.to_string()).collect();
+    args.push(t.cert.display().to_string());
+    args.extend(["--resolve".to_string(), format!("{HOST}:{}:{}", to.port(), to.ip())]);
+    args.extend([format!("https://{HOST}:{}{CRASH_FILE}", to.port()), "-o".into(), out.display().to_string()]);
+    let curl = t.lab.command_in(&env.client_ns, "curl").args(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start curl");
+    t.count_connections(1);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let received_before = std::fs::metadata(&out).map_or(0, |m| m.len());
+    let restart = t.crash_and_restart_cutls();
+    let started = Instant::now();
+    let curl = curl.wait_with_output().expect("curl ends");
+    let client_gave_up_s = started.elapsed().as_secs_f64();
+    let sniffed = sniffer.wait_with_output().expect("the sniffer ends");
+    let report = String::from_utf8_lossy(&sniffed.stdout).into_owned();
+    let received = std::fs::metadata(&out).map_or(0, |m| m.len());
+    let counters = t.finish_allowing_open(true);
+    eprintln!(
+        "crash after {received_before} bytes; restarted in {:.2} s; curl ended {client_gave_up_s:.1} s later with {received} bytes: {}; sniffer: {report}",
+        restart.as_secs_f64(),
+        String::from_utf8_lossy(&curl.stderr).trim()
+    );
+    assert!(received_before > 0 && received_before < 32 << 20, "the crash came mid-download ({received_before} bytes)");
+    assert!(report.contains("\"leaks\": 0"), "plaintext of the body on the client's link after the crash: {report}");
+    assert!(!report.contains("\"frames\": 0,"), "the sniffer saw nothing: {report}");
+    assert!(counters.get("orphan_backend_drops") > 0, "the backend's resends never reached the new process");
 }
