@@ -15,6 +15,7 @@
 //! snat_address = "198.18.2.1"  # required with mode = "snat"
 //! rx_checksum = "offload"      # offload | verify (see below)
 //! close_timeout = 60           # seconds a half-closed session may stay idle
+//! handshake_timeout = 30       # seconds from a client's SYN to the end of its TLS handshake
 //! cores = 2                    # poll loops (default: one per receive queue, at most the cores)
 //! handshake_threads = 1        # TLS handshake workers per poll loop (0: in the loop)
 //! congestion_control = "bbr"   # bbr | reno: the box's sending toward clients (see below)
@@ -106,6 +107,10 @@ const DEFAULT_HANDSHAKE_THREADS: usize = 1;
 /// `close_timeout` when the file does not say: Linux's `tcp_fin_timeout`.
 pub const DEFAULT_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// `handshake_timeout` when the file does not say: a slow mobile client finishes in a few
+/// seconds; a slowloris one that trickles its ClientHello is reset then.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How the box reaches the backends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AddressMode {
@@ -138,6 +143,8 @@ pub struct Config {
     pub trust_rx_checksum: bool,
     /// How long a session that has begun to close may stay idle (`close_timeout`, seconds).
     pub close_timeout: std::time::Duration,
+    /// How long a TLS handshake may take from the client's SYN (`handshake_timeout`, seconds).
+    pub handshake_timeout: std::time::Duration,
     /// Poll loops (`cores`); `None`: one per receive queue of the ports, at most the cores
     /// the process may use.
     pub cores: Option<usize>,
@@ -205,6 +212,8 @@ struct RawBox {
     rx_checksum: Option<Spanned<String>>,
     #[serde(default)]
     close_timeout: Option<Spanned<i64>>,
+    #[serde(default)]
+    handshake_timeout: Option<Spanned<i64>>,
     #[serde(default)]
     cores: Option<Spanned<i64>>,
     #[serde(default)]
@@ -358,6 +367,19 @@ impl Config {
                         Some(value.span()),
                         "box.close_timeout",
                         format!("{} seconds: must be 1 to 3600", value.get_ref()),
+                    ))
+                }
+            },
+        };
+        let handshake_timeout = match ports.handshake_timeout.as_ref() {
+            None => DEFAULT_HANDSHAKE_TIMEOUT,
+            Some(value) => match u64::try_from(*value.get_ref()) {
+                Ok(seconds @ 1..=300) => std::time::Duration::from_secs(seconds),
+                _ => {
+                    return Err(places.error(
+                        Some(value.span()),
+                        "box.handshake_timeout",
+                        format!("{} seconds: must be 1 to 300", value.get_ref()),
                     ))
                 }
             },
@@ -521,6 +543,7 @@ impl Config {
             mode,
             trust_rx_checksum,
             close_timeout,
+            handshake_timeout,
             cores,
             handshake_threads,
             congestion,
@@ -623,6 +646,17 @@ backends = ["198.18.2.10:80", "[2001:db8::10]:80"]
         assert_eq!((error.line, error.field.as_deref()), (Some(5), Some("box.cores")), "{error}");
         let error = error_of(&with("handshake_threads = -1"));
         assert_eq!((error.line, error.field.as_deref()), (Some(5), Some("box.handshake_threads")), "{error}");
+    }
+
+    #[test]
+    fn handshake_timeout() {
+        assert_eq!(parse(GOOD).unwrap().handshake_timeout, DEFAULT_HANDSHAKE_TIMEOUT);
+        let with = |lines: &str| GOOD.replace("inside = \"inside\"", &format!("inside = \"inside\"\n{lines}"));
+        assert_eq!(parse(&with("handshake_timeout = 5")).unwrap().handshake_timeout, std::time::Duration::from_secs(5));
+        for bad in ["handshake_timeout = 0", "handshake_timeout = 301"] {
+            let error = error_of(&with(bad));
+            assert_eq!((error.line, error.field.as_deref()), (Some(5), Some("box.handshake_timeout")), "{error}");
+        }
     }
 
     #[test]

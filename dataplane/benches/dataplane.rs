@@ -171,6 +171,7 @@ fn engine(addresses: &Addresses) -> Engine {
         outside_mac: addresses.outside_mac,
         inside_mac: addresses.inside_mac,
         idle_timeout_ns: 600_000 * MS,
+        handshake_timeout_ns: 30_000 * MS,
         close_timeout_ns: 60_000 * MS,
         trust_rx_checksum: true,
         keys: EngineKeys::derive(SEED),

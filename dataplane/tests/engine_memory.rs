@@ -1190,6 +1190,71 @@ fn a_new_syn_on_a_held_four_tuple_gets_a_challenge_ack() {
     assert!(other_isn.wrapping_sub(answer.seq_number.0) > 1 << 16, "neighbouring ports get unrelated ISNs");
 }
 
+/// Issue 11's half-open sessions: a SYN whose SYN-ACK is never acknowledged (a flood's forged
+/// source) gets its SYN-ACK three more times (1, 2 and 4 s later) and the session ends 15 s
+/// after the SYN, quietly; before, it stayed for the 300 s idle timeout.
+#[test]
+fn a_half_open_session_resends_its_syn_ack_then_goes() {
+    let v4 = Addresses::ipv4();
+    let client = SocketAddr::new(v4.client_ip, 41000);
+    let mut engine = engine_lab(&v4, ReleaseMode::CutThrough, 5, WireConfig::default()).boxed.engine;
+    let mut out = Output::default();
+    engine.handle_frame(0, Port::Outside, &tcp_frame(v4.client_mac, ROUTER_MAC, client, v4.vip, &client_syn()), &mut out);
+    let mut syn_acks = Vec::new();
+    let mut now = 0;
+    while engine.sessions() > 0 && now < 60_000 * MS {
+        for frame in out.outside.drain(..).chain(out.inside.drain(..)) {
+            let tcp = parse_frame(LinkType::Ethernet, &frame).expect("frame").tcp().copied().expect("TCP");
+            assert_eq!(tcp.flags, TcpFlags::SYN | TcpFlags::ACK, "only SYN-ACKs, no RST: {}", summarize(&frame));
+            syn_acks.push(now / MS);
+        }
+        now = engine.next_deadline_ns().unwrap_or(now + 1_000 * MS).max(now + 1);
+        engine.poll(now, &mut out);
+    }
+    assert_eq!(syn_acks, [0, 1_000, 3_000, 7_000], "SYN-ACKs sent at (ms)");
+    assert_eq!(engine.sessions(), 0);
+    assert_eq!(now / MS, 15_000, "ended at (ms)");
+    assert_eq!(engine.counters().ended_half_open, 1);
+}
+
+/// Issue 11's slow clients: 500 ClientHellos trickled a byte every 5 s were all alive after
+/// 360 s, each byte restarting the idle timer. The handshake has `handshake_timeout` (30 s
+/// here) from the SYN, whatever arrives.
+#[test]
+fn a_trickled_client_hello_is_reset_at_the_handshake_deadline() {
+    let v4 = Addresses::ipv4();
+    let client = SocketAddr::new(v4.client_ip, 41000);
+    let mut engine = engine_lab(&v4, ReleaseMode::CutThrough, 5, WireConfig::default()).boxed.engine;
+    let segment = |seq: u32, ack: u32, payload: Vec<u8>| {
+        let outgoing = Outgoing { seq: SeqNumber(seq), ack: SeqNumber(ack), flags: TcpFlags::ACK, window: 64240, options: TcpOptions::default(), payload };
+        tcp_frame(v4.client_mac, ROUTER_MAC, client, v4.vip, &outgoing)
+    };
+    let mut out = Output::default();
+    engine.handle_frame(0, Port::Outside, &tcp_frame(v4.client_mac, ROUTER_MAC, client, v4.vip, &client_syn()), &mut out);
+    let our_isn = parse_frame(LinkType::Ethernet, &out.outside[0]).expect("SYN-ACK").tcp().expect("TCP").seq_number.0;
+    let ack = our_isn.wrapping_add(1);
+    engine.handle_frame(MS, Port::Outside, &segment(1001, ack, Vec::new()), &mut out);
+    // A TLS record header, then one byte of the ClientHello every 5 s.
+    let hello = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03];
+    let is_reset = |frame: &Vec<u8>| parse_frame(LinkType::Ethernet, frame).is_ok_and(|f| f.tcp().is_some_and(|t| t.flags.contains(TcpFlags::RST)));
+    let mut reset_at = None;
+    for (index, byte) in hello.iter().enumerate() {
+        let at = (1 + 5_000 * index as u64) * MS;
+        let mut out = Output::default();
+        engine.poll(at, &mut out);
+        if engine.sessions() == 0 {
+            assert!(out.outside.iter().any(is_reset), "the client is reset");
+            reset_at = Some(at / MS);
+            break;
+        }
+        engine.handle_frame(at, Port::Outside, &segment(1001 + index as u32, ack, vec![*byte]), &mut out);
+        assert!(!out.outside.iter().any(is_reset), "reset before the deadline, at {} ms", at / MS);
+    }
+    // The first poll after 30 s from the SYN.
+    assert_eq!(reset_at, Some(30_001), "reset at (ms)");
+    assert_eq!(engine.counters().ended_handshake_timeout, 1);
+}
+
 // ---- the engine bugs the other tests step around (KNOWN_ENGINE_BUGS), one test each ----
 
 #[test]
@@ -2159,6 +2224,7 @@ fn lab_engine_in(listener: ListenerSetup, addresses: &Addresses, seed: u64, syn_
         outside_mac: addresses.outside_mac,
         inside_mac: addresses.inside_mac,
         idle_timeout_ns: 60_000 * MS,
+        handshake_timeout_ns: 30_000 * MS,
         close_timeout_ns: 30_000 * MS,
         trust_rx_checksum: true,
         keys: EngineKeys::derive(seed),

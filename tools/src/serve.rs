@@ -131,6 +131,7 @@ pub fn serve(config: &Config, stop: &AtomicBool) -> io::Result<()> {
                 outside_mac,
                 inside_mac,
                 idle_timeout_ns: IDLE_TIMEOUT.as_nanos() as u64,
+                handshake_timeout_ns: config.handshake_timeout.as_nanos() as u64,
                 close_timeout_ns: config.close_timeout.as_nanos() as u64,
                 trust_rx_checksum: config.trust_rx_checksum,
                 // One set of keys: a SYN cookie or an ISN means the same in every loop.

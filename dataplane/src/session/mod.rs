@@ -96,6 +96,9 @@ pub struct EngineConfig {
     pub outside_mac: EthernetAddress,
     pub inside_mac: EthernetAddress,
     pub idle_timeout_ns: u64,
+    /// How long a TLS handshake may take, from the client's SYN to rustls' last message (a
+    /// slowloris client trickling its ClientHello is reset then).
+    pub handshake_timeout_ns: u64,
     /// How long a session that has begun to close (one side's FIN or close_notify carried to
     /// the other) may stay idle before both sides are reset: the box's FIN-WAIT-2 and
     /// CLOSE-WAIT bound (Linux's `tcp_fin_timeout` is 60 s).
@@ -215,6 +218,12 @@ pub struct Counters {
     pub ended_tls_error: u64,
     pub ended_tag_failure: u64,
     pub ended_idle: u64,
+    /// Half-open sessions: the client never acknowledged the SYN-ACK (sent four times in
+    /// 15 s). A SYN flood ends here.
+    pub ended_half_open: u64,
+    /// TLS handshakes not done within `handshake_timeout` of the SYN (slow or stalled clients,
+    /// a first flight that is not TLS and never completes a record): reset both ways.
+    pub ended_handshake_timeout: u64,
     pub ended_backend_unreachable: u64,
     /// Sessions whose client acknowledged nothing the box sent it through every retransmission.
     pub ended_client_unresponsive: u64,
@@ -292,7 +301,7 @@ impl Counters {
     /// Adds `other`'s counts to these: the box's totals over its poll loops.
     pub fn add(&mut self, other: &Counters) {
         // An exhaustive pattern, so that a counter added later cannot be left out here.
-        let Counters { frames_bridged, frames_unparsed_bridged, arp_replies, ndp_advertisements, sessions_started, sessions_passthrough, handshakes_completed, ended_fin, ended_close_timeout, ended_client_reset, ended_backend_reset, ended_tls_error, ended_tag_failure, ended_idle, ended_backend_unreachable, ended_client_unresponsive, client_segments_dropped, client_segments_held, backend_segments_dropped, backend_segments_held, records_opened, records_sealed, client_retransmits, client_timeouts, client_tail_probes, backend_retransmits, syn_cookies_sent, syn_cookies_accepted, backend_tuple_collisions, path_mtu_updates, icmp_ignored, path_mtu_relayed, bad_checksum_drops_outside, bad_checksum_drops_inside, client_bytes_after_close, time_wait_acks, challenge_acks, session_timer_runs, orphan_backend_drops, segments_out_of_window, challenge_acks_held, acks_out_of_range, segments_without_ack } = other;
+        let Counters { frames_bridged, frames_unparsed_bridged, arp_replies, ndp_advertisements, sessions_started, sessions_passthrough, handshakes_completed, ended_fin, ended_close_timeout, ended_client_reset, ended_backend_reset, ended_tls_error, ended_tag_failure, ended_idle, ended_half_open, ended_handshake_timeout, ended_backend_unreachable, ended_client_unresponsive, client_segments_dropped, client_segments_held, backend_segments_dropped, backend_segments_held, records_opened, records_sealed, client_retransmits, client_timeouts, client_tail_probes, backend_retransmits, syn_cookies_sent, syn_cookies_accepted, backend_tuple_collisions, path_mtu_updates, icmp_ignored, path_mtu_relayed, bad_checksum_drops_outside, bad_checksum_drops_inside, client_bytes_after_close, time_wait_acks, challenge_acks, session_timer_runs, orphan_backend_drops, segments_out_of_window, challenge_acks_held, acks_out_of_range, segments_without_ack } = other;
         self.frames_bridged += frames_bridged;
         self.frames_unparsed_bridged += frames_unparsed_bridged;
         self.arp_replies += arp_replies;
@@ -307,6 +316,8 @@ impl Counters {
         self.ended_tls_error += ended_tls_error;
         self.ended_tag_failure += ended_tag_failure;
         self.ended_idle += ended_idle;
+        self.ended_half_open += ended_half_open;
+        self.ended_handshake_timeout += ended_handshake_timeout;
         self.ended_backend_unreachable += ended_backend_unreachable;
         self.client_segments_dropped += client_segments_dropped;
         self.backend_segments_dropped += backend_segments_dropped;
@@ -356,6 +367,10 @@ pub enum EndReason {
     /// A client record failed authentication.
     TagFailure,
     Idle,
+    /// The client never acknowledged the SYN-ACK (sent four times over 15 s).
+    HalfOpen,
+    /// The TLS handshake was not done within `handshake_timeout` of the client's SYN.
+    HandshakeTimeout,
     /// The backend could not be resolved, connected or chosen.
     BackendUnreachable,
     /// The client acknowledged nothing through every retransmission of the box's bytes.
@@ -372,6 +387,8 @@ impl EndReason {
             EndReason::TlsError => &mut counters.ended_tls_error,
             EndReason::TagFailure => &mut counters.ended_tag_failure,
             EndReason::Idle => &mut counters.ended_idle,
+            EndReason::HalfOpen => &mut counters.ended_half_open,
+            EndReason::HandshakeTimeout => &mut counters.ended_handshake_timeout,
             EndReason::BackendUnreachable => &mut counters.ended_backend_unreachable,
             EndReason::ClientUnresponsive => &mut counters.ended_client_unresponsive,
         };
@@ -956,7 +973,9 @@ impl Engine {
         let id = self.next_id;
         self.next_id += 1;
         let setup = &self.config.listeners[listener];
-        let Some(session) = Session::new(id, now_ns, listener, setup, key.source, key.destination, backend, side, link, &client, isn)
+        let deadline = now_ns.saturating_add(self.config.handshake_timeout_ns);
+        let Some(session) =
+            Session::new(id, now_ns, listener, setup, key.source, key.destination, backend, side, link, &client, isn, deadline)
         else {
             session::reset_segment(Port::Outside, link, key, tcp, out);
             return None;

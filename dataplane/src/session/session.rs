@@ -85,6 +85,10 @@ const MAX_RECORD_OVERHEAD: u16 = 29;
 const MAX_HANDSHAKE_BYTES: usize = 64 * 1024;
 const INITIAL_RTO_NS: u64 = 1_000_000_000;
 const MAX_RETRIES: u32 = 6;
+/// SYN-ACKs sent again to a client that does not acknowledge the first (1, 2 and 4 s after
+/// it); 8 s after the last the half-open session ends (15 s in all: Linux's default, five
+/// resends, keeps one 63 s, which a SYN flood turns into a full table).
+const SYN_ACK_RETRIES: u32 = 3;
 /// The box's FIN toward the backend is sent again after this (doubling each time), at most
 /// `MAX_RETRIES` times.
 const FIN_RTO_NS: u64 = 200_000_000;
@@ -105,11 +109,13 @@ pub(crate) struct ClientSyn {
     pub isn: u32,
     pub window: u64,
     pub options: SynOptions,
+    /// The client already acknowledged our SYN-ACK (a cookie's ACK made the session).
+    pub acknowledged: bool,
 }
 
 impl ClientSyn {
     pub(crate) fn from_segment(syn: &TcpSegment<'_>) -> ClientSyn {
-        ClientSyn { isn: syn.seq_number.0, window: syn.window as u64, options: SynOptions::from(&syn.options) }
+        ClientSyn { isn: syn.seq_number.0, window: syn.window as u64, options: SynOptions::from(&syn.options), acknowledged: false }
     }
 
     /// A connection the box answered with a SYN cookie: only the MSS survives (the SYN-ACK
@@ -119,6 +125,7 @@ impl ClientSyn {
             isn: client_isn,
             window,
             options: SynOptions { mss, window_scale: None, sack_permitted: false, timestamp: None },
+            acknowledged: true,
         }
     }
 }
@@ -280,6 +287,11 @@ pub(crate) struct Session {
     client_reference: u64,
     /// What the client may send and acknowledge ([`super::acceptance`]).
     client_guard: Guard,
+    /// The client acknowledged our SYN-ACK (until then the session is half open).
+    syn_acked: bool,
+    /// When a TLS session must have finished its handshake (from the SYN: a client that
+    /// trickles its ClientHello a byte at a time does not move it).
+    handshake_deadline_ns: u64,
     /// Next client offset expected during the handshake.
     client_next: u64,
     /// In-order client bytes not yet given to rustls.
@@ -414,6 +426,7 @@ impl Session {
         client_link: Link,
         syn: &ClientSyn,
         our_isn: u32,
+        handshake_deadline_ns: u64,
     ) -> Option<Session> {
         if backend_side.source.is_ipv4() != backend.is_ipv4() {
             // The backend must be of the family of the address the box talks to it from.
@@ -454,6 +467,8 @@ impl Session {
             last_activity_ns: now_ns,
             client_reference: 0,
             client_guard: Guard::new(0, syn.window),
+            syn_acked: syn.acknowledged,
+            handshake_deadline_ns,
             client_next: 0,
             handshake_in: Vec::new(),
             handshake_out: Vec::new(),
@@ -536,6 +551,9 @@ impl Session {
     /// The SYN arrived: answer it.
     pub(crate) fn start(&mut self, context: &mut Context<'_>) -> Option<SessionEvent> {
         self.send_syn_ack(context);
+        // Sent again until the client acknowledges it (the same timer as the handshake
+        // flight's: nothing else is outstanding yet).
+        self.rto_deadline_ns = Some(context.now_ns + self.rto_ns);
         if self.route == Route::Passthrough {
             // A listener of a passthrough pool: the backend may speak first (SMTP, IMAP).
             context.counters.sessions_passthrough += 1;
@@ -592,6 +610,9 @@ impl Session {
             }
         };
         at(self.rto_deadline_ns);
+        if self.handshaking() && self.syn_acked {
+            at(Some(self.handshake_deadline_ns));
+        }
         at(match self.backend_state {
             Backend::Resolving { asked_ns, tries } if tries > 0 => Some(asked_ns + INITIAL_RTO_NS),
             Backend::SynSent { sent_ns, tries } => Some(sent_ns + (INITIAL_RTO_NS << tries.min(6))),
@@ -616,6 +637,10 @@ impl Session {
         if context.now_ns.saturating_sub(self.last_activity_ns) > context.idle_timeout_ns {
             self.reset_both(context);
             return Some(SessionEvent::Ended(EndReason::Idle));
+        }
+        if self.handshaking() && self.syn_acked && context.now_ns >= self.handshake_deadline_ns {
+            self.reset_both(context);
+            return Some(SessionEvent::Ended(EndReason::HandshakeTimeout));
         }
         if let Some(event) = self.poll_backend(context) {
             return Some(event);
@@ -642,10 +667,21 @@ impl Session {
             return Some(event);
         }
         if let Some(deadline) = self.rto_deadline_ns {
-            let outstanding = self.acked < self.handshake_out_len;
+            let outstanding = self.acked < self.handshake_out_len || !self.syn_acked;
             if !outstanding {
                 self.rto_deadline_ns = None;
                 self.retries = 0;
+            } else if context.now_ns >= deadline && !self.syn_acked {
+                // Half open: the SYN-ACK again, a few times, then the session goes (no RST:
+                // there is no connection to reset, and a flood's forged sources would get one
+                // each).
+                self.retries += 1;
+                if self.retries > SYN_ACK_RETRIES {
+                    return Some(SessionEvent::Ended(EndReason::HalfOpen));
+                }
+                self.send_syn_ack(context);
+                self.rto_ns = (self.rto_ns * 2).min(60_000_000_000);
+                self.rto_deadline_ns = Some(context.now_ns + self.rto_ns);
             } else if context.now_ns >= deadline {
                 self.retries += 1;
                 if self.retries > MAX_RETRIES {
@@ -736,6 +772,9 @@ impl Session {
         }
         self.client_reference = self.client_reference.max(arrival.offset);
         self.client_guard.received(&arrival);
+        if arrival.ack.is_some() {
+            self.syn_is_acknowledged();
+        }
         if let Some(ts) = tcp.options.timestamp {
             if acceptance::newer_timestamp(self.client_ts_recent, ts.value) {
                 self.client_ts_recent = ts.value;
@@ -1123,6 +1162,25 @@ impl Session {
 
     fn reply_link(&self) -> Link {
         self.client_link.reversed()
+    }
+
+    /// The client acknowledged our SYN-ACK: it stops being sent again.
+    fn syn_is_acknowledged(&mut self) {
+        if self.syn_acked {
+            return;
+        }
+        self.syn_acked = true;
+        self.retries = 0;
+        self.rto_ns = INITIAL_RTO_NS;
+        if self.acked >= self.handshake_out_len {
+            self.rto_deadline_ns = None;
+        }
+    }
+
+    /// Whether the session is a TLS handshake still under way: what the handshake deadline
+    /// bounds (a passthrough session has none; the backend's connection has its own tries).
+    fn handshaking(&self) -> bool {
+        self.keys.is_none() && self.splice.is_none() && self.plain.is_none() && self.route != Route::Passthrough
     }
 
     /// A client sequence number as an offset (the reference moves only for segments the
@@ -2309,6 +2367,9 @@ impl Session {
             }
             return None;
         }
+        if tcp.flags.contains(TcpFlags::ACK) && tcp.ack_number.0.wrapping_sub(self.our_isn.wrapping_add(1)) as i32 >= 0 {
+            self.syn_is_acknowledged();
+        }
         if self.plain.as_ref().is_some_and(|plain| plain.connected.is_none()) {
             // The backend has not answered yet: the box is the client's peer on its own.
             let arrival = self.client_arrival(tcp);
@@ -2880,13 +2941,13 @@ mod tests {
     /// 1.8 KB each); with the box's sender toward the client (congestion window, RTT, path
     /// model, SACK scoreboard, RACK's clock) and the two reorder buffers, Splice 4,544 B. A
     /// bound, so that growth is a decision. The guard toward the client (RFC 5961, 32 B):
-    /// Session 808 B.
+    /// Session 808 B; with the handshake deadline, 816 B.
     #[test]
     fn an_established_session_stays_small() {
         let session = std::mem::size_of::<super::Session>();
         let splice = std::mem::size_of::<super::Splice>();
         eprintln!("Session {session} B, Splice {splice} B");
-        assert!(session <= 808, "Session is {session} bytes");
+        assert!(session <= 816, "Session is {session} bytes");
         assert!(splice <= 4608, "Splice is {splice} bytes");
     }
 }
