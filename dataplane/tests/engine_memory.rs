@@ -1255,6 +1255,55 @@ fn a_trickled_client_hello_is_reset_at_the_handshake_deadline() {
     assert_eq!(engine.counters().ended_handshake_timeout, 1);
 }
 
+/// Issue 11 and 12: a first flight that is not TLS (plain HTTP, an SSLv2 hello) waited on a
+/// TLS-only listener for a record that never ended, until the idle timeout; a ClientHello record
+/// over the 2^14-byte plaintext limit was answered with a ServerHello. Each now gets a fatal
+/// alert at once (rustls' for what is not TLS, the box's record_overflow for the long record),
+/// with a FIN.
+#[test]
+fn first_flights_that_are_not_tls_or_too_long_get_an_alert() {
+    let mut long_hello = vec![0x16, 0x03, 0x01, 0x41, 0x3c, 0x01, 0x00, 0x41, 0x38, 0x03, 0x03];
+    long_hello.resize(5 + 0x413c, 0);
+    // rustls answers what is not TLS with decode_error.
+    let cases: [(&str, Vec<u8>, u8); 4] = [
+        ("plain HTTP", b"GET / HTTP/1.1\r\nHost: example.test\r\n\r\n".to_vec(), 50),
+        ("an SSLv2 hello", vec![0x80, 0x2e, 0x01, 0x00, 0x02, 0x00, 0x15, 0x00, 0x00, 0x00, 0x10, 0x07, 0x00, 0xc0], 50),
+        ("a record length past any TLS record", vec![0x16, 0x03, 0x01, 0xff, 0xff, 0x01, 0x00], 22),
+        ("a ClientHello record of 2^14 + 316 bytes", long_hello, 22),
+    ];
+    for (what, flight, expected) in cases {
+        let v4 = Addresses::ipv4();
+        let client = SocketAddr::new(v4.client_ip, 41000);
+        let mut engine = engine_lab(&v4, ReleaseMode::CutThrough, 5, WireConfig::default()).boxed.engine;
+        let segment = |seq: u32, ack: u32, flags: TcpFlags, payload: &[u8]| {
+            let outgoing = Outgoing { seq: SeqNumber(seq), ack: SeqNumber(ack), flags, window: 64240, options: TcpOptions::default(), payload: payload.to_vec() };
+            tcp_frame(v4.client_mac, ROUTER_MAC, client, v4.vip, &outgoing)
+        };
+        let mut out = Output::default();
+        engine.handle_frame(0, Port::Outside, &tcp_frame(v4.client_mac, ROUTER_MAC, client, v4.vip, &client_syn()), &mut out);
+        let our_isn = parse_frame(LinkType::Ethernet, &out.outside[0]).expect("SYN-ACK").tcp().expect("TCP").seq_number.0;
+        let ack = our_isn.wrapping_add(1);
+        let mut out = Output::default();
+        engine.handle_frame(MS, Port::Outside, &segment(1001, ack, TcpFlags::ACK, &[]), &mut out);
+        for (index, piece) in flight.chunks(1400).enumerate() {
+            engine.handle_frame(2 * MS, Port::Outside, &segment(1001 + 1400 * index as u32, ack, TcpFlags::ACK | TcpFlags::PSH, piece), &mut out);
+        }
+        let mut sent = Vec::new();
+        let mut fin = false;
+        for frame in &out.outside {
+            let parsed = parse_frame(LinkType::Ethernet, frame).expect("frame");
+            let tcp = parsed.tcp().expect("TCP");
+            sent.extend_from_slice(tcp.payload);
+            fin |= tcp.flags.contains(TcpFlags::FIN);
+        }
+        assert!(sent.len() == 7 && sent[0] == 21 && sent[5] == 2, "{what}: a fatal alert record, not {sent:02x?}");
+        assert_eq!(sent[6], expected, "{what}: the alert");
+        assert!(fin, "{what}: the alert comes with a FIN");
+        assert_eq!(engine.sessions(), 0, "{what}: the session ended");
+        assert_eq!(engine.counters().ended_tls_error, 1, "{what}");
+    }
+}
+
 // ---- the engine bugs the other tests step around (KNOWN_ENGINE_BUGS), one test each ----
 
 #[test]

@@ -51,6 +51,17 @@ pub(crate) enum Outcome {
 }
 
 /// Feeds rustls the whole records in `job.input`, one at a time.
+/// The plaintext limit of a TLS record, and the most any record's ciphertext may add (RFC 5246
+/// 6.2.3; TLS 1.3 allows less).
+pub(crate) const MAX_PLAINTEXT: usize = 1 << 14;
+pub(crate) const MAX_EXPANSION: usize = 2048;
+
+/// Whether `header` (five bytes at least) could start a TLS record: a content type of 20-24
+/// and version 3.x. Plain HTTP or an SSLv2 hello cannot.
+pub(crate) fn is_tls_record_header(header: &[u8]) -> bool {
+    (20..=24).contains(&header[0]) && header[1] == 3
+}
+
 pub(crate) fn run(mut job: Job) -> JobResult {
     let mut output = Vec::new();
     let mut consumed = 0;
@@ -58,7 +69,8 @@ pub(crate) fn run(mut job: Job) -> JobResult {
     let mut failed = false;
     while tls.is_handshaking() && job.input.len() - consumed >= 5 {
         let rest = &job.input[consumed..];
-        let len = 5 + u16::from_be_bytes([rest[3], rest[4]]) as usize;
+        // A header no TLS record has: all of it at once, for rustls to refuse.
+        let len = if is_tls_record_header(rest) { 5 + u16::from_be_bytes([rest[3], rest[4]]) as usize } else { rest.len() };
         if rest.len() < len {
             break;
         }

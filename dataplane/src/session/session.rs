@@ -864,9 +864,18 @@ impl Session {
                 return Ok(());
             }
         }
+        // Nothing was given to rustls yet: the buffer starts with the connection's first record.
+        let first = self.client_next == self.handshake_in.len() as u64;
+        let feed = feed_for_rustls(&self.handshake_in, first);
+        if feed == Feed::Overflow {
+            // The box's own alert, in the clear: rustls has written nothing yet.
+            self.handshake_out.extend_from_slice(&[21, 3, 3, 0, 2, 2, 22]);
+            self.handshake_out_len = self.handshake_out.len() as u64;
+            return Err(());
+        }
         // The ClientHello's random, read here (cheap), starts the backend connection now and
         // later finds the TLS 1.3 traffic secrets.
-        if self.client_random.is_none() {
+        if self.client_random.is_none() && feed != Feed::NotTls {
             match client_hello::scan(&self.handshake_in) {
                 FirstFlight::ClientHello(hello) => self.client_random = Some(hello.random),
                 // The hello spans more bytes than are here (small records, a large hello): wait
@@ -883,10 +892,11 @@ impl Session {
         if self.tls_in_flight {
             return Ok(());
         }
-        let complete = complete_records_len(&self.handshake_in);
-        if complete == 0 {
-            return Ok(());
-        }
+        let complete = match feed {
+            Feed::Records(0) => return Ok(()),
+            Feed::Records(complete) => complete,
+            Feed::NotTls | Feed::Overflow => self.handshake_in.len(),
+        };
         let Some(tls) = self.tls.take() else { return Ok(()) };
         let job = Job {
             session: self.id,
@@ -950,7 +960,11 @@ impl Session {
         match result.outcome {
             Outcome::Handshaking => {
                 self.tls = result.tls;
-                // Records that came while the job was away.
+                // Records that came while the job was away (none if this job took nothing:
+                // then the next bytes from the client drive it).
+                if result.consumed == 0 {
+                    return Ok(());
+                }
                 self.drive_tls(context)
             }
             Outcome::Keys(keys) => {
@@ -2916,16 +2930,41 @@ pub(crate) fn time_wait_ack(port: Port, link: Link, key: FlowKey, tcp: &TcpSegme
 }
 
 /// Length of the whole TLS records at the start of `bytes`.
-fn complete_records_len(bytes: &[u8]) -> usize {
+/// What of the client's handshake bytes goes to rustls.
+#[derive(Debug, PartialEq, Eq)]
+enum Feed {
+    /// This many bytes: the complete records (0: wait for more).
+    Records(usize),
+    /// The connection's first record is longer than a plaintext record may be (2^14, RFC 8446
+    /// 5.1, RFC 5246 6.2.1), or a record longer than any ciphertext (2^14 + 2048, RFC 5246
+    /// 6.2.3): `record_overflow`. rustls checks the plaintext limit only on records it decrypts.
+    Overflow,
+    /// A header no TLS record has: all of it, for rustls to refuse.
+    NotTls,
+}
+
+/// The bytes of `bytes` (the client's handshake stream from a record boundary; `first`: from
+/// the first record of the connection) rustls may take: its complete records; and, at a header
+/// no TLS record has (a content type outside 20-24, a version other than 3.x), everything, so
+/// that rustls refuses the flight with its alert now
+/// rather than the box waiting for a record that never ends (plain HTTP or an SSLv2 hello sent
+/// to a TLS port).
+fn feed_for_rustls(bytes: &[u8], first: bool) -> Feed {
     let mut at = 0;
     while bytes.len() - at >= 5 {
-        let len = 5 + u16::from_be_bytes([bytes[at + 3], bytes[at + 4]]) as usize;
-        if bytes.len() - at < len {
+        if !handshake::is_tls_record_header(&bytes[at..]) {
+            return Feed::NotTls;
+        }
+        let body = u16::from_be_bytes([bytes[at + 3], bytes[at + 4]]) as usize;
+        if body > handshake::MAX_PLAINTEXT + handshake::MAX_EXPANSION || first && at == 0 && body > handshake::MAX_PLAINTEXT {
+            return Feed::Overflow;
+        }
+        if bytes.len() - at < 5 + body {
             break;
         }
-        at += len;
+        at += 5 + body;
     }
-    at
+    Feed::Records(at)
 }
 
 /// Our timestamp clock: milliseconds.
