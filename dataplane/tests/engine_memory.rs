@@ -1304,6 +1304,69 @@ fn first_flights_that_are_not_tls_or_too_long_get_an_alert() {
     }
 }
 
+/// Issue 11: frames to a VIP that do not parse (IHL 15, a bad data offset, a wrong IP length)
+/// were bridged into the server network unchanged; SYN+RST and SYN+FIN were answered as SYNs;
+/// a ClientHello in IP fragments was bridged inside and never answered. All are the box's to
+/// drop and count now. The same malformed frames to an address that is not a VIP still cross.
+#[test]
+fn malformed_frames_and_fragments_to_a_vip_are_dropped() {
+    let v4 = Addresses::ipv4();
+    let client = SocketAddr::new(v4.client_ip, 41000);
+    let syn = tcp_frame(v4.client_mac, ROUTER_MAC, client, v4.vip, &client_syn());
+    let mut engine = engine_lab(&v4, ReleaseMode::CutThrough, 5, WireConfig::default()).boxed.engine;
+    let edit = |change: &dyn Fn(&mut Vec<u8>)| {
+        let mut frame = syn.clone();
+        change(&mut frame);
+        frame
+    };
+    let with_flags = |flags: TcpFlags| {
+        tcp_frame(v4.client_mac, ROUTER_MAC, client, v4.vip, &Outgoing { flags, ..client_syn() })
+    };
+    // Ethernet 14 bytes, IPv4 20, then TCP.
+    let malformed: [(&str, Vec<u8>); 5] = [
+        ("IHL 15", edit(&|f| f[14] = 0x4f)),
+        ("a TCP data offset of 15", edit(&|f| f[14 + 20 + 12] = 0xf0)),
+        ("an IP total length past the frame", edit(&|f| f[16..18].copy_from_slice(&2000u16.to_be_bytes()))),
+        ("SYN+RST", with_flags(TcpFlags::SYN | TcpFlags::RST)),
+        ("SYN+FIN", with_flags(TcpFlags::SYN | TcpFlags::FIN)),
+    ];
+    for (index, (what, frame)) in malformed.iter().enumerate() {
+        let mut out = Output::default();
+        engine.handle_frame(MS, Port::Outside, frame, &mut out);
+        assert!(out.outside.is_empty() && out.inside.is_empty(), "{what}: answered or bridged");
+        assert_eq!(engine.counters().malformed_frames_dropped, index as u64 + 1, "{what}: counted");
+        assert_eq!(engine.sessions(), 0, "{what}: no session");
+    }
+    // A first fragment (more fragments follow) and a later one.
+    for (what, fragment) in [("a first fragment", [0x20, 0x00]), ("a later fragment", [0x00, 0x10])] {
+        let mut frame = syn.clone();
+        frame[20..22].copy_from_slice(&fragment);
+        fix_ipv4_header_checksum(&mut frame);
+        let mut out = Output::default();
+        engine.handle_frame(MS, Port::Outside, &frame, &mut out);
+        assert!(out.outside.is_empty() && out.inside.is_empty(), "{what}: answered or bridged");
+    }
+    assert_eq!(engine.counters().fragments_dropped, 2);
+    // To another address, the box is a bridge: it does not judge.
+    let mut other = tcp_frame(v4.client_mac, ROUTER_MAC, client, "198.18.1.50:443".parse().expect("address"), &client_syn());
+    other[14] = 0x4f;
+    let mut out = Output::default();
+    engine.handle_frame(MS, Port::Outside, &other, &mut out);
+    assert_eq!(out.inside.len(), 1, "a malformed frame for another host crosses");
+}
+
+fn fix_ipv4_header_checksum(frame: &mut [u8]) {
+    frame[24..26].copy_from_slice(&[0, 0]);
+    let mut sum = 0u32;
+    for pair in frame[14..34].chunks(2) {
+        sum += u16::from_be_bytes([pair[0], pair[1]]) as u32;
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    frame[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+}
+
 // ---- the engine bugs the other tests step around (KNOWN_ENGINE_BUGS), one test each ----
 
 #[test]

@@ -203,6 +203,13 @@ impl Output {
 pub struct Counters {
     pub frames_bridged: u64,
     pub frames_unparsed_bridged: u64,
+    /// Frames to a VIP (or from a terminating listener's backend) that do not parse (a bad
+    /// header length, data offset or IP length), and SYNs with RST or FIN: dropped, never
+    /// bridged.
+    pub malformed_frames_dropped: u64,
+    /// IP fragments to a VIP or from a terminating listener's backend: dropped (not
+    /// reassembled; TCP with path MTU discovery does not fragment).
+    pub fragments_dropped: u64,
     pub arp_replies: u64,
     pub ndp_advertisements: u64,
     pub sessions_started: u64,
@@ -301,9 +308,11 @@ impl Counters {
     /// Adds `other`'s counts to these: the box's totals over its poll loops.
     pub fn add(&mut self, other: &Counters) {
         // An exhaustive pattern, so that a counter added later cannot be left out here.
-        let Counters { frames_bridged, frames_unparsed_bridged, arp_replies, ndp_advertisements, sessions_started, sessions_passthrough, handshakes_completed, ended_fin, ended_close_timeout, ended_client_reset, ended_backend_reset, ended_tls_error, ended_tag_failure, ended_idle, ended_half_open, ended_handshake_timeout, ended_backend_unreachable, ended_client_unresponsive, client_segments_dropped, client_segments_held, backend_segments_dropped, backend_segments_held, records_opened, records_sealed, client_retransmits, client_timeouts, client_tail_probes, backend_retransmits, syn_cookies_sent, syn_cookies_accepted, backend_tuple_collisions, path_mtu_updates, icmp_ignored, path_mtu_relayed, bad_checksum_drops_outside, bad_checksum_drops_inside, client_bytes_after_close, time_wait_acks, challenge_acks, session_timer_runs, orphan_backend_drops, segments_out_of_window, challenge_acks_held, acks_out_of_range, segments_without_ack } = other;
+        let Counters { frames_bridged, frames_unparsed_bridged, malformed_frames_dropped, fragments_dropped, arp_replies, ndp_advertisements, sessions_started, sessions_passthrough, handshakes_completed, ended_fin, ended_close_timeout, ended_client_reset, ended_backend_reset, ended_tls_error, ended_tag_failure, ended_idle, ended_half_open, ended_handshake_timeout, ended_backend_unreachable, ended_client_unresponsive, client_segments_dropped, client_segments_held, backend_segments_dropped, backend_segments_held, records_opened, records_sealed, client_retransmits, client_timeouts, client_tail_probes, backend_retransmits, syn_cookies_sent, syn_cookies_accepted, backend_tuple_collisions, path_mtu_updates, icmp_ignored, path_mtu_relayed, bad_checksum_drops_outside, bad_checksum_drops_inside, client_bytes_after_close, time_wait_acks, challenge_acks, session_timer_runs, orphan_backend_drops, segments_out_of_window, challenge_acks_held, acks_out_of_range, segments_without_ack } = other;
         self.frames_bridged += frames_bridged;
         self.frames_unparsed_bridged += frames_unparsed_bridged;
+        self.malformed_frames_dropped += malformed_frames_dropped;
+        self.fragments_dropped += fragments_dropped;
         self.arp_replies += arp_replies;
         self.ndp_advertisements += ndp_advertisements;
         self.sessions_started += sessions_started;
@@ -393,6 +402,33 @@ impl EndReason {
             EndReason::ClientUnresponsive => &mut counters.ended_client_unresponsive,
         };
         *counter += 1;
+    }
+}
+
+/// The IP addresses of a frame the parser refused, read as far as they go (Ethernet, VLAN tags,
+/// the fixed IPv4 or IPv6 header): `(source, destination)`.
+fn raw_ip_addresses(frame: &[u8]) -> Option<(IpAddr, IpAddr)> {
+    let mut at = 12;
+    loop {
+        let ethertype = u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]);
+        let ip = at + 2;
+        match ethertype {
+            0x8100 | 0x88a8 => at += 4,
+            0x0800 => {
+                let header: [u8; 20] = frame.get(ip..ip + 20)?.try_into().ok()?;
+                let address = |at: usize| IpAddr::from([header[at], header[at + 1], header[at + 2], header[at + 3]]);
+                return Some((address(12), address(16)));
+            }
+            0x86dd => {
+                let header: [u8; 40] = frame.get(ip..ip + 40)?.try_into().ok()?;
+                let address = |at: usize| -> IpAddr {
+                    let bytes: [u8; 16] = header[at..at + 16].try_into().unwrap_or([0; 16]);
+                    IpAddr::from(bytes)
+                };
+                return Some((address(8), address(24)));
+            }
+            _ => return None,
+        }
     }
 }
 
@@ -573,6 +609,13 @@ impl Engine {
             _ => TransportChecksum::Verify,
         };
         let Ok(parsed) = parse_frame_with(LinkType::Ethernet, frame, transport_checksum) else {
+            // A frame the parser refuses (a bad header length, data offset or IP length) is
+            // the box's own business if it is addressed to a VIP, or comes from a backend of a
+            // terminating listener (it could carry plaintext): dropped, never bridged.
+            if raw_ip_addresses(frame).is_some_and(|(source, destination)| self.frame_is_the_boxs(port, source, destination)) {
+                self.counters.malformed_frames_dropped += 1;
+                return;
+            }
             self.counters.frames_unparsed_bridged += 1;
             self.bridge(port, frame, out);
             return;
@@ -635,6 +678,12 @@ impl Engine {
                 }
                 // Nothing the box consumes may change its state before its checksums verify.
                 let header_intact = ip.header_checksum_valid != Some(false);
+                if matches!(transport, Transport::Fragment { .. }) && self.frame_is_the_boxs(port, ip.source, ip.destination) {
+                    // Not reassembled: a TCP stack with path MTU discovery never fragments, and
+                    // a ClientHello in fragments bridged inside would never be answered.
+                    self.counters.fragments_dropped += 1;
+                    return;
+                }
                 match transport {
                     Transport::Tcp(tcp) => {
                         let source = SocketAddr::new(ip.source, tcp.src_port);
@@ -642,6 +691,13 @@ impl Engine {
                         let key = FlowKey { source, destination };
                         if !(header_intact && tcp.checksum_valid) && self.consumes_tcp(port, key) {
                             self.count_bad_checksum(port);
+                            return;
+                        }
+                        let syn = tcp.flags.contains(TcpFlags::SYN);
+                        if syn && (tcp.flags.contains(TcpFlags::RST) || tcp.flags.contains(TcpFlags::FIN)) && self.consumes_tcp(port, key) {
+                            // No TCP sends these; scanners do (RFC 9293: a SYN with RST is
+                            // dropped, and one with FIN has no defined meaning).
+                            self.counters.malformed_frames_dropped += 1;
                             return;
                         }
                         let session = match port {
@@ -1231,6 +1287,16 @@ impl Engine {
     /// to the box's sessions, none to the bridge.
     fn is_listener_backend(&self, address: SocketAddr) -> bool {
         self.backend_addresses.contains(&address)
+    }
+
+    /// Whether an IP packet the box does not otherwise take (one that does not parse, a
+    /// fragment) belongs to it: addressed to a VIP on the outside port, or from a terminating
+    /// listener's backend address on the inside port (fail closed: it could carry plaintext).
+    fn frame_is_the_boxs(&self, port: Port, source: IpAddr, destination: IpAddr) -> bool {
+        match port {
+            Port::Outside => self.is_vip(destination),
+            Port::Inside => self.backend_addresses.iter().any(|backend| backend.ip() == source),
+        }
     }
 
     /// Whether an NDP message on `port` about `target` is one the box would consume.
