@@ -1577,6 +1577,72 @@ fn a_keepalive_from_the_client_is_answered() {
     assert!(answered, "keepalive {} answered with {answers:#?}", summarize(&frame));
 }
 
+#[test]
+fn a_backend_that_goes_silent_is_found_and_both_sides_reset() {
+    // Issue 11: the backend's link went down mid-download; the client's keepalives refreshed
+    // the box's idle timer and the client hung until its own timeout (400 s and more). Now a
+    // client that is still there while the backend has been silent 20 s makes the box probe the
+    // backend; four unanswered keepalives later, both sides are reset.
+    let mut lab = engine_lab(&Addresses::ipv4(), ReleaseMode::CutThrough, 31, WireConfig::default());
+    lab.capturing = true;
+    let session = open(&mut lab, Suite::Tls13Aes128Gcm, 100, 8 * MIB, 31, Extras::default());
+    lab.run_until("some of the download", EXCHANGE_LIMIT_NS, |lab| lab.client.sessions[session].response.len() > 200_000);
+    lab.backend_link_down = true;
+    lab.run_for(25_000 * MS);
+    assert_eq!(lab.boxed.live_sessions(), 1, "the session waits (nothing says the backend is gone yet)");
+    // The client's keepalive (Linux: no data, one byte below its next sequence number).
+    let last = last_frame(&lab, Hop::ClientToBox);
+    let parsed = parse_frame(LinkType::Ethernet, &last).expect("frame");
+    let tcp = parsed.tcp().expect("tcp");
+    let keepalive = Outgoing {
+        seq: tcp.seq_number + tcp.payload.len() - 1,
+        ack: tcp.ack_number,
+        flags: TcpFlags::ACK,
+        window: tcp.window,
+        options: TcpOptions { timestamp: tcp.options.timestamp, ..TcpOptions::default() },
+        payload: Vec::new(),
+    };
+    lab.inject(Hop::ClientToBox, tcp_frame_like(&last, &keepalive));
+    let probed_at = lab.now;
+    lab.run_until("the box to give up on the backend", 60_000 * MS, |lab| lab.boxed.live_sessions() == 0);
+    let gave_up_s = (lab.now - probed_at) as f64 / 1e9;
+    assert!((19.0..22.0).contains(&gave_up_s), "ended {gave_up_s:.1} s after the client's keepalive");
+    assert_eq!(lab.boxed.engine.counters().ended_backend_silent, 1);
+    lab.run_for(100 * MS);
+    assert!(lab.client.sessions[session].tcp.reset_received, "the client is reset: {:#?}", lab.violations());
+}
+
+#[test]
+fn a_silent_backend_that_answers_the_probes_is_kept() {
+    // The same silence, but the backend's link comes back when the client's keepalive comes:
+    // the box's probes are answered, and the download finishes exact.
+    let suite = Suite::Tls13Aes128Gcm;
+    let mut lab = engine_lab(&Addresses::ipv4(), ReleaseMode::CutThrough, 37, WireConfig::default());
+    lab.capturing = true;
+    let session = open(&mut lab, suite, 100, 4 * MIB, 37, Extras::default());
+    lab.run_until("some of the download", EXCHANGE_LIMIT_NS, |lab| lab.client.sessions[session].response.len() > 200_000);
+    lab.backend_link_down = true;
+    lab.run_for(25_000 * MS);
+    lab.backend_link_down = false;
+    let last = last_frame(&lab, Hop::ClientToBox);
+    let parsed = parse_frame(LinkType::Ethernet, &last).expect("frame");
+    let tcp = parsed.tcp().expect("tcp");
+    let keepalive = Outgoing {
+        seq: tcp.seq_number + tcp.payload.len() - 1,
+        ack: tcp.ack_number,
+        flags: TcpFlags::ACK,
+        window: tcp.window,
+        options: TcpOptions { timestamp: tcp.options.timestamp, ..TcpOptions::default() },
+        payload: Vec::new(),
+    };
+    lab.inject(Hop::ClientToBox, tcp_frame_like(&last, &keepalive));
+    lab.run_until("the exchange", EXCHANGE_LIMIT_NS, |lab| exchange_finished(lab, session));
+    let client = &lab.client.sessions[session];
+    assert_eq!(client.response.len(), client.expected_response().len());
+    assert!(client.mismatch.is_none() && !client.tcp.reset_received, "the download finishes exact");
+    assert_eq!(lab.boxed.engine.counters().ended_backend_silent, 0);
+}
+
 /// The last TCP frame on `hop`.
 fn last_frame<M: Middlebox>(lab: &Lab<M>, hop: Hop) -> Vec<u8> {
     let tcp = |frame: &[u8]| parse_frame(LinkType::Ethernet, frame).is_ok_and(|f| f.tcp().is_some());

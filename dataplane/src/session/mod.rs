@@ -234,6 +234,9 @@ pub struct Counters {
     pub ended_backend_unreachable: u64,
     /// Sessions whose client acknowledged nothing the box sent it through every retransmission.
     pub ended_client_unresponsive: u64,
+    /// Backends silent for 20 s while their client was still there, that then answered none
+    /// of four keepalives (5 s apart): both sides reset (a backend whose link or host died).
+    pub ended_backend_silent: u64,
     /// Client segments dropped: out of order during the handshake, or not placeable with the
     /// buffer for those full.
     pub client_segments_dropped: u64,
@@ -308,7 +311,7 @@ impl Counters {
     /// Adds `other`'s counts to these: the box's totals over its poll loops.
     pub fn add(&mut self, other: &Counters) {
         // An exhaustive pattern, so that a counter added later cannot be left out here.
-        let Counters { frames_bridged, frames_unparsed_bridged, malformed_frames_dropped, fragments_dropped, arp_replies, ndp_advertisements, sessions_started, sessions_passthrough, handshakes_completed, ended_fin, ended_close_timeout, ended_client_reset, ended_backend_reset, ended_tls_error, ended_tag_failure, ended_idle, ended_half_open, ended_handshake_timeout, ended_backend_unreachable, ended_client_unresponsive, client_segments_dropped, client_segments_held, backend_segments_dropped, backend_segments_held, records_opened, records_sealed, client_retransmits, client_timeouts, client_tail_probes, backend_retransmits, syn_cookies_sent, syn_cookies_accepted, backend_tuple_collisions, path_mtu_updates, icmp_ignored, path_mtu_relayed, bad_checksum_drops_outside, bad_checksum_drops_inside, client_bytes_after_close, time_wait_acks, challenge_acks, session_timer_runs, orphan_backend_drops, segments_out_of_window, challenge_acks_held, acks_out_of_range, segments_without_ack } = other;
+        let Counters { frames_bridged, frames_unparsed_bridged, malformed_frames_dropped, fragments_dropped, arp_replies, ndp_advertisements, sessions_started, sessions_passthrough, handshakes_completed, ended_fin, ended_close_timeout, ended_client_reset, ended_backend_reset, ended_tls_error, ended_tag_failure, ended_idle, ended_half_open, ended_handshake_timeout, ended_backend_unreachable, ended_client_unresponsive, ended_backend_silent, client_segments_dropped, client_segments_held, backend_segments_dropped, backend_segments_held, records_opened, records_sealed, client_retransmits, client_timeouts, client_tail_probes, backend_retransmits, syn_cookies_sent, syn_cookies_accepted, backend_tuple_collisions, path_mtu_updates, icmp_ignored, path_mtu_relayed, bad_checksum_drops_outside, bad_checksum_drops_inside, client_bytes_after_close, time_wait_acks, challenge_acks, session_timer_runs, orphan_backend_drops, segments_out_of_window, challenge_acks_held, acks_out_of_range, segments_without_ack } = other;
         self.frames_bridged += frames_bridged;
         self.frames_unparsed_bridged += frames_unparsed_bridged;
         self.malformed_frames_dropped += malformed_frames_dropped;
@@ -338,6 +341,7 @@ impl Counters {
         self.backend_segments_held += backend_segments_held;
         self.client_segments_held += client_segments_held;
         self.ended_client_unresponsive += ended_client_unresponsive;
+        self.ended_backend_silent += ended_backend_silent;
         self.backend_retransmits += backend_retransmits;
         self.syn_cookies_sent += syn_cookies_sent;
         self.syn_cookies_accepted += syn_cookies_accepted;
@@ -384,6 +388,8 @@ pub enum EndReason {
     BackendUnreachable,
     /// The client acknowledged nothing through every retransmission of the box's bytes.
     ClientUnresponsive,
+    /// The backend answered none of the box's keepalives after falling silent.
+    BackendSilent,
 }
 
 impl EndReason {
@@ -400,6 +406,7 @@ impl EndReason {
             EndReason::HandshakeTimeout => &mut counters.ended_handshake_timeout,
             EndReason::BackendUnreachable => &mut counters.ended_backend_unreachable,
             EndReason::ClientUnresponsive => &mut counters.ended_client_unresponsive,
+            EndReason::BackendSilent => &mut counters.ended_backend_silent,
         };
         *counter += 1;
     }

@@ -89,6 +89,14 @@ const MAX_RETRIES: u32 = 6;
 /// it); 8 s after the last the half-open session ends (15 s in all: Linux's default, five
 /// resends, keeps one 63 s, which a SYN flood turns into a full table).
 const SYN_ACK_RETRIES: u32 = 3;
+/// A backend silent this long while its client is still there (it sends, or probes with a
+/// keepalive) is probed with keepalives of the box's own, BACKEND_PROBES of them
+/// BACKEND_PROBE_INTERVAL_NS apart; one unanswered after the last ends the session both ways.
+/// A live backend's kernel answers a keepalive whatever its application does; a dead one (its
+/// link down, the host gone) left the client hanging until its own timeout.
+const BACKEND_SILENCE_NS: u64 = 20_000_000_000;
+const BACKEND_PROBE_INTERVAL_NS: u64 = 5_000_000_000;
+const BACKEND_PROBES: u32 = 4;
 /// The box's FIN toward the backend is sent again after this (doubling each time), at most
 /// `MAX_RETRIES` times.
 const FIN_RTO_NS: u64 = 200_000_000;
@@ -368,6 +376,10 @@ struct Splice {
     backend_reference: u64,
     /// What the backend may send and acknowledge ([`super::acceptance`]).
     backend_guard: Guard,
+    /// When the backend was last heard from, and the box's keepalive probes toward it once it
+    /// fell silent while the client was still there: (when the next goes, how many went).
+    backend_heard_ns: u64,
+    backend_probe: Option<(u64, u32)>,
     /// The right edge of the window last offered to the backend (plaintext offset; it never
     /// moves left, RFC 9293 3.8.6).
     backend_window_edge: u64,
@@ -625,6 +637,7 @@ impl Session {
             at(splice.fin_to_backend_deadline_ns);
             at(splice.custody.deadline_ns());
             at(splice.sender.deadline_ns());
+            at(splice.backend_probe.map(|(due_ns, _)| due_ns));
         }
         if let Some(plain) = &self.plain {
             at(plain.custody.deadline_ns());
@@ -646,6 +659,9 @@ impl Session {
             return Some(event);
         }
         if let Some(event) = self.poll_close(context) {
+            return Some(event);
+        }
+        if let Some(event) = self.poll_backend_probe(context) {
             return Some(event);
         }
         if let Some(splice) = self.splice.as_mut() {
@@ -753,6 +769,9 @@ impl Session {
             }
             return None;
         }
+        // Whatever the guard makes of it (a keepalive is outside the window), the client is
+        // there: is the backend?
+        self.check_backend_alive(context);
         let arrival = self.client_arrival(tcp);
         match self.client_guard.judge(context.now_ns, &arrival, &self.client_position()) {
             Verdict::Accept => {}
@@ -1529,6 +1548,8 @@ impl Session {
             plaintext_frontier: 0,
             backend_reference: 0,
             backend_guard: Guard::new(0, (backend.syn_window as u64) << backend.window_scale),
+            backend_heard_ns: context.now_ns,
+            backend_probe: None,
             backend_window_edge: 0,
             backend_fin: None,
             backend_fin_ahead: None,
@@ -1678,6 +1699,36 @@ impl Session {
             }
         }
         self.check_closed()
+    }
+
+    /// The client is there: if the backend has been silent for [`BACKEND_SILENCE_NS`], the
+    /// box starts asking it with keepalives ([`Session::poll_backend_probe`] goes on).
+    fn check_backend_alive(&mut self, context: &mut Context<'_>) {
+        let Some(splice) = self.splice.as_mut() else { return };
+        if splice.backend_probe.is_none() && context.now_ns.saturating_sub(splice.backend_heard_ns) >= BACKEND_SILENCE_NS {
+            splice.backend_probe = Some((context.now_ns, 0));
+            // The first probe at once; the poll sends the rest.
+            let _ = self.poll_backend_probe(context);
+        }
+    }
+
+    /// A keepalive toward a silent backend when one is due (RFC 9293 3.8.4: one byte below the
+    /// box's next sequence number, which the backend answers with an ACK); the session ends
+    /// when the last went unanswered.
+    fn poll_backend_probe(&mut self, context: &mut Context<'_>) -> Option<SessionEvent> {
+        let splice = self.splice.as_mut()?;
+        let (due_ns, sent) = splice.backend_probe?;
+        if context.now_ns < due_ns {
+            return None;
+        }
+        if sent >= BACKEND_PROBES {
+            self.reset_both(context);
+            return Some(SessionEvent::Ended(EndReason::BackendSilent));
+        }
+        splice.backend_probe = Some((context.now_ns + BACKEND_PROBE_INTERVAL_NS, sent + 1));
+        let next = splice.forwarded_plaintext + splice.client_fin_forwarded as u64;
+        self.send_to_backend(context, next.saturating_sub(1), TcpFlags::ACK, &[], None);
+        None
     }
 
     /// Feeds held client segments to the opener again once the record headers before them
@@ -2070,6 +2121,8 @@ impl Session {
             }
         }
         splice.backend_guard.received(&arrival);
+        splice.backend_heard_ns = context.now_ns;
+        splice.backend_probe = None;
         if let Some(ts) = tcp.options.timestamp {
             if acceptance::newer_timestamp(splice.backend.ts_recent, ts.value) {
                 splice.backend.ts_recent = ts.value;

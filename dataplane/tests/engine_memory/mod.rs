@@ -250,6 +250,8 @@ pub struct Lab<M: Middlebox> {
     /// that deliver the client's bytes cut and ordered by hand.
     pub divert_client_data: bool,
     pub diverted: Vec<Vec<u8>>,
+    /// When set, every frame between the box and the backends is lost (a link or a host gone).
+    pub backend_link_down: bool,
 }
 
 /// The router of [`WireConfig::client_path_mtu`].
@@ -285,6 +287,7 @@ impl<M: Middlebox> Lab<M> {
             capturing: false,
             captured: Vec::new(),
             divert_client_data: false,
+            backend_link_down: false,
             diverted: Vec::new(),
         }
     }
@@ -388,6 +391,10 @@ impl<M: Middlebox> Lab<M> {
         let is_tcp = tcp_data.is_some();
         if hop == Hop::ClientToBox && self.divert_client_data && tcp_data == Some(true) {
             self.diverted.push(frame);
+            return;
+        }
+        if self.backend_link_down && matches!(hop, Hop::BoxToBackend | Hop::BackendToBox) {
+            self.trace.record(self.now, &format!("LINK DOWN {}", hop.label()), &frame);
             return;
         }
         if is_tcp && self.rng.chance(self.wire.loss_ppm) {
