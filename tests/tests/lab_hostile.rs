@@ -14,6 +14,10 @@
 //! process knows no session, and must not bridge those segments (plaintext) to the client. A
 //! sniffer on the client's link looks for a marker that every kilobyte of the body carries.
 //!
+//! The vanishing backend: the server namespace's link goes down in the middle of a download
+//! whose client (curl) sends TCP keepalives; the box must find the backend dead and reset the
+//! client within a minute, not leave it to its own timeout.
+//!
 //! Needs root (network namespaces); `CUTLS_SKIP_LAB=1` skips. Commands: ip, nginx, curl,
 //! python3.
 
@@ -308,4 +312,40 @@ fn no_plaintext_reaches_the_client_after_a_crash_mid_download() {
     assert!(report.contains("\"leaks\": 0"), "plaintext of the body on the client's link after the crash: {report}");
     assert!(!report.contains("\"frames\": 0,"), "the sniffer saw nothing: {report}");
     assert!(counters.get("orphan_backend_drops") > 0, "the backend's resends never reached the new process");
+}
+
+#[test]
+fn a_backend_whose_link_dies_mid_download_is_found_and_the_client_reset() {
+    if !lab_enabled() {
+        return;
+    }
+    let t = TlsLab::up(Setup::io("xdp"));
+    write_generated(&t.web.root.join(&FILE[1..]), SIZE, 1111).expect("write the download");
+    let env = t.lab.env.clone();
+    let to = t.vip(false, h1_port(HoldBack::CutThrough));
+    let out = t.scratch("vanishing");
+    let mut args: Vec<String> =
+        ["-sS", "--max-time", "120", "--keepalive-time", "2", "--limit-rate", "4M", "--cacert"].iter().map(|s| s.to_string()).collect();
+    args.push(t.cert.display().to_string());
+    args.extend(["--resolve".to_string(), format!("{HOST}:{}:{}", to.port(), to.ip())]);
+    args.extend([format!("https://{HOST}:{}{FILE}?vanishing", to.port()), "-o".into(), out.display().to_string()]);
+    let curl = t.lab.command_in(&env.client_ns, "curl").args(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start curl");
+    t.count_connections(1);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let link = |state: &str| {
+        let status = t.lab.run_in(&env.server_ns, "ip", &["link", "set", "dev", &env.server_if, state]).expect("ip link");
+        assert!(status.status.success(), "ip link set {state}: {}", String::from_utf8_lossy(&status.stderr));
+    };
+    link("down");
+    let down_at = Instant::now();
+    let curl = curl.wait_with_output().expect("curl ends");
+    let after_s = down_at.elapsed().as_secs_f64();
+    link("up");
+    let stderr = String::from_utf8_lossy(&curl.stderr).into_owned();
+    let counters = t.finish_allowing_open(true);
+    eprintln!("the backend's link went down; curl ended {after_s:.1} s later: {}", stderr.trim());
+    assert!(!curl.status.success(), "the download cannot have finished");
+    assert!(stderr.contains("reset"), "the client was reset, not left to time out: {stderr}");
+    assert!(after_s < 60.0, "the client waited {after_s:.1} s");
+    assert_eq!(counters.get("ended_backend_silent"), 1);
 }
