@@ -16,6 +16,9 @@
 //! rx_checksum = "offload"      # offload | verify (see below)
 //! close_timeout = 60           # seconds a half-closed session may stay idle
 //! handshake_timeout = 30       # seconds from a client's SYN to the end of its TLS handshake
+//! max_sessions = 250000        # live sessions at most; more connections are refused (RST)
+//! max_sessions_per_client = 0  # live sessions at most per client address (0: no limit)
+//! syn_cookies_after = 16384    # live sessions above which SYNs get SYN cookies, no state
 //! cores = 2                    # poll loops (default: one per receive queue, at most the cores)
 //! handshake_threads = 1        # TLS handshake workers per poll loop (0: in the loop)
 //! congestion_control = "bbr"   # bbr | reno: the box's sending toward clients (see below)
@@ -111,6 +114,11 @@ pub const DEFAULT_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from
 /// seconds; a slowloris one that trickles its ClientHello is reset then.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// `max_sessions` when the file does not say: about 2.5 GB of sessions (10 KB each, idle).
+pub const DEFAULT_MAX_SESSIONS: usize = 250_000;
+/// `syn_cookies_after` when the file does not say.
+pub const DEFAULT_SYN_COOKIES_AFTER: usize = 16_384;
+
 /// How the box reaches the backends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AddressMode {
@@ -145,6 +153,12 @@ pub struct Config {
     pub close_timeout: std::time::Duration,
     /// How long a TLS handshake may take from the client's SYN (`handshake_timeout`, seconds).
     pub handshake_timeout: std::time::Duration,
+    /// Live sessions at most (`max_sessions`), per client address (`max_sessions_per_client`,
+    /// 0: none), and above which SYNs get cookies (`syn_cookies_after`): for the whole box,
+    /// shared out among the poll loops.
+    pub max_sessions: usize,
+    pub max_sessions_per_client: usize,
+    pub syn_cookies_after: usize,
     /// Poll loops (`cores`); `None`: one per receive queue of the ports, at most the cores
     /// the process may use.
     pub cores: Option<usize>,
@@ -214,6 +228,12 @@ struct RawBox {
     close_timeout: Option<Spanned<i64>>,
     #[serde(default)]
     handshake_timeout: Option<Spanned<i64>>,
+    #[serde(default)]
+    max_sessions: Option<Spanned<i64>>,
+    #[serde(default)]
+    max_sessions_per_client: Option<Spanned<i64>>,
+    #[serde(default)]
+    syn_cookies_after: Option<Spanned<i64>>,
     #[serde(default)]
     cores: Option<Spanned<i64>>,
     #[serde(default)]
@@ -384,6 +404,18 @@ impl Config {
                 }
             },
         };
+        let count = |value: &Option<Spanned<i64>>, field: &str, default: usize, low: usize| -> Result<usize, ConfigError> {
+            match value.as_ref() {
+                None => Ok(default),
+                Some(value) => match usize::try_from(*value.get_ref()) {
+                    Ok(count) if (low..=100_000_000).contains(&count) => Ok(count),
+                    _ => Err(places.error(Some(value.span()), field, format!("{}: must be {low} to 100000000", value.get_ref()))),
+                },
+            }
+        };
+        let max_sessions = count(&ports.max_sessions, "box.max_sessions", DEFAULT_MAX_SESSIONS, 1)?;
+        let max_sessions_per_client = count(&ports.max_sessions_per_client, "box.max_sessions_per_client", 0, 0)?;
+        let syn_cookies_after = count(&ports.syn_cookies_after, "box.syn_cookies_after", DEFAULT_SYN_COOKIES_AFTER, 0)?;
         let cores = match ports.cores.as_ref() {
             None => None,
             Some(value) => match usize::try_from(*value.get_ref()) {
@@ -544,6 +576,9 @@ impl Config {
             trust_rx_checksum,
             close_timeout,
             handshake_timeout,
+            max_sessions,
+            max_sessions_per_client,
+            syn_cookies_after,
             cores,
             handshake_threads,
             congestion,
@@ -656,6 +691,19 @@ backends = ["198.18.2.10:80", "[2001:db8::10]:80"]
         for bad in ["handshake_timeout = 0", "handshake_timeout = 301"] {
             let error = error_of(&with(bad));
             assert_eq!((error.line, error.field.as_deref()), (Some(5), Some("box.handshake_timeout")), "{error}");
+        }
+    }
+
+    #[test]
+    fn session_limits() {
+        let config = parse(GOOD).unwrap();
+        assert_eq!((config.max_sessions, config.max_sessions_per_client, config.syn_cookies_after), (DEFAULT_MAX_SESSIONS, 0, DEFAULT_SYN_COOKIES_AFTER));
+        let with = |lines: &str| GOOD.replace("inside = \"inside\"", &format!("inside = \"inside\"\n{lines}"));
+        let config = parse(&with("max_sessions = 1000\nmax_sessions_per_client = 10\nsyn_cookies_after = 0")).unwrap();
+        assert_eq!((config.max_sessions, config.max_sessions_per_client, config.syn_cookies_after), (1000, 10, 0));
+        for (bad, field) in [("max_sessions = 0", "box.max_sessions"), ("max_sessions_per_client = -1", "box.max_sessions_per_client")] {
+            let error = error_of(&with(bad));
+            assert_eq!((error.line, error.field.as_deref()), (Some(5), Some(field)), "{error}");
         }
     }
 

@@ -176,6 +176,8 @@ fn engine(addresses: &Addresses) -> Engine {
         trust_rx_checksum: true,
         keys: EngineKeys::derive(SEED),
         syn_cookies_after: usize::MAX,
+        max_sessions: usize::MAX,
+        max_sessions_per_client: 0,
         handshake_threads: 0,
         handshake_doorbell: None,
         loop_share: LoopShare::ONE,

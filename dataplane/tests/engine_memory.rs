@@ -1367,6 +1367,51 @@ fn fix_ipv4_header_checksum(frame: &mut [u8]) {
     frame[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
 }
 
+/// Issue 11's limits: `max_sessions` and `max_sessions_per_client` refuse connections past
+/// them with a RST, counted; a session that ends makes room again.
+#[test]
+fn session_limits_refuse_with_a_rst_and_count() {
+    let v4 = Addresses::ipv4();
+    let secrets = Arc::new(SecretLog::default());
+    let listener = ListenerSetup {
+        vip: v4.vip,
+        tls: Some(server_config(secrets.clone())),
+        secrets,
+        backends: v4.backends.iter().map(|(address, _)| *address).collect(),
+        mode: ReleaseMode::CutThrough,
+        passthrough: None,
+    };
+    let mut config = lab_engine_config(listener, &v4, 5, usize::MAX, LoopShare::ONE);
+    config.max_sessions = 3;
+    config.max_sessions_per_client = 2;
+    let mut engine = Engine::new(config);
+    let other_client: std::net::IpAddr = "198.18.0.11".parse().expect("address");
+    let syn_from = |ip: std::net::IpAddr, port: u16| tcp_frame(v4.client_mac, ROUTER_MAC, SocketAddr::new(ip, port), v4.vip, &client_syn());
+    let answer = |engine: &mut Engine, frame: &[u8]| -> TcpFlags {
+        let mut out = Output::default();
+        engine.handle_frame(MS, Port::Outside, frame, &mut out);
+        parse_frame(LinkType::Ethernet, &out.outside[0]).expect("answer").tcp().expect("TCP").flags
+    };
+    let syn_ack = TcpFlags::SYN | TcpFlags::ACK;
+    assert_eq!(answer(&mut engine, &syn_from(v4.client_ip, 1000)), syn_ack);
+    assert_eq!(answer(&mut engine, &syn_from(v4.client_ip, 1001)), syn_ack);
+    assert!(answer(&mut engine, &syn_from(v4.client_ip, 1002)).contains(TcpFlags::RST), "a third from one address");
+    assert_eq!(engine.counters().sessions_refused_per_client, 1);
+    assert_eq!(answer(&mut engine, &syn_from(other_client, 1000)), syn_ack);
+    assert!(answer(&mut engine, &syn_from(other_client, 1001)).contains(TcpFlags::RST), "a fourth in all");
+    assert_eq!(engine.counters().sessions_refused_full, 1);
+    assert_eq!(engine.sessions(), 3);
+    // The half-open sessions end (15 s); then both addresses may connect again.
+    let mut now = MS;
+    while engine.sessions() > 0 && now < 20_000 * MS {
+        now = engine.next_deadline_ns().unwrap_or(now + MS).max(now + 1);
+        engine.poll(now, &mut Output::default());
+    }
+    assert_eq!(engine.sessions(), 0);
+    assert_eq!(answer(&mut engine, &syn_from(v4.client_ip, 1003)), syn_ack);
+    assert_eq!(answer(&mut engine, &syn_from(other_client, 1002)), syn_ack);
+}
+
 // ---- the engine bugs the other tests step around (KNOWN_ENGINE_BUGS), one test each ----
 
 #[test]
@@ -2396,7 +2441,11 @@ fn lab_engine(listener: ListenerSetup, addresses: &Addresses, seed: u64, syn_coo
 }
 
 fn lab_engine_in(listener: ListenerSetup, addresses: &Addresses, seed: u64, syn_cookies_after: usize, loop_share: LoopShare) -> Engine {
-    Engine::new(EngineConfig {
+    Engine::new(lab_engine_config(listener, addresses, seed, syn_cookies_after, loop_share))
+}
+
+fn lab_engine_config(listener: ListenerSetup, addresses: &Addresses, seed: u64, syn_cookies_after: usize, loop_share: LoopShare) -> EngineConfig {
+    EngineConfig {
         listeners: vec![listener],
         snat_address: None,
         outside_mac: addresses.outside_mac,
@@ -2407,11 +2456,13 @@ fn lab_engine_in(listener: ListenerSetup, addresses: &Addresses, seed: u64, syn_
         trust_rx_checksum: true,
         keys: EngineKeys::derive(seed),
         syn_cookies_after,
+        max_sessions: usize::MAX,
+        max_sessions_per_client: 0,
         handshake_threads: 0,
         handshake_doorbell: None,
         loop_share,
         congestion: Default::default(),
-    })
+    }
 }
 
 fn reference_lab(addresses: &Addresses, seed: u64, wire: WireConfig) -> Lab<ReferenceProxy> {

@@ -42,8 +42,6 @@ use cutls_dataplane::wire::EthernetAddress;
 /// Sessions idle this long are reset.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const BATCH: usize = 64;
-/// Live sessions (over all loops) above which SYNs are answered with SYN cookies.
-const SYN_COOKIES_AFTER: usize = 16_384;
 /// Frames waiting for a loop from the others at most; past that they are dropped and counted
 /// (a peer sends them again), never waited for.
 const HANDOFF_CAPACITY: usize = 8192;
@@ -136,7 +134,10 @@ pub fn serve(config: &Config, stop: &AtomicBool) -> io::Result<()> {
                 trust_rx_checksum: config.trust_rx_checksum,
                 // One set of keys: a SYN cookie or an ISN means the same in every loop.
                 keys: keys.clone(),
-                syn_cookies_after: (SYN_COOKIES_AFTER / loops).max(1),
+                // The box's limits shared out: a loop holds the sessions steered to it.
+                syn_cookies_after: config.syn_cookies_after / loops,
+                max_sessions: config.max_sessions.div_ceil(loops),
+                max_sessions_per_client: config.max_sessions_per_client.div_ceil(loops),
                 handshake_threads: config.handshake_threads,
                 handshake_doorbell: Some(Arc::clone(&doorbells[index])),
                 loop_share: LoopShare { index, loops },

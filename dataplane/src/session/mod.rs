@@ -111,6 +111,10 @@ pub struct EngineConfig {
     pub keys: EngineKeys,
     /// Live sessions above which SYNs are answered with SYN cookies and no state.
     pub syn_cookies_after: usize,
+    /// Live sessions at most; a connection past it is refused with a RST.
+    pub max_sessions: usize,
+    /// Live sessions at most from one client address (0: no limit).
+    pub max_sessions_per_client: usize,
     /// Threads that run handshakes off the poll loop; 0 runs them inline (deterministic:
     /// tests, replays).
     pub handshake_threads: usize,
@@ -263,6 +267,10 @@ pub struct Counters {
     /// SYNs answered with a SYN cookie (no state), and connections made from a valid cookie.
     pub syn_cookies_sent: u64,
     pub syn_cookies_accepted: u64,
+    /// Connections refused (RST) because the box held `max_sessions` sessions.
+    pub sessions_refused_full: u64,
+    /// Connections refused (RST) because their client address held `max_sessions_per_client`.
+    pub sessions_refused_per_client: u64,
     /// Transparent-mode SYNs refused because every backend already had a session with the
     /// client's address and port.
     pub backend_tuple_collisions: u64,
@@ -311,7 +319,7 @@ impl Counters {
     /// Adds `other`'s counts to these: the box's totals over its poll loops.
     pub fn add(&mut self, other: &Counters) {
         // An exhaustive pattern, so that a counter added later cannot be left out here.
-        let Counters { frames_bridged, frames_unparsed_bridged, malformed_frames_dropped, fragments_dropped, arp_replies, ndp_advertisements, sessions_started, sessions_passthrough, handshakes_completed, ended_fin, ended_close_timeout, ended_client_reset, ended_backend_reset, ended_tls_error, ended_tag_failure, ended_idle, ended_half_open, ended_handshake_timeout, ended_backend_unreachable, ended_client_unresponsive, ended_backend_silent, client_segments_dropped, client_segments_held, backend_segments_dropped, backend_segments_held, records_opened, records_sealed, client_retransmits, client_timeouts, client_tail_probes, backend_retransmits, syn_cookies_sent, syn_cookies_accepted, backend_tuple_collisions, path_mtu_updates, icmp_ignored, path_mtu_relayed, bad_checksum_drops_outside, bad_checksum_drops_inside, client_bytes_after_close, time_wait_acks, challenge_acks, session_timer_runs, orphan_backend_drops, segments_out_of_window, challenge_acks_held, acks_out_of_range, segments_without_ack } = other;
+        let Counters { frames_bridged, frames_unparsed_bridged, malformed_frames_dropped, fragments_dropped, arp_replies, ndp_advertisements, sessions_started, sessions_passthrough, handshakes_completed, ended_fin, ended_close_timeout, ended_client_reset, ended_backend_reset, ended_tls_error, ended_tag_failure, ended_idle, ended_half_open, ended_handshake_timeout, ended_backend_unreachable, ended_client_unresponsive, ended_backend_silent, client_segments_dropped, client_segments_held, backend_segments_dropped, backend_segments_held, records_opened, records_sealed, client_retransmits, client_timeouts, client_tail_probes, backend_retransmits, syn_cookies_sent, syn_cookies_accepted, sessions_refused_full, sessions_refused_per_client, backend_tuple_collisions, path_mtu_updates, icmp_ignored, path_mtu_relayed, bad_checksum_drops_outside, bad_checksum_drops_inside, client_bytes_after_close, time_wait_acks, challenge_acks, session_timer_runs, orphan_backend_drops, segments_out_of_window, challenge_acks_held, acks_out_of_range, segments_without_ack } = other;
         self.frames_bridged += frames_bridged;
         self.frames_unparsed_bridged += frames_unparsed_bridged;
         self.malformed_frames_dropped += malformed_frames_dropped;
@@ -345,6 +353,8 @@ impl Counters {
         self.backend_retransmits += backend_retransmits;
         self.syn_cookies_sent += syn_cookies_sent;
         self.syn_cookies_accepted += syn_cookies_accepted;
+        self.sessions_refused_full += sessions_refused_full;
+        self.sessions_refused_per_client += sessions_refused_per_client;
         self.backend_tuple_collisions += backend_tuple_collisions;
         self.path_mtu_updates += path_mtu_updates;
         self.icmp_ignored += icmp_ignored;
@@ -516,6 +526,8 @@ struct FlowKey {
 pub struct Engine {
     config: EngineConfig,
     sessions: HashMap<u64, Session>,
+    /// Live sessions per client address (for `max_sessions_per_client`; kept only with it).
+    per_client: HashMap<IpAddr, u32>,
     /// Client -> VIP flows.
     by_client: HashMap<FlowKey, u64>,
     /// Backend -> client flows (transparent mode: the backend talks to the client's address).
@@ -574,6 +586,7 @@ impl Engine {
         Engine {
             config,
             sessions: HashMap::new(),
+            per_client: HashMap::new(),
             by_client: HashMap::new(),
             by_backend: HashMap::new(),
             neighbours: Neighbours::default(),
@@ -765,7 +778,11 @@ impl Engine {
                                     }
                                     self.alerted_clients.remove(&key);
                                 }
-                                if syn && !ack && self.sessions.len() >= self.config.syn_cookies_after {
+                                if syn && !ack && self.sessions.len() >= self.config.max_sessions {
+                                    // Full: refused at once, not with a cookie whose ACK would be.
+                                    self.counters.sessions_refused_full += 1;
+                                    session::reset_segment(Port::Outside, link, key, tcp, out);
+                                } else if syn && !ack && self.sessions.len() >= self.config.syn_cookies_after {
                                     self.answer_with_cookie(now_ns, key, link, tcp, out);
                                 } else if syn && !ack {
                                     let client = ClientSyn::from_segment(tcp);
@@ -1026,6 +1043,17 @@ impl Engine {
             session::reset_segment(Port::Outside, link, key, tcp, out);
             return None;
         }
+        if self.sessions.len() >= self.config.max_sessions {
+            self.counters.sessions_refused_full += 1;
+            session::reset_segment(Port::Outside, link, key, tcp, out);
+            return None;
+        }
+        let per_client_limit = self.config.max_sessions_per_client;
+        if per_client_limit > 0 && self.per_client.get(&key.source.ip()).is_some_and(|&count| count as usize >= per_client_limit) {
+            self.counters.sessions_refused_per_client += 1;
+            session::reset_segment(Port::Outside, link, key, tcp, out);
+            return None;
+        }
         let setup = &self.config.listeners[listener];
         let backends = setup.backends.clone();
         let Some((backend, side)) = self.choose_backend(&backends, listener, false, key.source) else {
@@ -1044,6 +1072,9 @@ impl Engine {
             return None;
         };
         self.counters.sessions_started += 1;
+        if per_client_limit > 0 {
+            *self.per_client.entry(key.source.ip()).or_insert(0) += 1;
+        }
         self.by_client.insert(key, id);
         self.bridged_backend_flows.remove(&FlowKey { source: backend, destination: side.source });
         self.by_backend.insert(FlowKey { source: backend, destination: side.source }, id);
@@ -1138,6 +1169,12 @@ impl Engine {
         {
             if let Some(session) = self.sessions.remove(&id) {
                 let client_flow = FlowKey { source: session.client(), destination: session.vip() };
+                if let std::collections::hash_map::Entry::Occupied(mut entry) = self.per_client.entry(session.client().ip()) {
+                    *entry.get_mut() -= 1;
+                    if *entry.get() == 0 {
+                        entry.remove();
+                    }
+                }
                 self.by_client.remove(&client_flow);
                 let backend_flow = FlowKey { source: session.backend(), destination: session.backend_source() };
                 self.by_backend.remove(&backend_flow);
