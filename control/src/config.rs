@@ -378,32 +378,18 @@ impl Config {
                 }
             },
         };
-        let close_timeout = match ports.close_timeout.as_ref() {
-            None => DEFAULT_CLOSE_TIMEOUT,
-            Some(value) => match u64::try_from(*value.get_ref()) {
-                Ok(seconds @ 1..=3600) => std::time::Duration::from_secs(seconds),
-                _ => {
-                    return Err(places.error(
-                        Some(value.span()),
-                        "box.close_timeout",
-                        format!("{} seconds: must be 1 to 3600", value.get_ref()),
-                    ))
-                }
-            },
+        // A number of seconds, 1 to `max`.
+        let seconds = |value: &Option<Spanned<i64>>, field: &str, default: std::time::Duration, max: u64| {
+            match value.as_ref() {
+                None => Ok(default),
+                Some(value) => match u64::try_from(*value.get_ref()) {
+                    Ok(seconds) if (1..=max).contains(&seconds) => Ok(std::time::Duration::from_secs(seconds)),
+                    _ => Err(places.error(Some(value.span()), field, format!("{} seconds: must be 1 to {max}", value.get_ref()))),
+                },
+            }
         };
-        let handshake_timeout = match ports.handshake_timeout.as_ref() {
-            None => DEFAULT_HANDSHAKE_TIMEOUT,
-            Some(value) => match u64::try_from(*value.get_ref()) {
-                Ok(seconds @ 1..=300) => std::time::Duration::from_secs(seconds),
-                _ => {
-                    return Err(places.error(
-                        Some(value.span()),
-                        "box.handshake_timeout",
-                        format!("{} seconds: must be 1 to 300", value.get_ref()),
-                    ))
-                }
-            },
-        };
+        let close_timeout = seconds(&ports.close_timeout, "box.close_timeout", DEFAULT_CLOSE_TIMEOUT, 3600)?;
+        let handshake_timeout = seconds(&ports.handshake_timeout, "box.handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT, 300)?;
         let count = |value: &Option<Spanned<i64>>, field: &str, default: usize, low: usize| -> Result<usize, ConfigError> {
             match value.as_ref() {
                 None => Ok(default),

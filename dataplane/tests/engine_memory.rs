@@ -1493,19 +1493,7 @@ fn a_backend_window_probe_is_answered() {
         lab.client.sessions[session].response.len() == lab.client.sessions[session].expected_response().len()
     });
     assert!(lab.backends.session_for(client).is_some(), "a backend connection");
-    let last_data = last_data_segment(&lab, Hop::BackendToBox);
-    let parsed = parse_frame(LinkType::Ethernet, &last_data).expect("frame");
-    let tcp = parsed.tcp().expect("tcp");
-    let next = tcp.seq_number + tcp.payload.len();
-    let probe = Outgoing {
-        seq: next - 1,
-        ack: tcp.ack_number,
-        flags: TcpFlags::ACK,
-        window: tcp.window,
-        options: TcpOptions { timestamp: tcp.options.timestamp, ..TcpOptions::default() },
-        payload: Vec::new(),
-    };
-    let frame = tcp_frame_like(&last_data, &probe);
+    let (frame, next) = keepalive_after(&last_data_segment(&lab, Hop::BackendToBox));
     let mut out = Output::default();
     lab.boxed.engine.handle_frame(lab.now, Port::Inside, &frame, &mut out);
     let answered = out.inside.iter().any(|frame| {
@@ -1599,19 +1587,7 @@ fn a_keepalive_from_the_client_is_answered() {
     lab.run_until("the response to reach the client", 10_000 * MS, |lab| {
         lab.client.sessions[session].response.len() == lab.client.sessions[session].expected_response().len()
     });
-    let last = last_frame(&lab, Hop::ClientToBox);
-    let parsed = parse_frame(LinkType::Ethernet, &last).expect("frame");
-    let tcp = parsed.tcp().expect("tcp");
-    let next = tcp.seq_number + tcp.payload.len();
-    let keepalive = Outgoing {
-        seq: next - 1,
-        ack: tcp.ack_number,
-        flags: TcpFlags::ACK,
-        window: tcp.window,
-        options: TcpOptions { timestamp: tcp.options.timestamp, ..TcpOptions::default() },
-        payload: Vec::new(),
-    };
-    let frame = tcp_frame_like(&last, &keepalive);
+    let (frame, next) = keepalive_after(&last_frame(&lab, Hop::ClientToBox));
     let mut out = Output::default();
     lab.boxed.engine.handle_frame(lab.now, Port::Outside, &frame, &mut out);
     let answered = out.outside.iter().any(|frame| {
@@ -1636,18 +1612,7 @@ fn a_backend_that_goes_silent_is_found_and_both_sides_reset() {
     lab.run_for(25_000 * MS);
     assert_eq!(lab.boxed.live_sessions(), 1, "the session waits (nothing says the backend is gone yet)");
     // The client's keepalive (Linux: no data, one byte below its next sequence number).
-    let last = last_frame(&lab, Hop::ClientToBox);
-    let parsed = parse_frame(LinkType::Ethernet, &last).expect("frame");
-    let tcp = parsed.tcp().expect("tcp");
-    let keepalive = Outgoing {
-        seq: tcp.seq_number + tcp.payload.len() - 1,
-        ack: tcp.ack_number,
-        flags: TcpFlags::ACK,
-        window: tcp.window,
-        options: TcpOptions { timestamp: tcp.options.timestamp, ..TcpOptions::default() },
-        payload: Vec::new(),
-    };
-    lab.inject(Hop::ClientToBox, tcp_frame_like(&last, &keepalive));
+    lab.inject(Hop::ClientToBox, keepalive_after(&last_frame(&lab, Hop::ClientToBox)).0);
     let probed_at = lab.now;
     lab.run_until("the box to give up on the backend", 60_000 * MS, |lab| lab.boxed.live_sessions() == 0);
     let gave_up_s = (lab.now - probed_at) as f64 / 1e9;
@@ -1669,23 +1634,29 @@ fn a_silent_backend_that_answers_the_probes_is_kept() {
     lab.backend_link_down = true;
     lab.run_for(25_000 * MS);
     lab.backend_link_down = false;
-    let last = last_frame(&lab, Hop::ClientToBox);
-    let parsed = parse_frame(LinkType::Ethernet, &last).expect("frame");
+    lab.inject(Hop::ClientToBox, keepalive_after(&last_frame(&lab, Hop::ClientToBox)).0);
+    lab.run_until("the exchange", EXCHANGE_LIMIT_NS, |lab| exchange_finished(lab, session));
+    let client = &lab.client.sessions[session];
+    assert_eq!(client.response.len(), client.expected_response().len());
+    assert!(client.mismatch.is_none() && !client.tcp.reset_received, "the download finishes exact");
+    assert_eq!(lab.boxed.engine.counters().ended_backend_silent, 0);
+}
+
+/// A keepalive (or zero-window probe) from the sender of `template`, its last segment: no
+/// data, one byte below its next sequence number (RFC 9293 3.8.4), which it returns too.
+fn keepalive_after(template: &[u8]) -> (Vec<u8>, SeqNumber) {
+    let parsed = parse_frame(LinkType::Ethernet, template).expect("frame");
     let tcp = parsed.tcp().expect("tcp");
+    let next = tcp.seq_number + tcp.payload.len();
     let keepalive = Outgoing {
-        seq: tcp.seq_number + tcp.payload.len() - 1,
+        seq: next - 1,
         ack: tcp.ack_number,
         flags: TcpFlags::ACK,
         window: tcp.window,
         options: TcpOptions { timestamp: tcp.options.timestamp, ..TcpOptions::default() },
         payload: Vec::new(),
     };
-    lab.inject(Hop::ClientToBox, tcp_frame_like(&last, &keepalive));
-    lab.run_until("the exchange", EXCHANGE_LIMIT_NS, |lab| exchange_finished(lab, session));
-    let client = &lab.client.sessions[session];
-    assert_eq!(client.response.len(), client.expected_response().len());
-    assert!(client.mismatch.is_none() && !client.tcp.reset_received, "the download finishes exact");
-    assert_eq!(lab.boxed.engine.counters().ended_backend_silent, 0);
+    (tcp_frame_like(template, &keepalive), next)
 }
 
 /// The last TCP frame on `hop`.

@@ -162,6 +162,16 @@ fn forger_report(child: Child, what: &str) -> (u64, u64) {
     (number("seen"), number("sent"))
 }
 
+/// curl's arguments for downloading `path` from `to` (as [`HOST`], the lab's certificate
+/// trusted) into `out`, with `options` first.
+fn curl_download(t: &TlsLab, to: SocketAddr, path: &str, out: &std::path::Path, options: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["-sS"].iter().chain(options).map(|s| s.to_string()).collect();
+    args.extend(["--cacert".to_string(), t.cert.display().to_string()]);
+    args.extend(["--resolve".to_string(), format!("{HOST}:{}:{}", to.port(), to.ip())]);
+    args.extend([format!("https://{HOST}:{}{path}", to.port()), "-o".into(), out.display().to_string()]);
+    args
+}
+
 const SIZE: u64 = 48 << 20;
 const FILE: &str = "/forged-48m";
 
@@ -186,15 +196,10 @@ fn forged_segments_during_a_download_change_nothing() {
         let server_side = forger(&env.server_ns, &env.server_if, "from", &env.backends_v4, 0, seed + 10);
         let started = Instant::now();
         // Slow enough that the forgeries land inside the download.
-        let mut args: Vec<String> =
-            ["-sS", "--fail", "--max-time", "90", "--limit-rate", "12M", "--cacert"].iter().map(|s| s.to_string()).collect();
-        args.push(t.cert.display().to_string());
-        args.extend(["--resolve".to_string(), format!("{HOST}:{}:{}", target.port(), target.ip())]);
-        if through_cutls {
-            args.extend(SUITES[0].curl_args());
-        }
         let out = t.scratch("forged");
-        args.extend([format!("https://{HOST}:{}{FILE}?{index}", target.port()), "-o".into(), out.display().to_string()]);
+        let suite = if through_cutls { SUITES[0].curl_args() } else { Vec::new() };
+        let options: Vec<&str> = ["--fail", "--max-time", "90", "--limit-rate", "12M"].into_iter().chain(suite.iter().map(String::as_str)).collect();
+        let args = curl_download(&t, target, &format!("{FILE}?{index}"), &out, &options);
         let curl = t.client_run("curl", &args);
         if through_cutls {
             t.count_connections(1);
@@ -287,10 +292,7 @@ fn no_plaintext_reaches_the_client_after_a_crash_mid_download() {
         .expect("start the sniffer");
     let to = t.vip(false, h1_port(HoldBack::CutThrough));
     let out = t.scratch("crash");
-    let mut args: Vec<String> = ["-sS", "--max-time", "20", "--limit-rate", "4M", "--cacert"].iter().map(|s| s.to_string()).collect();
-    args.push(t.cert.display().to_string());
-    args.extend(["--resolve".to_string(), format!("{HOST}:{}:{}", to.port(), to.ip())]);
-    args.extend([format!("https://{HOST}:{}{CRASH_FILE}", to.port()), "-o".into(), out.display().to_string()]);
+    let args = curl_download(&t, to, CRASH_FILE, &out, &["--max-time", "20", "--limit-rate", "4M"]);
     let curl = t.lab.command_in(&env.client_ns, "curl").args(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start curl");
     t.count_connections(1);
     std::thread::sleep(std::time::Duration::from_millis(1500));
@@ -324,11 +326,7 @@ fn a_backend_whose_link_dies_mid_download_is_found_and_the_client_reset() {
     let env = t.lab.env.clone();
     let to = t.vip(false, h1_port(HoldBack::CutThrough));
     let out = t.scratch("vanishing");
-    let mut args: Vec<String> =
-        ["-sS", "--max-time", "120", "--keepalive-time", "2", "--limit-rate", "4M", "--cacert"].iter().map(|s| s.to_string()).collect();
-    args.push(t.cert.display().to_string());
-    args.extend(["--resolve".to_string(), format!("{HOST}:{}:{}", to.port(), to.ip())]);
-    args.extend([format!("https://{HOST}:{}{FILE}?vanishing", to.port()), "-o".into(), out.display().to_string()]);
+    let args = curl_download(&t, to, &format!("{FILE}?vanishing"), &out, &["--max-time", "120", "--keepalive-time", "2", "--limit-rate", "4M"]);
     let curl = t.lab.command_in(&env.client_ns, "curl").args(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start curl");
     t.count_connections(1);
     std::thread::sleep(std::time::Duration::from_millis(1500));

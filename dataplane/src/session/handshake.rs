@@ -51,11 +51,6 @@ pub(crate) enum Outcome {
 }
 
 /// Feeds rustls the whole records in `job.input`, one at a time.
-/// The plaintext limit of a TLS record, and the most any record's ciphertext may add (RFC 5246
-/// 6.2.3; TLS 1.3 allows less).
-pub(crate) const MAX_PLAINTEXT: usize = 1 << 14;
-pub(crate) const MAX_EXPANSION: usize = 2048;
-
 /// Whether `header` (five bytes at least) could start a TLS record: a content type of 20-24
 /// and version 3.x. Plain HTTP or an SSLv2 hello cannot.
 pub(crate) fn is_tls_record_header(header: &[u8]) -> bool {

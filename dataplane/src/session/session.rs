@@ -773,21 +773,13 @@ impl Session {
         // there: is the backend?
         self.check_backend_alive(context);
         let arrival = self.client_arrival(tcp);
-        match self.client_guard.judge(context.now_ns, &arrival, &self.client_position()) {
+        match self.judge_client_segment(context, &arrival) {
             Verdict::Accept => {}
             Verdict::Reset => {
                 self.reset_backend(context);
                 return Some(SessionEvent::Ended(EndReason::ClientReset));
             }
-            Verdict::Answer(why) => {
-                count_refusal(context.counters, why, true);
-                self.send_ack_to_client(context);
-                return None;
-            }
-            Verdict::Ignore(why) => {
-                count_refusal(context.counters, why, false);
-                return None;
-            }
+            Verdict::Answer(_) | Verdict::Ignore(_) => return None,
         }
         self.client_reference = self.client_reference.max(arrival.offset);
         self.client_guard.received(&arrival);
@@ -1231,7 +1223,23 @@ impl Session {
         }
     }
 
-    /// Where the box's two streams with the client stand, for the guard.
+    /// The guard's verdict on a client segment; a refused one is counted here, and answered
+    /// with an ACK when the guard says so. The caller acts on `Reset` and goes on with `Accept`.
+    fn judge_client_segment(&mut self, context: &mut Context<'_>, arrival: &Arrival) -> Verdict {
+        let verdict = self.client_guard.judge(context.now_ns, arrival, &self.client_position());
+        match verdict {
+            Verdict::Answer(why) => {
+                count_refusal(context.counters, why, true);
+                self.send_ack_to_client(context);
+            }
+            Verdict::Ignore(why) => count_refusal(context.counters, why, false),
+            Verdict::Accept | Verdict::Reset => {}
+        }
+        verdict
+    }
+
+    /// Where the box's two streams with the client stand, for the guard (before the splice,
+    /// also in a passthrough session whose backend has not answered: nothing sent yet).
     fn client_position(&self) -> Position {
         match &self.splice {
             Some(splice) => Position {
@@ -2439,25 +2447,10 @@ impl Session {
         }
         if self.plain.as_ref().is_some_and(|plain| plain.connected.is_none()) {
             // The backend has not answered yet: the box is the client's peer on its own.
-            let arrival = self.client_arrival(tcp);
-            let position = Position {
-                receive_next: self.client_next,
-                receive_window: self.our_receive_window(),
-                send_unacked: 0,
-                send_next: 0,
-            };
-            match self.client_guard.judge(context.now_ns, &arrival, &position) {
+            match self.judge_client_segment(context, &self.client_arrival(tcp)) {
                 Verdict::Accept => {}
                 Verdict::Reset => return Some(SessionEvent::Ended(EndReason::ClientReset)),
-                Verdict::Answer(why) => {
-                    count_refusal(context.counters, why, true);
-                    self.send_ack_to_client(context);
-                    return None;
-                }
-                Verdict::Ignore(why) => {
-                    count_refusal(context.counters, why, false);
-                    return None;
-                }
+                Verdict::Answer(_) | Verdict::Ignore(_) => return None,
             }
         }
         // Relayed segments are the backend's to judge, but one far from the stream (a forgery)
@@ -3009,7 +3002,9 @@ fn feed_for_rustls(bytes: &[u8], first: bool) -> Feed {
             return Feed::NotTls;
         }
         let body = u16::from_be_bytes([bytes[at + 3], bytes[at + 4]]) as usize;
-        if body > handshake::MAX_PLAINTEXT + handshake::MAX_EXPANSION || first && at == 0 && body > handshake::MAX_PLAINTEXT {
+        // The ciphertext limit of any record (RFC 5246 6.2.3; TLS 1.3's is lower, rustls checks
+        // that one), and the plaintext limit of the first.
+        if body > cutls_crypto::record::MAX_BODY_LEN_TLS12 || first && at == 0 && body > cutls_crypto::record::MAX_FRAGMENT_LEN {
             return Feed::Overflow;
         }
         if bytes.len() - at < 5 + body {
