@@ -355,6 +355,7 @@ fn poll_loop<P: FrameIo>(
         eprintln!("cutls: ready");
     }
     let mut last_poll = 0u64;
+    let mut last_trim = 0u64;
     while !stop.load(Ordering::Relaxed) && !failed.load(Ordering::Relaxed) {
         let mut worked = false;
         for port in [Port::Outside, Port::Inside] {
@@ -405,6 +406,11 @@ fn poll_loop<P: FrameIo>(
             flush(&mut out, &mut outside, &mut inside, &mut counts)?;
             last_poll = now;
         }
+        if now >= last_trim + 1_000_000_000 {
+            // Frame buffers a burst left behind go back to the allocator.
+            out.pool.trim();
+            last_trim = now;
+        }
         if !worked {
             // Sleep until a frame, a hand-off or a finished handshake rings, or the next timer
             // (timers run at most once a millisecond), at most MAX_SLEEP.
@@ -424,17 +430,17 @@ fn poll_loop<P: FrameIo>(
     Ok((engine, counts))
 }
 
+/// Sends what the engine queued; the frames' buffers go back to its pool for the next.
 fn flush<P: FrameIo>(out: &mut Output, outside: &mut P, inside: &mut P, counts: &mut LoopCounts) -> io::Result<()> {
     if !out.outside.is_empty() {
         let report = outside.send_batch(&mut out.outside.iter().map(Vec::as_slice))?;
         counts.transmit_drops += report.dropped() as u64;
-        out.outside.clear();
     }
     if !out.inside.is_empty() {
         let report = inside.send_batch(&mut out.inside.iter().map(Vec::as_slice))?;
         counts.transmit_drops += report.dropped() as u64;
-        out.inside.clear();
     }
+    out.recycle();
     Ok(())
 }
 

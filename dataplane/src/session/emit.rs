@@ -53,6 +53,14 @@ pub struct Segment<'a> {
 /// An Ethernet + IP + TCP frame, or `None` when the segment cannot be encoded (mixed address
 /// families or an oversized payload: the callers never build those).
 pub fn tcp_frame(link: Link, segment: &Segment<'_>) -> Option<Vec<u8>> {
+    let mut frame = Vec::new();
+    tcp_frame_into(link, segment, &mut frame)?;
+    Some(frame)
+}
+
+/// [`tcp_frame`] written into `frame` (its old contents replaced), so that a poll loop can
+/// build every frame in buffers it reuses (see [`super::FramePool`]).
+pub fn tcp_frame_into(link: Link, segment: &Segment<'_>, frame: &mut Vec<u8>) -> Option<()> {
     let tcp = TcpRepr {
         src_port: segment.source.port(),
         dst_port: segment.destination.port(),
@@ -68,8 +76,11 @@ pub fn tcp_frame(link: Link, segment: &Segment<'_>) -> Option<Vec<u8>> {
     match (segment.source.ip(), segment.destination.ip()) {
         (IpAddr::V4(source), IpAddr::V4(destination)) => {
             let l2 = link.header_len();
-            let mut frame = vec![0u8; l2 + IPV4_HEADER_LEN + tcp_len];
-            ethernet(link, EtherType::Ipv4, &mut frame)?;
+            // Headers zeroed, the payload copied once, behind them.
+            frame.clear();
+            frame.resize(l2 + IPV4_HEADER_LEN + tcp.header_len(), 0);
+            frame.extend_from_slice(segment.payload);
+            ethernet(link, EtherType::Ipv4, frame)?;
             let ip = Ipv4Repr {
                 source,
                 destination,
@@ -82,13 +93,16 @@ pub fn tcp_frame(link: Link, segment: &Segment<'_>) -> Option<Vec<u8>> {
                 ecn: 0,
             };
             ip.emit(&mut frame[l2..]).ok()?;
-            tcp.emit(&mut frame[l2 + IPV4_HEADER_LEN..], source.into(), destination.into()).ok()?;
-            Some(frame)
+            tcp.emit_header(&mut frame[l2 + IPV4_HEADER_LEN..], source.into(), destination.into()).ok()?;
+            Some(())
         }
         (IpAddr::V6(source), IpAddr::V6(destination)) => {
             let l2 = link.header_len();
-            let mut frame = vec![0u8; l2 + IPV6_HEADER_LEN + tcp_len];
-            ethernet(link, EtherType::Ipv6, &mut frame)?;
+            // Headers zeroed, the payload copied once, behind them.
+            frame.clear();
+            frame.resize(l2 + IPV6_HEADER_LEN + tcp.header_len(), 0);
+            frame.extend_from_slice(segment.payload);
+            ethernet(link, EtherType::Ipv6, frame)?;
             let ip = Ipv6Repr {
                 source,
                 destination,
@@ -99,8 +113,8 @@ pub fn tcp_frame(link: Link, segment: &Segment<'_>) -> Option<Vec<u8>> {
                 flow_label: 0,
             };
             ip.emit(&mut frame[l2..]).ok()?;
-            tcp.emit(&mut frame[l2 + IPV6_HEADER_LEN..], source.into(), destination.into()).ok()?;
-            Some(frame)
+            tcp.emit_header(&mut frame[l2 + IPV6_HEADER_LEN..], source.into(), destination.into()).ok()?;
+            Some(())
         }
         _ => None,
     }

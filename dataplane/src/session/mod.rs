@@ -176,11 +176,14 @@ impl std::fmt::Debug for EngineKeys {
     }
 }
 
-/// Frames to send, per port. The caller drains them after each call.
+/// Frames to send, per port, and the buffers they are built in. The caller drains the frames
+/// after each call and hands their buffers back with [`Output::recycle`], so that a poll loop
+/// in steady state builds every frame (and every sealed record) without allocating.
 #[derive(Debug, Default)]
 pub struct Output {
     pub outside: Vec<Vec<u8>>,
     pub inside: Vec<Vec<u8>>,
+    pub pool: FramePool,
 }
 
 impl Output {
@@ -193,12 +196,89 @@ impl Output {
         }
     }
 
+    /// A TCP frame for `port`, built in a buffer from the pool.
+    pub(crate) fn push_tcp(&mut self, port: Port, link: Link, segment: &emit::Segment<'_>) {
+        let mut frame = self.pool.take();
+        match emit::tcp_frame_into(link, segment, &mut frame) {
+            Some(()) => self.push(port, Some(frame)),
+            None => self.pool.give(frame),
+        }
+    }
+
+    /// A copy of `frame` for `port` (a bridged frame), in a buffer from the pool.
+    pub(crate) fn push_copy(&mut self, port: Port, frame: &[u8]) {
+        let mut copy = self.pool.take();
+        copy.extend_from_slice(frame);
+        self.push(port, Some(copy));
+    }
+
+    /// Drops the frames queued (the caller sent them) and keeps their buffers for the next.
+    pub fn recycle(&mut self) {
+        for frame in self.outside.drain(..).chain(self.inside.drain(..)) {
+            self.pool.give(frame);
+        }
+    }
+
     /// Frames queued for `port` so far.
     pub(crate) fn count(&self, port: Port) -> usize {
         match port {
             Port::Outside => self.outside.len(),
             Port::Inside => self.inside.len(),
         }
+    }
+}
+
+/// Buffers for frames and sealed records, reused: taken by whoever builds one, given back
+/// when it has left (a sent frame, a record the client acknowledged). The records waiting
+/// for clients' acknowledgements come and go in bursts, so the pool keeps up to
+/// [`FramePool::LIMIT`] buffers and [`FramePool::trim`] (once a second, from the poll loop)
+/// frees what was not needed since the last trim, so that a burst does not keep its memory.
+#[derive(Debug, Default)]
+pub struct FramePool {
+    spare: Vec<Vec<u8>>,
+    /// The fewest buffers spare since the last trim: that many were not needed.
+    fewest: usize,
+}
+
+impl FramePool {
+    /// Buffers kept at most: never more than a burst had in flight at once (the records the
+    /// clients had not acknowledged yet), and [`FramePool::trim`] frees them within two seconds
+    /// of the burst.
+    const LIMIT: usize = 1 << 18;
+    /// Buffers a trim leaves in any case: a few batches of frames.
+    const KEEP: usize = 1024;
+    /// Buffers larger than this are not kept (a jumbo frame's or a 16 KiB record's are; a
+    /// rare larger one is not worth its memory).
+    const LARGEST: usize = 20 * 1024;
+    /// A new buffer's room: a 1500-byte frame with VLAN tags, or a record of one segment.
+    const ROOM: usize = 1600;
+
+    /// An empty buffer, with room for a frame.
+    pub fn take(&mut self) -> Vec<u8> {
+        let buffer = self.spare.pop().unwrap_or_else(|| Vec::with_capacity(Self::ROOM));
+        self.fewest = self.fewest.min(self.spare.len());
+        buffer
+    }
+
+    /// A buffer back, its contents dropped.
+    pub fn give(&mut self, mut buffer: Vec<u8>) {
+        if self.spare.len() < Self::LIMIT && buffer.capacity() <= Self::LARGEST && buffer.capacity() > 0 {
+            buffer.clear();
+            self.spare.push(buffer);
+        }
+    }
+
+    /// Frees the buffers that stayed spare since the last trim (beyond [`FramePool::KEEP`]).
+    pub fn trim(&mut self) {
+        let unneeded = self.fewest.min(self.spare.len().saturating_sub(Self::KEEP));
+        self.spare.truncate(self.spare.len() - unneeded);
+        self.spare.shrink_to(self.spare.len().max(Self::KEEP));
+        self.fewest = self.spare.len();
+    }
+
+    /// Buffers kept now.
+    pub fn spare(&self) -> usize {
+        self.spare.len()
     }
 }
 
@@ -1001,7 +1081,7 @@ impl Engine {
             Port::Outside => Port::Inside,
             Port::Inside => Port::Outside,
         };
-        out.push(other, Some(frame.to_vec()));
+        out.push_copy(other, frame);
     }
 
     fn is_vip(&self, address: IpAddr) -> bool {
@@ -1441,4 +1521,37 @@ fn ndp_link_address(message: &[u8]) -> Option<EthernetAddress> {
         options = &options[len..];
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_frame_pool_reuses_buffers_and_trims_what_a_second_did_not_need() {
+        let mut pool = FramePool::default();
+        let mut buffer = pool.take();
+        assert!(buffer.capacity() >= FramePool::ROOM);
+        buffer.extend_from_slice(b"a frame");
+        let address = buffer.as_ptr();
+        pool.give(buffer);
+        let again = pool.take();
+        assert_eq!((again.as_ptr(), again.len()), (address, 0), "the same buffer, emptied");
+        pool.give(again);
+        // Huge and empty buffers are not kept.
+        pool.give(Vec::with_capacity(FramePool::LARGEST + 1));
+        pool.give(Vec::new());
+        assert_eq!(pool.spare(), 1);
+
+        // A burst: 3,000 buffers out at once, then back.
+        let burst: Vec<Vec<u8>> = (0..3000).map(|_| pool.take()).collect();
+        burst.into_iter().for_each(|buffer| pool.give(buffer));
+        assert_eq!(pool.spare(), 3000);
+        // The burst's second needed them all (none stayed spare): kept.
+        pool.trim();
+        assert_eq!(pool.spare(), 3000);
+        // A quiet second: all 3,000 stayed spare, so all but KEEP go.
+        pool.trim();
+        assert_eq!(pool.spare(), FramePool::KEEP);
+    }
 }

@@ -374,8 +374,18 @@ impl Sender {
 
     /// An acknowledgement from the client: `ack` (an offset), its window in bytes, its SACK
     /// blocks as offsets, and whether the segment carried data or a FIN (then it is no
-    /// duplicate acknowledgement). Returns the bytes newly acknowledged.
-    pub(crate) fn on_ack(&mut self, now_ns: u64, ack: u64, window: u64, sack: &[(u64, u64)], carries_data: bool, mss: usize) -> u64 {
+    /// duplicate acknowledgement). The buffers of chunks wholly acknowledged go to `reclaim`
+    /// (the poll loop's frame pool). Returns the bytes newly acknowledged.
+    pub(crate) fn on_ack(
+        &mut self,
+        now_ns: u64,
+        ack: u64,
+        window: u64,
+        sack: &[(u64, u64)],
+        carries_data: bool,
+        mss: usize,
+        reclaim: &mut dyn FnMut(Vec<u8>),
+    ) -> u64 {
         let mss = mss.max(1) as u64;
         self.mss = mss;
         self.rack_now_ns = now_ns;
@@ -402,7 +412,7 @@ impl Sender {
             if self.fin.is_some_and(|fin| ack > fin) {
                 self.fin_acked = true;
             }
-            self.acknowledge(now_ns, data_ack);
+            self.acknowledge(now_ns, data_ack, reclaim);
             self.duplicate_acks = 0;
             self.retries = 0;
             self.probe_sent = false;
@@ -754,7 +764,7 @@ impl Sender {
 
     /// The cumulative acknowledgement moved to `ack`: forget what the client has, and take an
     /// RTT sample from the newest chunk it completes if none of them was sent twice.
-    fn acknowledge(&mut self, now_ns: u64, ack: u64) {
+    fn acknowledge(&mut self, now_ns: u64, ack: u64, reclaim: &mut dyn FnMut(Vec<u8>)) {
         let mut sample = None;
         let mut karn = false;
         while let Some(chunk) = self.chunks.front() {
@@ -767,7 +777,9 @@ impl Sender {
                 (self.rack_sent_ns, self.rack_end) = (chunk.last_sent_ns, chunk.end());
             }
             self.stored -= chunk.bytes.len();
-            self.chunks.pop_front();
+            if let Some(chunk) = self.chunks.pop_front() {
+                reclaim(chunk.bytes);
+            }
         }
         if let (Some(sent), false) = (sample, karn) {
             self.rtt_sample(now_ns, now_ns.saturating_sub(sent));
@@ -909,7 +921,7 @@ mod tests {
         assert_eq!(sent[0], (1000, MSS, false));
         assert_eq!(sent[9], (1900, MSS, false));
         // Two segments acknowledged: slow start adds two.
-        assert_eq!(sender.on_ack(1_000_000, 1200, 1 << 20, &[], false, MSS), 200);
+        assert_eq!(sender.on_ack(1_000_000, 1200, 1 << 20, &[], false, MSS, &mut drop), 200);
         assert_eq!(sender.congestion_window(), 1200);
         let sent = send(&mut sender, 1_000_000);
         assert_eq!(sent.iter().map(|s| s.0).collect::<Vec<_>>(), vec![2000, 2100, 2200, 2300]);
@@ -925,12 +937,12 @@ mod tests {
         let sent = send(&mut sender, 0);
         assert_eq!(sent, vec![(0, MSS, false), (100, MSS, false), (200, 50, false)]);
         // The window shuts: nothing more, and the persist timer asks for a probe.
-        sender.on_ack(1000, 250, 0, &[], false, MSS);
+        sender.on_ack(1000, 250, 0, &[], false, MSS, &mut drop);
         assert!(send(&mut sender, 1000).is_empty());
         let deadline = sender.deadline_ns().expect("persist timer");
         assert_eq!(sender.on_timer(deadline, MSS), TimerOutcome::Probe);
         // It opens again: the rest leaves.
-        sender.on_ack(deadline + 1, 250, 1000, &[], false, MSS);
+        sender.on_ack(deadline + 1, 250, 1000, &[], false, MSS, &mut drop);
         assert_eq!(send(&mut sender, deadline + 1), vec![(250, 50, false)]);
     }
 
@@ -941,13 +953,13 @@ mod tests {
         // Segment 1100..1200 is lost; the client SACKs the ones after it, one ACK each.
         let mut resent = Vec::new();
         for i in 2..6u64 {
-            sender.on_ack(10, 1100, 1 << 20, &[(1200, 1000 + 100 * i + 100)], false, MSS);
+            sender.on_ack(10, 1100, 1 << 20, &[(1200, 1000 + 100 * i + 100)], false, MSS, &mut drop);
             resent.extend(send(&mut sender, 10));
         }
         assert!(sender.in_recovery());
         assert_eq!(resent, vec![(1100, MSS, false)]);
         // The hole filled: recovery ends at the recovery point, with half the window.
-        sender.on_ack(20, 2000, 1 << 20, &[], false, MSS);
+        sender.on_ack(20, 2000, 1 << 20, &[], false, MSS, &mut drop);
         assert!(!sender.in_recovery());
         // Half the flight when the loss was found (1100..2000).
         assert_eq!(sender.congestion_window(), 450);
@@ -961,12 +973,12 @@ mod tests {
         // 1100 and 1300 lost; no SACK: the first ACK at 1100 is new, three duplicates follow.
         let mut resent = Vec::new();
         for _ in 0..4 {
-            sender.on_ack(10, 1100, 1 << 20, &[], false, MSS);
+            sender.on_ack(10, 1100, 1 << 20, &[], false, MSS, &mut drop);
             resent.extend(send(&mut sender, 10));
         }
         assert_eq!(resent, vec![(1100, MSS, false)]);
         // A partial ACK up to the next hole: that segment leaves at once (RFC 6582).
-        sender.on_ack(20, 1300, 1 << 20, &[], false, MSS);
+        sender.on_ack(20, 1300, 1 << 20, &[], false, MSS, &mut drop);
         assert_eq!(send(&mut sender, 20)[0], (1300, MSS, false));
     }
 
@@ -982,7 +994,7 @@ mod tests {
         assert_eq!(send(&mut sender, first), vec![(1000, MSS, false)]);
         assert_eq!(sender.deadline_ns(), Some(first + 2 * INITIAL_RTO_NS));
         // Its ACK: the rest follows in slow start, no RTT sample from a resent chunk.
-        sender.on_ack(first + 5, 1100, 1 << 20, &[], false, MSS);
+        sender.on_ack(first + 5, 1100, 1 << 20, &[], false, MSS, &mut drop);
         assert_eq!(send(&mut sender, first + 5), vec![(1100, MSS, false), (1200, MSS, false)]);
     }
 
@@ -1006,7 +1018,7 @@ mod tests {
         let mut sender = sender_with(2);
         send(&mut sender, 0);
         // 1 ms RTT: the timer is the minimum.
-        sender.on_ack(1_000_000, 1200, 1 << 20, &[], false, MSS);
+        sender.on_ack(1_000_000, 1200, 1 << 20, &[], false, MSS, &mut drop);
         assert_eq!(sender.rto_ns, MIN_RTO_NS);
         assert_eq!(sender.srtt_ns, Some(1_000_000));
     }
@@ -1018,12 +1030,12 @@ mod tests {
         assert_eq!(send(&mut sender, 0), vec![(1000, MSS, true)]);
         assert_eq!(sender.next_offset(), 1101);
         // The data is acknowledged, not the FIN: the timer sends the FIN alone.
-        sender.on_ack(10, 1100, 1 << 20, &[], false, MSS);
+        sender.on_ack(10, 1100, 1 << 20, &[], false, MSS, &mut drop);
         assert!(!sender.fin_acked());
         let deadline = sender.deadline_ns().expect("armed for the FIN");
         assert_eq!(sender.on_timer(deadline, MSS), TimerOutcome::Retransmit);
         assert_eq!(send(&mut sender, deadline), vec![(1100, 0, true)]);
-        sender.on_ack(deadline + 1, 1101, 1 << 20, &[], false, MSS);
+        sender.on_ack(deadline + 1, 1101, 1 << 20, &[], false, MSS, &mut drop);
         assert!(sender.fin_acked());
         assert!(!sender.has_outstanding());
         assert_eq!(sender.deadline_ns(), None);
@@ -1035,16 +1047,16 @@ mod tests {
         sender.seed_rtt(0, 1_000_000);
         send(&mut sender, 0);
         // 1000..1200 arrive, the last two segments are lost: nothing more comes back.
-        sender.on_ack(1_000_000, 1200, 1 << 20, &[], false, MSS);
+        sender.on_ack(1_000_000, 1200, 1 << 20, &[], false, MSS, &mut drop);
         let deadline = sender.deadline_ns().expect("armed");
         assert_eq!(deadline, 1_000_000 + 10_000_000, "a probe after 10 ms, not the 200 ms timer");
         assert_eq!(sender.on_timer(deadline, MSS), TimerOutcome::TailProbe);
         // No new data: the last segment goes again; the client SACKs it, and the hole before
         // it leaves at once.
         assert_eq!(send(&mut sender, deadline), vec![(1300, MSS, false)]);
-        sender.on_ack(deadline + 1_000_000, 1200, 1 << 20, &[(1300, 1400)], false, MSS);
+        sender.on_ack(deadline + 1_000_000, 1200, 1 << 20, &[(1300, 1400)], false, MSS, &mut drop);
         assert_eq!(send(&mut sender, deadline + 1_000_000), vec![(1200, MSS, false)]);
-        sender.on_ack(deadline + 2_000_000, 1400, 1 << 20, &[], false, MSS);
+        sender.on_ack(deadline + 2_000_000, 1400, 1 << 20, &[], false, MSS, &mut drop);
         assert_eq!(sender.stored(), 0);
         assert_eq!(sender.deadline_ns(), None);
     }
@@ -1062,8 +1074,8 @@ mod tests {
         let mut sender = sender_with(3);
         send(&mut sender, 0);
         // 1000..1100 lost; the two after it SACKed: no third duplicate will ever come.
-        sender.on_ack(10, 1000, 1 << 20, &[(1100, 1200)], false, MSS);
-        sender.on_ack(11, 1000, 1 << 20, &[(1100, 1300)], false, MSS);
+        sender.on_ack(10, 1000, 1 << 20, &[(1100, 1200)], false, MSS, &mut drop);
+        sender.on_ack(11, 1000, 1 << 20, &[(1100, 1300)], false, MSS, &mut drop);
         assert_eq!(send(&mut sender, 11), vec![(1000, MSS, false)]);
     }
 
@@ -1073,16 +1085,16 @@ mod tests {
         send(&mut sender, 0);
         // 1000..1100 lost; three SACKs: resent.
         for right in [1200, 1300, 1400] {
-            sender.on_ack(10, 1000, 1 << 20, &[(1100, right)], false, MSS);
+            sender.on_ack(10, 1000, 1 << 20, &[(1100, right)], false, MSS, &mut drop);
         }
         assert_eq!(send(&mut sender, 10)[0], (1000, MSS, false));
         // The resend is lost too. ACKs go on SACKing what was in flight; then bytes sent after
         // the resend (past 3000) arrive: it goes again.
-        sender.on_ack(20, 1000, 1 << 20, &[(1100, 3000)], false, MSS);
+        sender.on_ack(20, 1000, 1 << 20, &[(1100, 3000)], false, MSS, &mut drop);
         let sent = send(&mut sender, 20);
         assert!(!sent.iter().any(|s| s.0 == 1000), "not before later bytes are SACKed: {sent:?}");
         let newest = sent.iter().map(|s| s.0 + s.1 as u64).max().unwrap_or(3000);
-        sender.on_ack(30, 1000, 1 << 20, &[(1100, newest)], false, MSS);
+        sender.on_ack(30, 1000, 1 << 20, &[(1100, newest)], false, MSS, &mut drop);
         assert_eq!(send(&mut sender, 30).first(), Some(&(1000, MSS, false)));
     }
 
@@ -1092,12 +1104,12 @@ mod tests {
         sender.seed_rtt(0, 1_000_000);
         send(&mut sender, 0);
         // 1100..1200 and 1500..1600 lost; everything else up to 2000 SACKed.
-        sender.on_ack(1_000_000, 1100, 1 << 20, &[(1200, 1500), (1600, 2000)], false, MSS);
+        sender.on_ack(1_000_000, 1100, 1 << 20, &[(1200, 1500), (1600, 2000)], false, MSS, &mut drop);
         let resent: Vec<u64> = send(&mut sender, 1_000_000).iter().map(|s| s.0).collect();
         assert!(resent.starts_with(&[1100, 1500]), "{resent:?}");
         let newest = 1000 + 100 * 40;
         // The resend of 1100 arrives, that of 1500 does not; new bytes sent after both do.
-        sender.on_ack(3_000_000, 1500, 1 << 20, &[(1600, newest)], false, MSS);
+        sender.on_ack(3_000_000, 1500, 1 << 20, &[(1600, newest)], false, MSS, &mut drop);
         let again: Vec<u64> = send(&mut sender, 3_000_000).iter().map(|s| s.0).collect();
         assert_eq!(again.first(), Some(&1500), "{again:?}");
     }
@@ -1115,7 +1127,7 @@ mod tests {
             send(&mut sender, now);
         }
         assert!(sender.rto_ns >= 8 * MIN_RTO_NS);
-        sender.on_ack(now + 1, 1100, 1 << 20, &[], false, MSS);
+        sender.on_ack(now + 1, 1100, 1 << 20, &[], false, MSS, &mut drop);
         assert_eq!(sender.rto_ns, MIN_RTO_NS);
     }
 
@@ -1130,7 +1142,7 @@ mod tests {
             send(&mut sender, 0);
             // 1100..1200 lost, the segments after it SACKed one by one.
             for right in [1300, 1400, 1500] {
-                sender.on_ack(1_000_000, 1100, 1 << 20, &[(1200, right)], false, MSS);
+                sender.on_ack(1_000_000, 1100, 1 << 20, &[(1200, right)], false, MSS, &mut drop);
             }
             assert!(sender.in_recovery(), "{congestion:?}");
             assert!(sender.congestion_window() >= expected, "{congestion:?}: {}", sender.congestion_window());
@@ -1162,10 +1174,10 @@ mod tests {
     fn acknowledgements_of_unsent_bytes_are_ignored() {
         let mut sender = sender_with(3);
         sender.transmit(0, MSS, &mut |_, _, _| {});
-        assert_eq!(sender.on_ack(1, 1_000_000, 1 << 20, &[], false, MSS), 0);
+        assert_eq!(sender.on_ack(1, 1_000_000, 1 << 20, &[], false, MSS, &mut drop), 0);
         assert_eq!(sender.acked(), 1000);
         // A SACK block beyond what was sent is clipped to it.
-        sender.on_ack(1, 1000, 1 << 20, &[(1100, 9_000_000)], false, MSS);
+        sender.on_ack(1, 1000, 1 << 20, &[(1100, 9_000_000)], false, MSS, &mut drop);
         assert_eq!(sender.sacked, vec![(1100, 1300)]);
     }
 

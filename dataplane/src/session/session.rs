@@ -30,7 +30,7 @@ use super::handshake::{self, HandshakePool, Job, JobResult, Outcome};
 use super::client_hello::{self, FirstFlight};
 use super::neighbours::Neighbours;
 use super::post_handshake::{PostHandshake, Violation};
-use super::{Counters, EndReason, FlowKey, ListenerSetup, Output, PassthroughRoute, Port};
+use super::{Counters, EndReason, FlowKey, FramePool, ListenerSetup, Output, PassthroughRoute, Port};
 use crate::wire::seq::unwrap_offset;
 use crate::wire::{ArpOperation, EthernetAddress, SackBlock, SackBlocks, SeqNumber, TcpFlags, TcpOptions, TcpSegment, TcpTimestamp};
 
@@ -1061,7 +1061,7 @@ impl Session {
             options,
             payload: &[],
         };
-        context.out.push(Port::Outside, emit::tcp_frame(self.reply_link(), &segment));
+        context.out.push_tcp(Port::Outside, self.reply_link(), &segment);
     }
 
     fn send_ack_to_client(&mut self, context: &mut Context<'_>) {
@@ -1343,7 +1343,7 @@ impl Session {
             options,
             payload: &[],
         };
-        context.out.push(Port::Inside, emit::tcp_frame(self.backend_link(mac), &segment));
+        context.out.push_tcp(Port::Inside, self.backend_link(mac), &segment);
     }
 
     fn poll_backend(&mut self, context: &mut Context<'_>) -> Option<SessionEvent> {
@@ -1439,7 +1439,7 @@ impl Session {
                 options,
                 payload: &[],
             };
-            context.out.push(Port::Inside, emit::tcp_frame(self.backend_link(mac), &segment));
+            context.out.push_tcp(Port::Inside, self.backend_link(mac), &segment);
             if !matches!(self.backend_state, Backend::Established(_)) {
                 self.backend_state = Backend::Established(info);
                 self.try_start_splice(context);
@@ -1467,7 +1467,7 @@ impl Session {
                     options: TcpOptions::default(),
                     payload: &[],
                 };
-                context.out.push(Port::Inside, emit::tcp_frame(self.backend_link(mac), &reset));
+                context.out.push_tcp(Port::Inside, self.backend_link(mac), &reset);
                 self.send_backend_syn(context, mac);
                 self.backend_state = Backend::SynSent { sent_ns: context.now_ns, tries: tries + 1 };
                 return None;
@@ -1511,7 +1511,7 @@ impl Session {
             options: TcpOptions::default(),
             payload: &[],
         };
-        context.out.push(Port::Inside, emit::tcp_frame(self.backend_link(mac), &segment));
+        context.out.push_tcp(Port::Inside, self.backend_link(mac), &segment);
     }
 
     fn reset_both(&self, context: &mut Context<'_>) {
@@ -1521,7 +1521,7 @@ impl Session {
         }
         let offset = self.splice.as_ref().map_or(self.sent, |splice| splice.next_offset());
         let seq = self.our_isn.wrapping_add(1).wrapping_add(offset as u32);
-        context.out.push(Port::Outside, emit::tcp_frame(self.reply_link(), &bare_reset(self.vip, self.client, seq)));
+        context.out.push_tcp(Port::Outside, self.reply_link(), &bare_reset(self.vip, self.client, seq));
         self.reset_backend(context);
     }
 
@@ -1628,7 +1628,8 @@ impl Session {
             }
             let carries = !tcp.payload.is_empty() || tcp.flags.contains(TcpFlags::FIN);
             let fin_acked_before = splice.backend_fin_acked();
-            splice.sender.on_ack(context.now_ns, acked, client_window, &blocks[..count], carries, client_room);
+            let pool = &mut context.out.pool;
+            splice.sender.on_ack(context.now_ns, acked, client_window, &blocks[..count], carries, client_room, &mut |buffer| pool.give(buffer));
             // The client has the close_notify the backend's FIN became: now the box acknowledges
             // that FIN (the backend's LAST-ACK or FIN-WAIT ends).
             backend_fin_newly_acked = !fin_acked_before && splice.backend_fin_acked();
@@ -1652,7 +1653,9 @@ impl Session {
             } else {
                 let skip = self.client_handshake_len.saturating_sub(offset) as usize;
                 let ts = tcp.options.timestamp;
-                match self.open_client_bytes(context, offset + skip as u64, payload[skip..].to_vec(), ts) {
+                let mut chunk = context.out.pool.take();
+                chunk.extend_from_slice(&payload[skip..]);
+                match self.open_client_bytes(context, offset + skip as u64, chunk, ts) {
                     Ok(opened) => {
                         forwarded = opened.forwarded;
                         if opened.acknowledged || opened.held {
@@ -1888,29 +1891,52 @@ impl Session {
         }
         // Plaintext to the backend, in contiguous runs of at most the backend's MSS; what the
         // box acknowledged on its own is kept until the backend has it.
-        let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
         for release in &out.releases {
-            let bytes = out.bytes(&chunk, release);
             if splice.opener.ciphertext_for_plaintext_ack(release.plaintext_offset) < splice.custody.acked_cipher() {
-                splice.custody.keep(context.now_ns, release.plaintext_offset, bytes);
-            }
-            match runs.last_mut() {
-                Some((start, run)) if *start + run.len() as u64 == release.plaintext_offset => run.extend_from_slice(bytes),
-                _ => runs.push((release.plaintext_offset, bytes.to_vec())),
+                splice.custody.keep(context.now_ns, release.plaintext_offset, out.bytes(&chunk, release));
             }
         }
-        splice.out = out;
         let mss = splice.backend_payload_mss();
-        for (start, run) in runs {
-            for (i, piece) in run.chunks(mss).enumerate() {
-                self.send_to_backend(context, start + (i * mss) as u64, TcpFlags::ACK | TcpFlags::PSH, piece, ts);
-                opened.forwarded = true;
+        let mut first = 0;
+        while first < out.releases.len() {
+            // Releases first..last are contiguous: one run.
+            let mut last = first + 1;
+            let mut end = out.releases[first].plaintext_offset + out.bytes(&chunk, &out.releases[first]).len() as u64;
+            while let Some(next) = out.releases.get(last).filter(|next| next.plaintext_offset == end) {
+                end += out.bytes(&chunk, next).len() as u64;
+                last += 1;
             }
+            let start = out.releases[first].plaintext_offset;
+            if last == first + 1 {
+                // One release (the usual case: a segment inside one record): sent from where
+                // it was decrypted.
+                self.send_run(context, start, out.bytes(&chunk, &out.releases[first]), mss, ts);
+            } else {
+                let mut run = context.out.pool.take();
+                for release in &out.releases[first..last] {
+                    run.extend_from_slice(out.bytes(&chunk, release));
+                }
+                self.send_run(context, start, &run, mss, ts);
+                context.out.pool.give(run);
+            }
+            opened.forwarded |= end > start;
+            first = last;
+        }
+        context.out.pool.give(chunk);
+        if let Some(splice) = self.splice.as_mut() {
+            splice.out = out;
         }
         if key_update_answer {
             self.send_key_update(context);
         }
         Ok(opened)
+    }
+
+    /// Plaintext at backend offset `start`, to the backend in segments of at most `mss`.
+    fn send_run(&mut self, context: &mut Context<'_>, start: u64, run: &[u8], mss: usize, ts: Option<TcpTimestamp>) {
+        for (i, piece) in run.chunks(mss).enumerate() {
+            self.send_to_backend(context, start + (i * mss) as u64, TcpFlags::ACK | TcpFlags::PSH, piece, ts);
+        }
     }
 
     fn fail_tls(&mut self, context: &mut Context<'_>) -> SessionEvent {
@@ -1928,7 +1954,7 @@ impl Session {
         let mss = emitter.payload_room();
         let window = (self.our_receive_window() >> self.our_window_scale).min(65535) as u16;
         if let Some(splice) = self.splice.as_mut() {
-            if splice.sender.fin_offset().is_none() && splice.seal_record(ContentType::Alert, &[2, description]) {
+            if splice.sender.fin_offset().is_none() && splice.seal_record(&mut context.out.pool, ContentType::Alert, &[2, description]) {
                 // Everything queued leaves now, the alert and its FIN last: the session is gone
                 // after this, so nothing would be sent again.
                 splice.sender.push_fin();
@@ -1953,7 +1979,7 @@ impl Session {
     fn send_key_update(&mut self, context: &mut Context<'_>) {
         let Some(splice) = self.splice.as_mut() else { return };
         let Some(next) = splice.server_secret.as_ref().map(Secret::next_generation) else { return };
-        splice.seal_record(ContentType::Handshake, &[24, 0, 0, 1, 0]);
+        splice.seal_record(&mut context.out.pool, ContentType::Handshake, &[24, 0, 0, 1, 0]);
         let aead = next_aead(&splice.sealer);
         splice.sealer.rekey(&next.traffic_keys(aead));
         splice.server_secret = Some(next);
@@ -2004,7 +2030,7 @@ impl Session {
             options,
             payload,
         };
-        context.out.push(Port::Inside, emit::tcp_frame(self.backend_link(backend.mac), &segment));
+        context.out.push_tcp(Port::Inside, self.backend_link(backend.mac), &segment);
     }
 
     /// After the client acknowledged bytes: tell the backend the window they freed, if it may
@@ -2264,7 +2290,7 @@ impl Session {
     /// backend cut it (cut again at the record limit).
     fn seal_backend_run(splice: &mut Splice, context: &mut Context<'_>, bytes: &[u8]) {
         for data in bytes.chunks(cutls_crypto::record::MAX_FRAGMENT_LEN) {
-            if !splice.seal_record(ContentType::ApplicationData, data) {
+            if !splice.seal_record(&mut context.out.pool, ContentType::ApplicationData, data) {
                 break;
             }
             context.counters.records_sealed += 1;
@@ -2280,7 +2306,7 @@ impl Session {
             return;
         }
         splice.backend_fin = Some(fin);
-        splice.seal_record(ContentType::Alert, &[1, 0]);
+        splice.seal_record(&mut context.out.pool, ContentType::Alert, &[1, 0]);
         splice.sender.push_fin();
         self.transmit_to_client(context);
     }
@@ -2426,7 +2452,7 @@ impl Session {
             options,
             payload,
         };
-        context.out.push(Port::Inside, emit::tcp_frame(self.backend_link(connected.backend.mac), &segment));
+        context.out.push_tcp(Port::Inside, self.backend_link(connected.backend.mac), &segment);
     }
 
     fn client_segment_plain(&mut self, context: &mut Context<'_>, tcp: &TcpSegment<'_>) -> Option<SessionEvent> {
@@ -2525,7 +2551,7 @@ impl Session {
             options,
             payload: tcp.payload,
         };
-        context.out.push(Port::Inside, emit::tcp_frame(self.backend_link(connected.backend.mac), &segment));
+        context.out.push_tcp(Port::Inside, self.backend_link(connected.backend.mac), &segment);
         // The backend takes a RST only at exactly its RCV.NXT (RFC 5961 3.2; a forged one it
         // answers with a challenge ACK, which the box relays): the session ends for those alone.
         if tcp.flags.contains(TcpFlags::RST) && exact_reset {
@@ -2605,7 +2631,7 @@ impl Session {
             options,
             payload: tcp.payload,
         };
-        context.out.push(Port::Outside, emit::tcp_frame(self.reply_link(), &segment));
+        context.out.push_tcp(Port::Outside, self.reply_link(), &segment);
         if tcp.flags.contains(TcpFlags::RST) && exact_reset {
             return Some(SessionEvent::Ended(EndReason::BackendReset));
         }
@@ -2684,7 +2710,7 @@ impl Session {
             options: TcpOptions::default(),
             payload: &[],
         };
-        context.out.push(Port::Outside, emit::tcp_frame(self.reply_link(), &client_reset));
+        context.out.push_tcp(Port::Outside, self.reply_link(), &client_reset);
         let Some(connected) = plain.connected else { return };
         let backend_reset = Segment {
             source: self.backend_source,
@@ -2696,7 +2722,7 @@ impl Session {
             options: TcpOptions::default(),
             payload: &[],
         };
-        context.out.push(Port::Inside, emit::tcp_frame(self.backend_link(connected.backend.mac), &backend_reset));
+        context.out.push_tcp(Port::Inside, self.backend_link(connected.backend.mac), &backend_reset);
     }
 }
 
@@ -2798,9 +2824,18 @@ impl Splice {
     }
 
     /// Seals a record and queues it for the client.
-    fn seal_record(&mut self, content_type: ContentType, plaintext: &[u8]) -> bool {
-        let mut record = vec![0u8; self.sealer.record_len(plaintext.len())];
-        if self.sealer.seal(content_type, plaintext, &mut record).is_err() {
+    /// The record is sealed in a buffer from `pool`, which gets it back once the client has
+    /// acknowledged it.
+    fn seal_record(&mut self, pool: &mut FramePool, content_type: ContentType, plaintext: &[u8]) -> bool {
+        // The plaintext copied once, to its place behind the header; the sealer writes the
+        // rest (header, nonce, tag), so nothing else needs zeroing first.
+        let framing = self.sealer.framing();
+        let mut record = pool.take();
+        record.resize(cutls_crypto::record::HEADER_LEN + framing.explicit_nonce_len(), 0);
+        record.extend_from_slice(plaintext);
+        record.resize(self.sealer.record_len(plaintext.len()), 0);
+        if self.sealer.seal_in_place(content_type, &mut record, plaintext.len()).is_err() {
+            pool.give(record);
             return false;
         }
         self.sender.push(record);
@@ -2853,7 +2888,7 @@ impl ClientEmitter {
                 options,
                 payload: &payload[at..end],
             };
-            out.push(Port::Outside, emit::tcp_frame(self.link, &segment));
+            out.push_tcp(Port::Outside, self.link, &segment);
             if last {
                 break;
             }
@@ -2917,7 +2952,7 @@ pub(crate) fn syn_ack_with_cookie(link: Link, key: FlowKey, syn: &TcpSegment<'_>
         options,
         payload: &[],
     };
-    out.push(Port::Outside, emit::tcp_frame(link.reversed(), &segment));
+    out.push_tcp(Port::Outside, link.reversed(), &segment);
 }
 
 /// A RST answering `tcp`, which arrived on `port` for a flow no session owns (a segment to a
@@ -2940,13 +2975,13 @@ pub(crate) fn reset_segment(port: Port, link: Link, key: FlowKey, tcp: &TcpSegme
         options: TcpOptions::default(),
         payload: &[],
     };
-    out.push(port, emit::tcp_frame(link.reversed(), &segment));
+    out.push_tcp(port, link.reversed(), &segment);
 }
 
 /// The RST of a session that ended with a fatal alert, at the sequence number the box's FIN
 /// left (`seq`), for a client segment that came after.
 pub(crate) fn reset_after_alert(link: Link, key: FlowKey, seq: u32, out: &mut Output) {
-    out.push(Port::Outside, emit::tcp_frame(link.reversed(), &bare_reset(key.destination, key.source, seq)));
+    out.push_tcp(Port::Outside, link.reversed(), &bare_reset(key.destination, key.source, seq));
 }
 
 /// A RST without ACK at `seq` (RFC 9293: the receiver takes it when `seq` is its RCV.NXT).
@@ -2972,7 +3007,7 @@ pub(crate) fn time_wait_ack(port: Port, link: Link, key: FlowKey, tcp: &TcpSegme
         options,
         payload: &[],
     };
-    out.push(port, emit::tcp_frame(link.reversed(), &segment));
+    out.push_tcp(port, link.reversed(), &segment);
 }
 
 /// Length of the whole TLS records at the start of `bytes`.

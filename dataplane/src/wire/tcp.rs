@@ -696,59 +696,62 @@ impl TcpOptions {
         Ok(decoded)
     }
 
-    /// The options in the order [`TcpOptions::emit`] writes them, padding included.
-    fn layout(&self) -> impl Iterator<Item = TcpOption<'_>> {
-        let mss = self.max_segment_size.map(TcpOption::MaxSegmentSize);
-        // Linux's layout: SACK-permitted shares a word with the timestamps when both are
-        // present; otherwise NOPs align each to 4 bytes.
-        let (sack_permitted_and_timestamp, timestamp_alone, sack_permitted_alone) =
-            match (self.sack_permitted, self.timestamp) {
-                (true, Some(timestamp)) => (
-                    Some([TcpOption::SackPermitted, TcpOption::Timestamp(timestamp)]),
-                    None,
-                    None,
-                ),
-                (false, Some(timestamp)) => (
-                    None,
-                    Some([
-                        TcpOption::NoOperation,
-                        TcpOption::NoOperation,
-                        TcpOption::Timestamp(timestamp),
-                    ]),
-                    None,
-                ),
-                (true, None) => (
-                    None,
-                    None,
-                    Some([
-                        TcpOption::NoOperation,
-                        TcpOption::NoOperation,
-                        TcpOption::SackPermitted,
-                    ]),
-                ),
-                (false, None) => (None, None, None),
-            };
-        let window_scale = self
-            .window_scale
-            .map(|shift| [TcpOption::NoOperation, TcpOption::WindowScale(shift)]);
-        let sack_blocks = (!self.sack_blocks.is_empty()).then_some([
-            TcpOption::NoOperation,
-            TcpOption::NoOperation,
-            TcpOption::SackBlocks(self.sack_blocks),
-        ]);
-        mss.into_iter()
-            .chain(sack_permitted_and_timestamp.into_iter().flatten())
-            .chain(timestamp_alone.into_iter().flatten())
-            .chain(sack_permitted_alone.into_iter().flatten())
-            .chain(window_scale.into_iter().flatten())
-            .chain(sack_blocks.into_iter().flatten())
-            .chain(self.unknown.iter().filter_map(Result::ok))
+    /// Writes the known options in Linux's layout: SACK-permitted shares a word with the
+    /// timestamps when both are present; otherwise NOPs align each to 4 bytes. Every piece is
+    /// a multiple of 4 bytes long ([`TcpOptions::known_len`] counts them).
+    fn emit_known<'b>(&self, buffer: &'b mut [u8]) -> Result<&'b mut [u8], WireError> {
+        let mut rest = buffer;
+        if let Some(mss) = self.max_segment_size {
+            rest = TcpOption::MaxSegmentSize(mss).emit(rest)?;
+        }
+        match (self.sack_permitted, self.timestamp) {
+            (true, Some(timestamp)) => {
+                rest = TcpOption::SackPermitted.emit(rest)?;
+                rest = TcpOption::Timestamp(timestamp).emit(rest)?;
+            }
+            (false, Some(timestamp)) => {
+                rest = TcpOption::NoOperation.emit(rest)?;
+                rest = TcpOption::NoOperation.emit(rest)?;
+                rest = TcpOption::Timestamp(timestamp).emit(rest)?;
+            }
+            (true, None) => {
+                rest = TcpOption::NoOperation.emit(rest)?;
+                rest = TcpOption::NoOperation.emit(rest)?;
+                rest = TcpOption::SackPermitted.emit(rest)?;
+            }
+            (false, None) => {}
+        }
+        if let Some(shift) = self.window_scale {
+            rest = TcpOption::NoOperation.emit(rest)?;
+            rest = TcpOption::WindowScale(shift).emit(rest)?;
+        }
+        if !self.sack_blocks.is_empty() {
+            rest = TcpOption::NoOperation.emit(rest)?;
+            rest = TcpOption::NoOperation.emit(rest)?;
+            rest = TcpOption::SackBlocks(self.sack_blocks).emit(rest)?;
+        }
+        Ok(rest)
+    }
+
+    /// Bytes [`TcpOptions::emit_known`] writes (counted, not iterated: every segment the box
+    /// sends asks for it several times).
+    fn known_len(&self) -> usize {
+        let mss = if self.max_segment_size.is_some() { 4 } else { 0 };
+        let sack_permitted_and_timestamp = match (self.sack_permitted, self.timestamp) {
+            (_, Some(_)) => 12,
+            (true, None) => 4,
+            (false, None) => 0,
+        };
+        let window_scale = if self.window_scale.is_some() { 4 } else { 0 };
+        let blocks = self.sack_blocks.as_slice().len();
+        let sack = if blocks > 0 { 4 + 8 * blocks } else { 0 };
+        mss + sack_permitted_and_timestamp + window_scale + sack
     }
 
     /// Bytes the options take once emitted, padded to a multiple of 4.
     pub fn emitted_len(&self) -> usize {
-        let unpadded: usize = self.layout().map(|option| option.buffer_len()).sum();
-        unpadded.div_ceil(4) * 4
+        let unknown: usize = self.unknown.iter().filter_map(Result::ok).map(|option| option.buffer_len()).sum();
+        (self.known_len() + unknown).div_ceil(4) * 4
     }
 
     /// Writes the options, padded with end-of-list bytes to a multiple of 4, and returns the
@@ -763,8 +766,8 @@ impl TcpOptions {
             });
         }
         check_emit_len(Layer::TcpOption, buffer, length)?;
-        let mut rest = &mut buffer[..length];
-        for option in self.layout() {
+        let mut rest = self.emit_known(&mut buffer[..length])?;
+        for option in self.unknown.iter().filter_map(Result::ok) {
             rest = option.emit(rest)?;
         }
         rest.fill(kind::END_OF_LIST);
@@ -821,10 +824,21 @@ impl<'a> TcpRepr<'a> {
         let length = self.buffer_len();
         check_emit_len(Layer::Tcp, buffer, length)?;
         let header_len = self.header_len();
-        let segment = &mut buffer[..length];
+        buffer[header_len..length].copy_from_slice(self.payload);
+        self.emit_header(&mut buffer[..length], src, dst)?;
+        Ok(length)
+    }
+
+    /// Writes the header and options into the start of `segment`, whose payload (the rest of
+    /// it, as long as `self.payload`) is already in place, and the checksum over both: a frame
+    /// built around its payload without copying it twice.
+    pub fn emit_header(&self, segment: &mut [u8], src: IpAddr, dst: IpAddr) -> Result<(), WireError> {
+        let length = self.buffer_len();
+        check_emit_len(Layer::Tcp, segment, length)?;
+        let header_len = self.header_len();
+        let segment = &mut segment[..length];
         self.options
             .emit(&mut segment[field::OPTIONS..header_len])?;
-        segment[header_len..].copy_from_slice(self.payload);
         let mut packet = Packet::new_unchecked(segment);
         packet.set_src_port(self.src_port);
         packet.set_dst_port(self.dst_port);
@@ -833,8 +847,7 @@ impl<'a> TcpRepr<'a> {
         packet.set_header_len_and_flags(header_len, self.flags);
         packet.set_window(self.window);
         packet.set_urgent_pointer(self.urgent_pointer);
-        packet.fill_checksum(src, dst)?;
-        Ok(length)
+        packet.fill_checksum(src, dst)
     }
 }
 
@@ -1214,6 +1227,13 @@ mod tests {
             };
             let mut buffer = vec![0u8; repr.buffer_len()];
             repr.emit(&mut buffer, src, dst).unwrap();
+            // The counted length is what the options took: padding only after the last.
+            let written = TcpOptionIter::new(&buffer[20..repr.header_len()])
+                .flatten()
+                .take_while(|option| *option != TcpOption::EndOfList)
+                .map(|option| option.buffer_len())
+                .sum::<usize>();
+            prop_assert_eq!(written.div_ceil(4) * 4, options.emitted_len());
             let packet = Packet::new_checked(&buffer[..]).unwrap();
             prop_assert!(packet.verify_checksum(src, dst));
             prop_assert_eq!(TcpRepr::parse(&packet).unwrap(), repr);
