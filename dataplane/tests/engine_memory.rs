@@ -624,6 +624,56 @@ fn replay_golden(inputs: &[(u64, Vec<u8>)], addresses: &Addresses) -> (Vec<Vec<u
     (to_client, to_backends)
 }
 
+/// The poll loop's batches: a backend's in-order segments in one receive batch are
+/// acknowledged once, at the end of the batch (`Engine::end_batch`), where a frame at a time
+/// acknowledges each. The golden inputs replayed with each run of frames from one port as a
+/// batch: the client gets exactly the same frames, the backend the same data and, in the end,
+/// the same acknowledgement, with fewer ACKs.
+#[test]
+fn a_batch_of_backend_segments_is_acknowledged_once() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let inputs = read_golden(&dir.join("tls13-aes128gcm.in.pcap"));
+    let addresses = Addresses::ipv4();
+    let one_at_a_time = replay_golden(&inputs, &addresses);
+
+    let mut engine = golden_engine(&addresses);
+    let mut out = Output::default();
+    let (mut to_client, mut to_backends) = (Vec::new(), Vec::new());
+    let mut longest_batch = 0;
+    let mut index = 0;
+    while index < inputs.len() {
+        let port = port_of(&inputs[index].1, &addresses);
+        let batch = inputs[index..].iter().take_while(|(_, frame)| port_of(frame, &addresses) == port).count();
+        for (time, frame) in &inputs[index..index + batch] {
+            engine.handle_received(*time, port, frame, cutls_dataplane::io::RxChecksum::Unknown, &mut out);
+        }
+        engine.end_batch(inputs[index + batch - 1].0, &mut out);
+        to_client.append(&mut out.outside);
+        to_backends.append(&mut out.inside);
+        longest_batch = longest_batch.max(batch);
+        index += batch;
+    }
+    assert!(longest_batch >= 4, "the recording has a run of backend segments ({longest_batch})");
+    assert!(to_client == one_at_a_time.0, "the client gets the same frames");
+    // TCP only (the box's ARP requests for the backend go the same way in both).
+    let tcp = |frame: &Vec<u8>| {
+        let parsed = parse_frame(LinkType::Ethernet, frame).expect("the box's frame parses");
+        parsed.tcp().map(|tcp| (tcp.payload.to_vec(), tcp.flags, tcp.ack_number))
+    };
+    let (batched, single): (Vec<_>, Vec<_>) =
+        (to_backends.iter().filter_map(tcp).collect(), one_at_a_time.1.iter().filter_map(tcp).collect());
+    let data = |segments: &[(Vec<u8>, TcpFlags, SeqNumber)]| -> Vec<u8> { segments.iter().flat_map(|(payload, _, _)| payload.clone()).collect() };
+    assert_eq!(data(&batched), data(&single), "the backend gets the same plaintext");
+    assert_eq!(batched.last().map(|s| s.2), single.last().map(|s| s.2), "and in the end the same acknowledgement");
+    let pure_acks = |segments: &[(Vec<u8>, TcpFlags, SeqNumber)]| segments.iter().filter(|(payload, flags, _)| payload.is_empty() && *flags == TcpFlags::ACK).count();
+    assert!(
+        pure_acks(&batched) < pure_acks(&single),
+        "fewer ACKs: {} batched, {} one frame at a time",
+        pure_acks(&batched),
+        pure_acks(&single)
+    );
+}
+
 /// The port a recorded input came in on: the outside if the client's MAC sent it.
 fn port_of(frame: &[u8], addresses: &Addresses) -> Port {
     if frame[6..12] == addresses.client_mac.0 {

@@ -386,6 +386,7 @@ fn poll_loop<P: FrameIo>(
                 }
             }
             drop(frames);
+            engine.end_batch(now, &mut out);
             flush(&mut out, &mut outside, &mut inside, &mut counts)?;
         }
         let now = start.elapsed().as_nanos() as u64;
@@ -399,6 +400,7 @@ fn poll_loop<P: FrameIo>(
                 engine.handle_received(now, handoff.port, &handoff.frame, handoff.checksum, &mut out);
             }
         }
+        engine.end_batch(now, &mut out);
         engine.collect_handshakes(now, &mut out);
         flush(&mut out, &mut outside, &mut inside, &mut counts)?;
         if now >= last_poll + 1_000_000 {

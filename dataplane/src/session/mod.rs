@@ -617,6 +617,9 @@ pub struct Engine {
     neighbours: Neighbours,
     /// When each session next needs its timers run.
     timers: TimerQueue,
+    /// Sessions owing their backend an acknowledgement at the end of the batch
+    /// ([`Engine::end_batch`]).
+    acks_owed: Vec<u64>,
     /// Sessions waiting for their backend's MAC: run when a neighbour is learned.
     waiting_for_mac: HashSet<u64>,
     /// Backend -> client flows of ended sessions: their segments are answered with RST and
@@ -671,6 +674,7 @@ impl Engine {
             by_backend: HashMap::new(),
             neighbours: Neighbours::default(),
             timers: TimerQueue::default(),
+            acks_owed: Vec::new(),
             waiting_for_mac: HashSet::new(),
             ended_backend_flows: ExpiringFlows::new(MAX_ENDED_FLOWS),
             bridged_backend_flows: ExpiringFlows::new(MAX_BRIDGED_FLOWS),
@@ -697,12 +701,15 @@ impl Engine {
         self.sessions.len()
     }
 
-    /// A frame received on `port`, nothing known of its checksums.
+    /// A frame received on `port`, nothing known of its checksums: a batch of one frame
+    /// ([`Engine::handle_received`], then [`Engine::end_batch`]).
     pub fn handle_frame(&mut self, now_ns: u64, port: Port, frame: &[u8], out: &mut Output) {
         self.handle_received(now_ns, port, frame, RxChecksum::Unknown, out);
+        self.end_batch(now_ns, out);
     }
 
-    /// A frame received on `port`, with what the receive path said of its checksum.
+    /// A frame received on `port`, with what the receive path said of its checksum: one frame
+    /// of a receive batch, which [`Engine::end_batch`] ends.
     pub fn handle_received(&mut self, now_ns: u64, port: Port, frame: &[u8], checksum: RxChecksum, out: &mut Output) {
         let transport_checksum = match checksum {
             RxChecksum::Verified | RxChecksum::NotComputed if self.config.trust_rx_checksum => TransportChecksum::Offloaded,
@@ -981,8 +988,30 @@ impl Engine {
         }
     }
 
+    /// The end of a receive batch: what its frames left owed goes out, one acknowledgement per
+    /// backend that sent bytes in order. Call it after each batch given to
+    /// [`Engine::handle_received`] and before sending what the batch produced; [`Engine::poll`]
+    /// calls it too, so that a caller that forgets delays acknowledgements, never loses them.
+    pub fn end_batch(&mut self, now_ns: u64, out: &mut Output) {
+        if self.acks_owed.is_empty() {
+            return;
+        }
+        let mut owed = std::mem::take(&mut self.acks_owed);
+        for &id in &owed {
+            self.with_session(id, now_ns, out, |session, context| {
+                session.ack_listed = false;
+                session.send_owed_ack(context);
+                None
+            });
+        }
+        // The list's room is kept for the next batch.
+        owed.clear();
+        self.acks_owed = owed;
+    }
+
     /// Timers: retransmissions, backends to (re)try, idle sessions.
     pub fn poll(&mut self, now_ns: u64, out: &mut Output) {
+        self.end_batch(now_ns, out);
         self.collect_handshakes(now_ns, out);
         // Every deferred frame waits the same time, so the queue is in time order.
         while self.deferred.front().is_some_and(|(at, _)| *at <= now_ns) {
@@ -1062,6 +1091,9 @@ impl Engine {
     /// When [`Engine::poll`] next has work (a session's timer, a deferred frame), if ever: the
     /// loop may sleep until then when no frame comes.
     pub fn next_deadline_ns(&self) -> Option<u64> {
+        if !self.acks_owed.is_empty() {
+            return Some(0);
+        }
         let deferred = self.deferred.front().map(|(at, _)| *at);
         match (self.timers.next_ns(), deferred) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -1466,6 +1498,10 @@ impl Engine {
         let Some(session) = self.sessions.get_mut(&id) else { return };
         let deadline = session.next_deadline(self.config.idle_timeout_ns, self.config.close_timeout_ns);
         session.timer_ns = self.timers.schedule(id, deadline, session.timer_ns);
+        if !session.ack_listed && session.owes_backend_ack() {
+            session.ack_listed = true;
+            self.acks_owed.push(id);
+        }
         if session.waits_for_backend_mac() {
             self.waiting_for_mac.insert(id);
         } else if !self.waiting_for_mac.is_empty() {

@@ -83,6 +83,9 @@ const MAX_RECORD_OVERHEAD: u16 = 29;
 /// Handshake bytes buffered from the client at most (a ClientHello with a large PQ key share
 /// and a resumption ticket fits many times over).
 const MAX_HANDSHAKE_BYTES: usize = 64 * 1024;
+/// Backend bytes acknowledged at the latest with one ACK, however long the receive batch: the
+/// most a Linux receiver's GRO merges into one segment (and so one ACK), 64 KiB.
+const STRETCH_ACK_LIMIT: usize = 64 * 1024;
 const INITIAL_RTO_NS: u64 = 1_000_000_000;
 const MAX_RETRIES: u32 = 6;
 /// SYN-ACKs sent again to a client that does not acknowledge the first (1, 2 and 4 s after
@@ -345,6 +348,8 @@ pub(crate) struct Session {
     /// The deadline of the session's live entry in the engine's timer queue
     /// ([`super::timers`]), `NEVER` for none.
     pub(crate) timer_ns: u64,
+    /// The session is on the engine's list of acknowledgements owed at the end of the batch.
+    pub(crate) ack_listed: bool,
 }
 
 /// What [`Session::open_client_bytes`] did with a chunk.
@@ -406,6 +411,9 @@ struct Splice {
     backend_fin_ack_sent: bool,
     /// The acknowledgement (backend offset) of the last segment the box sent the backend.
     last_ack_to_backend: u64,
+    /// Backend bytes taken in order since the box last sent the backend a segment: their
+    /// acknowledgement waits for the end of the receive batch ([`Session::send_owed_ack`]).
+    backend_bytes_unacked: u32,
     /// The backend's receive window, in bytes.
     backend_window: u64,
     /// Our acknowledgement toward the client, mapped from the backend's: a client offset.
@@ -506,6 +514,7 @@ impl Session {
             tls_in_flight: false,
             client_reset_seq: None,
             timer_ns: super::timers::NEVER,
+            ack_listed: false,
         })
     }
 
@@ -1570,6 +1579,7 @@ impl Session {
             backend_acked_plaintext: 0,
             backend_fin_ack_sent: false,
             last_ack_to_backend: 0,
+            backend_bytes_unacked: 0,
             backend_window: 65535,
             backend_acked_cipher: self.client_handshake_len,
             forwarded_plaintext: 0,
@@ -2014,6 +2024,8 @@ impl Session {
         let plaintext_acked = splice.ack_for_backend();
         splice.backend_fin_ack_sent |= splice.backend_fin_acked();
         splice.last_ack_to_backend = plaintext_acked;
+        // Every segment to the backend acknowledges all the box has.
+        splice.backend_bytes_unacked = 0;
         let window_scale = self.syn.window_scale.unwrap_or(0);
         // The window is the box's own room, scaled as the client's SYN (replayed) said; a
         // window the field cannot carry is offered as its largest value.
@@ -2252,6 +2264,7 @@ impl Session {
     fn take_backend_bytes(&mut self, context: &mut Context<'_>, offset: u64, payload: &[u8]) {
         let Some(splice) = self.splice.as_mut() else { return };
         let end = offset + payload.len() as u64;
+        let frontier_before = splice.plaintext_frontier;
         if offset > splice.plaintext_frontier {
             match splice.reorder.hold(splice.plaintext_frontier, offset, payload) {
                 Held::Kept => context.counters.backend_segments_held += 1,
@@ -2283,6 +2296,37 @@ impl Session {
             self.send_key_update(context);
         }
         self.transmit_to_client(context);
+        // Bytes that simply continue the stream are acknowledged once per receive batch, as a
+        // Linux receiver's GRO and delayed ACKs do (RFC 5681 4.2 asks for at least every second
+        // full-sized segment; a batch stretches that, bounded by STRETCH_ACK_LIMIT): without
+        // it, the box sent the backend one ACK per segment, a third of all its frames in a bulk
+        // download. A segment out of order, a duplicate or one the box could not take is
+        // acknowledged at once: the backend's loss recovery needs those ACKs and their SACKs.
+        if let Some(splice) = self.splice.as_mut() {
+            let in_order = offset <= frontier_before && splice.plaintext_frontier == end && splice.reorder.is_empty();
+            if in_order {
+                splice.backend_bytes_unacked = splice.backend_bytes_unacked.saturating_add((end - frontier_before) as u32);
+                if (splice.backend_bytes_unacked as usize) < STRETCH_ACK_LIMIT {
+                    return;
+                }
+            }
+        }
+        self.ack_backend(context, None);
+    }
+
+    /// Whether backend bytes wait for their acknowledgement ([`Session::send_owed_ack`]).
+    pub(crate) fn owes_backend_ack(&self) -> bool {
+        self.splice.as_ref().is_some_and(|splice| splice.backend_bytes_unacked > 0)
+    }
+
+    /// The end of a receive batch: the acknowledgement of the backend bytes taken in it.
+    pub(crate) fn send_owed_ack(&mut self, context: &mut Context<'_>) {
+        let Some(splice) = self.splice.as_mut() else { return };
+        if splice.backend_bytes_unacked == 0 {
+            return;
+        }
+        // Cleared here too: `ack_backend` may decide that nothing needs saying.
+        splice.backend_bytes_unacked = 0;
         self.ack_backend(context, None);
     }
 
