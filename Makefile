@@ -13,7 +13,7 @@ PROPTEST_CASES ?= 10000
 # Commands the lab tests run, each with the Debian package that provides it.
 LAB_DEPS = ip:iproute2 ethtool:ethtool nginx:nginx curl:curl openssl:openssl ping:iputils-ping h2load:nghttp2-client python3:python3
 
-.PHONY: all build test test-deps unit fuzz bench-crypto bench-decrypt bench-handshake bench-dataplane bench-idle bench-loss demo demo-decrypt clean lab-up lab-down bench-bridge
+.PHONY: all build test test-deps unit fuzz bench-crypto bench-decrypt bench-handshake bench-dataplane bench-idle bench-cpu bench-loss demo demo-decrypt clean lab-up lab-down bench-bridge
 
 all: build
 
@@ -99,6 +99,16 @@ LOOPS ?= 1
 bench-idle: test-deps
 	$(CARGO) build --release -p cutls-tools
 	tools/idle-sessions $(IDLE_SESSIONS) $(LOOPS)
+
+# CPU per GiB of a bulk TLS download and per full handshake: cutls against HAProxy and nginx
+# terminating TLS on the same lab path in the same run, per process and for the whole machine
+# (tools/cpu-per-work, docs/bench-dataplane.md). Needs root.
+CPU_MIB ?= 512
+CPU_HANDSHAKES ?= 1000
+bench-cpu: test-deps
+	@command -v haproxy >/dev/null || PATH="$$PATH:/usr/sbin" command -v haproxy >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy; }
+	$(CARGO) build --release -p cutls-tools
+	tools/cpu-per-work $(CPU_MIB) $(CPU_HANDSHAKES)
 
 clean:
 	$(CARGO) clean
