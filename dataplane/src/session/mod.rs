@@ -617,8 +617,8 @@ pub struct Engine {
     neighbours: Neighbours,
     /// When each session next needs its timers run.
     timers: TimerQueue,
-    /// Sessions owing their backend an acknowledgement at the end of the batch
-    /// ([`Engine::end_batch`]).
+    /// Sessions with work for the end of the batch (a record to seal, an acknowledgement to
+    /// send: [`Engine::end_batch`]).
     acks_owed: Vec<u64>,
     /// Sessions waiting for their backend's MAC: run when a neighbour is learned.
     waiting_for_mac: HashSet<u64>,
@@ -988,8 +988,8 @@ impl Engine {
         }
     }
 
-    /// The end of a receive batch: what its frames left owed goes out, one acknowledgement per
-    /// backend that sent bytes in order. Call it after each batch given to
+    /// The end of a receive batch: what its frames left owed goes out: for each session whose
+    /// backend sent bytes in order, one record of them to the client and one acknowledgement. Call it after each batch given to
     /// [`Engine::handle_received`] and before sending what the batch produced; [`Engine::poll`]
     /// calls it too, so that a caller that forgets delays acknowledgements, never loses them.
     pub fn end_batch(&mut self, now_ns: u64, out: &mut Output) {
@@ -999,8 +999,8 @@ impl Engine {
         let mut owed = std::mem::take(&mut self.acks_owed);
         for &id in &owed {
             self.with_session(id, now_ns, out, |session, context| {
-                session.ack_listed = false;
-                session.send_owed_ack(context);
+                session.batch_listed = false;
+                session.end_batch(context);
                 None
             });
         }
@@ -1498,8 +1498,8 @@ impl Engine {
         let Some(session) = self.sessions.get_mut(&id) else { return };
         let deadline = session.next_deadline(self.config.idle_timeout_ns, self.config.close_timeout_ns);
         session.timer_ns = self.timers.schedule(id, deadline, session.timer_ns);
-        if !session.ack_listed && session.owes_backend_ack() {
-            session.ack_listed = true;
+        if !session.batch_listed && session.owes_batch_work() {
+            session.batch_listed = true;
             self.acks_owed.push(id);
         }
         if session.waits_for_backend_mac() {

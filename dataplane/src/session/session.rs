@@ -349,7 +349,7 @@ pub(crate) struct Session {
     /// ([`super::timers`]), `NEVER` for none.
     pub(crate) timer_ns: u64,
     /// The session is on the engine's list of acknowledgements owed at the end of the batch.
-    pub(crate) ack_listed: bool,
+    pub(crate) batch_listed: bool,
 }
 
 /// What [`Session::open_client_bytes`] did with a chunk.
@@ -376,8 +376,13 @@ struct Splice {
     reorder: Reorder,
     /// Client segments the opener could not place yet (beyond a record header not seen).
     client_reorder: Reorder,
-    /// Next backend plaintext offset to seal (everything before it the box acknowledged).
+    /// Next backend plaintext offset to take (everything before it is the box's: sealed, or in
+    /// `pending_record`; the box acknowledges it).
     plaintext_frontier: u64,
+    /// The record being filled with the backend plaintext of the current receive batch: room
+    /// for the header and explicit nonce, then the plaintext taken so far; empty between
+    /// batches. Sealed at the end of the batch, at the record limit, or before any other record.
+    pending_record: Vec<u8>,
     backend_reference: u64,
     /// What the backend may send and acknowledge ([`super::acceptance`]).
     backend_guard: Guard,
@@ -514,7 +519,7 @@ impl Session {
             tls_in_flight: false,
             client_reset_seq: None,
             timer_ns: super::timers::NEVER,
-            ack_listed: false,
+            batch_listed: false,
         })
     }
 
@@ -1563,6 +1568,7 @@ impl Session {
             reorder: Reorder::default(),
             client_reorder: Reorder::with_limit(CLIENT_REORDER_LIMIT),
             plaintext_frontier: 0,
+            pending_record: Vec::new(),
             backend_reference: 0,
             backend_guard: Guard::new(0, (backend.syn_window as u64) << backend.window_scale),
             backend_heard_ns: context.now_ns,
@@ -1963,6 +1969,7 @@ impl Session {
         let emitter = self.client_emitter(context.now_ns);
         let mss = emitter.payload_room();
         let window = (self.our_receive_window() >> self.our_window_scale).min(65535) as u16;
+        self.seal_pending(context);
         if let Some(splice) = self.splice.as_mut() {
             if splice.sender.fin_offset().is_none() && splice.seal_record(&mut context.out.pool, ContentType::Alert, &[2, description]) {
                 // Everything queued leaves now, the alert and its FIN last: the session is gone
@@ -1987,6 +1994,8 @@ impl Session {
 
     /// Our own KeyUpdate toward the client (answering update_requested), then new keys.
     fn send_key_update(&mut self, context: &mut Context<'_>) {
+        // The plaintext before it goes under the keys it was sent with.
+        self.seal_pending(context);
         let Some(splice) = self.splice.as_mut() else { return };
         let Some(next) = splice.server_secret.as_ref().map(Secret::next_generation) else { return };
         splice.seal_record(&mut context.out.pool, ContentType::Handshake, &[24, 0, 0, 1, 0]);
@@ -2149,6 +2158,10 @@ impl Session {
         match splice.backend_guard.judge(context.now_ns, &arrival, &position) {
             Verdict::Accept => {}
             Verdict::Reset => {
+                // What the backend sent before its RST reaches the client before the RST.
+                self.seal_pending(context);
+                self.transmit_to_client(context);
+                let Some(splice) = self.splice.as_ref() else { return None };
                 let offset = splice.next_offset();
                 self.send_to_client(context, TcpFlags::RST | TcpFlags::ACK, offset, &[]);
                 return Some(SessionEvent::Ended(EndReason::BackendReset));
@@ -2216,6 +2229,7 @@ impl Session {
             }
         }
         let sent_before = self.client_segments_sent(context);
+        let frontier_before = self.splice.as_ref().map_or(0, |splice| splice.plaintext_frontier);
         if !tcp.payload.is_empty() {
             self.take_backend_bytes(context, offset, tcp.payload);
         }
@@ -2234,7 +2248,9 @@ impl Session {
                 splice.backend_fin_ahead = Some(fin_offset);
             }
         }
-        if self.client_segments_sent(context) == sent_before {
+        // Bytes taken into the record being filled go at the end of the batch, with the news.
+        let taken = self.splice.as_ref().is_some_and(|splice| splice.plaintext_frontier > frontier_before && !splice.pending_record.is_empty());
+        if self.client_segments_sent(context) == sent_before && !taken {
             // Nothing went to the client. A pure ACK from the backend (a duplicate acknowledgement
             // of client bytes, RFC 5681) goes on as one; otherwise only news goes.
             let Some(splice) = self.splice.as_ref() else { return None };
@@ -2257,10 +2273,10 @@ impl Session {
         context.out.count(Port::Outside)
     }
 
-    /// Backend plaintext at `offset`: bytes that continue the stream become one record each
+    /// Backend plaintext at `offset`: bytes that continue the stream go into the batch's record
     /// (with the held segments they make contiguous), bytes ahead of a gap are held, bytes
-    /// sealed already are ignored; then the box acknowledges what it has (SACKing what it holds)
-    /// and sends what the client's windows allow.
+    /// taken already are ignored; then the box acknowledges what it has (SACKing what it holds),
+    /// at once or at the end of the batch, and sends what the client's windows allow.
     fn take_backend_bytes(&mut self, context: &mut Context<'_>, offset: u64, payload: &[u8]) {
         let Some(splice) = self.splice.as_mut() else { return };
         let end = offset + payload.len() as u64;
@@ -2273,13 +2289,13 @@ impl Session {
             }
         } else if end > splice.plaintext_frontier {
             // Bytes past the window the box offered (a backend ignoring it) are not taken.
-            if splice.sender.stored() > SEND_BUFFER_LIMIT + 64 * 1024 {
+            if splice.sender.stored() + splice.pending_len() > SEND_BUFFER_LIMIT + 64 * 1024 {
                 context.counters.backend_segments_dropped += 1;
             } else {
                 let fresh = &payload[(splice.plaintext_frontier - offset) as usize..];
-                Self::seal_backend_run(splice, context, fresh);
+                Self::take_plaintext(splice, context, fresh);
                 while let Some((_, held)) = splice.reorder.take_next(splice.plaintext_frontier) {
-                    Self::seal_backend_run(splice, context, &held);
+                    Self::take_plaintext(splice, context, &held);
                 }
             }
         }
@@ -2288,12 +2304,6 @@ impl Session {
                 splice.backend_fin_ahead = None;
                 self.close_toward_client(context, fin);
             }
-        }
-        // Before the AES-GCM confidentiality limit (RFC 8446 section 5.5), TLS 1.3 moves to the
-        // next key generation on its own.
-        let key_update_due = self.splice.as_ref().is_some_and(|splice| splice.sealer.needs_key_update() && splice.server_secret.is_some());
-        if key_update_due {
-            self.send_key_update(context);
         }
         self.transmit_to_client(context);
         // Bytes that simply continue the stream are acknowledged once per receive batch, as a
@@ -2314,13 +2324,19 @@ impl Session {
         self.ack_backend(context, None);
     }
 
-    /// Whether backend bytes wait for their acknowledgement ([`Session::send_owed_ack`]).
-    pub(crate) fn owes_backend_ack(&self) -> bool {
-        self.splice.as_ref().is_some_and(|splice| splice.backend_bytes_unacked > 0)
+    /// Whether the session has work for the end of the receive batch ([`Session::end_batch`]):
+    /// a record being filled, or backend bytes waiting for their acknowledgement.
+    pub(crate) fn owes_batch_work(&self) -> bool {
+        self.splice.as_ref().is_some_and(|splice| !splice.pending_record.is_empty() || splice.backend_bytes_unacked > 0)
     }
 
-    /// The end of a receive batch: the acknowledgement of the backend bytes taken in it.
-    pub(crate) fn send_owed_ack(&mut self, context: &mut Context<'_>) {
+    /// The end of a receive batch: the backend plaintext taken in it sealed as one record and
+    /// sent, then its acknowledgement.
+    pub(crate) fn end_batch(&mut self, context: &mut Context<'_>) {
+        if self.splice.as_ref().is_some_and(|splice| !splice.pending_record.is_empty()) {
+            self.seal_pending(context);
+            self.transmit_to_client(context);
+        }
         let Some(splice) = self.splice.as_mut() else { return };
         if splice.backend_bytes_unacked == 0 {
             return;
@@ -2330,21 +2346,50 @@ impl Session {
         self.ack_backend(context, None);
     }
 
-    /// Seals backend plaintext that continues the stream: one record per segment, as the
-    /// backend cut it (cut again at the record limit).
-    fn seal_backend_run(splice: &mut Splice, context: &mut Context<'_>, bytes: &[u8]) {
-        for data in bytes.chunks(cutls_crypto::record::MAX_FRAGMENT_LEN) {
-            if !splice.seal_record(&mut context.out.pool, ContentType::ApplicationData, data) {
-                break;
-            }
+    /// Seals the record being filled, if any (before any other record, and at the end of the
+    /// batch); then, before the AES-GCM confidentiality limit (RFC 8446 section 5.5), TLS 1.3
+    /// moves to the next key generation on its own.
+    fn seal_pending(&mut self, context: &mut Context<'_>) {
+        let Some(splice) = self.splice.as_mut() else { return };
+        if splice.pending_record.is_empty() {
+            return;
+        }
+        if splice.seal_pending() {
             context.counters.records_sealed += 1;
-            splice.plaintext_frontier += data.len() as u64;
+        }
+        if splice.sealer.needs_key_update() && splice.server_secret.is_some() {
+            self.send_key_update(context);
+        }
+    }
+
+    /// Takes backend plaintext that continues the stream into the record being filled: one
+    /// record per receive batch, as much as the batch brought (cut at the record limit). A
+    /// record per backend segment (DESIGN's first cut) made the client read a 1.4 KB record at a
+    /// time, two system calls each for OpenSSL: twice the client's kernel time of a 16 KB-record
+    /// server (docs/bench-dataplane.md). Within a batch nothing waits: the batch is already
+    /// here, and its end seals what it brought.
+    fn take_plaintext(splice: &mut Splice, context: &mut Context<'_>, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if splice.pending_record.is_empty() {
+                let mut record = context.out.pool.take();
+                record.resize(splice.record_prefix(), 0);
+                splice.pending_record = record;
+            }
+            let room = cutls_crypto::record::MAX_FRAGMENT_LEN - splice.pending_len();
+            let (now, rest) = bytes.split_at(room.min(bytes.len()));
+            splice.pending_record.extend_from_slice(now);
+            splice.plaintext_frontier += now.len() as u64;
+            bytes = rest;
+            if splice.pending_len() == cutls_crypto::record::MAX_FRAGMENT_LEN && splice.seal_pending() {
+                context.counters.records_sealed += 1;
+            }
         }
     }
 
     /// The backend's FIN at plaintext offset `fin`, with everything before it sealed: a
     /// close_notify, sealed, carries it to the client.
     fn close_toward_client(&mut self, context: &mut Context<'_>, fin: u64) {
+        self.seal_pending(context);
         let Some(splice) = self.splice.as_mut() else { return };
         if splice.backend_fin.is_some() || splice.sender.fin_offset().is_some() {
             return;
@@ -2786,7 +2831,7 @@ impl Splice {
     /// The right edge of the window to offer the backend (a plaintext offset): what the send
     /// buffer and the reorder buffer have left. It never moves left of what was offered.
     fn backend_window_right_edge(&self) -> u64 {
-        let held = self.sender.stored() + self.reorder.stored();
+        let held = self.sender.stored() + self.pending_len() + self.reorder.stored();
         let room = SEND_BUFFER_LIMIT.saturating_sub(held) as u64;
         self.backend_window_edge.max(self.plaintext_frontier + room)
     }
@@ -2867,15 +2912,43 @@ impl Splice {
         blocks
     }
 
-    /// Seals a record and queues it for the client.
+    /// What a record holds before its plaintext: the header and the explicit nonce.
+    fn record_prefix(&self) -> usize {
+        cutls_crypto::record::HEADER_LEN + self.sealer.framing().explicit_nonce_len()
+    }
+
+    /// Backend plaintext in the record being filled.
+    fn pending_len(&self) -> usize {
+        self.pending_record.len().saturating_sub(self.record_prefix())
+    }
+
+    /// Seals the record being filled (its plaintext is already in place) and queues it for the
+    /// client. False if the sealer refused: its plaintext is gone with it, which only a
+    /// sequence number past 2^64 can cause.
+    fn seal_pending(&mut self) -> bool {
+        let mut record = std::mem::take(&mut self.pending_record);
+        let len = record.len().saturating_sub(self.record_prefix());
+        if len == 0 {
+            return false;
+        }
+        record.resize(self.sealer.record_len(len), 0);
+        if self.sealer.seal_in_place(ContentType::ApplicationData, &mut record, len).is_err() {
+            return false;
+        }
+        self.sender.push(record);
+        true
+    }
+
+    /// Seals a record and queues it for the client (the record being filled goes first:
+    /// [`Session::seal_pending`]).
     /// The record is sealed in a buffer from `pool`, which gets it back once the client has
     /// acknowledged it.
     fn seal_record(&mut self, pool: &mut FramePool, content_type: ContentType, plaintext: &[u8]) -> bool {
+        debug_assert!(self.pending_record.is_empty(), "the record being filled is sealed first");
         // The plaintext copied once, to its place behind the header; the sealer writes the
         // rest (header, nonce, tag), so nothing else needs zeroing first.
-        let framing = self.sealer.framing();
         let mut record = pool.take();
-        record.resize(cutls_crypto::record::HEADER_LEN + framing.explicit_nonce_len(), 0);
+        record.resize(self.record_prefix(), 0);
         record.extend_from_slice(plaintext);
         record.resize(self.sealer.record_len(plaintext.len()), 0);
         if self.sealer.seal_in_place(content_type, &mut record, plaintext.len()).is_err() {
