@@ -285,7 +285,9 @@ fn two_poll_loops_packet_transparent_and_snat() {
 /// 100 concurrent 1 MiB downloads, exact, in transparent and SNAT mode. Both loops hold
 /// sessions, and the kernel's queue choice (which does not compute the box's steering
 /// function) makes them hand frames to each other all the time: a frame of a session handled
-/// by the wrong loop would be answered with a RST or bridged, and fail the transfer.
+/// by the wrong loop would be answered with a RST or bridged, and fail the transfer. The proof
+/// that no frame met the state of a loop not its session's: no loop saw a client segment for a
+/// session it does not hold, or a backend segment for a flow it does not know.
 fn two_poll_loops(io: &'static str) {
     if !lab_enabled() {
         return;
@@ -307,11 +309,16 @@ fn two_poll_loops(io: &'static str) {
         let counters = t.finish();
         let per_loop = [counters.get("loop_0_sessions_started"), counters.get("loop_1_sessions_started")];
         eprintln!(
-            "io = {io}, {mode:?}, 2 loops: sessions per loop {per_loop:?}, frames handed off {}, hand-off drops {}, transmit drops {}",
+            "io = {io}, {mode:?}, 2 loops: sessions per loop {per_loop:?}, frames handed off {}, hand-off drops {}, transmit drops {}, \
+             client segments without a session {}, orphan backend segments {}",
             counters.get("frames_handed_off"),
             counters.get("handoff_drops"),
-            counters.get("transmit_drops")
+            counters.get("transmit_drops"),
+            counters.get("client_segments_without_session"),
+            counters.get("orphan_backend_drops")
         );
+        assert_eq!(counters.get("client_segments_without_session"), 0, "a client segment met a loop without its session");
+        assert_eq!(counters.get("orphan_backend_drops"), 0, "a backend segment met a loop without its session");
         assert!(per_loop.iter().all(|&sessions| sessions > 0), "both loops hold sessions: {per_loop:?}");
         assert_eq!(per_loop.iter().sum::<u64>(), counters.get("sessions_started"));
         assert_eq!(counters.get("ended_tls_error"), 0);

@@ -393,13 +393,17 @@ pub struct Counters {
     /// to the backend through the bridge: never bridged, since their payload is plaintext meant
     /// for a client through the box; the backend gets a RST.
     pub orphan_backend_drops: u64,
+    /// Client segments to a VIP for no session, no TIME-WAIT and no fatal alert (a session the
+    /// box reset or forgot, a restarted box, a scan, a frame steered to the wrong loop): answered
+    /// with a RST.
+    pub client_segments_without_session: u64,
 }
 
 impl Counters {
     /// Adds `other`'s counts to these: the box's totals over its poll loops.
     pub fn add(&mut self, other: &Counters) {
         // An exhaustive pattern, so that a counter added later cannot be left out here.
-        let Counters { frames_bridged, frames_unparsed_bridged, malformed_frames_dropped, fragments_dropped, arp_replies, ndp_advertisements, sessions_started, sessions_passthrough, handshakes_completed, ended_fin, ended_close_timeout, ended_client_reset, ended_backend_reset, ended_tls_error, ended_tag_failure, ended_idle, ended_half_open, ended_handshake_timeout, ended_backend_unreachable, ended_client_unresponsive, ended_backend_silent, client_segments_dropped, client_segments_held, backend_segments_dropped, backend_segments_held, records_opened, records_sealed, client_retransmits, client_timeouts, client_tail_probes, backend_retransmits, syn_cookies_sent, syn_cookies_accepted, sessions_refused_full, sessions_refused_per_client, backend_tuple_collisions, path_mtu_updates, icmp_ignored, path_mtu_relayed, bad_checksum_drops_outside, bad_checksum_drops_inside, client_bytes_after_close, time_wait_acks, challenge_acks, session_timer_runs, orphan_backend_drops, segments_out_of_window, challenge_acks_held, acks_out_of_range, segments_without_ack } = other;
+        let Counters { frames_bridged, frames_unparsed_bridged, malformed_frames_dropped, fragments_dropped, arp_replies, ndp_advertisements, sessions_started, sessions_passthrough, handshakes_completed, ended_fin, ended_close_timeout, ended_client_reset, ended_backend_reset, ended_tls_error, ended_tag_failure, ended_idle, ended_half_open, ended_handshake_timeout, ended_backend_unreachable, ended_client_unresponsive, ended_backend_silent, client_segments_dropped, client_segments_held, backend_segments_dropped, backend_segments_held, records_opened, records_sealed, client_retransmits, client_timeouts, client_tail_probes, backend_retransmits, syn_cookies_sent, syn_cookies_accepted, sessions_refused_full, sessions_refused_per_client, backend_tuple_collisions, path_mtu_updates, icmp_ignored, path_mtu_relayed, bad_checksum_drops_outside, bad_checksum_drops_inside, client_bytes_after_close, time_wait_acks, challenge_acks, session_timer_runs, orphan_backend_drops, segments_out_of_window, challenge_acks_held, acks_out_of_range, segments_without_ack, client_segments_without_session } = other;
         self.frames_bridged += frames_bridged;
         self.frames_unparsed_bridged += frames_unparsed_bridged;
         self.malformed_frames_dropped += malformed_frames_dropped;
@@ -450,6 +454,7 @@ impl Counters {
         self.segments_without_ack += segments_without_ack;
         self.session_timer_runs += session_timer_runs;
         self.orphan_backend_drops += orphan_backend_drops;
+        self.client_segments_without_session += client_segments_without_session;
     }
 }
 
@@ -886,6 +891,7 @@ impl Engine {
                                     }
                                 } else if !tcp.flags.contains(TcpFlags::RST) {
                                     // A segment for a VIP without a session: tell the client.
+                                    self.counters.client_segments_without_session += 1;
                                     session::reset_segment(Port::Outside, link, key, tcp, out);
                                 }
                                 return;
