@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 
-use crate::wire::{SackBlock, SackBlocks, SeqNumber};
+use crate::wire::{SackBlock, SackBlocks, SeqSpace};
 
 /// Backend plaintext held at most ahead of a gap: as much as the window the box offers the
 /// backend ([`super::sender::SEND_BUFFER_LIMIT`]), so that everything the backend may send
@@ -157,7 +157,7 @@ impl Reorder {
             }
         }
         let mut blocks = SackBlocks::default();
-        let sequence = |offset: u64| SeqNumber(isn.wrapping_add(1).wrapping_add(offset as u32));
+        let sequence = |offset: u64| SeqSpace::new(isn).seq(offset);
         for (a, b) in ranges.into_iter().take(3) {
             let _ = blocks.push(SackBlock { left: sequence(a), right: sequence(b) });
         }

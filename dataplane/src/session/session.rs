@@ -32,7 +32,7 @@ use super::neighbours::Neighbours;
 use super::post_handshake::{PostHandshake, Violation};
 use super::{Counters, EndReason, FlowKey, FramePool, ListenerSetup, Output, PassthroughRoute, Port};
 use crate::wire::seq::unwrap_offset;
-use crate::wire::{ArpOperation, EthernetAddress, SackBlock, SackBlocks, SeqNumber, TcpFlags, TcpOptions, TcpSegment, TcpTimestamp};
+use crate::wire::{ArpOperation, EthernetAddress, SackBlock, SackBlocks, SeqNumber, SeqSpace, TcpFlags, TcpOptions, TcpSegment, TcpTimestamp};
 
 /// What a session may touch of the engine during one call.
 pub(crate) struct Context<'a> {
@@ -1018,7 +1018,7 @@ impl Session {
     /// The client's RST at our offset `offset`: sent `ALERT_LINGER_NS` from now, or as soon as
     /// the client sends anything (the engine answers its flow with this RST for that long).
     fn reset_client_later(&mut self, context: &mut Context<'_>, offset: u64) {
-        let seq = self.our_isn.wrapping_add(1).wrapping_add(offset as u32);
+        let seq = SeqSpace::new(self.our_isn).seq(offset).0;
         self.client_reset_seq = Some(seq);
         let Some(frame) = emit::tcp_frame(self.reply_link(), &bare_reset(self.vip, self.client, seq)) else { return };
         if context.deferred.len() < MAX_DEFERRED {
@@ -1069,7 +1069,7 @@ impl Session {
             source: self.vip,
             destination: self.client,
             seq: self.our_isn,
-            ack: self.client_isn.wrapping_add(1),
+            ack: SeqSpace::new(self.client_isn).seq(0).0,
             flags: TcpFlags::SYN | TcpFlags::ACK,
             window: 65535,
             options,
@@ -1146,7 +1146,7 @@ impl Session {
                     Some(splice) => (splice.sender.acked(), splice.sender.sent_end()),
                     None => (self.acked, self.sent),
                 };
-                let offset = unwrap_offset(high, seq.wrapping_sub(self.our_isn.wrapping_add(1)));
+                let offset = SeqSpace::new(self.our_isn).offset(SeqNumber(seq), high);
                 if !(low <= offset && offset < high) {
                     context.counters.icmp_ignored += 1;
                     return None;
@@ -1174,7 +1174,7 @@ impl Session {
                     return None;
                 };
                 // Plaintext in flight toward the backend lies within its window of the end.
-                let offset = unwrap_offset(splice.forwarded_plaintext, seq.wrapping_sub(self.client_isn.wrapping_add(1)));
+                let offset = SeqSpace::new(self.client_isn).offset(SeqNumber(seq), splice.forwarded_plaintext);
                 let low = splice.forwarded_plaintext.saturating_sub(splice.backend_window.max(1 << 20));
                 if !(low <= offset && offset < splice.forwarded_plaintext) {
                     context.counters.icmp_ignored += 1;
@@ -1225,7 +1225,7 @@ impl Session {
     /// A client sequence number as an offset (the reference moves only for segments the
     /// guard took: [`Session::client_segment`]).
     fn client_offset(&self, seq: u32) -> u64 {
-        unwrap_offset(self.client_reference, seq.wrapping_sub(self.client_isn.wrapping_add(1)))
+        SeqSpace::new(self.client_isn).offset(SeqNumber(seq), self.client_reference)
     }
 
     fn client_arrival(&self, tcp: &TcpSegment<'_>) -> Arrival {
@@ -1274,7 +1274,7 @@ impl Session {
 
     fn our_offset(&self, ack: u32) -> u64 {
         let reference = self.splice.as_ref().map_or(self.sent, |splice| splice.sender.sent_end());
-        unwrap_offset(reference, ack.wrapping_sub(self.our_isn.wrapping_add(1)))
+        SeqSpace::new(self.our_isn).offset(SeqNumber(ack), reference)
     }
 
     // -------------------------------------------------------------------------------------
@@ -1399,12 +1399,12 @@ impl Session {
             let acceptable = match &self.backend_state {
                 // RFC 9293 3.10.7.3: in SYN-SENT a RST counts if it acknowledges the SYN.
                 Backend::SynSent { .. } => {
-                    tcp.flags.contains(TcpFlags::ACK) && tcp.ack_number.0 == self.client_isn.wrapping_add(1)
+                    tcp.flags.contains(TcpFlags::ACK) && tcp.ack_number.0 == SeqSpace::new(self.client_isn).seq(0).0
                 }
                 // The box acknowledged none of the backend's bytes yet: a RST at the start, or
                 // past what it sent early (RFC 5961 3.2).
                 Backend::Established(info) => {
-                    let offset = tcp.seq_number.0.wrapping_sub(info.isn.wrapping_add(1)) as u64;
+                    let offset = SeqSpace::new(info.isn).distance(tcp.seq_number) as u64;
                     offset == 0 || offset == self.early_backend.len() as u64
                 }
                 _ => false,
@@ -1423,7 +1423,7 @@ impl Session {
             return None;
         }
         if tcp.flags.contains(TcpFlags::SYN) && tcp.flags.contains(TcpFlags::ACK) {
-            if tcp.ack_number.0 != self.client_isn.wrapping_add(1) {
+            if tcp.ack_number.0 != SeqSpace::new(self.client_isn).seq(0).0 {
                 return None;
             }
             let Some(mac) = context.neighbours.get(context.now_ns, self.backend.ip()) else { return None };
@@ -1446,8 +1446,8 @@ impl Session {
             let segment = Segment {
                 source: self.backend_source,
                 destination: self.backend,
-                seq: self.client_isn.wrapping_add(1),
-                ack: info.isn.wrapping_add(1),
+                seq: SeqSpace::new(self.client_isn).seq(0).0,
+                ack: SeqSpace::new(info.isn).seq(0).0,
                 flags: TcpFlags::ACK,
                 window: (65535u64 >> self.syn.window_scale.unwrap_or(0)).max(1) as u16,
                 options,
@@ -1496,7 +1496,7 @@ impl Session {
         // backend; if the backend resends it first, the record map rebuilds it.
         if !tcp.payload.is_empty() {
             if let Backend::Established(info) = &self.backend_state {
-                let offset = tcp.seq_number.0.wrapping_sub(info.isn.wrapping_add(1)) as u64;
+                let offset = SeqSpace::new(info.isn).distance(tcp.seq_number) as u64;
                 let held: usize = self.early_backend.len();
                 if offset == held as u64 && held + tcp.payload.len() <= MAX_EARLY_BACKEND_BYTES {
                     self.early_backend.extend_from_slice(tcp.payload);
@@ -1518,8 +1518,8 @@ impl Session {
         let segment = Segment {
             source: self.backend_source,
             destination: self.backend,
-            seq: self.client_isn.wrapping_add(1).wrapping_add(plaintext as u32),
-            ack: info.isn.wrapping_add(1),
+            seq: SeqSpace::new(self.client_isn).seq(plaintext).0,
+            ack: SeqSpace::new(info.isn).seq(0).0,
             flags: TcpFlags::RST | TcpFlags::ACK,
             window: 0,
             options: TcpOptions::default(),
@@ -1534,7 +1534,7 @@ impl Session {
             return;
         }
         let offset = self.splice.as_ref().map_or(self.sent, |splice| splice.next_offset());
-        let seq = self.our_isn.wrapping_add(1).wrapping_add(offset as u32);
+        let seq = SeqSpace::new(self.our_isn).seq(offset).0;
         context.out.push_tcp(Port::Outside, self.reply_link(), &bare_reset(self.vip, self.client, seq));
         self.reset_backend(context);
     }
@@ -1634,7 +1634,7 @@ impl Session {
             // The client's acknowledgement and SACK blocks are the box's own business now (its
             // send buffer); the backend learns only the window they free.
             let reference = splice.sender.sent_end();
-            let our_offset = |seq: u32| unwrap_offset(reference, seq.wrapping_sub(self.our_isn.wrapping_add(1)));
+            let our_offset = |seq: u32| SeqSpace::new(self.our_isn).offset(SeqNumber(seq), reference);
             let acked = our_offset(tcp.ack_number.0);
             let mut blocks = [(0u64, 0u64); 4];
             let mut count = 0;
@@ -2044,8 +2044,8 @@ impl Session {
         let segment = Segment {
             source: self.backend_source,
             destination: self.backend,
-            seq: self.client_isn.wrapping_add(1).wrapping_add(plaintext_offset as u32),
-            ack: backend.isn.wrapping_add(1).wrapping_add(plaintext_acked as u32),
+            seq: SeqSpace::new(self.client_isn).seq(plaintext_offset).0,
+            ack: SeqSpace::new(backend.isn).seq(plaintext_acked).0,
             flags,
             window: (client_window >> window_scale).min(65535) as u16,
             options,
@@ -2141,11 +2141,11 @@ impl Session {
         let Some(splice) = self.splice.as_mut() else { return None };
         let backend_isn = splice.backend.isn;
         let arrival = Arrival {
-            offset: unwrap_offset(splice.backend_reference, tcp.seq_number.0.wrapping_sub(backend_isn.wrapping_add(1))),
+            offset: SeqSpace::new(backend_isn).offset(tcp.seq_number, splice.backend_reference),
             len: tcp.payload.len() as u64 + tcp.flags.contains(TcpFlags::FIN) as u64,
             rst: tcp.flags.contains(TcpFlags::RST),
             ack: tcp.flags.contains(TcpFlags::ACK).then(|| {
-                unwrap_offset(splice.opener.next_plaintext_offset(), tcp.ack_number.0.wrapping_sub(self.client_isn.wrapping_add(1)))
+                SeqSpace::new(self.client_isn).offset(tcp.ack_number, splice.opener.next_plaintext_offset())
             }),
         };
         let receive_next = splice.ack_for_backend();
@@ -2201,7 +2201,7 @@ impl Session {
         splice.backend_reference = splice.backend_reference.max(offset);
         if tcp.flags.contains(TcpFlags::ACK) {
             // Plaintext of the client's stream the backend has: map to the client's records.
-            let acked = unwrap_offset(splice.opener.next_plaintext_offset(), tcp.ack_number.0.wrapping_sub(self.client_isn.wrapping_add(1)));
+            let acked = SeqSpace::new(self.client_isn).offset(tcp.ack_number, splice.opener.next_plaintext_offset());
             let data_acked = acked.min(splice.opener.next_plaintext_offset());
             if splice.client_fin_forwarded && acked > splice.opener.next_plaintext_offset() {
                 splice.backend_acked_fin = true;
@@ -2491,11 +2491,11 @@ impl Session {
             ts_shift: our_ts.wrapping_sub(info.ts_recent),
         };
         plain.connected = Some(connected);
-        plain.client_ack = info.isn.wrapping_add(1);
+        plain.client_ack = SeqSpace::new(info.isn).seq(0).0;
         plain.client_window = client_window;
         plain.backend_ts_recent = info.ts_recent;
-        plain.client_next_seq = self.client_isn.wrapping_add(1).wrapping_add(self.client_next as u32);
-        plain.backend_next_seq = self.our_isn.wrapping_add(1);
+        plain.client_next_seq = SeqSpace::new(self.client_isn).seq(self.client_next).0;
+        plain.backend_next_seq = SeqSpace::new(self.our_isn).seq(0).0;
         plain.backend_window_bytes = info.syn_window as u64;
         plain.custody.keep(context.now_ns, 0, &plain.first_flight);
         self.send_first_flight(context);
@@ -2534,7 +2534,7 @@ impl Session {
         let segment = Segment {
             source: self.backend_source,
             destination: self.backend,
-            seq: self.client_isn.wrapping_add(1).wrapping_add(offset as u32),
+            seq: SeqSpace::new(self.client_isn).seq(offset).0,
             ack: plain.client_ack,
             flags: TcpFlags::ACK | TcpFlags::PSH,
             window: plain.client_window,
@@ -2557,7 +2557,7 @@ impl Session {
             }
             return None;
         }
-        if tcp.flags.contains(TcpFlags::ACK) && tcp.ack_number.0.wrapping_sub(self.our_isn.wrapping_add(1)) as i32 >= 0 {
+        if tcp.flags.contains(TcpFlags::ACK) && tcp.ack_number >= SeqSpace::new(self.our_isn).seq(0) {
             self.syn_is_acknowledged();
         }
         if self.plain.as_ref().is_some_and(|plain| plain.connected.is_none()) {
@@ -2599,7 +2599,7 @@ impl Session {
         let seq = tcp.seq_number.0;
         let end_seq = seq.wrapping_add(tcp.payload.len() as u32);
         let exact_reset = in_stream && (offset == plain.backend_acked || seq == plain.client_next_seq);
-        if in_stream && (end_seq.wrapping_sub(plain.client_next_seq) as i32) > 0 {
+        if in_stream && SeqNumber(end_seq) > SeqNumber(plain.client_next_seq) {
             plain.client_next_seq = end_seq;
         }
         let mut options = TcpOptions::default();
@@ -2621,7 +2621,7 @@ impl Session {
         if tcp.flags.contains(TcpFlags::ACK) && in_stream && plausible_ack(tcp.ack_number.0, plain.client_ack.wrapping_add(connected.seq_shift), plain.backend_next_seq) {
             plain.client_ack = ack;
             if let Some((fin, acked)) = plain.backend_fin.as_mut() {
-                *acked |= (tcp.ack_number.0.wrapping_sub(fin.wrapping_add(1)) as i32) >= 0;
+                *acked |= tcp.ack_number >= SeqNumber(*fin) + 1;
             }
         }
         if in_stream {
@@ -2653,7 +2653,7 @@ impl Session {
         let our_ts = ts_now(context.now_ns);
         let our_window_scale = self.our_window_scale;
         let client_reference = self.client_reference;
-        let client_base = self.client_isn.wrapping_add(1);
+        let client_base = SeqSpace::new(self.client_isn).seq(0).0;
         let (timestamps, client_ts_recent) = (self.timestamps, self.client_ts_recent);
         let client_window_scale = self.syn.window_scale.unwrap_or(0);
         let Some(plain) = self.plain.as_mut() else { return None };
@@ -2663,14 +2663,14 @@ impl Session {
         let end_seq = seq.wrapping_add(tcp.payload.len() as u32);
         // As for the client's segments: one far from what the client acknowledged (a
         // forgery) is relayed, for the client to refuse, and changes nothing here.
-        let past_client_ack = tcp.seq_number.0.wrapping_sub(plain.client_ack) as i32 as i64;
+        let past_client_ack = (tcp.seq_number - SeqNumber(plain.client_ack)) as i64;
         let client_window = ((plain.client_window as u64) << client_window_scale).max(65535) + RELAY_SLACK;
         let in_stream =
             past_client_ack + tcp.payload.len() as i64 + RELAY_SLACK as i64 >= 0 && past_client_ack <= client_window as i64;
         // The client takes a RST at its latest acknowledgement (here in the backend's space),
         // or the box at the backend's own next sequence number.
         let exact_reset = in_stream && (tcp.seq_number.0 == plain.client_ack || seq == plain.backend_next_seq);
-        if in_stream && (end_seq.wrapping_sub(plain.backend_next_seq) as i32) > 0 {
+        if in_stream && SeqNumber(end_seq) > SeqNumber(plain.backend_next_seq) {
             plain.backend_next_seq = end_seq;
         }
         let mut options = TcpOptions::default();
@@ -2700,7 +2700,7 @@ impl Session {
         {
             let ack = tcp.ack_number.0;
             if let Some((fin, acked)) = plain.client_fin.as_mut() {
-                *acked |= (ack.wrapping_sub(fin.wrapping_add(1)) as i32) >= 0;
+                *acked |= SeqNumber(ack) >= SeqNumber(*fin) + 1;
             }
             let acked = unwrap_offset(client_reference, ack.wrapping_sub(client_base));
             plain.backend_acked = plain.backend_acked.max(acked);
@@ -2792,7 +2792,7 @@ impl Session {
         let client_reset = Segment {
             source: self.vip,
             destination: self.client,
-            seq: if plain.connected.is_some() { plain.backend_next_seq } else { self.our_isn.wrapping_add(1) },
+            seq: if plain.connected.is_some() { plain.backend_next_seq } else { SeqSpace::new(self.our_isn).seq(0).0 },
             ack: 0,
             flags: TcpFlags::RST,
             window: 0,
@@ -2879,12 +2879,12 @@ impl Splice {
         let skip = blocks.first().is_some_and(duplicate) as usize;
         // Three blocks at most: with timestamps, four would not fit the 40 bytes of options.
         for block in blocks.iter().skip(skip).take(3) {
-            let left = unwrap_offset(reference, block.left.0.wrapping_sub(client_isn.wrapping_add(1)));
-            let right = unwrap_offset(reference, block.right.0.wrapping_sub(client_isn.wrapping_add(1)));
+            let left = SeqSpace::new(client_isn).offset(block.left, reference);
+            let right = SeqSpace::new(client_isn).offset(block.right, reference);
             if let Some((start, stop)) = self.opener.ciphertext_range_for_plaintext(left, right) {
                 let _ = translated.push(SackBlock {
-                    left: SeqNumber(client_isn.wrapping_add(1).wrapping_add(start as u32)),
-                    right: SeqNumber(client_isn.wrapping_add(1).wrapping_add(stop as u32)),
+                    left: SeqSpace::new(client_isn).seq(start),
+                    right: SeqSpace::new(client_isn).seq(stop),
                 });
             }
         }
@@ -2898,9 +2898,9 @@ impl Splice {
     fn client_sack(&self, client_isn: u32, client_handshake_len: u64) -> SackBlocks {
         let mut blocks = self.client_reorder.sack_blocks(client_isn);
         let overlaps = |a: &SackBlock, b: &SackBlock| {
-            (a.left.0.wrapping_sub(b.right.0) as i32) < 0 && (b.left.0.wrapping_sub(a.right.0) as i32) < 0
+            a.left < b.right && b.left < a.right
         };
-        let ack = SeqNumber(client_isn.wrapping_add(1).wrapping_add(self.client_ack_offset(client_handshake_len) as u32));
+        let ack = SeqSpace::new(client_isn).seq(self.client_ack_offset(client_handshake_len));
         for block in self.sack_for_client.as_slice() {
             if blocks.as_slice().len() >= 3 {
                 break;
@@ -2998,8 +2998,8 @@ impl ClientEmitter {
             let segment = Segment {
                 source: self.vip,
                 destination: self.client,
-                seq: self.our_isn.wrapping_add(1).wrapping_add((offset + at as u64) as u32),
-                ack: self.client_isn.wrapping_add(1).wrapping_add(ack_offset as u32),
+                seq: SeqSpace::new(self.our_isn).seq(offset + at as u64).0,
+                ack: SeqSpace::new(self.client_isn).seq(ack_offset).0,
                 flags: piece_flags,
                 window,
                 options,
@@ -3023,7 +3023,7 @@ const RELAY_SLACK: u64 = 1 << 20;
 /// Whether a relayed acknowledgement `ack` is one to remember: not of data the other side never
 /// sent (past `sent_end`, its FIN allowed), not far below the last one remembered (`last`).
 fn plausible_ack(ack: u32, last: u32, sent_end: u32) -> bool {
-    sent_end.wrapping_add(1).wrapping_sub(ack) as i32 >= 0 && ack.wrapping_sub(last) as i32 >= -(RELAY_SLACK as i32)
+    SeqNumber(ack) <= SeqNumber(sent_end) + 1 && SeqNumber(ack) - SeqNumber(last) >= -(RELAY_SLACK as i32)
 }
 
 /// Counts a segment the guard refused (`answered`: with an ACK).

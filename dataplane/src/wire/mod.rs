@@ -54,7 +54,7 @@ pub use icmpv4::{Icmpv4Type, Packet as Icmpv4Packet};
 pub use icmpv6::{Icmpv6Type, Packet as Icmpv6Packet};
 pub use ipv4::{Ipv4Repr, Packet as Ipv4Packet};
 pub use ipv6::{ExtensionWalk, Ipv6Repr, Packet as Ipv6Packet};
-pub use seq::SeqNumber;
+pub use seq::{SeqNumber, SeqSpace};
 pub use sll::{Sll2Header, SllHeader};
 pub use tcp::{
     Packet as TcpPacket, SackBlock, SackBlocks, TcpFlags, TcpOption, TcpOptions, TcpRepr,

@@ -111,9 +111,64 @@ pub fn unwrap_offset(reference: u64, distance: u32) -> u64 {
     }
 }
 
+/// One direction of a connection in sequence space: the 64-bit stream offsets the box counts
+/// in (0 is the first byte after the SYN) and the 32-bit sequence numbers that carry them on
+/// the wire, from the direction's initial sequence number. The one place where an offset
+/// becomes a sequence number and back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeqSpace {
+    isn: SeqNumber,
+}
+
+impl SeqSpace {
+    pub fn new(isn: u32) -> SeqSpace {
+        SeqSpace { isn: SeqNumber(isn) }
+    }
+
+    /// The sequence number of the SYN.
+    pub fn isn(self) -> SeqNumber {
+        self.isn
+    }
+
+    /// The sequence number that carries stream offset `offset` (and, for an acknowledgement,
+    /// acknowledges everything before it).
+    pub fn seq(self, offset: u64) -> SeqNumber {
+        // Truncating the offset to u32 is reduction modulo 2^32, as sequence space wraps.
+        SeqNumber(self.isn.0.wrapping_add(1).wrapping_add(offset as u32))
+    }
+
+    /// The stream offset `seq` carries: of the offsets it may stand for, the one within 2^31 of
+    /// `near` (a recent offset of the same stream).
+    pub fn offset(self, seq: SeqNumber, near: u64) -> u64 {
+        unwrap_offset(near, seq.0.wrapping_sub(self.isn.0.wrapping_add(1)))
+    }
+
+    /// The 32-bit distance of `seq` past offset 0, for a stream shorter than 4 GiB or a caller
+    /// that knows it is near the start (a handshake).
+    pub fn distance(self, seq: SeqNumber) -> u32 {
+        seq.0.wrapping_sub(self.isn.0.wrapping_add(1))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_space_maps_offsets_across_the_wrap() {
+        let space = SeqSpace::new(0xffff_fff0);
+        assert_eq!(space.seq(0), SeqNumber(0xffff_fff1));
+        assert_eq!(space.seq(0x0f), SeqNumber(0));
+        assert_eq!(space.seq(0x1f), SeqNumber(0x10));
+        assert_eq!(space.offset(SeqNumber(0x10), 0), 0x1f);
+        assert_eq!(space.distance(SeqNumber(0x10)), 0x1f);
+        // Past 4 GiB the same sequence number stands for the offset near the reference.
+        assert_eq!(space.seq(0x1_0000_001f), SeqNumber(0x10));
+        assert_eq!(space.offset(SeqNumber(0x10), 0x1_0000_0000), 0x1_0000_001f);
+        assert_eq!(space.offset(SeqNumber(0xffff_fff1), 0x1_0000_0005), 0x1_0000_0000);
+        // The SYN is one before offset 0.
+        assert_eq!(space.isn() + 1, space.seq(0));
+    }
 
     #[test]
     fn offsets_unwrap_across_the_32_bit_boundary() {
@@ -166,6 +221,14 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn a_space_round_trips_offsets_near_the_reference(isn in any::<u32>(), offset in 0u64..(1 << 40), back in 0u64..(1 << 30)) {
+            let space = SeqSpace::new(isn);
+            let near = offset.saturating_sub(back);
+            prop_assert_eq!(space.offset(space.seq(offset), near), offset);
+            prop_assert_eq!(space.offset(space.seq(offset), offset + back), offset);
+        }
+
         #[test]
         fn add_then_subtract_is_identity(start in any::<u32>(), length in 0usize..(1 << 31)) {
             let seq = SeqNumber(start);

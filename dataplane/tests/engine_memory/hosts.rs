@@ -346,7 +346,7 @@ impl ClientHost {
         let port = self.next_port;
         self.next_port += 1;
         let local = SocketAddr::new(self.ip, port);
-        let iss = self.rng.next() as u32;
+        let iss = self.tcp_config.fixed_iss.unwrap_or(self.rng.next() as u32);
         let ts_offset = self.rng.next() as u32;
         let tcp = Tcp::connect(self.tcp_config, local, self.vip, iss, ts_offset);
         let tls = ClientConnection::new(plan.config, ServerName::try_from("localhost").expect("name")).expect("client");
@@ -758,7 +758,7 @@ impl BackendHost {
             (true, Some(expectation)) => {
                 let expectation = expectation.clone();
                 self.check_syn(source, segment);
-                let iss = self.rng.next() as u32;
+                let iss = self.tcp_config.fixed_iss.unwrap_or(self.rng.next() as u32);
                 let ts_offset = self.rng.next() as u32;
                 let tcp = Tcp::accept(self.tcp_config, server, source, iss, ts_offset, segment);
                 self.sessions.push(BackendSession {

@@ -41,6 +41,9 @@ pub struct TcpConfig {
     /// clock went backwards. Where the wire reorders, late segments legitimately carry older
     /// timestamps and PAWS drops them silently, as Linux does.
     pub strict_timestamps: bool,
+    /// The initial sequence number of every connection, instead of a random one (tests at the
+    /// 2^32 wrap).
+    pub fixed_iss: Option<u32>,
 }
 
 impl TcpConfig {
@@ -55,6 +58,7 @@ impl TcpConfig {
             receive_buffer: 256 * 1024,
             initial_rto_ns: 200 * MS,
             strict_timestamps: true,
+            fixed_iss: None,
         }
     }
 }
