@@ -13,7 +13,8 @@
 //! (docs/bench-handshake.md), which would otherwise hold every other session's packets.
 //!
 //! Not supported yet: steering in the XDP program or with `PACKET_FANOUT_EBPF` (every frame a
-//! loop does not own costs a copy and a hand-off), configuration reload, the management socket.
+//! loop does not own costs a copy, into a pooled buffer, and a hand-off), configuration reload,
+//! the management socket.
 
 use std::io;
 use std::path::PathBuf;
@@ -372,13 +373,13 @@ fn poll_loop<P: FrameIo>(
                 let owner = if several { steering.owner(port, frame) } else { Owner::Loop(me) };
                 match owner {
                     Owner::Loop(owner) if owner != me => {
-                        let handoff = Handoff { port, checksum, learn_only: false, frame: frame.to_vec() };
+                        let handoff = Handoff { port, checksum, learn_only: false, frame: copy_into(&mut out, frame) };
                         peers.hand_off(owner, handoff, &mut counts);
                     }
                     Owner::Every => {
                         engine.handle_received(now, port, frame, checksum, &mut out);
                         for other in (0..steering.loops()).filter(|&other| other != me) {
-                            let handoff = Handoff { port, checksum, learn_only: true, frame: frame.to_vec() };
+                            let handoff = Handoff { port, checksum, learn_only: true, frame: copy_into(&mut out, frame) };
                             peers.hand_off(other, handoff, &mut counts);
                         }
                     }
@@ -399,6 +400,8 @@ fn poll_loop<P: FrameIo>(
             } else {
                 engine.handle_received(now, handoff.port, &handoff.frame, handoff.checksum, &mut out);
             }
+            // The buffer stays here, for this loop's frames and hand-offs.
+            out.pool.give(handoff.frame);
         }
         engine.end_batch(now, &mut out);
         engine.collect_handshakes(now, &mut out);
@@ -430,6 +433,14 @@ fn poll_loop<P: FrameIo>(
         }
     }
     Ok((engine, counts))
+}
+
+/// A copy of `frame` for another loop, in a buffer from this loop's pool (the receiver keeps
+/// it for its own: with traffic both ways, buffers go back and forth and none is allocated).
+fn copy_into(out: &mut Output, frame: &[u8]) -> Vec<u8> {
+    let mut buffer = out.pool.take();
+    buffer.extend_from_slice(frame);
+    buffer
 }
 
 /// Sends what the engine queued; the frames' buffers go back to its pool for the next.
