@@ -680,7 +680,7 @@ fn a_batch_of_backend_segments_is_acknowledged_once() {
         .iter()
         .filter(|(_, frame)| port_of(frame, &addresses) == Port::Inside)
         .filter_map(|(_, frame)| parse_frame(LinkType::Ethernet, frame).ok()?.tcp().map(|tcp| tcp.seq_number + tcp.payload.len()))
-        .max_by(|a, b| if *a < *b { std::cmp::Ordering::Less } else { std::cmp::Ordering::Greater })
+        .reduce(SeqNumber::max)
         .expect("backend data");
     let last_ack = batched.last().map(|s| s.2).expect("segments to the backend");
     assert!(last_ack >= backend_data_end, "the last ACK {last_ack:?} covers the backend's data up to {backend_data_end:?}");

@@ -624,7 +624,7 @@ pub struct Engine {
     timers: TimerQueue,
     /// Sessions with work for the end of the batch (a record to seal, an acknowledgement to
     /// send: [`Engine::end_batch`]).
-    acks_owed: Vec<u64>,
+    batch_work: Vec<u64>,
     /// Sessions waiting for their backend's MAC: run when a neighbour is learned.
     waiting_for_mac: HashSet<u64>,
     /// Backend -> client flows of ended sessions: their segments are answered with RST and
@@ -679,7 +679,7 @@ impl Engine {
             by_backend: HashMap::new(),
             neighbours: Neighbours::default(),
             timers: TimerQueue::default(),
-            acks_owed: Vec::new(),
+            batch_work: Vec::new(),
             waiting_for_mac: HashSet::new(),
             ended_backend_flows: ExpiringFlows::new(MAX_ENDED_FLOWS),
             bridged_backend_flows: ExpiringFlows::new(MAX_BRIDGED_FLOWS),
@@ -995,14 +995,15 @@ impl Engine {
     }
 
     /// The end of a receive batch: what its frames left owed goes out: for each session whose
-    /// backend sent bytes in order, one record of them to the client and one acknowledgement. Call it after each batch given to
-    /// [`Engine::handle_received`] and before sending what the batch produced; [`Engine::poll`]
-    /// calls it too, so that a caller that forgets delays acknowledgements, never loses them.
+    /// backend sent bytes in order, one record of them to the client and one acknowledgement.
+    /// Call it after each batch given to [`Engine::handle_received`] and before sending what the
+    /// batch produced; [`Engine::poll`] calls it too, so that a caller that forgets delays
+    /// records and acknowledgements, never loses them.
     pub fn end_batch(&mut self, now_ns: u64, out: &mut Output) {
-        if self.acks_owed.is_empty() {
+        if self.batch_work.is_empty() {
             return;
         }
-        let mut owed = std::mem::take(&mut self.acks_owed);
+        let mut owed = std::mem::take(&mut self.batch_work);
         for &id in &owed {
             self.with_session(id, now_ns, out, |session, context| {
                 session.batch_listed = false;
@@ -1012,7 +1013,7 @@ impl Engine {
         }
         // The list's room is kept for the next batch.
         owed.clear();
-        self.acks_owed = owed;
+        self.batch_work = owed;
     }
 
     /// Timers: retransmissions, backends to (re)try, idle sessions.
@@ -1097,7 +1098,7 @@ impl Engine {
     /// When [`Engine::poll`] next has work (a session's timer, a deferred frame), if ever: the
     /// loop may sleep until then when no frame comes.
     pub fn next_deadline_ns(&self) -> Option<u64> {
-        if !self.acks_owed.is_empty() {
+        if !self.batch_work.is_empty() {
             return Some(0);
         }
         let deferred = self.deferred.front().map(|(at, _)| *at);
@@ -1506,7 +1507,7 @@ impl Engine {
         session.timer_ns = self.timers.schedule(id, deadline, session.timer_ns);
         if !session.batch_listed && session.owes_batch_work() {
             session.batch_listed = true;
-            self.acks_owed.push(id);
+            self.batch_work.push(id);
         }
         if session.waits_for_backend_mac() {
             self.waiting_for_mac.insert(id);

@@ -31,7 +31,6 @@ use super::client_hello::{self, FirstFlight};
 use super::neighbours::Neighbours;
 use super::post_handshake::{PostHandshake, Violation};
 use super::{Counters, EndReason, FlowKey, FramePool, ListenerSetup, Output, PassthroughRoute, Port};
-use crate::wire::seq::unwrap_offset;
 use crate::wire::{ArpOperation, EthernetAddress, SackBlock, SackBlocks, SeqNumber, SeqSpace, TcpFlags, TcpOptions, TcpSegment, TcpTimestamp};
 
 /// What a session may touch of the engine during one call.
@@ -348,7 +347,7 @@ pub(crate) struct Session {
     /// The deadline of the session's live entry in the engine's timer queue
     /// ([`super::timers`]), `NEVER` for none.
     pub(crate) timer_ns: u64,
-    /// The session is on the engine's list of acknowledgements owed at the end of the batch.
+    /// The session is on the engine's list of work for the end of the batch.
     pub(crate) batch_listed: bool,
 }
 
@@ -417,7 +416,7 @@ struct Splice {
     /// The acknowledgement (backend offset) of the last segment the box sent the backend.
     last_ack_to_backend: u64,
     /// Backend bytes taken in order since the box last sent the backend a segment: their
-    /// acknowledgement waits for the end of the receive batch ([`Session::send_owed_ack`]).
+    /// acknowledgement waits for the end of the receive batch ([`Session::end_batch`]).
     backend_bytes_unacked: u32,
     /// The backend's receive window, in bytes.
     backend_window: u64,
@@ -2159,8 +2158,7 @@ impl Session {
             Verdict::Accept => {}
             Verdict::Reset => {
                 // What the backend sent before its RST reaches the client before the RST.
-                self.seal_pending(context);
-                self.transmit_to_client(context);
+                self.send_pending(context);
                 let Some(splice) = self.splice.as_ref() else { return None };
                 let offset = splice.next_offset();
                 self.send_to_client(context, TcpFlags::RST | TcpFlags::ACK, offset, &[]);
@@ -2333,10 +2331,7 @@ impl Session {
     /// The end of a receive batch: the backend plaintext taken in it sealed as one record and
     /// sent, then its acknowledgement.
     pub(crate) fn end_batch(&mut self, context: &mut Context<'_>) {
-        if self.splice.as_ref().is_some_and(|splice| !splice.pending_record.is_empty()) {
-            self.seal_pending(context);
-            self.transmit_to_client(context);
-        }
+        self.send_pending(context);
         let Some(splice) = self.splice.as_mut() else { return };
         if splice.backend_bytes_unacked == 0 {
             return;
@@ -2344,6 +2339,14 @@ impl Session {
         // Cleared here too: `ack_backend` may decide that nothing needs saying.
         splice.backend_bytes_unacked = 0;
         self.ack_backend(context, None);
+    }
+
+    /// Seals the record being filled, if any, and sends what the client's windows allow.
+    fn send_pending(&mut self, context: &mut Context<'_>) {
+        if self.splice.as_ref().is_some_and(|splice| !splice.pending_record.is_empty()) {
+            self.seal_pending(context);
+            self.transmit_to_client(context);
+        }
     }
 
     /// Seals the record being filled, if any (before any other record, and at the end of the
@@ -2354,7 +2357,7 @@ impl Session {
         if splice.pending_record.is_empty() {
             return;
         }
-        if splice.seal_pending() {
+        if splice.seal_pending_record() {
             context.counters.records_sealed += 1;
         }
         if splice.sealer.needs_key_update() && splice.server_secret.is_some() {
@@ -2380,7 +2383,9 @@ impl Session {
             splice.pending_record.extend_from_slice(now);
             splice.plaintext_frontier += now.len() as u64;
             bytes = rest;
-            if splice.pending_len() == cutls_crypto::record::MAX_FRAGMENT_LEN && splice.seal_pending() {
+            // A full record mid-batch; the key-update check follows with the batch's last one
+            // (`Session::seal_pending`), a few records later at most.
+            if splice.pending_len() == cutls_crypto::record::MAX_FRAGMENT_LEN && splice.seal_pending_record() {
                 context.counters.records_sealed += 1;
             }
         }
@@ -2653,7 +2658,7 @@ impl Session {
         let our_ts = ts_now(context.now_ns);
         let our_window_scale = self.our_window_scale;
         let client_reference = self.client_reference;
-        let client_base = SeqSpace::new(self.client_isn).seq(0).0;
+        let client_space = SeqSpace::new(self.client_isn);
         let (timestamps, client_ts_recent) = (self.timestamps, self.client_ts_recent);
         let client_window_scale = self.syn.window_scale.unwrap_or(0);
         let Some(plain) = self.plain.as_mut() else { return None };
@@ -2696,13 +2701,13 @@ impl Session {
         }
         if tcp.flags.contains(TcpFlags::ACK)
             && in_stream
-            && plausible_ack(tcp.ack_number.0, client_base.wrapping_add(plain.backend_acked as u32), plain.client_next_seq)
+            && plausible_ack(tcp.ack_number.0, client_space.seq(plain.backend_acked).0, plain.client_next_seq)
         {
             let ack = tcp.ack_number.0;
             if let Some((fin, acked)) = plain.client_fin.as_mut() {
                 *acked |= SeqNumber(ack) >= SeqNumber(*fin) + 1;
             }
-            let acked = unwrap_offset(client_reference, ack.wrapping_sub(client_base));
+            let acked = client_space.offset(SeqNumber(ack), client_reference);
             plain.backend_acked = plain.backend_acked.max(acked);
             plain.backend_window_bytes = window_bytes;
             action = plain.custody.backend_ack(context.now_ns, acked, pure, plain_payload_mss(&backend));
@@ -2925,7 +2930,7 @@ impl Splice {
     /// Seals the record being filled (its plaintext is already in place) and queues it for the
     /// client. False if the sealer refused: its plaintext is gone with it, which only a
     /// sequence number past 2^64 can cause.
-    fn seal_pending(&mut self) -> bool {
+    fn seal_pending_record(&mut self) -> bool {
         let mut record = std::mem::take(&mut self.pending_record);
         let len = record.len().saturating_sub(self.record_prefix());
         if len == 0 {
