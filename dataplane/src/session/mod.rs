@@ -23,6 +23,7 @@
 
 mod acceptance;
 mod client_hello;
+mod cookie;
 mod custody;
 pub mod emit;
 pub mod handover;
@@ -43,7 +44,8 @@ use cutls_crypto::ReleaseMode;
 
 use crate::io::RxChecksum;
 use crate::wire::{
-    parse_frame_with, ArpOperation, EthernetAddress, LinkType, NetworkPayload, TcpFlags, Transport, TransportChecksum,
+    parse_frame_with, ArpOperation, EthernetAddress, LinkType, NetworkPayload, TcpFlags, TcpOptions, TcpTimestamp, Transport,
+    TransportChecksum,
 };
 use emit::Link;
 use handover::SecretLog;
@@ -1205,18 +1207,29 @@ impl Engine {
     }
 
     /// Answers a SYN with a SYN cookie: our ISN carries a time slot, an MSS class and a MAC of
-    /// the 4-tuple and the client's ISN, so the client's ACK can rebuild the session without
-    /// any state kept for the SYN.
+    /// the 4-tuple and the client's ISN, and (when the SYN has timestamps) our timestamp its
+    /// window scale and SACK permission ([`cookie`]), so the client's ACK can rebuild the
+    /// session without any state kept for the SYN.
     fn answer_with_cookie(&mut self, now_ns: u64, key: FlowKey, link: Link, tcp: &crate::wire::TcpSegment<'_>, out: &mut Output) {
         let client_mss = tcp.options.max_segment_size.unwrap_or(536);
         let class = COOKIE_MSS.iter().rposition(|&mss| mss <= client_mss).unwrap_or(0);
         let slot = cookie_slot(now_ns);
         let cookie = self.cookie(key, tcp.seq_number.0, slot, class as u32);
         self.counters.syn_cookies_sent += 1;
-        session::syn_ack_with_cookie(link, key, tcp, cookie, COOKIE_MSS[class], out);
+        let mut options = TcpOptions { max_segment_size: Some(COOKIE_MSS[class]), ..TcpOptions::default() };
+        if let Some(theirs) = tcp.options.timestamp {
+            // Without timestamps there is nowhere to keep the other options: only the MSS is
+            // offered (as Linux does).
+            let kept = cookie::CookieOptions { window_scale: tcp.options.window_scale, sack_permitted: tcp.options.sack_permitted };
+            options.timestamp = Some(TcpTimestamp { value: kept.encode(session::ts_now(now_ns)), echo_reply: theirs.value });
+            options.window_scale = tcp.options.window_scale.map(|_| session::OUR_WINDOW_SCALE);
+            options.sack_permitted = tcp.options.sack_permitted;
+        }
+        session::syn_ack_with_cookie(link, key, tcp, cookie, options, out);
     }
 
-    /// The session a cookie's ACK stands for, if the cookie is ours and recent.
+    /// The session a cookie's ACK stands for, if the cookie is ours and recent (and, with
+    /// timestamps, the echoed one could be ours).
     fn check_cookie(&self, now_ns: u64, key: FlowKey, tcp: &crate::wire::TcpSegment<'_>) -> Option<ClientSyn> {
         if !tcp.flags.contains(TcpFlags::ACK) || tcp.flags.contains(TcpFlags::SYN) || tcp.flags.contains(TcpFlags::RST) {
             return None;
@@ -1225,12 +1238,20 @@ impl Engine {
         let client_isn = tcp.seq_number.0.wrapping_sub(1);
         let class = (cookie >> 25) & 0x3;
         let now = cookie_slot(now_ns);
-        for slot in [now, now.wrapping_sub(1)] {
-            if cookie >> 27 == slot & 0x1f && self.cookie(key, client_isn, slot, class) == cookie {
-                return Some(ClientSyn::from_cookie(client_isn, tcp.window as u64, COOKIE_MSS[class as usize]));
-            }
+        let valid = [now, now.wrapping_sub(1)]
+            .into_iter()
+            .any(|slot| cookie >> 27 == slot & 0x1f && self.cookie(key, client_isn, slot, class) == cookie);
+        if !valid {
+            return None;
         }
-        None
+        let mss = COOKIE_MSS[class as usize];
+        match tcp.options.timestamp {
+            Some(timestamp) => {
+                let kept = cookie::CookieOptions::decode(timestamp.echo_reply, session::ts_now(now_ns))?;
+                Some(ClientSyn::from_cookie(client_isn, tcp.window, mss, kept, Some(timestamp)))
+            }
+            None => Some(ClientSyn::from_cookie(client_isn, tcp.window, mss, cookie::CookieOptions { window_scale: None, sack_permitted: false }, None)),
+        }
     }
 
     fn cookie(&self, key: FlowKey, client_isn: u32, slot: u32, class: u32) -> u32 {

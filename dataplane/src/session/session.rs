@@ -109,7 +109,7 @@ pub(crate) const ALERT_LINGER_NS: u64 = 1_000_000_000;
 /// Deferred RSTs kept at most; past that they go at once.
 const MAX_DEFERRED: usize = 1 << 16;
 /// Our window scale toward the client (when it offers one).
-const OUR_WINDOW_SCALE: u8 = 7;
+pub(crate) const OUR_WINDOW_SCALE: u8 = 7;
 /// Backend bytes kept before the splice starts (a banner, not a download).
 const MAX_EARLY_BACKEND_BYTES: usize = 16 * 1024;
 
@@ -128,13 +128,20 @@ impl ClientSyn {
         ClientSyn { isn: syn.seq_number.0, window: syn.window as u64, options: SynOptions::from(&syn.options), acknowledged: false }
     }
 
-    /// A connection the box answered with a SYN cookie: only the MSS survives (the SYN-ACK
-    /// offered no other option).
-    pub(crate) fn from_cookie(client_isn: u32, window: u64, mss: u16) -> ClientSyn {
+    /// A connection the box answered with a SYN cookie, rebuilt from the client's ACK: the MSS
+    /// from the cookie, the window scale and SACK from the timestamp it echoed (`kept`; none
+    /// without timestamps), and the ACK's own timestamp. The ACK's window is already scaled.
+    pub(crate) fn from_cookie(
+        client_isn: u32,
+        window: u16,
+        mss: u16,
+        kept: super::cookie::CookieOptions,
+        timestamp: Option<TcpTimestamp>,
+    ) -> ClientSyn {
         ClientSyn {
             isn: client_isn,
-            window,
-            options: SynOptions { mss, window_scale: None, sack_permitted: false, timestamp: None },
+            window: u64::from(window) << kept.window_scale.unwrap_or(0),
+            options: SynOptions { mss, window_scale: kept.window_scale, sack_permitted: kept.sack_permitted, timestamp },
             acknowledged: true,
         }
     }
@@ -3059,11 +3066,9 @@ fn next_aead(sealer: &RecordSealer) -> cutls_crypto::AeadAlgorithm {
     sealer.framing().aead
 }
 
-/// The SYN-ACK of a SYN cookie: no state kept, only MSS offered (nothing else could be
-/// remembered), the cookie as our initial sequence number.
-pub(crate) fn syn_ack_with_cookie(link: Link, key: FlowKey, syn: &TcpSegment<'_>, cookie: u32, mss: u16, out: &mut Output) {
-    let mut options = TcpOptions::default();
-    options.max_segment_size = Some(mss);
+/// The SYN-ACK of a SYN cookie: no state kept, the cookie as our initial sequence number,
+/// `options` what the cookie can remember.
+pub(crate) fn syn_ack_with_cookie(link: Link, key: FlowKey, syn: &TcpSegment<'_>, cookie: u32, options: TcpOptions, out: &mut Output) {
     let segment = Segment {
         source: key.destination,
         destination: key.source,
