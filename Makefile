@@ -36,11 +36,14 @@ test-deps:
 unit:
 	PROPTEST_CASES=$(PROPTEST_CASES) $(CARGO) test --workspace --profile $(TEST_PROFILE)
 
-# The session engine fuzzed with mutated golden replays, longer than the slice `make test` runs
-# (dataplane/tests/engine_memory.rs: mutated_golden_replays_never_panic_leak_or_linger).
+# The session engine fuzzed with mutated golden replays, and random forgeries into concurrent
+# exchanges, longer than the slices `make test` runs (dataplane/tests/engine_memory.rs:
+# mutated_golden_replays_never_panic_leak_or_linger, random_forgeries_never_change_what_the_peers_receive).
 FUZZ_ITERATIONS ?= 200000
+FORGERY_RUNS ?= 2000
 fuzz:
 	CUTLS_FUZZ_ITERATIONS=$(FUZZ_ITERATIONS) $(CARGO) test -p cutls-dataplane --profile $(TEST_PROFILE) --test engine_memory mutated_golden -- --nocapture
+	CUTLS_FORGERY_RUNS=$(FORGERY_RUNS) $(CARGO) test -p cutls-dataplane --profile $(TEST_PROFILE) --test engine_memory random_forgeries -- --nocapture
 
 # The lab (tools/lab, docs/lab.md): client, box and server network namespaces. Needs root.
 lab-up:

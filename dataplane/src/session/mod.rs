@@ -290,8 +290,8 @@ pub struct Counters {
     pub frames_bridged: u64,
     pub frames_unparsed_bridged: u64,
     /// Frames to a VIP (or from a terminating listener's backend) that do not parse (a bad
-    /// header length, data offset or IP length), and SYNs with RST or FIN: dropped, never
-    /// bridged.
+    /// header length, data offset or IP length), IP frames cut inside their fixed header, and
+    /// SYNs with RST or FIN: dropped, never bridged.
     pub malformed_frames_dropped: u64,
     /// IP fragments to a VIP or from a terminating listener's backend: dropped (not
     /// reassembled; TCP with path MTU discovery does not fragment).
@@ -365,7 +365,9 @@ pub struct Counters {
     pub path_mtu_relayed: u64,
     /// Frames the box would have consumed (for a VIP, the SNAT address, a session or a flow
     /// in TIME-WAIT) whose IPv4 header or TCP/ICMP checksum is wrong: dropped, as a TCP
-    /// stack drops them, so that the peer sends them again. Per port they came in on.
+    /// stack drops them, so that the peer sends them again. Per port they came in on. On the
+    /// inside port, every IPv4 frame with a bad header checksum and every TCP segment with a
+    /// bad checksum, whoever it seems to be from: its addresses may be the corrupted ones.
     pub bad_checksum_drops_outside: u64,
     pub bad_checksum_drops_inside: u64,
     /// Client bytes after its close_notify: ignored (RFC 8446 6.1).
@@ -509,29 +511,40 @@ impl EndReason {
     }
 }
 
+/// What can be read of a frame the parser refused.
+enum RawIp {
+    /// Not IP (after any VLAN tags): bridged like any other frame the box does not own.
+    NotIp,
+    /// An IP ethertype without a whole fixed IP header: no IP host would take it, and whose it
+    /// is cannot be told, so it is dropped rather than bridged (it could be a backend's).
+    Truncated,
+    /// The fixed header's `(source, destination)`.
+    Addresses(IpAddr, IpAddr),
+}
+
 /// The IP addresses of a frame the parser refused, read as far as they go (Ethernet, VLAN tags,
-/// the fixed IPv4 or IPv6 header): `(source, destination)`.
-fn raw_ip_addresses(frame: &[u8]) -> Option<(IpAddr, IpAddr)> {
+/// the fixed IPv4 or IPv6 header).
+fn raw_ip_addresses(frame: &[u8]) -> RawIp {
     let mut at = 12;
     loop {
-        let ethertype = u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]);
+        let (Some(&high), Some(&low)) = (frame.get(at), frame.get(at + 1)) else { return RawIp::NotIp };
         let ip = at + 2;
-        match ethertype {
+        match u16::from_be_bytes([high, low]) {
             0x8100 | 0x88a8 => at += 4,
             0x0800 => {
-                let header: [u8; 20] = frame.get(ip..ip + 20)?.try_into().ok()?;
+                let Some(header) = frame.get(ip..ip + 20) else { return RawIp::Truncated };
                 let address = |at: usize| IpAddr::from([header[at], header[at + 1], header[at + 2], header[at + 3]]);
-                return Some((address(12), address(16)));
+                return RawIp::Addresses(address(12), address(16));
             }
             0x86dd => {
-                let header: [u8; 40] = frame.get(ip..ip + 40)?.try_into().ok()?;
+                let Some(header) = frame.get(ip..ip + 40) else { return RawIp::Truncated };
                 let address = |at: usize| -> IpAddr {
                     let bytes: [u8; 16] = header[at..at + 16].try_into().unwrap_or([0; 16]);
                     IpAddr::from(bytes)
                 };
-                return Some((address(8), address(24)));
+                return RawIp::Addresses(address(8), address(24));
             }
-            _ => return None,
+            _ => return RawIp::NotIp,
         }
     }
 }
@@ -725,8 +738,14 @@ impl Engine {
         let Ok(parsed) = parse_frame_with(LinkType::Ethernet, frame, transport_checksum) else {
             // A frame the parser refuses (a bad header length, data offset or IP length) is
             // the box's own business if it is addressed to a VIP, or comes from a backend of a
-            // terminating listener (it could carry plaintext): dropped, never bridged.
-            if raw_ip_addresses(frame).is_some_and(|(source, destination)| self.frame_is_the_boxs(port, source, destination)) {
+            // terminating listener (it could carry plaintext): dropped, never bridged. So is IP
+            // cut inside its fixed header, whose addresses cannot be read.
+            let owned = match raw_ip_addresses(frame) {
+                RawIp::NotIp => false,
+                RawIp::Truncated => true,
+                RawIp::Addresses(source, destination) => self.frame_is_the_boxs(port, source, destination),
+            };
+            if owned {
                 self.counters.malformed_frames_dropped += 1;
                 return;
             }
@@ -792,6 +811,14 @@ impl Engine {
                 }
                 // Nothing the box consumes may change its state before its checksums verify.
                 let header_intact = ip.header_checksum_valid != Some(false);
+                if port == Port::Inside && !(header_intact && !matches!(transport, Transport::Tcp(tcp) if !tcp.checksum_valid)) {
+                    // Fail closed: from the inside, a corrupted header or TCP segment cannot
+                    // be told from a backend's segment with flipped address bits, whose payload
+                    // is plaintext meant for a client through the box. Dropped, never bridged
+                    // (an IP hop drops these as well).
+                    self.count_bad_checksum(port);
+                    return;
+                }
                 if matches!(transport, Transport::Fragment { .. }) && self.frame_is_the_boxs(port, ip.source, ip.destination) {
                     // Not reassembled: a TCP stack with path MTU discovery never fragments, and
                     // a ClientHello in fragments bridged inside would never be answered.

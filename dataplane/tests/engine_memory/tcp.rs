@@ -659,7 +659,10 @@ impl Tcp {
             self.retransmit_one = false;
             let start = (self.snd_una - base) as usize;
             if start < self.send.len() && self.snd_una < self.snd_max {
-                let end = self.send.len().min(start + max_payload);
+                // Only what was sent before: bytes past SND.MAX are new data, for the window
+                // to allow (a peer's zero window would otherwise be overrun).
+                let sent_end = (self.snd_max - base).max(0) as usize;
+                let end = self.send.len().min(start + max_payload).min(sent_end.max(start));
                 let payload = self.send[start..end].to_vec();
                 out.push(self.segment(now, self.snd_una, TcpFlags::ACK, payload));
                 sent = true;
