@@ -212,16 +212,16 @@ pub struct RecordOpener {
     /// Set when the next record header starts a new key generation (see [`Self::rekey`]).
     key_generation: u32,
     accelerate: bool,
-    /// Held-byte buffers of verified records, reused so that steady state does not allocate.
-    spare_held: Vec<Vec<u8>>,
     /// Forgotten records, reused by [`Self::start_record`].
     spare_records: Vec<Box<Record>>,
     /// Keystream and key material carried from one in-order chunk to the next.
     lookahead: Lookahead,
 }
 
-/// Spare records and held buffers kept for reuse.
+/// Spare records kept for reuse.
 const SPARES: usize = 4;
+/// The largest plaintext buffer a spare record keeps (requests and control records fit).
+const SPARE_HELD_LIMIT: usize = 2048;
 
 struct Record {
     seq: u64,
@@ -243,7 +243,10 @@ struct Record {
     plaintext_start: u64,
     /// Bytes of ciphertext at and past this offset are held, not released, until verification.
     hold_from: usize,
-    /// Held plaintext, indexed by ciphertext offset minus `hold_from`.
+    /// The record's plaintext, indexed by ciphertext offset: the first copy of each byte (the
+    /// one the tag authenticates), whether it was released early or held. A retransmission of
+    /// a verified record is released from here, never from the retransmitted bytes, which no
+    /// tag checks again.
     held: Vec<u8>,
     /// Whether any byte of the record was released before verification.
     released_early: bool,
@@ -313,7 +316,6 @@ impl RecordOpener {
             records: VecDeque::with_capacity(config.max_records.min(1024)),
             key_generation: 0,
             accelerate,
-            spare_held: Vec::new(),
             spare_records: Vec::new(),
             lookahead: Lookahead::default(),
         }
@@ -582,8 +584,13 @@ impl RecordOpener {
     }
 
     /// A record no longer tracked: keep its allocation for the next one.
-    fn retire(&mut self, record: Box<Record>) {
+    fn retire(&mut self, mut record: Box<Record>) {
         if self.spare_records.len() < SPARES {
+            if record.held.capacity() > SPARE_HELD_LIMIT {
+                // A large record's plaintext is not kept for the next one: an idle session
+                // would otherwise hold up to SPARES full records of memory.
+                record.held = Vec::new();
+            }
             self.spare_records.push(record);
         }
     }
@@ -613,7 +620,6 @@ impl RecordOpener {
             (false, ProtocolVersion::Tls12, _) => 0,
         };
         let hold_from = self.hold_from(header.content_type, ciphertext_len);
-        let held_len = ciphertext_len - hold_from;
         let key = if self.framing.explicit_nonce_len() == 0 && !unprotected {
             Some(self.aead.record_key(self.framing.nonce(&self.iv, self.next_seq, None)))
         } else {
@@ -626,11 +632,8 @@ impl RecordOpener {
             None => Box::new(Record::blank(self.framing.aead)),
         };
         let mut held = core::mem::take(&mut record.held);
-        if held.capacity() == 0 {
-            held = self.spare_held.pop().unwrap_or_default();
-        }
         held.clear();
-        held.resize(held_len, 0);
+        held.resize(ciphertext_len, 0);
         let fields = &mut *record;
         fields.seq = self.next_seq;
         fields.start = start;
@@ -728,12 +731,8 @@ impl RecordOpener {
                             source: ReleaseSource::Chunk(range.start..range.start + (release_end - ct)),
                         });
                     }
-                    if release_end < ct_end {
-                        // `release_end >= hold_from` here (it is `max(ct, hold_from)`).
-                        let source = range.start + (release_end - ct);
-                        record.held[release_end - record.hold_from..ct_end - record.hold_from]
-                            .copy_from_slice(&chunk[source..source + (ct_end - release_end)]);
-                    }
+                    // All new bytes: the first copy of each.
+                    record.held[ct..ct_end].copy_from_slice(&chunk[range.start..range.start + (ct_end - ct)]);
                 }
                 let tag_start = explicit_len + ciphertext_len;
                 if body_end > tag_start {
@@ -824,18 +823,18 @@ impl RecordOpener {
             };
             match record.outcome {
                 Some(verified) => {
-                    // A retransmission of a verified record: decrypt and deliver its data again.
+                    // A retransmission of a verified record: its data delivered again, from the
+                    // verified plaintext. The retransmitted bytes are not looked at: no tag
+                    // would check them, and a corrupted copy would reach the peer as it was.
                     out.duplicate_bytes += body_end - body;
-                    if ct_take > 0 {
-                        let bytes = &mut chunk[position..position + ct_take];
-                        self.aead.crypt_range(&mut key, ciphertext_len, ct, bytes, Direction::Decrypt);
-                        if verified.content_type == ContentType::ApplicationData && ct < verified.data_len {
-                            let data_end = ct_end.min(verified.data_len);
-                            out.releases.push(Release {
-                                plaintext_offset: record.plaintext_start + ct as u64,
-                                source: ReleaseSource::Chunk(position..position + (data_end - ct)),
-                            });
-                        }
+                    if ct_take > 0 && verified.content_type == ContentType::ApplicationData && ct < verified.data_len {
+                        let data_end = ct_end.min(verified.data_len);
+                        let start = out.held.len();
+                        out.held.extend_from_slice(&record.held[ct..data_end]);
+                        out.releases.push(Release {
+                            plaintext_offset: record.plaintext_start + ct as u64,
+                            source: ReleaseSource::Held(start..out.held.len()),
+                        });
                     }
                 }
                 None => {
@@ -887,29 +886,29 @@ impl RecordOpener {
                         }
                         // The key may have derived per-record material (ChaCha20's Poly1305 key).
                         record.key = Some(key);
-                        // Release what lies before the hold point; copy the rest to `held`.
+                        // Keep the first copy of every byte; release what lies before the hold
+                        // point: from the chunk when all of it is new, else from the first
+                        // copies (the repeated bytes of this chunk are not authenticated).
+                        if fresh {
+                            record.held[ct..ct_end].copy_from_slice(&chunk[position..position + ct_take]);
+                        } else {
+                            for offset in ct..ct_end {
+                                if is_new(explicit_len + offset) {
+                                    record.held[offset] = chunk[position + offset - ct];
+                                }
+                            }
+                        }
                         let release_end = ct_end.min(record.hold_from).max(ct);
                         if release_end > ct {
                             record.released_early = true;
-                            out.releases.push(Release {
-                                plaintext_offset: record.plaintext_start + ct as u64,
-                                source: ReleaseSource::Chunk(position..position + (release_end - ct)),
-                            });
-                        }
-                        // Held bytes: the first copy is the authenticated one; keep it.
-                        if release_end == ct_end {
-                            // Nothing held in this chunk.
-                        } else if fresh {
-                            // `release_end >= hold_from` here (it is `max(ct, hold_from)`).
-                            let (from, to) = (release_end - record.hold_from, ct_end - record.hold_from);
-                            let source = position + release_end - ct;
-                            record.held[from..to].copy_from_slice(&chunk[source..source + (to - from)]);
-                        } else {
-                            for offset in release_end..ct_end {
-                                if is_new(explicit_len + offset) {
-                                    record.held[offset - record.hold_from] = chunk[position + offset - ct];
-                                }
-                            }
+                            let source = if fresh {
+                                ReleaseSource::Chunk(position..position + (release_end - ct))
+                            } else {
+                                let start = out.held.len();
+                                out.held.extend_from_slice(&record.held[ct..release_end]);
+                                ReleaseSource::Held(start..out.held.len())
+                            };
+                            out.releases.push(Release { plaintext_offset: record.plaintext_start + ct as u64, source });
                         }
                     }
                     // Tag bytes (first copy wins).
@@ -954,14 +953,14 @@ impl RecordOpener {
             }
             ProtocolVersion::Tls13 => {
                 // The inner type is the last non-zero byte; only held bytes can be scanned.
-                let Some(last) = record.held.iter().rposition(|&byte| byte != 0) else {
+                let Some(last) = record.held[record.hold_from..].iter().rposition(|&byte| byte != 0) else {
                     return Err(if record.hold_from == 0 {
                         OpenError::NoContentType { seq: record.seq }
                     } else {
                         OpenError::PaddingIntoReleased { seq: record.seq }
                     });
                 };
-                let content_type = ContentType::from(record.held[last]);
+                let content_type = ContentType::from(record.held[record.hold_from + last]);
                 let type_offset = record.hold_from + last;
                 let data_len = if content_type == ContentType::ApplicationData { type_offset } else { 0 };
                 (content_type, data_len)
@@ -973,7 +972,7 @@ impl RecordOpener {
         if content_type == ContentType::ApplicationData {
             if data_len > record.hold_from {
                 let start = out.held.len();
-                out.held.extend_from_slice(&record.held[..data_len - record.hold_from]);
+                out.held.extend_from_slice(&record.held[record.hold_from..data_len]);
                 out.releases.push(Release {
                     plaintext_offset: record.plaintext_start + record.hold_from as u64,
                     source: ReleaseSource::Held(start..out.held.len()),
@@ -994,11 +993,8 @@ impl RecordOpener {
                 plaintext = Some(start..out.held.len());
             }
         }
+        // The plaintext stays with the record until it is forgotten (for retransmissions).
         record.outcome = Some(Verified { content_type, data_len });
-        let spent = core::mem::take(&mut record.held);
-        if self.spare_held.len() < SPARES {
-            self.spare_held.push(spent);
-        }
         // Correct the plaintext offsets of later records if this one was not what was predicted.
         let predicted = match framing.version {
             ProtocolVersion::Tls13 => ciphertext_len - 1,

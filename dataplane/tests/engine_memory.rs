@@ -25,10 +25,11 @@ use cutls_dataplane::session::{Engine, EngineConfig, EngineKeys, ListenerSetup, 
 use cutls_dataplane::steer::{Owner, Steering};
 use cutls_dataplane::wire::{parse_frame, ArpOperation, EthernetAddress, LinkType, SeqNumber, TcpFlags, TcpOptions};
 
+use harness::golden;
 use harness::frames::{arp_frame, fragmentation_needed, ndp_frame, solicited_node, summarize, tcp_frame, tcp_frame_like, Outgoing};
 use harness::hosts::{BackendExpectation, BackendHost, ClientHost, CloseStyle, ConnectionPlan, Corruption};
 use harness::reference::ReferenceProxy;
-use harness::tls::{client_config, deterministic_server_config, server_config, Suite};
+use harness::tls::{client_config, server_config, Suite};
 use harness::{content, kind, Addresses, Rng, Emitted, Hop, Lab, Middlebox, Side, WireConfig, MS, PATH_MTU_ROUTER};
 
 const MIB: usize = 1024 * 1024;
@@ -432,11 +433,12 @@ fn mutated_golden_replays_never_panic_leak_or_linger() {
     let iterations: u64 = std::env::var("CUTLS_FUZZ_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
     let first_seed: u64 = std::env::var("CUTLS_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
-    let addresses = Addresses::ipv4();
     for name in ["tls13-aes128gcm", "tls12-ecdsa-chacha20"] {
         let inputs = read_golden(&dir.join(format!("{name}.in.pcap")));
         for seed in first_seed..first_seed + iterations {
-            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| replay_mutated(&inputs, seed, &addresses)));
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                golden::replay_and_check(&golden::mutate_frames(&inputs, &mut Rng::new(seed)))
+            }));
             match run {
                 Ok(Ok(())) => {}
                 Ok(Err(failure)) => panic!("{name} seed {seed} (CUTLS_FUZZ_SEED={seed} CUTLS_FUZZ_ITERATIONS=1): {failure}"),
@@ -444,151 +446,6 @@ fn mutated_golden_replays_never_panic_leak_or_linger() {
             }
         }
     }
-}
-
-/// One mutated replay through a fresh golden engine, then every timeout: what went wrong.
-fn replay_mutated(inputs: &[(u64, Vec<u8>)], seed: u64, addresses: &Addresses) -> Result<(), String> {
-    let frames = mutate_frames(inputs, seed);
-    let mut engine = golden_engine(addresses);
-    let mut out = Output::default();
-    let mut leaks = Vec::new();
-    let mut check = |out: &mut Output| {
-        for frame in out.outside.drain(..) {
-            let from_backend = parse_frame(LinkType::Ethernet, &frame).is_ok_and(|f| {
-                let backend = f.ip().is_some_and(|ip| addresses.backends.iter().any(|(b, _)| b.ip() == ip.source));
-                backend && f.tcp().is_some_and(|t| !t.payload.is_empty())
-            });
-            if from_backend {
-                leaks.push(summarize(&frame));
-            }
-        }
-        out.inside.clear();
-    };
-    let mut now = 0;
-    for (time, frame) in &frames {
-        now = *time;
-        engine.handle_frame(now, port_of(frame, addresses), frame, &mut out);
-        engine.poll(now, &mut out);
-        check(&mut out);
-    }
-    // Every timeout runs out: the idle one (60 s here) is the longest.
-    let end = now + 200_000 * MS;
-    for _ in 0..100_000 {
-        match engine.next_deadline_ns() {
-            Some(deadline) if deadline <= end => {
-                now = now.max(deadline);
-                engine.poll(now, &mut out);
-                check(&mut out);
-            }
-            _ => break,
-        }
-    }
-    engine.poll(end, &mut out);
-    check(&mut out);
-    if !leaks.is_empty() {
-        return Err(format!("backend payload on the outside port: {leaks:#?}"));
-    }
-    if engine.sessions() != 0 {
-        return Err(format!("sessions left after every timeout: {:?}", engine.counters()));
-    }
-    Ok(())
-}
-
-/// The frames of a replay with a few seeded mutations (see
-/// `mutated_golden_replays_never_panic_leak_or_linger`), at the recorded times.
-fn mutate_frames(inputs: &[(u64, Vec<u8>)], seed: u64) -> Vec<(u64, Vec<u8>)> {
-    let mut rng = harness::Rng::new(seed);
-    let times: Vec<u64> = inputs.iter().map(|(time, _)| *time).collect();
-    let mut frames: Vec<Vec<u8>> = inputs.iter().map(|(_, frame)| frame.clone()).collect();
-    for _ in 0..1 + rng.next() % 8 {
-        let index = (rng.next() % frames.len() as u64) as usize;
-        match rng.next() % 6 {
-            0 if frames.len() > 1 => {
-                frames.remove(index);
-            }
-            1 => {
-                let copy = frames[index].clone();
-                let later = (index + 1 + (rng.next() % 4) as usize).min(frames.len());
-                frames.insert(later, copy);
-            }
-            2 if index + 1 < frames.len() => frames.swap(index, index + 1),
-            _ => {
-                let Some((tcp_at, end)) = tcp_span(&frames[index]) else { continue };
-                let frame = &mut frames[index];
-                match rng.next() % 3 {
-                    // A bit after the ports: sequence, acknowledgement, offset, flags, window,
-                    // options or payload.
-                    0 => {
-                        let at = tcp_at + 4 + (rng.next() % (end - tcp_at - 4) as u64) as usize;
-                        frame[at] ^= 1 << (rng.next() % 8);
-                    }
-                    // A whole field at random.
-                    1 => {
-                        let at = tcp_at + [4, 8, 13, 14][(rng.next() % 4) as usize];
-                        let value = rng.next().to_be_bytes();
-                        let width = if at == tcp_at + 13 { 1 } else if at == tcp_at + 14 { 2 } else { 4 };
-                        frame[at..at + width].copy_from_slice(&value[..width]);
-                    }
-                    // The payload cut short.
-                    _ => {
-                        let header_len = ((frame[tcp_at + 12] >> 4) as usize * 4).max(20);
-                        let keep = tcp_at + header_len;
-                        if end > keep {
-                            frame.truncate(keep + (rng.next() % (end - keep) as u64) as usize);
-                        }
-                    }
-                }
-                if rng.next() % 10 != 0 {
-                    fix_checksums(frame);
-                }
-            }
-        }
-    }
-    frames.into_iter().zip(times.iter().copied().chain(std::iter::repeat(*times.last().unwrap_or(&0)))).map(|(f, t)| (t, f)).collect()
-}
-
-/// Where an IPv4 frame's TCP header starts and its data ends.
-fn tcp_span(frame: &[u8]) -> Option<(usize, usize)> {
-    if frame.len() < 14 + 20 + 20 || frame[12..14] != [0x08, 0x00] || frame[14 + 9] != 6 {
-        return None;
-    }
-    let tcp_at = 14 + (frame[14] & 0x0f) as usize * 4;
-    let end = (14 + u16::from_be_bytes([frame[16], frame[17]]) as usize).min(frame.len());
-    (tcp_at + 20 <= end).then_some((tcp_at, end))
-}
-
-/// Makes an IPv4 TCP frame's lengths and checksums right again after a mutation.
-fn fix_checksums(frame: &mut [u8]) {
-    use cutls_dataplane::wire::checksum::{internet_checksum, upper_layer_checksum_v4};
-    let tcp_at = 14 + (frame[14] & 0x0f) as usize * 4;
-    if tcp_at + 20 > frame.len() {
-        return;
-    }
-    let total = (frame.len() - 14) as u16;
-    frame[16..18].copy_from_slice(&total.to_be_bytes());
-    frame[24..26].copy_from_slice(&[0, 0]);
-    let header = internet_checksum(&frame[14..tcp_at]);
-    frame[24..26].copy_from_slice(&header.to_be_bytes());
-    let source = std::net::Ipv4Addr::new(frame[26], frame[27], frame[28], frame[29]);
-    let destination = std::net::Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33]);
-    frame[tcp_at + 16..tcp_at + 18].copy_from_slice(&[0, 0]);
-    let tcp = upper_layer_checksum_v4(source, destination, cutls_dataplane::wire::IpProtocol::Tcp, &frame[tcp_at..]);
-    frame[tcp_at + 16..tcp_at + 18].copy_from_slice(&tcp.to_be_bytes());
-}
-
-const GOLDEN_SEED: u64 = 0x601d_e9;
-
-fn golden_engine(addresses: &Addresses) -> Engine {
-    let secrets = Arc::new(SecretLog::default());
-    let listener = ListenerSetup {
-        vip: addresses.vip,
-        tls: Some(deterministic_server_config(secrets.clone(), GOLDEN_SEED)),
-        secrets,
-        backends: addresses.backends.iter().map(|(address, _)| *address).collect(),
-        mode: ReleaseMode::CutThrough,
-        passthrough: None,
-    };
-    lab_engine(listener, addresses, GOLDEN_SEED, usize::MAX)
 }
 
 /// Runs one exchange through a golden engine and writes what reached it and what it sent.
@@ -617,9 +474,7 @@ fn record_golden(inputs_path: &std::path::Path, outputs_path: &std::path::Path, 
 }
 
 fn read_golden(path: &std::path::Path) -> Vec<(u64, Vec<u8>)> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let reader = cutls_dataplane::pcap::CaptureReader::new(&bytes).expect("golden pcap");
-    reader.map(|record| record.expect("golden record")).map(|record| (record.timestamp_ns, record.data.to_vec())).collect()
+    golden::read_golden(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
 }
 
 /// Feeds the recorded inputs at their recorded times (the port from the source MAC) and
@@ -706,12 +561,24 @@ fn a_batch_of_backend_segments_is_acknowledged_once() {
 }
 
 /// The port a recorded input came in on: the outside if the client's MAC sent it.
+/// The golden engine, for the addresses the replays were recorded with.
+fn golden_engine(addresses: &Addresses) -> Engine {
+    let recorded = Addresses::ipv4();
+    assert!(
+        addresses.vip == golden::vip()
+            && recorded.vip == golden::vip()
+            && recorded.client_mac == golden::CLIENT_MAC
+            && recorded.outside_mac == golden::OUTSIDE_MAC
+            && recorded.inside_mac == golden::INSIDE_MAC
+            && recorded.backends.iter().map(|(address, _)| *address).collect::<Vec<_>>() == golden::backends(),
+        "golden.rs's addresses are the harness's Addresses::ipv4()"
+    );
+    golden::golden_engine()
+}
+
 fn port_of(frame: &[u8], addresses: &Addresses) -> Port {
-    if frame[6..12] == addresses.client_mac.0 {
-        Port::Outside
-    } else {
-        Port::Inside
-    }
+    debug_assert_eq!(addresses.client_mac, golden::CLIENT_MAC);
+    golden::port_of(frame)
 }
 
 /// The last TCP segment with data the lab delivered on `hop` (`Lab::capturing` must be on).

@@ -811,7 +811,9 @@ impl Engine {
                 }
                 // Nothing the box consumes may change its state before its checksums verify.
                 let header_intact = ip.header_checksum_valid != Some(false);
-                if port == Port::Inside && !(header_intact && !matches!(transport, Transport::Tcp(tcp) if !tcp.checksum_valid)) {
+                // (A checksum the sender's kernel left to offload is not corruption.)
+                let tcp_corrupted = matches!(transport, Transport::Tcp(tcp) if !tcp.checksum_valid) && checksum != RxChecksum::NotComputed;
+                if port == Port::Inside && (!header_intact || tcp_corrupted) {
                     // Fail closed: from the inside, a corrupted header or TCP segment cannot
                     // be told from a backend's segment with flipped address bits, whose payload
                     // is plaintext meant for a client through the box. Dropped, never bridged

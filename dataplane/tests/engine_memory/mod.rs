@@ -6,6 +6,7 @@
 //! and rustls, which the harness checks itself against.
 
 pub mod frames;
+pub mod golden;
 pub mod hosts;
 pub mod reference;
 pub mod tcp;
@@ -42,6 +43,12 @@ pub mod kind {
 /// xorshift64*: small, seeded, good enough for ISNs and impairments.
 #[derive(Clone, Debug)]
 pub struct Rng(u64);
+
+impl golden::Draw for Rng {
+    fn draw(&mut self) -> u64 {
+        self.next()
+    }
+}
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
