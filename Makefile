@@ -13,7 +13,7 @@ PROPTEST_CASES ?= 10000
 # Commands the lab tests run, each with the Debian package that provides it.
 LAB_DEPS = ip:iproute2 ethtool:ethtool nginx:nginx curl:curl openssl:openssl ping:iputils-ping h2load:nghttp2-client python3:python3
 
-.PHONY: all build test test-deps unit fuzz bench-crypto bench-decrypt bench-handshake bench-dataplane bench-idle bench-cpu bench-loss demo demo-decrypt clean lab-up lab-down bench-bridge
+.PHONY: all build test test-deps unit fuzz fuzz-slice bench-crypto bench-decrypt bench-handshake bench-dataplane bench-idle bench-cpu bench-loss demo demo-decrypt clean lab-up lab-down bench-bridge
 
 all: build
 
@@ -21,7 +21,7 @@ build:
 	$(CARGO) build --workspace --release
 
 # Installs what the tests need, then runs all of them.
-test: test-deps unit
+test: test-deps unit fuzz-slice
 
 test-deps:
 	@command -v cargo >/dev/null || { echo "cargo not found: install the Rust toolchain" >&2; exit 1; }
@@ -44,6 +44,25 @@ FORGERY_RUNS ?= 2000
 fuzz:
 	CUTLS_FUZZ_ITERATIONS=$(FUZZ_ITERATIONS) $(CARGO) test -p cutls-dataplane --profile $(TEST_PROFILE) --test engine_memory mutated_golden -- --nocapture
 	CUTLS_FORGERY_RUNS=$(FORGERY_RUNS) $(CARGO) test -p cutls-dataplane --profile $(TEST_PROFILE) --test engine_memory random_forgeries -- --nocapture
+	$(MAKE) fuzz-slice FUZZ_SECONDS=$(FUZZ_LONG_SECONDS)
+
+# The cargo-fuzz targets (fuzz/README.md), FUZZ_SECONDS each: a slice of 30 s in `make test`.
+# Installs cargo-fuzz if it is missing. Stable Rust takes cargo-fuzz's nightly flags with
+# RUSTC_BOOTSTRAP=1; leak detection is off (the deterministic TLS provider leaks on purpose).
+FUZZ_TARGETS = parse_frame pcap_reader record_opener tcp_endpoint engine_golden
+FUZZ_SECONDS ?= 30
+FUZZ_LONG_SECONDS ?= 600
+fuzz-slice:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz build -O
+	@cd fuzz && for target in $(FUZZ_TARGETS); do \
+	  echo "fuzz-slice: $$target for $(FUZZ_SECONDS) s"; \
+	  log=$$(mktemp); \
+	  if ! ASAN_OPTIONS=detect_leaks=0 RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O $$target -- -max_total_time=$(FUZZ_SECONDS) >$$log 2>&1; then \
+	    tail -60 $$log; echo "fuzz-slice: $$target failed (the input is in fuzz/artifacts/$$target)" >&2; rm -f $$log; exit 1; \
+	  fi; \
+	  grep -E 'DONE|^Done' $$log; rm -f $$log; \
+	done
 
 # The lab (tools/lab, docs/lab.md): client, box and server network namespaces. Needs root.
 lab-up:

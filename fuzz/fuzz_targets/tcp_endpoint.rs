@@ -17,7 +17,7 @@ mod golden;
 use std::sync::OnceLock;
 
 use cutls_dataplane::session::{Output, Port};
-use cutls_dataplane::wire::{parse_frame, LinkType};
+use cutls_dataplane::wire::{parse_frame, LinkType, TcpFlags};
 use libfuzzer_sys::fuzz_target;
 
 const REPLAY: &[u8] = include_bytes!("../../dataplane/tests/golden/tls13-aes128gcm.in.pcap");
@@ -34,19 +34,23 @@ fn client() -> &'static Client {
     static CLIENT: OnceLock<Client> = OnceLock::new();
     CLIENT.get_or_init(|| {
         let frames = golden::read_golden(REPLAY);
-        let from_client: Vec<&Vec<u8>> =
-            frames.iter().map(|(_, frame)| frame).filter(|frame| golden::port_of(frame) == Port::Outside).collect();
+        let mut syn = None;
         let mut stream = Vec::new();
         let mut template = None;
-        for frame in &from_client[1..] {
-            let parsed = parse_frame(LinkType::Ethernet, frame).expect("golden frame");
-            let tcp = parsed.tcp().expect("TCP");
+        // The client's TCP segments (its first frames are ARP).
+        for (_, frame) in frames.iter().filter(|(_, frame)| golden::port_of(frame) == Port::Outside) {
+            let Ok(parsed) = parse_frame(LinkType::Ethernet, frame) else { continue };
+            let Some(tcp) = parsed.tcp() else { continue };
+            if tcp.flags.contains(TcpFlags::SYN) {
+                syn.get_or_insert_with(|| frame.clone());
+                continue;
+            }
             stream.extend_from_slice(tcp.payload);
             if template.is_none() && !tcp.payload.is_empty() {
-                template = Some(frame.to_vec());
+                template = Some(frame.clone());
             }
         }
-        Client { syn: from_client[0].clone(), template: template.expect("a data segment"), stream }
+        Client { syn: syn.expect("the client's SYN"), template: template.expect("a data segment"), stream }
     })
 }
 
