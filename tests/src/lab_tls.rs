@@ -1396,6 +1396,11 @@ impl TlsLab {
             .unwrap_or_else(|error| panic!("run {program}: {error}"))
     }
 
+    /// The running cutls process's id, if it runs.
+    pub fn cutls_pid(&self) -> Option<u32> {
+        self.cutls.lock().ok()?.as_ref()?.pid()
+    }
+
     /// A crash: cutls is killed with SIGKILL (no counters, no cleanup), then started again with
     /// the same configuration. Returns how long until the new process was ready.
     pub fn crash_and_restart_cutls(&self) -> Duration {

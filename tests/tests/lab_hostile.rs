@@ -18,8 +18,14 @@
 //! whose client (curl) sends TCP keepalives; the box must find the backend dead and reset the
 //! client within a minute, not leave it to its own timeout.
 //!
+//! The SYN flood: hping3, from the client's namespace, floods the VIP with SYNs from random
+//! source addresses for 10 s; a Python client measures the full TLS handshakes it completes one
+//! after the other before, during and after the flood. Printed: the rates, the worst handshake,
+//! the box's memory, its cookie and half-open counters. Required: handshakes go on during the
+//! flood, and 16 s after it (the half-open timeout is 15 s) no session is left.
+//!
 //! Needs root (network namespaces); `CUTLS_SKIP_LAB=1` skips. Commands: ip, nginx, curl,
-//! python3.
+//! python3, hping3.
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, Command, Stdio};
@@ -346,4 +352,108 @@ fn a_backend_whose_link_dies_mid_download_is_found_and_the_client_reset() {
     assert!(stderr.contains("reset"), "the client was reset, not left to time out: {stderr}");
     assert!(after_s < 60.0, "the client waited {after_s:.1} s");
     assert_eq!(counters.get("ended_backend_silent"), 1);
+}
+
+/// Full TLS handshakes one after the other for a while (each a new connection, closed at once):
+/// prints how many completed, failed, and the slowest.
+const HANDSHAKER: &str = r#"
+import json, socket, ssl, sys, time
+host, port, seconds, name = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+context = ssl.create_default_context()
+context.check_hostname = False
+context.verify_mode = ssl.CERT_NONE
+done, failed, worst = 0, 0, 0.0
+end = time.time() + seconds
+while time.time() < end:
+    started = time.time()
+    try:
+        with socket.create_connection((host, port), timeout=5) as raw:
+            with context.wrap_socket(raw, server_hostname=name):
+                pass
+        done += 1
+        worst = max(worst, time.time() - started)
+    except Exception:
+        failed += 1
+print(json.dumps({"handshakes": done, "failed": failed, "seconds": seconds, "worst_s": round(worst, 3)}))
+"#;
+
+/// The box's resident memory in KiB.
+fn rss_kib(pid: Option<u32>) -> u64 {
+    let Some(pid) = pid else { return 0 };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find_map(|line| line.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
+}
+
+/// Handshakes per second from the JSON the handshaker printed.
+fn handshake_rate(report: &str) -> (f64, f64) {
+    let number = |key: &str| -> f64 {
+        report
+            .split(&format!("\"{key}\": "))
+            .nth(1)
+            .and_then(|rest| rest.split([',', '}']).next())
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    (number("handshakes") / number("seconds").max(1e-9), number("worst_s"))
+}
+
+#[test]
+fn handshakes_go_on_during_a_syn_flood_and_the_half_open_table_empties() {
+    if !lab_enabled() {
+        return;
+    }
+    if Command::new("sh").args(["-c", "command -v hping3 || test -x /usr/sbin/hping3"]).stdout(Stdio::null()).status().map_or(true, |s| !s.success()) {
+        panic!("hping3 is not installed (make test-deps installs it)");
+    }
+    let t = TlsLab::up(Setup::io("xdp"));
+    let env = t.lab.env.clone();
+    let to = t.vip(false, h1_port(HoldBack::CutThrough));
+    let handshaker = |seconds: u32| {
+        t.lab
+            .command_in(&env.client_ns, "python3")
+            .args(["-c", HANDSHAKER, &to.ip().to_string(), &to.port().to_string(), &seconds.to_string(), HOST])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the handshaker")
+    };
+    let report = |child: Child| String::from_utf8_lossy(&child.wait_with_output().expect("the handshaker ends").stdout).trim().to_string();
+    let rss_before = rss_kib(t.cutls_pid());
+    let before = report(handshaker(5));
+    // The flood, and handshakes beside it.
+    let flood = t
+        .lab
+        .command_in(&env.client_ns, "timeout")
+        .args(["-s", "INT", "10", "hping3", "-S", "-p", &to.port().to_string(), "--flood", "--rand-source", "-q", &to.ip().to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start hping3");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let during = report(handshaker(9));
+    let flooded = flood.wait_with_output().expect("hping3 ends");
+    let flood_ended = Instant::now();
+    let rss_flood = rss_kib(t.cutls_pid());
+    let flood_report = String::from_utf8_lossy(&flooded.stderr).lines().filter(|l| l.contains("packets")).collect::<Vec<_>>().join("; ");
+    let after = report(handshaker(5));
+    // Past the half-open timeout (15 s) since the flood's last SYN.
+    std::thread::sleep(std::time::Duration::from_secs(16).saturating_sub(flood_ended.elapsed()));
+    let rss_after = rss_kib(t.cutls_pid());
+    let counters = t.finish_allowing_open(true);
+    let (rate_before, worst_before) = handshake_rate(&before);
+    let (rate_during, worst_during) = handshake_rate(&during);
+    let (rate_after, worst_after) = handshake_rate(&after);
+    eprintln!(
+        "syn-flood: hping3 {flood_report}\n  handshakes/s before {rate_before:.1} (worst {worst_before} s), during {rate_during:.1} (worst {worst_during} s), after {rate_after:.1} (worst {worst_after} s)\n  box RSS {rss_before} KiB before, {rss_flood} KiB after the flood, {rss_after} KiB 16 s later\n  syn_cookies_sent {} syn_cookies_accepted {} ended_half_open {} sessions_refused_full {} sessions left {:?}",
+        counters.get("syn_cookies_sent"),
+        counters.get("syn_cookies_accepted"),
+        counters.get("ended_half_open"),
+        counters.get("sessions_refused_full"),
+        counters.sessions_still_open,
+    );
+    assert!(rate_before > 5.0, "handshakes before the flood: {before}");
+    assert!(rate_during > 0.0, "no handshake completed during the flood: {during}");
+    assert!(rate_after > 5.0, "handshakes after the flood: {after}");
+    assert!(counters.get("syn_cookies_sent") > 0, "the flood never reached the cookie threshold");
+    assert_eq!(counters.sessions_still_open, Some(0), "half-open sessions left 16 s after the flood");
 }
