@@ -11,7 +11,7 @@ IMPAIR_SIDE ?= server
 # Property-test cases per suite; CI runs at least 10,000.
 PROPTEST_CASES ?= 10000
 # Commands the lab tests run, each with the Debian package that provides it.
-LAB_DEPS = ip:iproute2 ethtool:ethtool nginx:nginx curl:curl openssl:openssl ping:iputils-ping h2load:nghttp2-client python3:python3 hping3:hping3
+LAB_DEPS = ip:iproute2 ethtool:ethtool nginx:nginx curl:curl openssl:openssl ping:iputils-ping h2load:nghttp2-client python3:python3 hping3:hping3 sslscan:sslscan testssl:testssl.sh
 
 .PHONY: all build test test-deps unit fuzz fuzz-slice bench-crypto bench-decrypt bench-handshake bench-dataplane bench-idle bench-cpu bench-loss demo demo-decrypt clean lab-up lab-down bench-bridge
 
