@@ -721,17 +721,7 @@ fn a_backend_flow_the_box_does_not_know_is_reset_not_bridged() {
     // dropped, counted, and the backend reset so that it lets the connection go.
     let addresses = Addresses::ipv4();
     let mut engine = engine_lab(&addresses, ReleaseMode::CutThrough, 31, WireConfig::default()).boxed.engine;
-    let (backend, backend_mac) = addresses.backends[0];
-    let client = SocketAddr::new(addresses.client_ip, 40_001);
-    let segment = Outgoing {
-        seq: SeqNumber(5000),
-        ack: SeqNumber(7000),
-        flags: TcpFlags::ACK | TcpFlags::PSH,
-        window: 1000,
-        options: TcpOptions::default(),
-        payload: b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello".to_vec(),
-    };
-    let frame = tcp_frame(backend_mac, addresses.inside_mac, backend, client, &segment);
+    let frame = stray_backend_segment(&addresses, 40_001, b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello");
     let mut out = Output::default();
     engine.handle_frame(1_000 * MS, Port::Inside, &frame, &mut out);
     assert!(out.outside.is_empty(), "crossed to the outside: {:#?}", out.outside.iter().map(|f| summarize(f)).collect::<Vec<_>>());
@@ -752,17 +742,7 @@ fn a_backend_flow_the_box_does_not_know_is_reset_not_bridged() {
 fn corrupted_frames_from_the_inside_never_cross() {
     let addresses = Addresses::ipv4();
     let mut engine = engine_lab(&addresses, ReleaseMode::CutThrough, 33, WireConfig::default()).boxed.engine;
-    let (backend, backend_mac) = addresses.backends[0];
-    let client = SocketAddr::new(addresses.client_ip, 40_002);
-    let segment = Outgoing {
-        seq: SeqNumber(5000),
-        ack: SeqNumber(7000),
-        flags: TcpFlags::ACK | TcpFlags::PSH,
-        window: 1000,
-        options: TcpOptions::default(),
-        payload: b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecret".to_vec(),
-    };
-    let frame = tcp_frame(backend_mac, addresses.inside_mac, backend, client, &segment);
+    let frame = stray_backend_segment(&addresses, 40_002, b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecret");
     // Ethernet 14 bytes, then IPv4: the source address's third byte (198.18.1.x -> 198.18.9.x).
     let mut flipped_source = frame.clone();
     flipped_source[14 + 14] ^= 0x08;
@@ -791,6 +771,22 @@ fn corrupted_frames_from_the_inside_never_cross() {
     let counters = engine.counters();
     assert_eq!((counters.bad_checksum_drops_inside, counters.malformed_frames_dropped), (3, 2), "{counters:?}");
     assert_eq!(counters.frames_bridged + counters.frames_unparsed_bridged, 0);
+}
+
+/// A data segment from the first backend to the client's port `client_port` that no session
+/// owns, carrying `body`.
+fn stray_backend_segment(addresses: &Addresses, client_port: u16, body: &[u8]) -> Vec<u8> {
+    let (backend, backend_mac) = addresses.backends[0];
+    let client = SocketAddr::new(addresses.client_ip, client_port);
+    let segment = Outgoing {
+        seq: SeqNumber(5000),
+        ack: SeqNumber(7000),
+        flags: TcpFlags::ACK | TcpFlags::PSH,
+        window: 1000,
+        options: TcpOptions::default(),
+        payload: body.to_vec(),
+    };
+    tcp_frame(backend_mac, addresses.inside_mac, backend, client, &segment)
 }
 
 /// RFC 1624's incremental update of a ones' complement checksum for one 16-bit word changed.
@@ -1347,7 +1343,12 @@ fn first_flights_that_are_not_tls_or_too_long_get_an_alert() {
         assert_eq!(sent[6], expected, "{what}: the alert");
         assert!(fin, "{what}: the alert comes with a FIN");
         assert_eq!(engine.sessions(), 0, "{what}: the session ended");
-        assert_eq!(engine.counters().ended_tls_error, 1, "{what}");
+        let counters = engine.counters();
+        assert_eq!(counters.ended_tls_error, 1, "{what}");
+        // Counted by description, once.
+        let by_alert = [(50, counters.alerts_decode_error), (22, counters.alerts_record_overflow)];
+        assert_eq!(by_alert.iter().find(|(alert, _)| *alert == expected).map(|(_, count)| *count), Some(1), "{what}: {counters:?}");
+        assert_eq!(by_alert.iter().map(|(_, count)| count).sum::<u64>() + counters.alerts_other, 1, "{what}: {counters:?}");
     }
 }
 

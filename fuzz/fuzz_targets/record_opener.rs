@@ -12,6 +12,9 @@ use cutls_crypto::{
 };
 use libfuzzer_sys::fuzz_target;
 
+mod reader;
+use reader::Reader;
+
 const SUITES: [(ProtocolVersion, AeadAlgorithm); 6] = [
     (ProtocolVersion::Tls13, AeadAlgorithm::Aes128Gcm),
     (ProtocolVersion::Tls13, AeadAlgorithm::Aes256Gcm),
@@ -21,20 +24,6 @@ const SUITES: [(ProtocolVersion, AeadAlgorithm); 6] = [
     (ProtocolVersion::Tls12, AeadAlgorithm::Chacha20Poly1305),
 ];
 
-/// The fuzzer's bytes, read as needed; zeros once they run out.
-struct Reader<'a>(&'a [u8]);
-
-impl Reader<'_> {
-    fn byte(&mut self) -> u8 {
-        let Some((&first, rest)) = self.0.split_first() else { return 0 };
-        self.0 = rest;
-        first
-    }
-
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes([self.byte(), self.byte()])
-    }
-}
 
 fuzz_target!(|input: &[u8]| {
     let mut input = Reader(input);
@@ -70,7 +59,7 @@ fuzz_target!(|input: &[u8]| {
     let mut out = OpenOutput::default();
     let mut corrupted = false;
     for _ in 0..64 {
-        if input.0.is_empty() {
+        if input.is_empty() {
             break;
         }
         // A segment: where it starts (near the opener's frontier or anywhere), its length,

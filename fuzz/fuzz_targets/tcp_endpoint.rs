@@ -20,6 +20,9 @@ use cutls_dataplane::session::{Output, Port};
 use cutls_dataplane::wire::{parse_frame, LinkType, TcpFlags};
 use libfuzzer_sys::fuzz_target;
 
+mod reader;
+use reader::Reader;
+
 const REPLAY: &[u8] = include_bytes!("../../dataplane/tests/golden/tls13-aes128gcm.in.pcap");
 
 struct Client {
@@ -54,20 +57,6 @@ fn client() -> &'static Client {
     })
 }
 
-/// The fuzzer's bytes, read as needed; zeros once they run out.
-struct Reader<'a>(&'a [u8]);
-
-impl Reader<'_> {
-    fn byte(&mut self) -> u8 {
-        let Some((&first, rest)) = self.0.split_first() else { return 0 };
-        self.0 = rest;
-        first
-    }
-
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes([self.byte(), self.byte(), self.byte(), self.byte()])
-    }
-}
 
 /// `template` with new sequence and acknowledgement numbers, flags, window and payload (and,
 /// with `clock`, a new timestamp value), checksums right.
@@ -117,7 +106,7 @@ fuzz_target!(|input: &[u8]| {
     let client_isn = parse_frame(LinkType::Ethernet, &client.syn).ok().and_then(|f| f.tcp().map(|t| t.seq_number.0)).unwrap_or(0);
     let mut clock = 0u32;
     for _ in 0..64 {
-        if input.0.is_empty() {
+        if input.is_empty() {
             break;
         }
         let kind = input.byte();

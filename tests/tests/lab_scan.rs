@@ -131,4 +131,14 @@ fn sslscan_and_testssl_find_only_what_the_box_configures() {
     assert!(serious.is_empty(), "testssl findings: {serious:#?}");
     let counters = t.finish_allowing_open(true);
     assert_eq!(counters.sessions_still_open, Some(0), "sessions left after the scans");
+    // The scanners' refused offers, counted by alert.
+    let refusals = counters.get("alerts_protocol_version") + counters.get("alerts_handshake_failure");
+    eprintln!(
+        "alerts: protocol_version {}, handshake_failure {}, decode_error {}, other {}",
+        counters.get("alerts_protocol_version"),
+        counters.get("alerts_handshake_failure"),
+        counters.get("alerts_decode_error"),
+        counters.get("alerts_other")
+    );
+    assert!(refusals > 0, "the scanners' refused offers were not counted by alert");
 }

@@ -412,8 +412,9 @@ fn poll_loop<P: FrameIo>(
             last_poll = now;
         }
         if now >= last_trim + 1_000_000_000 {
-            // Frame buffers a burst left behind go back to the allocator.
+            // Frame buffers and table room a burst left behind go back to the allocator.
             out.pool.trim();
+            engine.trim(now);
             last_trim = now;
         }
         if !worked {

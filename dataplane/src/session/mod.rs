@@ -401,13 +401,46 @@ pub struct Counters {
     /// box reset or forgot, a restarted box, a scan, a frame steered to the wrong loop): answered
     /// with a RST.
     pub client_segments_without_session: u64,
+    /// Fatal alerts the box sent, by description (the box's own, and rustls' in the handshake
+    /// when they are in the clear; an alert rustls sent encrypted, after the ServerHello,
+    /// cannot be read by the box and counts as `alerts_other`, as does any other description).
+    pub alerts_unexpected_message: u64,
+    pub alerts_bad_record_mac: u64,
+    pub alerts_record_overflow: u64,
+    pub alerts_handshake_failure: u64,
+    pub alerts_illegal_parameter: u64,
+    pub alerts_decode_error: u64,
+    pub alerts_decrypt_error: u64,
+    pub alerts_protocol_version: u64,
+    pub alerts_internal_error: u64,
+    pub alerts_no_application_protocol: u64,
+    pub alerts_other: u64,
 }
 
 impl Counters {
+    /// A fatal alert sent: `description`, or `None` when the box cannot read it (encrypted by
+    /// rustls).
+    pub(crate) fn count_alert(&mut self, description: Option<u8>) {
+        let counter = match description {
+            Some(10) => &mut self.alerts_unexpected_message,
+            Some(20) => &mut self.alerts_bad_record_mac,
+            Some(22) => &mut self.alerts_record_overflow,
+            Some(40) => &mut self.alerts_handshake_failure,
+            Some(47) => &mut self.alerts_illegal_parameter,
+            Some(50) => &mut self.alerts_decode_error,
+            Some(51) => &mut self.alerts_decrypt_error,
+            Some(70) => &mut self.alerts_protocol_version,
+            Some(80) => &mut self.alerts_internal_error,
+            Some(120) => &mut self.alerts_no_application_protocol,
+            _ => &mut self.alerts_other,
+        };
+        *counter += 1;
+    }
+
     /// Adds `other`'s counts to these: the box's totals over its poll loops.
     pub fn add(&mut self, other: &Counters) {
         // An exhaustive pattern, so that a counter added later cannot be left out here.
-        let Counters { frames_bridged, frames_unparsed_bridged, malformed_frames_dropped, fragments_dropped, arp_replies, ndp_advertisements, sessions_started, sessions_passthrough, handshakes_completed, ended_fin, ended_close_timeout, ended_client_reset, ended_backend_reset, ended_tls_error, ended_tag_failure, ended_idle, ended_half_open, ended_handshake_timeout, ended_backend_unreachable, ended_client_unresponsive, ended_backend_silent, client_segments_dropped, client_segments_held, backend_segments_dropped, backend_segments_held, records_opened, records_sealed, client_retransmits, client_timeouts, client_tail_probes, backend_retransmits, syn_cookies_sent, syn_cookies_accepted, sessions_refused_full, sessions_refused_per_client, backend_tuple_collisions, path_mtu_updates, icmp_ignored, path_mtu_relayed, bad_checksum_drops_outside, bad_checksum_drops_inside, client_bytes_after_close, time_wait_acks, challenge_acks, session_timer_runs, orphan_backend_drops, segments_out_of_window, challenge_acks_held, acks_out_of_range, segments_without_ack, client_segments_without_session } = other;
+        let Counters { frames_bridged, frames_unparsed_bridged, malformed_frames_dropped, fragments_dropped, arp_replies, ndp_advertisements, sessions_started, sessions_passthrough, handshakes_completed, ended_fin, ended_close_timeout, ended_client_reset, ended_backend_reset, ended_tls_error, ended_tag_failure, ended_idle, ended_half_open, ended_handshake_timeout, ended_backend_unreachable, ended_client_unresponsive, ended_backend_silent, client_segments_dropped, client_segments_held, backend_segments_dropped, backend_segments_held, records_opened, records_sealed, client_retransmits, client_timeouts, client_tail_probes, backend_retransmits, syn_cookies_sent, syn_cookies_accepted, sessions_refused_full, sessions_refused_per_client, backend_tuple_collisions, path_mtu_updates, icmp_ignored, path_mtu_relayed, bad_checksum_drops_outside, bad_checksum_drops_inside, client_bytes_after_close, time_wait_acks, challenge_acks, session_timer_runs, orphan_backend_drops, segments_out_of_window, challenge_acks_held, acks_out_of_range, segments_without_ack, client_segments_without_session, alerts_unexpected_message, alerts_bad_record_mac, alerts_record_overflow, alerts_handshake_failure, alerts_illegal_parameter, alerts_decode_error, alerts_decrypt_error, alerts_protocol_version, alerts_internal_error, alerts_no_application_protocol, alerts_other } = other;
         self.frames_bridged += frames_bridged;
         self.frames_unparsed_bridged += frames_unparsed_bridged;
         self.malformed_frames_dropped += malformed_frames_dropped;
@@ -459,6 +492,17 @@ impl Counters {
         self.session_timer_runs += session_timer_runs;
         self.orphan_backend_drops += orphan_backend_drops;
         self.client_segments_without_session += client_segments_without_session;
+        self.alerts_unexpected_message += alerts_unexpected_message;
+        self.alerts_bad_record_mac += alerts_bad_record_mac;
+        self.alerts_record_overflow += alerts_record_overflow;
+        self.alerts_handshake_failure += alerts_handshake_failure;
+        self.alerts_illegal_parameter += alerts_illegal_parameter;
+        self.alerts_decode_error += alerts_decode_error;
+        self.alerts_decrypt_error += alerts_decrypt_error;
+        self.alerts_protocol_version += alerts_protocol_version;
+        self.alerts_internal_error += alerts_internal_error;
+        self.alerts_no_application_protocol += alerts_no_application_protocol;
+        self.alerts_other += alerts_other;
     }
 }
 
@@ -576,6 +620,12 @@ impl<V: Copy> ExpiringFlows<V> {
         ExpiringFlows { entries: HashMap::new(), max }
     }
 
+    /// Forgets the expired entries and gives back the room a burst left ([`Engine::trim`]).
+    fn trim(&mut self, now_ns: u64) {
+        self.entries.retain(|_, (until, _)| *until > now_ns);
+        shrink_map(&mut self.entries);
+    }
+
     fn insert(&mut self, now_ns: u64, key: FlowKey, until_ns: u64, value: V) {
         if self.entries.len() >= self.max {
             self.entries.retain(|_, (until, _)| *until > now_ns);
@@ -602,6 +652,14 @@ impl<V: Copy> ExpiringFlows<V> {
     /// Whether `key` has an entry, expired or not.
     fn contains(&self, key: &FlowKey) -> bool {
         self.entries.contains_key(key)
+    }
+}
+
+/// Shrinks a table to twice what it holds once it has room for more than four times that
+/// (and more than a small table's worth): after a burst, not at every ebb.
+fn shrink_map<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 4 * map.len() + 1024 {
+        map.shrink_to(2 * map.len());
     }
 }
 
@@ -719,6 +777,27 @@ impl Engine {
     /// Live sessions.
     pub fn sessions(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// Gives back the memory a burst of sessions left in the engine's tables (a SYN flood's
+    /// 16,384 half-open sessions took 60 MB that stayed after they had ended): the session,
+    /// flow and timer tables shrink once they are more than four times larger than what they
+    /// hold, and expired entries of the bridged, TIME-WAIT and alerted flow tables are forgotten. The poll loop calls it
+    /// once a second, with [`FramePool::trim`].
+    pub fn trim(&mut self, now_ns: u64) {
+        shrink_map(&mut self.sessions);
+        shrink_map(&mut self.by_client);
+        shrink_map(&mut self.by_backend);
+        shrink_map(&mut self.per_client);
+        if self.waiting_for_mac.capacity() > 4 * self.waiting_for_mac.len() + 1024 {
+            self.waiting_for_mac.shrink_to(2 * self.waiting_for_mac.len());
+        }
+        self.timers.shrink();
+        // Not `ended_backend_flows`: an expired entry there still says the flow was the box's
+        // (no forged SYN may open it through the bridge, no SNAT port reuses it).
+        self.bridged_backend_flows.trim(now_ns);
+        self.time_wait_clients.trim(now_ns);
+        self.alerted_clients.trim(now_ns);
     }
 
     /// A frame received on `port`, nothing known of its checksums: a batch of one frame

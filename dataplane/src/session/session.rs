@@ -1012,6 +1012,7 @@ impl Session {
 
     /// rustls refused the handshake: its alert (already in the flight) goes out, then RSTs.
     fn tls_failed(&mut self, context: &mut Context<'_>) -> SessionEvent {
+        context.counters.count_alert(plaintext_alert(&self.handshake_out));
         // rustls' alert is the end of the flight: deliver it, with a FIN, before the RST.
         self.transmit_handshake(context);
         let end = self.handshake_out_len;
@@ -1971,6 +1972,7 @@ impl Session {
     /// once the alert had time to arrive (a RST right behind it often reached the client's
     /// application first, which then saw only "connection reset").
     fn fail_with_alert(&mut self, context: &mut Context<'_>, description: u8) {
+        context.counters.count_alert(Some(description));
         let mut sent_at = None;
         let emitter = self.client_emitter(context.now_ns);
         let mss = emitter.payload_room();
@@ -3175,6 +3177,13 @@ fn feed_for_rustls(bytes: &[u8], first: bool) -> Feed {
         at += 5 + body;
     }
     Feed::Records(at)
+}
+
+/// The description of the alert that ends `flight`, if it is a plaintext alert record (a
+/// handshake refused before any key: the ClientHello's faults); `None` for an encrypted one.
+fn plaintext_alert(flight: &[u8]) -> Option<u8> {
+    let record = flight.get(flight.len().checked_sub(7)?..)?;
+    (record[0] == 21 && record[1] == 3 && record[3..5] == [0, 2] && record[5] == 2).then_some(record[6])
 }
 
 /// Our timestamp clock: milliseconds.

@@ -52,6 +52,13 @@ impl TimerQueue {
         self.heap.retain(|&Reverse((deadline_ns, id))| live(deadline_ns, id));
     }
 
+    /// Gives back room a burst of sessions left (see `Engine::trim`).
+    pub(crate) fn shrink(&mut self) {
+        if self.heap.capacity() > 4 * self.heap.len() + 1024 {
+            self.heap.shrink_to(2 * self.heap.len());
+        }
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.heap.len()
     }
