@@ -237,3 +237,62 @@ fn every_suite_interoperates_with_rustls() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Issue 12: X25519MLKEM768 is in the docs, and neither sslscan nor testssl (OpenSSL 3.0) can
+/// see it. A rustls client that offers only that group (and one for each other group) completes
+/// the handshake with the box's configuration and negotiates it. The box offers exactly
+/// X25519MLKEM768, X25519, P-256 and P-384 (rustls' defaults), not P-521, which nginx's OpenSSL
+/// offers: rustls has no P-521 key exchange, and no mainstream client needs it (a client that
+/// offers only P-521 gets handshake_failure).
+#[test]
+fn each_key_exchange_group_the_box_offers_is_negotiated() {
+    let dir: PathBuf = std::env::temp_dir().join(format!("cutls-groups-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (files, ca) = certificate(&dir, "ec");
+    let listener = Listener {
+        vip: "198.18.1.1:443".parse().expect("vip"),
+        pool: 0,
+        hold_back: HoldBack::CutThrough,
+        alpn: vec![],
+        certificates: vec![files],
+        default_certificate: Some(0),
+        passthrough_pool: None,
+    };
+    let server_config = server_config(&listener, Arc::new(SecretLog::default())).expect("server config");
+    let mut roots = RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_file(&ca).expect("CA")).expect("root");
+    let client_for = |group: rustls::NamedGroup, tls13: bool| {
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+        provider.kx_groups = rustls::crypto::aws_lc_rs::ALL_KX_GROUPS.iter().copied().filter(|g| g.name() == group).collect();
+        assert_eq!(provider.kx_groups.len(), 1, "the client provider has {group:?}");
+        let versions: &[&rustls::SupportedProtocolVersion] = if tls13 { &[&rustls::version::TLS13] } else { &[&rustls::version::TLS12] };
+        let config = ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(versions)
+            .expect("versions")
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").expect("name")).expect("client")
+    };
+    let offered = [
+        (rustls::NamedGroup::X25519MLKEM768, true),
+        (rustls::NamedGroup::X25519, true),
+        (rustls::NamedGroup::secp256r1, true),
+        (rustls::NamedGroup::secp384r1, true),
+        (rustls::NamedGroup::X25519, false),
+        (rustls::NamedGroup::secp256r1, false),
+        (rustls::NamedGroup::secp384r1, false),
+    ];
+    for (group, tls13) in offered {
+        let mut client = client_for(group, tls13);
+        let mut server = ServerConnection::new(server_config.clone()).expect("server");
+        pump(&mut client, &mut server, &mut Vec::new());
+        assert!(!client.is_handshaking() && !server.is_handshaking(), "{group:?} (TLS 1.3: {tls13}): the handshake completes");
+        assert_eq!(server.negotiated_key_exchange_group().map(|g| g.name()), Some(group), "TLS 1.3: {tls13}");
+    }
+    // Exactly these, in this order of preference; not P-521 (rustls has no P-521 key exchange).
+    let groups: Vec<rustls::NamedGroup> = cutls_control::tls::provider().kx_groups.iter().map(|g| g.name()).collect();
+    let expected =
+        [rustls::NamedGroup::X25519MLKEM768, rustls::NamedGroup::X25519, rustls::NamedGroup::secp256r1, rustls::NamedGroup::secp384r1];
+    assert_eq!(groups, expected);
+    let _ = std::fs::remove_dir_all(dir);
+}
