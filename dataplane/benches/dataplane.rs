@@ -23,7 +23,7 @@ use std::time::Instant;
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use cutls_crypto::ReleaseMode;
 use cutls_dataplane::session::handover::SecretLog;
-use cutls_dataplane::session::{Engine, EngineConfig, EngineKeys, ListenerSetup, LoopShare, Output, Port};
+use cutls_dataplane::session::{Engine, EngineConfig, ListenerSetup, Output, Port};
 use cutls_dataplane::wire::{parse_frame, LinkType, NetworkPayload, Transport};
 
 use harness::hosts::{BackendExpectation, BackendHost, ClientHost, CloseStyle, ConnectionPlan};
@@ -172,24 +172,9 @@ fn engine(addresses: &Addresses) -> Engine {
         mode: ReleaseMode::CutThrough,
         passthrough: None,
     };
-    Engine::new(EngineConfig {
-        listeners: vec![listener],
-        snat_address: None,
-        outside_mac: addresses.outside_mac,
-        inside_mac: addresses.inside_mac,
-        idle_timeout_ns: 600_000 * MS,
-        handshake_timeout_ns: 30_000 * MS,
-        close_timeout_ns: 60_000 * MS,
-        trust_rx_checksum: true,
-        keys: EngineKeys::derive(SEED),
-        syn_cookies_after: usize::MAX,
-        max_sessions: usize::MAX,
-        max_sessions_per_client: 0,
-        handshake_threads: 0,
-        handshake_doorbell: None,
-        loop_share: LoopShare::ONE,
-        congestion: Default::default(),
-    })
+    // Sessions stay open across the replay: longer idle and close timeouts than the tests'.
+    let config = harness::golden::engine_config(listener, addresses.outside_mac, addresses.inside_mac, SEED);
+    Engine::new(EngineConfig { idle_timeout_ns: 600_000 * MS, close_timeout_ns: 60_000 * MS, ..config })
 }
 
 /// Runs `sessions` exchanges at once on a lossless wire and returns what reached the box.

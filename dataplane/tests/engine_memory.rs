@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use cutls_crypto::ReleaseMode;
 use cutls_dataplane::session::handover::SecretLog;
-use cutls_dataplane::session::{Engine, EngineConfig, EngineKeys, ListenerSetup, LoopShare, Output, PassthroughRoute, Port};
+use cutls_dataplane::session::{Engine, EngineConfig, ListenerSetup, LoopShare, Output, PassthroughRoute, Port};
 use cutls_dataplane::steer::{Owner, Steering};
 use cutls_dataplane::wire::{parse_frame, ArpOperation, EthernetAddress, LinkType, SeqNumber, TcpFlags, TcpOptions};
 
@@ -2647,24 +2647,7 @@ fn lab_engine_in(listener: ListenerSetup, addresses: &Addresses, seed: u64, syn_
 }
 
 fn lab_engine_config(listener: ListenerSetup, addresses: &Addresses, seed: u64, syn_cookies_after: usize, loop_share: LoopShare) -> EngineConfig {
-    EngineConfig {
-        listeners: vec![listener],
-        snat_address: None,
-        outside_mac: addresses.outside_mac,
-        inside_mac: addresses.inside_mac,
-        idle_timeout_ns: 60_000 * MS,
-        handshake_timeout_ns: 30_000 * MS,
-        close_timeout_ns: 30_000 * MS,
-        trust_rx_checksum: true,
-        keys: EngineKeys::derive(seed),
-        syn_cookies_after,
-        max_sessions: usize::MAX,
-        max_sessions_per_client: 0,
-        handshake_threads: 0,
-        handshake_doorbell: None,
-        loop_share,
-        congestion: Default::default(),
-    }
+    EngineConfig { syn_cookies_after, loop_share, ..golden::engine_config(listener, addresses.outside_mac, addresses.inside_mac, seed) }
 }
 
 fn reference_lab(addresses: &Addresses, seed: u64, wire: WireConfig) -> Lab<ReferenceProxy> {

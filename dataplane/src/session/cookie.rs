@@ -31,6 +31,9 @@ pub(crate) struct CookieOptions {
 }
 
 impl CookieOptions {
+    /// What a cookie keeps of a SYN without timestamps: nothing beyond the MSS.
+    pub(crate) const ONLY_MSS: CookieOptions = CookieOptions { window_scale: None, sack_permitted: false };
+
     /// The timestamp value for a cookie's SYN-ACK at clock `now_ticks`: the clock with its low
     /// bits replaced by the options, and at most the clock.
     pub(crate) fn encode(self, now_ticks: u32) -> u32 {

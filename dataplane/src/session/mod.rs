@@ -655,10 +655,15 @@ impl<V: Copy> ExpiringFlows<V> {
     }
 }
 
-/// Shrinks a table to twice what it holds once it has room for more than four times that
-/// (and more than a small table's worth): after a burst, not at every ebb.
+/// Whether a table with room for `capacity` entries that holds `len` should shrink (to twice
+/// `len`): once it has room for more than four times that, and more than a small table's
+/// worth, so after a burst and not at every ebb.
+pub(crate) fn oversized(capacity: usize, len: usize) -> bool {
+    capacity > 4 * len + 1024
+}
+
 fn shrink_map<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
-    if map.capacity() > 4 * map.len() + 1024 {
+    if oversized(map.capacity(), map.len()) {
         map.shrink_to(2 * map.len());
     }
 }
@@ -782,14 +787,14 @@ impl Engine {
     /// Gives back the memory a burst of sessions left in the engine's tables (a SYN flood's
     /// 16,384 half-open sessions took 60 MB that stayed after they had ended): the session,
     /// flow and timer tables shrink once they are more than four times larger than what they
-    /// hold, and expired entries of the bridged, TIME-WAIT and alerted flow tables are forgotten. The poll loop calls it
-    /// once a second, with [`FramePool::trim`].
+    /// hold ([`oversized`]), and expired entries of the bridged, TIME-WAIT and alerted flow
+    /// tables are forgotten. The poll loop calls it once a second, with [`FramePool::trim`].
     pub fn trim(&mut self, now_ns: u64) {
         shrink_map(&mut self.sessions);
         shrink_map(&mut self.by_client);
         shrink_map(&mut self.by_backend);
         shrink_map(&mut self.per_client);
-        if self.waiting_for_mac.capacity() > 4 * self.waiting_for_mac.len() + 1024 {
+        if oversized(self.waiting_for_mac.capacity(), self.waiting_for_mac.len()) {
             self.waiting_for_mac.shrink_to(2 * self.waiting_for_mac.len());
         }
         self.timers.shrink();
@@ -1352,14 +1357,11 @@ impl Engine {
         if !valid {
             return None;
         }
-        let mss = COOKIE_MSS[class as usize];
-        match tcp.options.timestamp {
-            Some(timestamp) => {
-                let kept = cookie::CookieOptions::decode(timestamp.echo_reply, session::ts_now(now_ns))?;
-                Some(ClientSyn::from_cookie(client_isn, tcp.window, mss, kept, Some(timestamp)))
-            }
-            None => Some(ClientSyn::from_cookie(client_isn, tcp.window, mss, cookie::CookieOptions { window_scale: None, sack_permitted: false }, None)),
-        }
+        let kept = match tcp.options.timestamp {
+            Some(timestamp) => cookie::CookieOptions::decode(timestamp.echo_reply, session::ts_now(now_ns))?,
+            None => cookie::CookieOptions::ONLY_MSS,
+        };
+        Some(ClientSyn::from_cookie(client_isn, tcp.window, COOKIE_MSS[class as usize], kept, tcp.options.timestamp))
     }
 
     fn cookie(&self, key: FlowKey, client_isn: u32, slot: u32, class: u32) -> u32 {

@@ -54,7 +54,7 @@ impl TimerQueue {
 
     /// Gives back room a burst of sessions left (see `Engine::trim`).
     pub(crate) fn shrink(&mut self) {
-        if self.heap.capacity() > 4 * self.heap.len() + 1024 {
+        if super::oversized(self.heap.capacity(), self.heap.len()) {
             self.heap.shrink_to(2 * self.heap.len());
         }
     }

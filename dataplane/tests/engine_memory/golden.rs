@@ -32,8 +32,8 @@ pub fn backends() -> Vec<SocketAddr> {
     vec![SocketAddr::from(([198, 18, 1, 10], 8080)), SocketAddr::from(([198, 18, 1, 11], 8080))]
 }
 
-/// The engine the golden replays were recorded with: transparent mode, cut-through, timeouts
-/// of 60 s (idle) and 30 s (handshake, close), the seeded keys and TLS provider.
+/// The engine the golden replays were recorded with: transparent mode, cut-through,
+/// [`engine_config`] with the seeded keys, and the seeded TLS provider.
 pub fn golden_engine() -> Engine {
     let secrets = Arc::new(SecretLog::default());
     let listener = ListenerSetup {
@@ -44,16 +44,28 @@ pub fn golden_engine() -> Engine {
         mode: ReleaseMode::CutThrough,
         passthrough: None,
     };
-    Engine::new(EngineConfig {
+    Engine::new(engine_config(listener, OUTSIDE_MAC, INSIDE_MAC, GOLDEN_SEED))
+}
+
+/// The engine configuration the in-memory tests start from (the harness's lab, the golden
+/// replays, the benchmark): timeouts of 60 s idle and 30 s for the handshake and the close,
+/// keys from `seed`, no SYN cookies, no limits, handshakes in the loop, one loop.
+pub fn engine_config(
+    listener: ListenerSetup,
+    outside_mac: EthernetAddress,
+    inside_mac: EthernetAddress,
+    seed: u64,
+) -> EngineConfig {
+    EngineConfig {
         listeners: vec![listener],
         snat_address: None,
-        outside_mac: OUTSIDE_MAC,
-        inside_mac: INSIDE_MAC,
+        outside_mac,
+        inside_mac,
         idle_timeout_ns: 60_000 * MS,
         handshake_timeout_ns: 30_000 * MS,
         close_timeout_ns: 30_000 * MS,
         trust_rx_checksum: true,
-        keys: EngineKeys::derive(GOLDEN_SEED),
+        keys: EngineKeys::derive(seed),
         syn_cookies_after: usize::MAX,
         max_sessions: usize::MAX,
         max_sessions_per_client: 0,
@@ -61,7 +73,7 @@ pub fn golden_engine() -> Engine {
         handshake_doorbell: None,
         loop_share: LoopShare::ONE,
         congestion: Default::default(),
-    })
+    }
 }
 
 /// The frames of a golden pcap, with their times.
