@@ -168,7 +168,25 @@ pub struct Config {
     pub congestion: cutls_dataplane::session::CongestionControl,
     pub listeners: Vec<Listener>,
     pub pools: Vec<Pool>,
+    /// An established session idle this long is reset (`box.idle_timeout`, seconds).
+    pub idle_timeout: std::time::Duration,
+    pub management: Management,
 }
+
+/// `[management]`: how operators reach the running box.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Management {
+    /// The Unix socket `cutlsctl` talks to (`socket`, default [`DEFAULT_MANAGEMENT_SOCKET`]);
+    /// `None` with `socket = ""`: no socket.
+    pub socket: Option<PathBuf>,
+    /// Where Prometheus scrapes the metrics over HTTP (`metrics = "ADDR:PORT"`), if anywhere.
+    pub metrics: Option<SocketAddr>,
+}
+
+/// Where `cutlsctl` finds the box when neither says otherwise.
+pub const DEFAULT_MANAGEMENT_SOCKET: &str = "/run/cutls/cutls.sock";
+/// Linux keeps an idle established connection for ever; a box in front of servers must not.
+const DEFAULT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listener {
@@ -209,6 +227,17 @@ struct RawConfig {
     listeners: Vec<Spanned<RawListener>>,
     #[serde(default, rename = "pool")]
     pools: Vec<Spanned<RawPool>>,
+    #[serde(default)]
+    management: Option<RawManagement>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManagement {
+    #[serde(default)]
+    socket: Option<Spanned<String>>,
+    #[serde(default)]
+    metrics: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -240,6 +269,8 @@ struct RawBox {
     handshake_threads: Option<Spanned<i64>>,
     #[serde(default)]
     congestion_control: Option<Spanned<String>>,
+    #[serde(default)]
+    idle_timeout: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -390,6 +421,28 @@ impl Config {
         };
         let close_timeout = seconds(&ports.close_timeout, "box.close_timeout", DEFAULT_CLOSE_TIMEOUT, 3600)?;
         let handshake_timeout = seconds(&ports.handshake_timeout, "box.handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT, 300)?;
+        let idle_timeout = seconds(&ports.idle_timeout, "box.idle_timeout", DEFAULT_IDLE_TIMEOUT, 86_400)?;
+        let management = match &raw.management {
+            None => Management { socket: Some(PathBuf::from(DEFAULT_MANAGEMENT_SOCKET)), metrics: None },
+            Some(management) => {
+                let socket = match &management.socket {
+                    None => Some(PathBuf::from(DEFAULT_MANAGEMENT_SOCKET)),
+                    Some(path) if path.get_ref().is_empty() => None,
+                    Some(path) => Some(base.join(path.get_ref())),
+                };
+                let metrics = match &management.metrics {
+                    None => None,
+                    Some(address) => Some(address.get_ref().parse().map_err(|_| {
+                        places.error(
+                            Some(address.span()),
+                            "management.metrics",
+                            format!("not an address:port: {:?}", address.get_ref()),
+                        )
+                    })?),
+                };
+                Management { socket, metrics }
+            }
+        };
         let count = |value: &Option<Spanned<i64>>, field: &str, default: usize, low: usize| -> Result<usize, ConfigError> {
             match value.as_ref() {
                 None => Ok(default),
@@ -570,6 +623,8 @@ impl Config {
             congestion,
             listeners,
             pools,
+            idle_timeout,
+            management,
         })
     }
 }

@@ -21,7 +21,9 @@ use std::sync::Arc;
 
 use cutls_crypto::ReleaseMode;
 use cutls_dataplane::session::handover::SecretLog;
-use cutls_dataplane::session::{Engine, EngineConfig, ListenerSetup, LoopShare, Output, PassthroughRoute, Port};
+use cutls_dataplane::session::{
+    BackendAdmin, EndReason, Engine, EngineConfig, Event, ListenerSetup, LoopShare, Output, PassthroughRoute, Phase, Port,
+};
 use cutls_dataplane::steer::{Owner, Steering};
 use cutls_dataplane::wire::{parse_frame, ArpOperation, EthernetAddress, LinkType, SeqNumber, TcpFlags, TcpOptions};
 
@@ -1798,6 +1800,92 @@ fn rng_window(window: u16, salt: usize) -> u16 {
     } else {
         (salt as u16).wrapping_mul(40_503)
     }
+}
+
+#[test]
+fn the_engine_reports_to_the_control_plane_and_takes_its_commands() {
+    // Issue 13: what the control thread's session database is built from (events, progress)
+    // and what it asks of a loop (kill a session, take a backend out of rotation).
+    let suite = Suite::Tls13Aes128Gcm;
+    let addresses = Addresses::ipv4();
+    let mut lab = engine_lab(&addresses, ReleaseMode::CutThrough, 43, WireConfig::default());
+    let secrets = Arc::new(SecretLog::default());
+    let listener = ListenerSetup {
+        vip: addresses.vip,
+        tls: Some(server_config(secrets.clone())),
+        secrets,
+        backends: addresses.backends.iter().map(|(address, _)| *address).collect(),
+        mode: ReleaseMode::CutThrough,
+        passthrough: None,
+    };
+    lab.boxed.engine = Engine::new(EngineConfig { events: true, ..lab_engine_config(listener, &addresses, 43, usize::MAX, LoopShare::ONE) });
+    let first = open(&mut lab, suite, 100, 4 * MIB, 43, Extras::default());
+    lab.run_until("some of the download", EXCHANGE_LIMIT_NS, |lab| lab.client.sessions[first].response.len() > 200_000);
+    let mut events = Vec::new();
+    lab.boxed.engine.take_events(&mut events);
+    let client = lab.client.address_of(first);
+    let Some(Event::Opened(opened)) = events.first() else { panic!("no Opened first: {events:?}") };
+    assert_eq!((opened.client, opened.vip, opened.listener), (client, addresses.vip, 0));
+    let (id, busy_backend) = (opened.id, opened.backend);
+    let Some(Event::Tls { facts, .. }) = events.get(1) else { panic!("no Tls second: {events:?}") };
+    assert_eq!((facts.version, facts.suite, facts.server_name.as_deref()), ("TLSv1.3", "TLS13_AES_128_GCM_SHA256", Some("localhost")));
+    assert_eq!(events.len(), 2, "{events:?}");
+    let mut progress = Vec::new();
+    lab.boxed.engine.progress_since(0, &mut progress);
+    assert_eq!(progress.len(), 1);
+    assert_eq!((progress[0].id, progress[0].phase), (id, Phase::Spliced));
+    assert!(progress[0].to_client_bytes > 200_000 && progress[0].records_to_client > 0, "{progress:?}");
+    assert_eq!(progress[0].to_backend_bytes, lab.client.sessions[first].request_len() as u64);
+    progress.clear();
+    lab.boxed.engine.progress_since(lab.now + 1, &mut progress);
+    assert!(progress.is_empty(), "nothing active in the future");
+
+    // Draining the busy backend: new sessions go to the other one, the first goes on.
+    let mut out = Output::default();
+    assert_eq!(lab.boxed.engine.set_backend_admin(lab.now, busy_backend, BackendAdmin::Draining, &mut out), 1);
+    assert!(out.outside.is_empty() && out.inside.is_empty(), "draining sends nothing");
+    let second = open(&mut lab, suite, 100, 20_000, 44, Extras::default());
+    let third = open(&mut lab, suite, 100, 20_000, 45, Extras::default());
+    lab.run_until("the two new exchanges", EXCHANGE_LIMIT_NS, |lab| exchange_finished(lab, second) && exchange_finished(lab, third));
+    events.clear();
+    lab.boxed.engine.take_events(&mut events);
+    let backends: Vec<SocketAddr> = events.iter().filter_map(|event| if let Event::Opened(o) = event { Some(o.backend) } else { None }).collect();
+    assert_eq!(backends.len(), 2);
+    assert!(backends.iter().all(|&backend| backend != busy_backend), "a drained backend got {backends:?}");
+    assert!(events.iter().any(|event| matches!(event, Event::Ended { reason: EndReason::Fin, .. })), "{events:?}");
+
+    // Killing the first: both its peers are reset, the reason reported, nothing else touched.
+    assert!(!lab.boxed.engine.kill_session(lab.now, id + 1000, &mut out), "no such session");
+    let before = lab.client.sessions[first].response.len();
+    assert!(before < 4 * MIB, "still downloading");
+    let now = lab.now;
+    assert!(lab.boxed.engine.kill_session(now, id, &mut lab.boxed.output));
+    lab.run_for(200 * MS);
+    assert!(lab.client.sessions[first].tcp.reset_received, "the client is reset");
+    assert!(lab.backends.session_for(client).is_some_and(|backend| backend.tcp.reset_received), "the backend is reset");
+    events.clear();
+    lab.boxed.engine.take_events(&mut events);
+    assert!(
+        events.iter().any(|event| matches!(event, Event::Ended { id: ended, reason: EndReason::Killed, progress, .. } if *ended == id && progress.to_client_bytes > 200_000)),
+        "{events:?}"
+    );
+    assert_eq!(lab.boxed.engine.counters().ended_killed, 1);
+    assert_eq!(lab.boxed.live_sessions(), 0);
+
+    // Every backend out of rotation: a new client is refused (counted), not left waiting.
+    for (backend, _) in &addresses.backends {
+        lab.boxed.engine.set_backend_admin(lab.now, *backend, BackendAdmin::Disabled, &mut out);
+    }
+    let refused = open(&mut lab, suite, 100, 20_000, 46, Extras::default());
+    lab.run_for(200 * MS);
+    assert!(lab.client.sessions[refused].tcp.reset_received, "refused with a RST");
+    assert_eq!(lab.boxed.engine.counters().backends_out_of_rotation_refusals, 1);
+    for (backend, _) in &addresses.backends {
+        lab.boxed.engine.set_backend_admin(lab.now, *backend, BackendAdmin::Enabled, &mut out);
+    }
+    let fourth = open(&mut lab, suite, 100, 20_000, 47, Extras::default());
+    lab.run_until("an exchange once back in rotation", EXCHANGE_LIMIT_NS, |lab| exchange_finished(lab, fourth));
+    assert_clean_exchange(&lab, fourth, suite);
 }
 
 #[test]

@@ -1629,6 +1629,9 @@ pub fn write_config(
             text += "passthrough = true\n";
         }
     }
+    // The management socket beside the file (the default, under /run, would be shared by
+    // every lab test).
+    text += "\n[management]\nsocket = \"cutls.sock\"\n";
     let path = dir.join("cutls.toml");
     fs::write(&path, text)?;
     Ok(path)

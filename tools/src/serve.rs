@@ -12,9 +12,14 @@
 //! every loop. Handshakes run on worker threads: a full handshake costs 0.1-0.5 ms
 //! (docs/bench-handshake.md), which would otherwise hold every other session's packets.
 //!
+//! Beside the loops, the control thread (`cutls_control::control_plane`): every
+//! [`REPORT_EVERY`] each loop sends it the events of its engine, the progress of its active
+//! sessions and its counters, and between batches takes its commands (kill a session, take a
+//! backend out of rotation). It answers `cutlsctl` on the management socket and Prometheus on
+//! the metrics listener.
+//!
 //! Not supported yet: steering in the XDP program or with `PACKET_FANOUT_EBPF` (every frame a
-//! loop does not own costs a copy, into a pooled buffer, and a hand-off), configuration reload,
-//! the management socket.
+//! loop does not own costs a copy, into a pooled buffer, and a hand-off), configuration reload.
 
 use std::io;
 use std::path::PathBuf;
@@ -26,6 +31,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use cutls_control::config::{AddressMode, Config, HoldBack, IoKind};
+use cutls_control::control_plane::{ControlPlane, LoopCommand, LoopHandle, LoopReport, Topology, REPORT_EVERY};
+use cutls_control::management::{self, Pending};
 use cutls_control::tls::{server_config, SecretLog};
 use cutls_crypto::ReleaseMode;
 use cutls_dataplane::bridge::{available_cores, pin_current_thread, CoreId};
@@ -35,17 +42,21 @@ use cutls_dataplane::io::bpf::AttachPreference;
 use cutls_dataplane::io::doorbell::Doorbell;
 use cutls_dataplane::io::{interface_index, receive_queue_count, wait_readable, FrameIo, RxChecksum};
 use cutls_dataplane::session::{
-    Counters, Engine, EngineConfig, EngineKeys, ListenerSetup, LoopShare, Output, PassthroughRoute, Port,
+    Counters, Engine, EngineConfig, EngineKeys, Event, ListenerSetup, LoopShare, Output, PassthroughRoute, Port,
 };
 use cutls_dataplane::steer::{Owner, Steering};
 use cutls_dataplane::wire::EthernetAddress;
 
-/// Sessions idle this long are reset.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const BATCH: usize = 64;
 /// Frames waiting for a loop from the others at most; past that they are dropped and counted
 /// (a peer sends them again), never waited for.
 const HANDOFF_CAPACITY: usize = 8192;
+/// Reports waiting for the control thread at most (each loop's channel), and the events a
+/// loop keeps for it while the channel is full; past that the oldest are dropped and counted.
+const REPORT_CAPACITY: usize = 64;
+const MAX_PENDING_EVENTS: usize = 65_536;
+/// Commands waiting for a loop at most.
+const COMMAND_CAPACITY: usize = 1024;
 /// The longest an idle loop sleeps without a timer due (frames and hand-offs wake it at once).
 const MAX_SLEEP: Duration = Duration::from_millis(10);
 
@@ -129,7 +140,7 @@ pub fn serve(config: &Config, stop: &AtomicBool) -> io::Result<()> {
                 snat_address,
                 outside_mac,
                 inside_mac,
-                idle_timeout_ns: IDLE_TIMEOUT.as_nanos() as u64,
+                idle_timeout_ns: config.idle_timeout.as_nanos() as u64,
                 handshake_timeout_ns: config.handshake_timeout.as_nanos() as u64,
                 close_timeout_ns: config.close_timeout.as_nanos() as u64,
                 trust_rx_checksum: config.trust_rx_checksum,
@@ -143,6 +154,7 @@ pub fn serve(config: &Config, stop: &AtomicBool) -> io::Result<()> {
                 handshake_doorbell: Some(Arc::clone(&doorbells[index])),
                 loop_share: LoopShare { index, loops },
                 congestion: config.congestion,
+                events: true,
             })
         })
         .collect();
@@ -157,7 +169,7 @@ pub fn serve(config: &Config, stop: &AtomicBool) -> io::Result<()> {
             for queue in 0..loops as u32 {
                 ports.push((XdpPort::open(&outside, queue, &xdp)?, XdpPort::open(&inside, queue, &xdp)?));
             }
-            run_loops(engines, ports, steering, doorbells, &cores, stop)
+            run_loops(engines, ports, steering, doorbells, &cores, config, stop)
         }
         IoKind::Packet => {
             // With several loops, the sockets of one interface share its frames by flow hash.
@@ -175,7 +187,7 @@ pub fn serve(config: &Config, stop: &AtomicBool) -> io::Result<()> {
             for _ in 0..loops {
                 ports.push((PacketPort::open(&config.outside, &outside_config)?, PacketPort::open(&config.inside, &inside_config)?));
             }
-            run_loops(engines, ports, steering, doorbells, &cores, stop)
+            run_loops(engines, ports, steering, doorbells, &cores, config, stop)
         }
     }
 }
@@ -221,6 +233,26 @@ struct LoopCounts {
     handoff_drops: u64,
     /// Frames the transmit path dropped (ring full, oversize, refused).
     transmit_drops: u64,
+    /// Events for the control thread dropped while its channel was full.
+    control_events_lost: u64,
+}
+
+impl LoopCounts {
+    fn fields(&self) -> Vec<(&'static str, u64)> {
+        let LoopCounts { frames_handed_off, handoff_drops, transmit_drops, control_events_lost } = *self;
+        vec![
+            ("frames_handed_off", frames_handed_off),
+            ("handoff_drops", handoff_drops),
+            ("transmit_drops", transmit_drops),
+            ("control_events_lost", control_events_lost),
+        ]
+    }
+}
+
+/// How a loop reaches the control thread.
+struct ControlLink {
+    reports: Sender<LoopReport>,
+    commands: Receiver<LoopCommand>,
 }
 
 /// Runs one loop per `(outside, inside)` pair in its own thread, pinned to the next core, until
@@ -232,6 +264,7 @@ fn run_loops<P: FrameIo>(
     steering: Steering,
     doorbells: Vec<Arc<Doorbell>>,
     cores: &[CoreId],
+    config: &Config,
     stop: &AtomicBool,
 ) -> io::Result<()> {
     let loops = engines.len();
@@ -242,20 +275,52 @@ fn run_loops<P: FrameIo>(
         senders.push(sender);
         receivers.push(receiver);
     }
+    let started = Instant::now();
+    // The control thread, and how each loop reaches it.
+    let (report_sender, reports) = crossbeam_channel::bounded::<LoopReport>(REPORT_CAPACITY * loops);
+    let (request_sender, requests) = crossbeam_channel::unbounded::<Pending>();
+    let mut handles = Vec::new();
+    let mut control_links = Vec::new();
+    for doorbell in &doorbells {
+        let (commands, command_receiver) = crossbeam_channel::bounded(COMMAND_CAPACITY);
+        let doorbell = Arc::clone(doorbell);
+        handles.push(LoopHandle { commands, wake: Box::new(move || doorbell.ring()) });
+        control_links.push(ControlLink { reports: report_sender.clone(), commands: command_receiver });
+    }
+    drop(report_sender);
+    let topology = Topology {
+        listeners: config.listeners.iter().map(|listener| (listener.vip, config.pools[listener.pool].name.clone())).collect(),
+        pools: config.pools.iter().map(|pool| (pool.name.clone(), pool.backends.clone())).collect(),
+    };
+    let control = ControlPlane::new(started, topology, handles);
+    if let Some(path) = &config.management.socket {
+        management::serve_socket(path, request_sender.clone())?;
+        eprintln!("cutls: management socket {}", path.display());
+    }
+    if let Some(address) = config.management.metrics {
+        management::serve_metrics(address, request_sender.clone())?;
+        eprintln!("cutls: metrics on http://{address}/metrics");
+    }
+    drop(request_sender);
+    let control_stop = AtomicBool::new(false);
     let failed = AtomicBool::new(false);
     // Loop i on the next core, round robin; none when the cores cannot be listed.
     let core_of = |index: usize| cores.get(index % cores.len().max(1)).copied();
     let pinned: Vec<Option<usize>> = (0..loops).map(|index| core_of(index).map(|core| core.id)).collect();
     eprintln!("cutls: {loops} poll loop(s) on cores {pinned:?}");
-    let started = Instant::now();
     let results: Vec<io::Result<(Engine, LoopCounts)>> = std::thread::scope(|scope| {
+        let control_stop = &control_stop;
+        let control_thread = std::thread::Builder::new()
+            .name("cutls-control".into())
+            .spawn_scoped(scope, move || control.run(reports, requests, control_stop));
         let handles: Vec<_> = engines
             .into_iter()
             .zip(ports)
             .zip(receivers)
+            .zip(control_links)
             .enumerate()
-            .map(|(index, ((engine, (outside, inside)), receiver))| {
-                let peers = Peers { index, senders: senders.clone(), doorbells: doorbells.clone(), receiver };
+            .map(|(index, (((engine, (outside, inside)), receiver), control))| {
+                let peers = Peers { index, senders: senders.clone(), doorbells: doorbells.clone(), receiver, control };
                 let (steering, failed, core) = (&steering, &failed, core_of(index));
                 std::thread::Builder::new()
                     .name(format!("cutls-loop-{index}"))
@@ -273,7 +338,7 @@ fn run_loops<P: FrameIo>(
                     })
             })
             .collect();
-        handles
+        let results = handles
             .into_iter()
             .map(|handle| match handle {
                 Ok(handle) => handle.join().unwrap_or_else(|_| Err(io::Error::other("a poll loop panicked"))),
@@ -282,8 +347,21 @@ fn run_loops<P: FrameIo>(
                     Err(error)
                 }
             })
-            .collect()
+            .collect();
+        control_stop.store(true, Ordering::SeqCst);
+        match control_thread {
+            Ok(thread) => {
+                if thread.join().is_err() {
+                    eprintln!("cutls: the control thread panicked");
+                }
+            }
+            Err(error) => eprintln!("cutls: no control thread: {error}"),
+        }
+        results
     });
+    if let Some(path) = &config.management.socket {
+        let _ = std::fs::remove_file(path);
+    }
     let mut totals = Counters::default();
     let mut open = 0;
     let mut per_loop = Vec::new();
@@ -301,12 +379,19 @@ fn run_loops<P: FrameIo>(
             }
         }
     }
-    println!("{totals:#?}");
-    println!("sessions still open: {open}");
+    // A table of `name: value` rows (cutlsctl show stats has the same names).
+    println!("counters at exit:");
     let sum = |field: fn(&LoopCounts) -> u64| per_loop.iter().map(|(_, _, counts)| field(counts)).sum::<u64>();
-    println!("frames_handed_off: {}", sum(|counts| counts.frames_handed_off));
-    println!("handoff_drops: {}", sum(|counts| counts.handoff_drops));
-    println!("transmit_drops: {}", sum(|counts| counts.transmit_drops));
+    let loop_totals = LoopCounts {
+        frames_handed_off: sum(|counts| counts.frames_handed_off),
+        handoff_drops: sum(|counts| counts.handoff_drops),
+        transmit_drops: sum(|counts| counts.transmit_drops),
+        control_events_lost: sum(|counts| counts.control_events_lost),
+    };
+    for (name, value) in totals.fields().into_iter().chain(loop_totals.fields()) {
+        println!("  {:<44}{value:>14}", format!("{name}:"));
+    }
+    println!("sessions still open: {open}");
     for (index, sessions_started, counts) in &per_loop {
         println!("loop_{index}_sessions_started: {sessions_started}");
         println!("loop_{index}_frames_handed_off: {}", counts.frames_handed_off);
@@ -323,6 +408,7 @@ struct Peers {
     senders: Vec<Sender<Handoff>>,
     doorbells: Vec<Arc<Doorbell>>,
     receiver: Receiver<Handoff>,
+    control: ControlLink,
 }
 
 impl Peers {
@@ -357,6 +443,8 @@ fn poll_loop<P: FrameIo>(
     }
     let mut last_poll = 0u64;
     let mut last_trim = 0u64;
+    let mut last_report = 0u64;
+    let mut events: Vec<Event> = Vec::new();
     while !stop.load(Ordering::Relaxed) && !failed.load(Ordering::Relaxed) {
         let mut worked = false;
         for port in [Port::Outside, Port::Inside] {
@@ -411,6 +499,24 @@ fn poll_loop<P: FrameIo>(
             flush(&mut out, &mut outside, &mut inside, &mut counts)?;
             last_poll = now;
         }
+        // The control thread's commands, and every REPORT_EVERY what it hears.
+        for command in peers.control.commands.try_iter() {
+            worked = true;
+            match command {
+                LoopCommand::KillSession(id) => {
+                    engine.kill_session(now, id, &mut out);
+                }
+                LoopCommand::SetBackend(backend, admin) => {
+                    engine.set_backend_admin(now, backend, admin, &mut out);
+                }
+            }
+            flush(&mut out, &mut outside, &mut inside, &mut counts)?;
+        }
+        engine.take_events(&mut events);
+        if now >= last_report + REPORT_EVERY.as_nanos() as u64 {
+            report(&engine, &peers.control, me, &mut events, last_report, &mut counts);
+            last_report = now;
+        }
         if now >= last_trim + 1_000_000_000 {
             // Frame buffers and table room a burst left behind go back to the allocator.
             out.pool.trim();
@@ -434,6 +540,30 @@ fn poll_loop<P: FrameIo>(
         }
     }
     Ok((engine, counts))
+}
+
+/// Sends the control thread the loop's report: `events` (kept for the next report if the
+/// channel is full, the oldest dropped past [`MAX_PENDING_EVENTS`]), the sessions active since
+/// `since_ns`, the counters.
+fn report(engine: &Engine, control: &ControlLink, me: usize, events: &mut Vec<Event>, since_ns: u64, counts: &mut LoopCounts) {
+    let mut progress = Vec::new();
+    engine.progress_since(since_ns, &mut progress);
+    let report = LoopReport {
+        loop_index: me,
+        sessions: engine.sessions(),
+        counters: engine.counters().clone(),
+        loop_counters: counts.fields(),
+        events: std::mem::take(events),
+        progress,
+    };
+    if let Err(TrySendError::Full(report) | TrySendError::Disconnected(report)) = control.reports.try_send(report) {
+        *events = report.events;
+        if events.len() > MAX_PENDING_EVENTS {
+            let excess = events.len() - MAX_PENDING_EVENTS;
+            events.drain(..excess);
+            counts.control_events_lost += excess as u64;
+        }
+    }
 }
 
 /// A copy of `frame` for another loop, in a buffer from this loop's pool (the receiver keeps

@@ -17,6 +17,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender};
 use rustls::ServerConnection;
 
+use super::events::TlsFacts;
 use super::handover::{session_keys, SecretLog, SessionKeys};
 use crate::io::doorbell::Doorbell;
 
@@ -39,6 +40,8 @@ pub(crate) struct JobResult {
     /// Bytes for the client (the server's flight, or an alert).
     pub output: Vec<u8>,
     pub outcome: Outcome,
+    /// What the handshake negotiated, with [`Outcome::Keys`].
+    pub facts: Option<TlsFacts>,
 }
 
 pub(crate) enum Outcome {
@@ -85,24 +88,39 @@ pub(crate) fn run(mut job: Job) -> JobResult {
             }
         }
         if failed || processed.is_err() {
-            return JobResult { session: job.session, tls: None, consumed, output, outcome: Outcome::Failed };
+            return JobResult { session: job.session, tls: None, consumed, output, outcome: Outcome::Failed, facts: None };
         }
     }
     if tls.is_handshaking() {
-        return JobResult { session: job.session, tls: Some(job.tls), consumed, output, outcome: Outcome::Handshaking };
+        return JobResult { session: job.session, tls: Some(job.tls), consumed, output, outcome: Outcome::Handshaking, facts: None };
     }
     // Everything rustls still has queued (TLS 1.3 tickets) goes before the keys come out, so
     // the extracted sequence numbers are the next ones.
     while tls.wants_write() {
         if tls.write_tls(&mut output).is_err() {
-            return JobResult { session: job.session, tls: None, consumed, output, outcome: Outcome::Failed };
+            return JobResult { session: job.session, tls: None, consumed, output, outcome: Outcome::Failed, facts: None };
         }
     }
-    let outcome = match hand_over(job.tls, job.client_random, &job.secrets) {
-        Some(keys) => Outcome::Keys(Box::new(keys)),
-        None => Outcome::Failed,
+    let facts = tls_facts(&job.tls);
+    let (outcome, facts) = match hand_over(job.tls, job.client_random, &job.secrets) {
+        Some(keys) => (Outcome::Keys(Box::new(keys)), Some(facts)),
+        None => (Outcome::Failed, None),
     };
-    JobResult { session: job.session, tls: None, consumed, output, outcome }
+    JobResult { session: job.session, tls: None, consumed, output, outcome, facts }
+}
+
+/// What the finished handshake of `tls` negotiated, for the control plane.
+fn tls_facts(tls: &ServerConnection) -> TlsFacts {
+    TlsFacts {
+        server_name: tls.server_name().map(str::to_owned),
+        alpn: tls.alpn_protocol().map(|alpn| String::from_utf8_lossy(alpn).into_owned()),
+        version: match tls.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+            _ => "unknown",
+        },
+        suite: tls.negotiated_cipher_suite().and_then(|suite| suite.suite().as_str()).unwrap_or("unknown"),
+    }
 }
 
 fn hand_over(tls: Box<ServerConnection>, client_random: Option<[u8; 32]>, secrets: &SecretLog) -> Option<SessionKeys> {

@@ -21,17 +21,21 @@
 //!
 //! Not supported yet (see the README): passthrough pools, ICMP relaying for sessions.
 
+#[macro_use]
+mod counters;
 mod acceptance;
 mod client_hello;
 mod cookie;
 mod custody;
 pub mod emit;
+pub mod events;
 pub mod handover;
 pub mod handshake;
 mod neighbours;
 mod post_handshake;
 mod reorder;
 mod sender;
+pub use events::{Event, Phase, Progress, TlsFacts};
 pub use sender::CongestionControl;
 mod session;
 mod timers;
@@ -127,6 +131,9 @@ pub struct EngineConfig {
     pub loop_share: LoopShare,
     /// The congestion control of the box's sender toward clients.
     pub congestion: CongestionControl,
+    /// Queue [`Event`]s for the control plane ([`Engine::take_events`]); off in tests and
+    /// replays that do not read them.
+    pub events: bool,
 }
 
 /// Which of the box's poll loops an engine runs in.
@@ -284,6 +291,7 @@ impl FramePool {
     }
 }
 
+counters! {
 /// What happened, for the operator (and the tests).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -415,6 +423,11 @@ pub struct Counters {
     pub alerts_internal_error: u64,
     pub alerts_no_application_protocol: u64,
     pub alerts_other: u64,
+    /// Sessions an operator ended (`cutlsctl session kill`, `backend disable`).
+    pub ended_killed: u64,
+    /// New sessions refused because every backend of their pool was drained or disabled.
+    pub backends_out_of_rotation_refusals: u64,
+}
 }
 
 impl Counters {
@@ -435,74 +448,6 @@ impl Counters {
             _ => &mut self.alerts_other,
         };
         *counter += 1;
-    }
-
-    /// Adds `other`'s counts to these: the box's totals over its poll loops.
-    pub fn add(&mut self, other: &Counters) {
-        // An exhaustive pattern, so that a counter added later cannot be left out here.
-        let Counters { frames_bridged, frames_unparsed_bridged, malformed_frames_dropped, fragments_dropped, arp_replies, ndp_advertisements, sessions_started, sessions_passthrough, handshakes_completed, ended_fin, ended_close_timeout, ended_client_reset, ended_backend_reset, ended_tls_error, ended_tag_failure, ended_idle, ended_half_open, ended_handshake_timeout, ended_backend_unreachable, ended_client_unresponsive, ended_backend_silent, client_segments_dropped, client_segments_held, backend_segments_dropped, backend_segments_held, records_opened, records_sealed, client_retransmits, client_timeouts, client_tail_probes, backend_retransmits, syn_cookies_sent, syn_cookies_accepted, sessions_refused_full, sessions_refused_per_client, backend_tuple_collisions, path_mtu_updates, icmp_ignored, path_mtu_relayed, bad_checksum_drops_outside, bad_checksum_drops_inside, client_bytes_after_close, time_wait_acks, challenge_acks, session_timer_runs, orphan_backend_drops, segments_out_of_window, challenge_acks_held, acks_out_of_range, segments_without_ack, client_segments_without_session, alerts_unexpected_message, alerts_bad_record_mac, alerts_record_overflow, alerts_handshake_failure, alerts_illegal_parameter, alerts_decode_error, alerts_decrypt_error, alerts_protocol_version, alerts_internal_error, alerts_no_application_protocol, alerts_other } = other;
-        self.frames_bridged += frames_bridged;
-        self.frames_unparsed_bridged += frames_unparsed_bridged;
-        self.malformed_frames_dropped += malformed_frames_dropped;
-        self.fragments_dropped += fragments_dropped;
-        self.arp_replies += arp_replies;
-        self.ndp_advertisements += ndp_advertisements;
-        self.sessions_started += sessions_started;
-        self.sessions_passthrough += sessions_passthrough;
-        self.handshakes_completed += handshakes_completed;
-        self.ended_fin += ended_fin;
-        self.ended_close_timeout += ended_close_timeout;
-        self.ended_client_reset += ended_client_reset;
-        self.ended_backend_reset += ended_backend_reset;
-        self.ended_tls_error += ended_tls_error;
-        self.ended_tag_failure += ended_tag_failure;
-        self.ended_idle += ended_idle;
-        self.ended_half_open += ended_half_open;
-        self.ended_handshake_timeout += ended_handshake_timeout;
-        self.ended_backend_unreachable += ended_backend_unreachable;
-        self.client_segments_dropped += client_segments_dropped;
-        self.backend_segments_dropped += backend_segments_dropped;
-        self.records_opened += records_opened;
-        self.records_sealed += records_sealed;
-        self.client_retransmits += client_retransmits;
-        self.client_timeouts += client_timeouts;
-        self.client_tail_probes += client_tail_probes;
-        self.backend_segments_held += backend_segments_held;
-        self.client_segments_held += client_segments_held;
-        self.ended_client_unresponsive += ended_client_unresponsive;
-        self.ended_backend_silent += ended_backend_silent;
-        self.backend_retransmits += backend_retransmits;
-        self.syn_cookies_sent += syn_cookies_sent;
-        self.syn_cookies_accepted += syn_cookies_accepted;
-        self.sessions_refused_full += sessions_refused_full;
-        self.sessions_refused_per_client += sessions_refused_per_client;
-        self.backend_tuple_collisions += backend_tuple_collisions;
-        self.path_mtu_updates += path_mtu_updates;
-        self.icmp_ignored += icmp_ignored;
-        self.path_mtu_relayed += path_mtu_relayed;
-        self.bad_checksum_drops_outside += bad_checksum_drops_outside;
-        self.bad_checksum_drops_inside += bad_checksum_drops_inside;
-        self.client_bytes_after_close += client_bytes_after_close;
-        self.time_wait_acks += time_wait_acks;
-        self.challenge_acks += challenge_acks;
-        self.segments_out_of_window += segments_out_of_window;
-        self.challenge_acks_held += challenge_acks_held;
-        self.acks_out_of_range += acks_out_of_range;
-        self.segments_without_ack += segments_without_ack;
-        self.session_timer_runs += session_timer_runs;
-        self.orphan_backend_drops += orphan_backend_drops;
-        self.client_segments_without_session += client_segments_without_session;
-        self.alerts_unexpected_message += alerts_unexpected_message;
-        self.alerts_bad_record_mac += alerts_bad_record_mac;
-        self.alerts_record_overflow += alerts_record_overflow;
-        self.alerts_handshake_failure += alerts_handshake_failure;
-        self.alerts_illegal_parameter += alerts_illegal_parameter;
-        self.alerts_decode_error += alerts_decode_error;
-        self.alerts_decrypt_error += alerts_decrypt_error;
-        self.alerts_protocol_version += alerts_protocol_version;
-        self.alerts_internal_error += alerts_internal_error;
-        self.alerts_no_application_protocol += alerts_no_application_protocol;
-        self.alerts_other += alerts_other;
     }
 }
 
@@ -533,9 +478,31 @@ pub enum EndReason {
     ClientUnresponsive,
     /// The backend answered none of the box's keepalives after falling silent.
     BackendSilent,
+    /// An operator ended it (`cutlsctl session kill`, `cutlsctl backend disable`): both sides
+    /// were reset.
+    Killed,
 }
 
 impl EndReason {
+    /// The reason as operators read it (the counter's name without `ended_`).
+    pub fn name(self) -> &'static str {
+        match self {
+            EndReason::Fin => "fin",
+            EndReason::CloseTimeout => "close_timeout",
+            EndReason::ClientReset => "client_reset",
+            EndReason::BackendReset => "backend_reset",
+            EndReason::TlsError => "tls_error",
+            EndReason::TagFailure => "tag_failure",
+            EndReason::Idle => "idle",
+            EndReason::HalfOpen => "half_open",
+            EndReason::HandshakeTimeout => "handshake_timeout",
+            EndReason::BackendUnreachable => "backend_unreachable",
+            EndReason::ClientUnresponsive => "client_unresponsive",
+            EndReason::BackendSilent => "backend_silent",
+            EndReason::Killed => "killed",
+        }
+    }
+
     fn count(self, counters: &mut Counters) {
         let counter = match self {
             EndReason::Fin => &mut counters.ended_fin,
@@ -550,6 +517,7 @@ impl EndReason {
             EndReason::BackendUnreachable => &mut counters.ended_backend_unreachable,
             EndReason::ClientUnresponsive => &mut counters.ended_client_unresponsive,
             EndReason::BackendSilent => &mut counters.ended_backend_silent,
+            EndReason::Killed => &mut counters.ended_killed,
         };
         *counter += 1;
     }
@@ -733,6 +701,20 @@ pub struct Engine {
     next_snat_port: u16,
     pool: Option<handshake::HandshakePool>,
     counters: Counters,
+    events: events::EventQueue,
+    /// Backends an operator took out of rotation (absent: in rotation).
+    backend_admin: HashMap<SocketAddr, BackendAdmin>,
+}
+
+/// An operator's say over a backend ([`Engine::set_backend_admin`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendAdmin {
+    /// In rotation.
+    Enabled,
+    /// No new sessions; those it has go on until they end.
+    Draining,
+    /// No new sessions, and those it has are reset.
+    Disabled,
 }
 
 impl Engine {
@@ -749,6 +731,8 @@ impl Engine {
             0 => None,
             threads => handshake::HandshakePool::start(threads, config.handshake_doorbell.clone()).ok(),
         };
+        let next_id = config.loop_share.index as u64 + 1;
+        let events = events::EventQueue::new(config.events);
         Engine {
             config,
             sessions: HashMap::new(),
@@ -765,13 +749,17 @@ impl Engine {
             time_wait_clients: ExpiringFlows::new(MAX_TIME_WAIT_FLOWS),
             deferred: std::collections::VecDeque::new(),
             alerted_clients: ExpiringFlows::new(MAX_TIME_WAIT_FLOWS),
-            next_id: 1,
+            // Loop i hands out the ids i + 1, i + 1 + loops, ...: an id names one session in
+            // the whole box.
+            next_id,
             next_backend: vec![0; listeners],
             next_passthrough: vec![0; listeners],
             next_snat_port: FIRST_SNAT_PORT,
             // A pool that cannot start (no threads) leaves handshakes inline.
             pool,
             counters: Counters::default(),
+            events,
+            backend_admin: HashMap::new(),
         }
     }
 
@@ -782,6 +770,43 @@ impl Engine {
     /// Live sessions.
     pub fn sessions(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// Moves the events queued since the last call to `into` (nothing unless
+    /// [`EngineConfig::events`]).
+    pub fn take_events(&mut self, into: &mut Vec<Event>) {
+        self.events.drain_into(into);
+    }
+
+    /// The progress of every live session active at or after `since_ns`, appended to `into`.
+    pub fn progress_since(&self, since_ns: u64, into: &mut Vec<Progress>) {
+        into.extend(self.sessions.values().filter(|session| session.last_activity_ns() >= since_ns).map(|session| session.progress()));
+    }
+
+    /// An operator ends session `id`: both sides reset, [`EndReason::Killed`]. `false` if the
+    /// engine has no such session.
+    pub fn kill_session(&mut self, now_ns: u64, id: u64, out: &mut Output) -> bool {
+        if !self.sessions.contains_key(&id) {
+            return false;
+        }
+        self.with_session(id, now_ns, out, |session, context| session.kill(context));
+        true
+    }
+
+    /// Takes `backend` out of rotation or puts it back, for every listener. Disabling it also
+    /// resets its sessions. Returns how many sessions it has (before any reset).
+    pub fn set_backend_admin(&mut self, now_ns: u64, backend: SocketAddr, admin: BackendAdmin, out: &mut Output) -> usize {
+        match admin {
+            BackendAdmin::Enabled => self.backend_admin.remove(&backend),
+            _ => self.backend_admin.insert(backend, admin),
+        };
+        let on_it: Vec<u64> = self.sessions.iter().filter(|(_, session)| session.backend() == backend).map(|(id, _)| *id).collect();
+        if admin == BackendAdmin::Disabled {
+            for &id in &on_it {
+                self.kill_session(now_ns, id, out);
+            }
+        }
+        on_it.len()
     }
 
     /// Gives back the memory a burst of sessions left in the engine's tables (a SYN flood's
@@ -1296,7 +1321,7 @@ impl Engine {
         };
         let isn = cookie_isn.unwrap_or_else(|| self.isn(now_ns, key));
         let id = self.next_id;
-        self.next_id += 1;
+        self.next_id += self.config.loop_share.loops.max(1) as u64;
         let setup = &self.config.listeners[listener];
         let deadline = now_ns.saturating_add(self.config.handshake_timeout_ns);
         let Some(session) =
@@ -1313,6 +1338,17 @@ impl Engine {
         self.bridged_backend_flows.remove(&FlowKey { source: backend, destination: side.source });
         self.by_backend.insert(FlowKey { source: backend, destination: side.source }, id);
         self.sessions.insert(id, session);
+        self.events.push(|| {
+            Event::Opened(events::Opened {
+                id,
+                listener,
+                client: key.source,
+                vip: key.destination,
+                backend,
+                backend_source: side.source,
+                at_ns: now_ns,
+            })
+        });
         if cookie_isn.is_none() {
             self.with_session(id, now_ns, out, |session, context| session.start(context));
         }
@@ -1395,6 +1431,7 @@ impl Engine {
             close_timeout_ns: self.config.close_timeout_ns,
             deferred: &mut self.deferred,
             congestion: self.config.congestion,
+            events: &mut self.events,
         };
         let mut event = work(session, &mut context);
         if let Some(SessionEvent::Passthrough) = event {
@@ -1418,6 +1455,13 @@ impl Engine {
         }
         {
             if let Some(session) = self.sessions.remove(&id) {
+                if self.events.enabled() {
+                    let reason = match event {
+                        Some(SessionEvent::Ended(reason)) => reason,
+                        _ => EndReason::Fin,
+                    };
+                    self.events.push(|| Event::Ended { id, at_ns: now_ns, reason, progress: session.progress() });
+                }
                 let client_flow = FlowKey { source: session.client(), destination: session.vip() };
                 if let std::collections::hash_map::Entry::Occupied(mut entry) = self.per_client.entry(session.client().ip()) {
                     *entry.get_mut() -= 1;
@@ -1498,6 +1542,7 @@ impl Engine {
         };
         self.bridged_backend_flows.remove(&FlowKey { source: backend, destination: side.source });
         self.by_backend.insert(FlowKey { source: backend, destination: side.source }, id);
+        self.events.push(|| Event::Rerouted { id, backend, backend_source: side.source });
         self.with_session(id, now_ns, out, |session, context| {
             session.start_passthrough(context, backend, side);
             None
@@ -1530,7 +1575,13 @@ impl Engine {
             self.config.snat_address.is_some()
                 || !self.by_backend.contains_key(&FlowKey { source: *backend, destination: client })
         };
-        let Some(backend) = (0..count).map(|i| backends[start.wrapping_add(i) % count]).find(free) else {
+        let in_rotation = |backend: &SocketAddr| self.backend_admin.get(backend).is_none_or(|&admin| admin == BackendAdmin::Enabled);
+        let candidates = (0..count).map(|i| backends[start.wrapping_add(i) % count]).filter(in_rotation);
+        let Some(backend) = candidates.clone().find(free) else {
+            if candidates.count() == 0 {
+                self.counters.backends_out_of_rotation_refusals += 1;
+                return None;
+            }
             self.counters.backend_tuple_collisions += 1;
             return None;
         };

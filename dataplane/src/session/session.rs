@@ -28,6 +28,7 @@ use super::emit::{self, Link, Segment};
 use super::handover::{SecretLog, SessionKeys};
 use super::handshake::{self, HandshakePool, Job, JobResult, Outcome};
 use super::client_hello::{self, FirstFlight};
+use super::events::{Event, EventQueue, Phase, Progress};
 use super::neighbours::Neighbours;
 use super::post_handshake::{PostHandshake, Violation};
 use super::{Counters, EndReason, FlowKey, FramePool, ListenerSetup, Output, PassthroughRoute, Port};
@@ -50,6 +51,8 @@ pub(crate) struct Context<'a> {
     pub deferred: &'a mut std::collections::VecDeque<(u64, Vec<u8>)>,
     /// How the box's sender toward a client sizes its congestion window.
     pub congestion: CongestionControl,
+    /// What the control plane hears of the session.
+    pub events: &'a mut EventQueue,
 }
 
 pub(crate) enum SessionEvent {
@@ -555,6 +558,31 @@ impl Session {
         self.backend_source
     }
 
+    /// Where the session has got to, for the control plane.
+    pub(crate) fn progress(&self) -> Progress {
+        let (phase, to_backend_bytes, to_client_bytes, records_to_client) = match (&self.splice, &self.plain) {
+            (Some(splice), _) => {
+                let closing = splice.client_fin.is_some() || splice.client_close_notify.is_some() || splice.backend_fin.is_some();
+                let phase = if closing { Phase::Closing } else { Phase::Spliced };
+                (phase, splice.forwarded_plaintext, splice.plaintext_frontier, splice.sealer.next_seq())
+            }
+            (None, Some(_)) => (Phase::Passthrough, 0, 0, 0),
+            (None, None) if self.keys.is_some() => (Phase::Connecting, 0, 0, 0),
+            (None, None) => (Phase::Handshake, 0, 0, 0),
+        };
+        Progress { id: self.id, phase, last_activity_ns: self.last_activity_ns, to_backend_bytes, to_client_bytes, records_to_client }
+    }
+
+    pub(crate) fn last_activity_ns(&self) -> u64 {
+        self.last_activity_ns
+    }
+
+    /// An operator ends the session: both sides reset.
+    pub(crate) fn kill(&mut self, context: &mut Context<'_>) -> Option<SessionEvent> {
+        self.reset_both(context);
+        Some(SessionEvent::Ended(EndReason::Killed))
+    }
+
     /// The box's timestamp clock toward the backend (the client's, passed on), if the backend
     /// connection has timestamps.
     pub(crate) fn backend_ts_value(&self) -> Option<u32> {
@@ -1000,6 +1028,10 @@ impl Session {
             }
             Outcome::Keys(keys) => {
                 self.keys = Some(*keys);
+                if let Some(facts) = result.facts {
+                    let (id, at_ns) = (self.id, context.now_ns);
+                    context.events.push(|| Event::Tls { id, at_ns, facts });
+                }
                 context.counters.handshakes_completed += 1;
                 self.client_handshake_len = self.client_next - self.handshake_in.len() as u64;
                 self.early_application = std::mem::take(&mut self.handshake_in);

@@ -1,0 +1,655 @@
+//! The control thread: one, out of band. It owns the box's session database, built from what
+//! the poll loops report ([`LoopReport`]: the engines' [`Event`]s, the progress of the
+//! sessions active since the last report, the counters), answers the management socket from
+//! it, and sends the loops commands ([`LoopCommand`]), which they take between batches. It
+//! never blocks a loop: a loop's report that finds the channel full waits in the loop for the
+//! next turn (and is counted lost past a bound), and commands go over channels the loops only
+//! ever `try_recv`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use cutls_dataplane::session::events::Opened;
+use cutls_dataplane::session::{BackendAdmin, Counters, EndReason, Event, Progress, TlsFacts};
+
+use crate::management::{BackendAction, BackendRow, LoopRow, Pending, Reply, Request, SessionRow, Stats};
+
+/// How often a loop reports (and so how stale `show sessions` may be).
+pub const REPORT_EVERY: Duration = Duration::from_millis(200);
+/// A loop that has not reported for this long is shown as stalled.
+pub const STALLED_AFTER: Duration = Duration::from_secs(2);
+/// Ended sessions kept for `show session ID`.
+const ENDED_KEPT: usize = 1024;
+/// How long `session kill` waits for the loop to confirm.
+const KILL_CONFIRM: Duration = Duration::from_secs(2);
+/// Handshake time histogram bounds, seconds.
+const HANDSHAKE_BUCKETS: [f64; 10] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0, 5.0];
+
+/// What a poll loop tells the control thread, every [`REPORT_EVERY`].
+#[derive(Debug)]
+pub struct LoopReport {
+    pub loop_index: usize,
+    /// Live sessions in the loop's engine.
+    pub sessions: usize,
+    /// The engine's counters, whole (not a difference: a lost report loses nothing of them).
+    pub counters: Counters,
+    /// The loop's own counters (hand-offs, transmit drops), whole.
+    pub loop_counters: Vec<(&'static str, u64)>,
+    pub events: Vec<Event>,
+    /// Sessions active since the previous report.
+    pub progress: Vec<Progress>,
+}
+
+/// What the control thread asks a loop to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoopCommand {
+    KillSession(u64),
+    SetBackend(SocketAddr, BackendAdmin),
+}
+
+/// How the control thread reaches one loop.
+pub struct LoopHandle {
+    pub commands: Sender<LoopCommand>,
+    /// Wakes the loop if it sleeps (its doorbell).
+    pub wake: Box<dyn Fn() + Send>,
+}
+
+/// The listeners and pools, as the control plane names them.
+#[derive(Clone, Debug, Default)]
+pub struct Topology {
+    /// Per listener (engine index): its VIP and the name of its pool.
+    pub listeners: Vec<(SocketAddr, String)>,
+    /// Pool name and backends, in configuration order.
+    pub pools: Vec<(String, Vec<SocketAddr>)>,
+}
+
+/// A session in the database.
+#[derive(Clone, Debug)]
+struct Record {
+    loop_index: usize,
+    opened: Opened,
+    tls: Option<TlsFacts>,
+    progress: Option<Progress>,
+    end: Option<(EndReason, u64)>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct BackendTotals {
+    sessions_total: u64,
+    to_backend_bytes: u64,
+    to_client_bytes: u64,
+}
+
+struct LoopState {
+    sessions: u64,
+    last_report: Option<Instant>,
+    counters: Counters,
+    loop_counters: Vec<(&'static str, u64)>,
+}
+
+/// What the control thread counted of itself.
+#[derive(Clone, Copy, Debug, Default)]
+struct ControlCounts {
+    reports: u64,
+    events: u64,
+    requests: u64,
+    /// Commands a loop's full channel refused.
+    commands_refused: u64,
+    /// Events for sessions the database did not know (their `Opened` was lost).
+    events_for_unknown_sessions: u64,
+}
+
+/// The control thread's state: the session database and what it answers from.
+pub struct ControlPlane {
+    start: Instant,
+    topology: Topology,
+    loops: Vec<LoopState>,
+    handles: Vec<LoopHandle>,
+    sessions: HashMap<u64, Record>,
+    ended: VecDeque<Record>,
+    backends: HashMap<SocketAddr, BackendTotals>,
+    admin: HashMap<SocketAddr, BackendAdmin>,
+    pending_kills: Vec<(u64, Sender<Reply>, Instant)>,
+    /// Handshake times: count per bucket of [`HANDSHAKE_BUCKETS`] (and one past it), sum.
+    handshake_buckets: [u64; HANDSHAKE_BUCKETS.len() + 1],
+    handshake_seconds: f64,
+    counts: ControlCounts,
+}
+
+impl ControlPlane {
+    /// `start`: the instant the loops measure their clocks from.
+    pub fn new(start: Instant, topology: Topology, handles: Vec<LoopHandle>) -> ControlPlane {
+        let loops = (0..handles.len())
+            .map(|_| LoopState { sessions: 0, last_report: None, counters: Counters::default(), loop_counters: Vec::new() })
+            .collect();
+        ControlPlane {
+            start,
+            topology,
+            loops,
+            handles,
+            sessions: HashMap::new(),
+            ended: VecDeque::new(),
+            backends: HashMap::new(),
+            admin: HashMap::new(),
+            pending_kills: Vec::new(),
+            handshake_buckets: [0; HANDSHAKE_BUCKETS.len() + 1],
+            handshake_seconds: 0.0,
+            counts: ControlCounts::default(),
+        }
+    }
+
+    /// Runs until `stop`: reports and requests as they come, timeouts every 100 ms.
+    pub fn run(mut self, reports: Receiver<LoopReport>, requests: Receiver<Pending>, stop: &AtomicBool) {
+        while !stop.load(Ordering::Relaxed) {
+            crossbeam_channel::select! {
+                recv(reports) -> report => match report {
+                    Ok(report) => self.take_report(report, Instant::now()),
+                    Err(_) => return,
+                },
+                recv(requests) -> pending => {
+                    if let Ok(Pending { request, reply }) = pending {
+                        self.answer(request, reply, Instant::now());
+                    }
+                },
+                default(Duration::from_millis(100)) => {},
+            }
+            self.expire_kills(Instant::now());
+        }
+    }
+
+    /// Takes one loop's report into the database.
+    pub fn take_report(&mut self, report: LoopReport, now: Instant) {
+        self.counts.reports += 1;
+        let Some(state) = self.loops.get_mut(report.loop_index) else { return };
+        state.sessions = report.sessions as u64;
+        state.last_report = Some(now);
+        state.counters = report.counters;
+        state.loop_counters = report.loop_counters;
+        for event in report.events {
+            self.counts.events += 1;
+            self.take_event(report.loop_index, event);
+        }
+        for progress in report.progress {
+            match self.sessions.get_mut(&progress.id) {
+                Some(record) => record.progress = Some(progress),
+                None => self.counts.events_for_unknown_sessions += 1,
+            }
+        }
+    }
+
+    fn take_event(&mut self, loop_index: usize, event: Event) {
+        match event {
+            Event::Opened(opened) => {
+                self.backends.entry(opened.backend).or_default().sessions_total += 1;
+                self.sessions.insert(opened.id, Record { loop_index, opened, tls: None, progress: None, end: None });
+            }
+            Event::Tls { id, at_ns, facts } => match self.sessions.get_mut(&id) {
+                Some(record) => {
+                    let seconds = at_ns.saturating_sub(record.opened.at_ns) as f64 / 1e9;
+                    let bucket = HANDSHAKE_BUCKETS.iter().position(|&bound| seconds <= bound).unwrap_or(HANDSHAKE_BUCKETS.len());
+                    self.handshake_buckets[bucket] += 1;
+                    self.handshake_seconds += seconds;
+                    record.tls = Some(facts);
+                }
+                None => self.counts.events_for_unknown_sessions += 1,
+            },
+            Event::Rerouted { id, backend, backend_source } => match self.sessions.get_mut(&id) {
+                Some(record) => {
+                    record.opened.backend = backend;
+                    record.opened.backend_source = backend_source;
+                    self.backends.entry(backend).or_default().sessions_total += 1;
+                }
+                None => self.counts.events_for_unknown_sessions += 1,
+            },
+            Event::Ended { id, at_ns, reason, progress } => {
+                let Some(mut record) = self.sessions.remove(&id) else {
+                    self.counts.events_for_unknown_sessions += 1;
+                    return;
+                };
+                let totals = self.backends.entry(record.opened.backend).or_default();
+                totals.to_backend_bytes += progress.to_backend_bytes;
+                totals.to_client_bytes += progress.to_client_bytes;
+                record.progress = Some(progress);
+                record.end = Some((reason, at_ns));
+                self.pending_kills.retain(|(kill, reply, _)| {
+                    if *kill != id {
+                        return true;
+                    }
+                    let _ = reply.try_send(Reply::Done { message: format!("session {id} ended: {}", reason.name()) });
+                    false
+                });
+                if self.ended.len() == ENDED_KEPT {
+                    self.ended.pop_front();
+                }
+                self.ended.push_back(record);
+            }
+        }
+    }
+
+    /// Answers `request` on `reply` (at once, or for `session kill` once the loop confirms).
+    pub fn answer(&mut self, request: Request, reply: Sender<Reply>, now: Instant) {
+        self.counts.requests += 1;
+        let answer = match request {
+            Request::ShowStats {} => Reply::Stats(self.stats(now)),
+            Request::ShowSessions { backend, client, listener } => match self.filtered_sessions(backend, client, listener, now) {
+                Ok(sessions) => Reply::Sessions { sessions },
+                Err(error) => Reply::Error { error },
+            },
+            Request::ShowSession { id } => {
+                let record = self.sessions.get(&id).or_else(|| self.ended.iter().rev().find(|record| record.opened.id == id));
+                match record {
+                    Some(record) => Reply::Session { session: self.row(record, now) },
+                    None => Reply::Error { error: format!("no session {id} (live or among the last {ENDED_KEPT} ended)") },
+                }
+            }
+            Request::ShowBackends {} => Reply::Backends { backends: self.backend_rows() },
+            Request::Backend { action, backend } => self.set_backend(action, &backend),
+            Request::SessionKill { id } => match self.sessions.get(&id).map(|record| record.loop_index) {
+                None => Reply::Error { error: format!("no live session {id}") },
+                Some(loop_index) => {
+                    if self.command(loop_index, LoopCommand::KillSession(id)) {
+                        self.pending_kills.push((id, reply, now + KILL_CONFIRM));
+                        return;
+                    }
+                    Reply::Error { error: format!("loop {loop_index} is not taking commands") }
+                }
+            },
+            Request::ShowMetrics {} => Reply::Metrics { text: self.metrics(now) },
+        };
+        let _ = reply.try_send(answer);
+    }
+
+    fn expire_kills(&mut self, now: Instant) {
+        self.pending_kills.retain(|(id, reply, deadline)| {
+            if *deadline > now {
+                return true;
+            }
+            let _ = reply.try_send(Reply::Error { error: format!("session {id}: its loop did not confirm the kill") });
+            false
+        });
+    }
+
+    /// Sends `command` to loop `index` and wakes it; `false` if its channel is full or gone.
+    fn command(&mut self, index: usize, command: LoopCommand) -> bool {
+        let Some(handle) = self.handles.get(index) else { return false };
+        if handle.commands.try_send(command).is_err() {
+            self.counts.commands_refused += 1;
+            return false;
+        }
+        (handle.wake)();
+        true
+    }
+
+    fn set_backend(&mut self, action: BackendAction, name: &str) -> Reply {
+        let address = match self.backend_named(name) {
+            Ok(address) => address,
+            Err(error) => return Reply::Error { error },
+        };
+        let admin = match action {
+            BackendAction::Drain => BackendAdmin::Draining,
+            BackendAction::Enable => BackendAdmin::Enabled,
+            BackendAction::Disable => BackendAdmin::Disabled,
+        };
+        let mut refused = Vec::new();
+        for index in 0..self.handles.len() {
+            if !self.command(index, LoopCommand::SetBackend(address, admin)) {
+                refused.push(index);
+            }
+        }
+        if !refused.is_empty() {
+            return Reply::Error { error: format!("loops {refused:?} are not taking commands: try again") };
+        }
+        match admin {
+            BackendAdmin::Enabled => self.admin.remove(&address),
+            _ => self.admin.insert(address, admin),
+        };
+        let active = self.sessions.values().filter(|record| record.opened.backend == address).count();
+        let message = match admin {
+            BackendAdmin::Enabled => format!("{address}: in rotation"),
+            BackendAdmin::Draining => format!("{address}: draining, no new sessions; {active} go on until they end"),
+            BackendAdmin::Disabled => format!("{address}: disabled, no new sessions; {active} reset"),
+        };
+        Reply::Done { message }
+    }
+
+    /// `POOL/ADDRESS:PORT` or `ADDRESS:PORT`, which must be a configured backend.
+    fn backend_named(&self, name: &str) -> Result<SocketAddr, String> {
+        let (pool, address) = match name.rsplit_once('/') {
+            Some((pool, address)) => (Some(pool), address),
+            None => (None, name),
+        };
+        let address: SocketAddr = address.parse().map_err(|_| format!("{name:?}: not POOL/ADDRESS:PORT or ADDRESS:PORT"))?;
+        let known = self
+            .topology
+            .pools
+            .iter()
+            .filter(|(pool_name, _)| pool.is_none_or(|pool| pool == pool_name))
+            .any(|(_, backends)| backends.contains(&address));
+        if known {
+            Ok(address)
+        } else {
+            Err(format!("{name}: no such backend (cutlsctl show backends lists them)"))
+        }
+    }
+
+    fn filtered_sessions(
+        &self,
+        backend: Option<String>,
+        client: Option<String>,
+        listener: Option<String>,
+        now: Instant,
+    ) -> Result<Vec<SessionRow>, String> {
+        let backend = backend.map(|name| self.backend_named(&name)).transpose()?;
+        let client: Option<IpAddr> =
+            client.map(|text| text.parse().map_err(|_| format!("client {text:?}: not an IP address"))).transpose()?;
+        let listener: Option<SocketAddr> =
+            listener.map(|text| text.parse().map_err(|_| format!("listener {text:?}: not a VIP address:port"))).transpose()?;
+        let mut rows: Vec<SessionRow> = self
+            .sessions
+            .values()
+            .filter(|record| backend.is_none_or(|backend| record.opened.backend == backend))
+            .filter(|record| client.is_none_or(|client| record.opened.client.ip() == client))
+            .filter(|record| listener.is_none_or(|vip| record.opened.vip == vip))
+            .map(|record| self.row(record, now))
+            .collect();
+        rows.sort_by_key(|row| row.id);
+        Ok(rows)
+    }
+
+    fn row(&self, record: &Record, now: Instant) -> SessionRow {
+        let now_ns = now.saturating_duration_since(self.start).as_nanos() as u64;
+        let end_ns = record.end.map_or(now_ns, |(_, at_ns)| at_ns);
+        let progress = record.progress;
+        let last_activity_ns = progress.map_or(record.opened.at_ns, |progress| progress.last_activity_ns);
+        let (pool, listener) = match self.topology.listeners.get(record.opened.listener) {
+            Some((vip, pool)) => (pool.clone(), vip.to_string()),
+            None => (String::new(), record.opened.vip.to_string()),
+        };
+        let state = match (record.end, progress) {
+            (Some(_), _) => "ended".to_string(),
+            (None, Some(progress)) => progress.phase.name().to_string(),
+            (None, None) => "handshake".to_string(),
+        };
+        SessionRow {
+            id: record.opened.id,
+            loop_index: record.loop_index,
+            listener,
+            pool,
+            client: record.opened.client.to_string(),
+            backend: record.opened.backend.to_string(),
+            backend_source: record.opened.backend_source.to_string(),
+            server_name: record.tls.as_ref().and_then(|tls| tls.server_name.clone()),
+            alpn: record.tls.as_ref().and_then(|tls| tls.alpn.clone()),
+            tls_version: record.tls.as_ref().map(|tls| tls.version.to_string()),
+            suite: record.tls.as_ref().map(|tls| tls.suite.to_string()),
+            state,
+            age_seconds: seconds(end_ns.saturating_sub(record.opened.at_ns)),
+            idle_seconds: seconds(end_ns.saturating_sub(last_activity_ns)),
+            to_backend_bytes: progress.map_or(0, |progress| progress.to_backend_bytes),
+            to_client_bytes: progress.map_or(0, |progress| progress.to_client_bytes),
+            records_to_client: progress.map_or(0, |progress| progress.records_to_client),
+            end_reason: record.end.map(|(reason, _)| reason.name().to_string()),
+        }
+    }
+
+    fn backend_rows(&self) -> Vec<BackendRow> {
+        let mut rows = Vec::new();
+        for (pool, backends) in &self.topology.pools {
+            for &address in backends {
+                let totals = self.backends.get(&address).copied().unwrap_or_default();
+                let live: Vec<&Record> = self.sessions.values().filter(|record| record.opened.backend == address).collect();
+                let live_bytes = |field: fn(&Progress) -> u64| live.iter().filter_map(|record| record.progress.as_ref()).map(field).sum::<u64>();
+                rows.push(BackendRow {
+                    pool: pool.clone(),
+                    address: address.to_string(),
+                    admin: match self.admin.get(&address) {
+                        None | Some(BackendAdmin::Enabled) => "enabled",
+                        Some(BackendAdmin::Draining) => "draining",
+                        Some(BackendAdmin::Disabled) => "disabled",
+                    }
+                    .to_string(),
+                    sessions_active: live.len() as u64,
+                    sessions_total: totals.sessions_total,
+                    to_backend_bytes: totals.to_backend_bytes + live_bytes(|progress| progress.to_backend_bytes),
+                    to_client_bytes: totals.to_client_bytes + live_bytes(|progress| progress.to_client_bytes),
+                });
+            }
+        }
+        rows
+    }
+
+    fn totals(&self) -> BTreeMap<String, u64> {
+        let mut totals = Counters::default();
+        let mut extra: BTreeMap<String, u64> = BTreeMap::new();
+        for state in &self.loops {
+            totals.add(&state.counters);
+            for (name, value) in &state.loop_counters {
+                *extra.entry(name.to_string()).or_default() += value;
+            }
+        }
+        let mut counters: BTreeMap<String, u64> = totals.fields().into_iter().map(|(name, value)| (name.to_string(), value)).collect();
+        counters.extend(extra);
+        counters
+    }
+
+    fn stats(&self, now: Instant) -> Stats {
+        let loops = self
+            .loops
+            .iter()
+            .enumerate()
+            .map(|(index, state)| {
+                let age = state.last_report.map_or(now.saturating_duration_since(self.start), |at| now.saturating_duration_since(at));
+                LoopRow { index, sessions: state.sessions, last_report_ms: age.as_millis() as u64, stalled: age > STALLED_AFTER }
+            })
+            .collect();
+        let counts = self.counts;
+        let control = BTreeMap::from([
+            ("reports".to_string(), counts.reports),
+            ("events".to_string(), counts.events),
+            ("requests".to_string(), counts.requests),
+            ("commands_refused".to_string(), counts.commands_refused),
+            ("events_for_unknown_sessions".to_string(), counts.events_for_unknown_sessions),
+        ]);
+        Stats {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_seconds: now.saturating_duration_since(self.start).as_secs_f64(),
+            sessions: self.sessions.len() as u64,
+            loops,
+            counters: self.totals(),
+            control,
+        }
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    fn metrics(&self, now: Instant) -> String {
+        let mut text = String::new();
+        let stats = self.stats(now);
+        for (name, value) in &stats.counters {
+            let _ = writeln!(text, "# TYPE cutls_{name}_total counter\ncutls_{name}_total {value}");
+        }
+        let _ = writeln!(text, "# TYPE cutls_sessions gauge\ncutls_sessions {}", stats.sessions);
+        let _ = writeln!(text, "# TYPE cutls_uptime_seconds gauge\ncutls_uptime_seconds {:.3}", stats.uptime_seconds);
+        let _ = writeln!(text, "# TYPE cutls_loop_sessions gauge");
+        for row in &stats.loops {
+            let _ = writeln!(text, "cutls_loop_sessions{{loop=\"{}\"}} {}", row.index, row.sessions);
+        }
+        let _ = writeln!(text, "# TYPE cutls_loop_stalled gauge");
+        for row in &stats.loops {
+            let _ = writeln!(text, "cutls_loop_stalled{{loop=\"{}\"}} {}", row.index, u8::from(row.stalled));
+        }
+        let backends = self.backend_rows();
+        let metric = |text: &mut String, name: &str, kind: &str, value: fn(&BackendRow) -> u64| {
+            let _ = writeln!(text, "# TYPE cutls_backend_{name} {kind}");
+            for row in &backends {
+                let _ = writeln!(text, "cutls_backend_{name}{{pool=\"{}\",backend=\"{}\"}} {}", row.pool, row.address, value(row));
+            }
+        };
+        metric(&mut text, "sessions_active", "gauge", |row| row.sessions_active);
+        metric(&mut text, "sessions_total", "counter", |row| row.sessions_total);
+        metric(&mut text, "to_backend_bytes_total", "counter", |row| row.to_backend_bytes);
+        metric(&mut text, "to_client_bytes_total", "counter", |row| row.to_client_bytes);
+        metric(&mut text, "in_rotation", "gauge", |row| u64::from(row.admin == "enabled"));
+        let _ = writeln!(text, "# TYPE cutls_handshake_seconds histogram");
+        let mut cumulative = 0;
+        for (bound, count) in HANDSHAKE_BUCKETS.iter().zip(&self.handshake_buckets) {
+            cumulative += count;
+            let _ = writeln!(text, "cutls_handshake_seconds_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += self.handshake_buckets[HANDSHAKE_BUCKETS.len()];
+        let _ = writeln!(text, "cutls_handshake_seconds_bucket{{le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(text, "cutls_handshake_seconds_sum {:.6}", self.handshake_seconds);
+        let _ = writeln!(text, "cutls_handshake_seconds_count {cumulative}");
+        text
+    }
+}
+
+fn seconds(ns: u64) -> f64 {
+    (ns as f64 / 1e6).round() / 1e3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cutls_dataplane::session::Phase;
+
+    fn address(text: &str) -> SocketAddr {
+        text.parse().unwrap()
+    }
+
+    fn plane(loops: usize) -> (ControlPlane, Vec<Receiver<LoopCommand>>, Instant) {
+        let start = Instant::now();
+        let topology = Topology {
+            listeners: vec![(address("192.0.2.1:443"), "web".into())],
+            pools: vec![("web".into(), vec![address("10.0.0.2:8080"), address("10.0.0.3:8080")])],
+        };
+        let mut receivers = Vec::new();
+        let mut handles = Vec::new();
+        for _ in 0..loops {
+            let (commands, receiver) = crossbeam_channel::bounded(4);
+            handles.push(LoopHandle { commands, wake: Box::new(|| {}) });
+            receivers.push(receiver);
+        }
+        (ControlPlane::new(start, topology, handles), receivers, start)
+    }
+
+    fn opened(id: u64, client: &str, backend: &str) -> Event {
+        Event::Opened(Opened {
+            id,
+            listener: 0,
+            client: address(client),
+            vip: address("192.0.2.1:443"),
+            backend: address(backend),
+            backend_source: address(client),
+            at_ns: 1_000_000,
+        })
+    }
+
+    fn progress(id: u64, to_client_bytes: u64) -> Progress {
+        Progress { id, phase: Phase::Spliced, last_activity_ns: 2_000_000, to_backend_bytes: 100, to_client_bytes, records_to_client: 3 }
+    }
+
+    fn report(loop_index: usize, events: Vec<Event>, progress: Vec<Progress>) -> LoopReport {
+        LoopReport { loop_index, sessions: 0, counters: Counters::default(), loop_counters: Vec::new(), events, progress }
+    }
+
+    fn ask(plane: &mut ControlPlane, request: Request, now: Instant) -> Reply {
+        let (sender, receiver) = crossbeam_channel::bounded(1);
+        plane.answer(request, sender, now);
+        receiver.try_recv().expect("an answer at once")
+    }
+
+    #[test]
+    fn the_database_follows_the_loops_events_and_filters_sessions() {
+        let (mut plane, _commands, start) = plane(2);
+        let now = start + Duration::from_millis(5);
+        plane.take_report(report(0, vec![opened(1, "198.51.100.7:40000", "10.0.0.2:8080")], vec![progress(1, 5000)]), now);
+        plane.take_report(report(1, vec![opened(2, "198.51.100.8:40001", "10.0.0.3:8080")], vec![]), now);
+        let Reply::Sessions { sessions } = ask(&mut plane, Request::ShowSessions { backend: None, client: None, listener: None }, now) else {
+            panic!("not sessions")
+        };
+        assert_eq!(sessions.iter().map(|row| (row.id, row.loop_index)).collect::<Vec<_>>(), [(1, 0), (2, 1)]);
+        assert_eq!((sessions[0].state.as_str(), sessions[0].to_client_bytes, sessions[0].pool.as_str()), ("spliced", 5000, "web"));
+        assert_eq!(sessions[0].age_seconds, 0.004);
+        let by_backend = Request::ShowSessions { backend: Some("web/10.0.0.3:8080".into()), client: None, listener: None };
+        let Reply::Sessions { sessions } = ask(&mut plane, by_backend, now) else { panic!("not sessions") };
+        assert_eq!(sessions.iter().map(|row| row.id).collect::<Vec<_>>(), [2]);
+        let by_client = Request::ShowSessions { backend: None, client: Some("198.51.100.7".into()), listener: None };
+        let Reply::Sessions { sessions } = ask(&mut plane, by_client, now) else { panic!("not sessions") };
+        assert_eq!(sessions.iter().map(|row| row.id).collect::<Vec<_>>(), [1]);
+        let unknown = Request::ShowSessions { backend: Some("10.9.9.9:1".into()), client: None, listener: None };
+        assert!(matches!(ask(&mut plane, unknown, now), Reply::Error { .. }));
+
+        let ended = Event::Ended { id: 1, at_ns: 3_000_000, reason: EndReason::Fin, progress: progress(1, 9000) };
+        plane.take_report(report(0, vec![ended], vec![]), now);
+        let Reply::Session { session } = ask(&mut plane, Request::ShowSession { id: 1 }, now) else { panic!("not a session") };
+        assert_eq!((session.state.as_str(), session.end_reason.as_deref(), session.to_client_bytes), ("ended", Some("fin"), 9000));
+        let Reply::Backends { backends } = ask(&mut plane, Request::ShowBackends {}, now) else { panic!("not backends") };
+        let rows: Vec<_> = backends.iter().map(|row| (row.address.as_str(), row.sessions_active, row.sessions_total, row.to_client_bytes)).collect();
+        assert_eq!(rows, [("10.0.0.2:8080", 0, 1, 9000), ("10.0.0.3:8080", 1, 1, 0)]);
+    }
+
+    #[test]
+    fn a_kill_goes_to_the_owning_loop_and_is_answered_when_it_ends() {
+        let (mut plane, commands, start) = plane(2);
+        plane.take_report(report(1, vec![opened(4, "198.51.100.7:40000", "10.0.0.2:8080")], vec![]), start);
+        let (sender, answer) = crossbeam_channel::bounded(1);
+        plane.answer(Request::SessionKill { id: 4 }, sender, start);
+        assert_eq!(commands[1].try_recv(), Ok(LoopCommand::KillSession(4)));
+        assert!(commands[0].try_recv().is_err());
+        assert!(answer.try_recv().is_err(), "answered before the loop confirmed");
+        let ended = Event::Ended { id: 4, at_ns: 0, reason: EndReason::Killed, progress: progress(4, 0) };
+        plane.take_report(report(1, vec![ended], vec![]), start);
+        assert_eq!(answer.try_recv(), Ok(Reply::Done { message: "session 4 ended: killed".into() }));
+        assert!(matches!(ask(&mut plane, Request::SessionKill { id: 4 }, start), Reply::Error { .. }));
+
+        // A loop that never confirms: an error after the timeout, not a hang.
+        plane.take_report(report(0, vec![opened(5, "198.51.100.7:40001", "10.0.0.2:8080")], vec![]), start);
+        let (sender, answer) = crossbeam_channel::bounded(1);
+        plane.answer(Request::SessionKill { id: 5 }, sender, start);
+        plane.expire_kills(start + KILL_CONFIRM + Duration::from_millis(1));
+        assert!(matches!(answer.try_recv(), Ok(Reply::Error { .. })));
+    }
+
+    #[test]
+    fn backend_states_go_to_every_loop() {
+        let (mut plane, commands, start) = plane(2);
+        let drain = Request::Backend { action: BackendAction::Drain, backend: "web/10.0.0.2:8080".into() };
+        assert!(matches!(ask(&mut plane, drain, start), Reply::Done { .. }));
+        for receiver in &commands {
+            assert_eq!(receiver.try_recv(), Ok(LoopCommand::SetBackend(address("10.0.0.2:8080"), BackendAdmin::Draining)));
+        }
+        let Reply::Backends { backends } = ask(&mut plane, Request::ShowBackends {}, start) else { panic!("not backends") };
+        assert_eq!(backends[0].admin, "draining");
+        let wrong_pool = Request::Backend { action: BackendAction::Enable, backend: "api/10.0.0.2:8080".into() };
+        assert!(matches!(ask(&mut plane, wrong_pool, start), Reply::Error { .. }));
+    }
+
+    #[test]
+    fn metrics_are_prometheus_text() {
+        let (mut plane, _commands, start) = plane(1);
+        let mut counters = Counters::default();
+        counters.sessions_started = 3;
+        plane.take_report(report(0, vec![opened(1, "198.51.100.7:40000", "10.0.0.2:8080")], vec![]), start);
+        let facts = TlsFacts { server_name: None, alpn: None, version: "TLSv1.3", suite: "TLS13_AES_128_GCM_SHA256" };
+        // Each report has the loop's counters whole: the last one counts.
+        let mut last = report(0, vec![Event::Tls { id: 1, at_ns: 4_000_000, facts }], vec![]);
+        last.counters = counters;
+        plane.take_report(last, start);
+        let Reply::Metrics { text } = ask(&mut plane, Request::ShowMetrics {}, start) else { panic!("not metrics") };
+        for line in [
+            "cutls_sessions_started_total 3",
+            "cutls_sessions 1",
+            "cutls_backend_sessions_active{pool=\"web\",backend=\"10.0.0.2:8080\"} 1",
+            "cutls_handshake_seconds_bucket{le=\"0.002\"} 0",
+            "cutls_handshake_seconds_bucket{le=\"0.005\"} 1",
+            "cutls_handshake_seconds_count 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+    }
+}
