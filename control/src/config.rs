@@ -687,6 +687,28 @@ backends = ["198.18.2.10:80", "[2001:db8::10]:80"]
         assert_eq!(config.pools[0].backends[1], "[2001:db8::10]:80".parse().unwrap());
     }
 
+    #[test]
+    fn management_and_idle_timeout() {
+        let config = parse(GOOD).unwrap();
+        assert_eq!(config.management.socket.as_deref(), Some(Path::new(DEFAULT_MANAGEMENT_SOCKET)));
+        assert_eq!((config.management.metrics, config.idle_timeout), (None, DEFAULT_IDLE_TIMEOUT));
+        let text = GOOD.replace("mode = \"snat\"", "idle_timeout = 60\nmode = \"snat\"")
+            + "\n[management]\nsocket = \"run/cutls.sock\"\nmetrics = \"127.0.0.1:9464\"\n";
+        let config = parse(&text).unwrap();
+        assert_eq!(config.management.socket.as_deref(), Some(Path::new("/etc/cutls/run/cutls.sock")));
+        assert_eq!(config.management.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(config.idle_timeout, std::time::Duration::from_secs(60));
+        let off = parse(&(GOOD.to_string() + "\n[management]\nsocket = \"\"\n")).unwrap();
+        assert_eq!(off.management.socket, None);
+
+        let error = error_of(&(GOOD.to_string() + "\n[management]\nmetrics = \"localhost\"\n"));
+        assert_eq!((error.line, error.field.as_deref()), (Some(22), Some("management.metrics")));
+        let error = error_of(&(GOOD.to_string() + "\n[management]\nsockets = \"x\"\n"));
+        assert_eq!(error.line, Some(22), "{error}");
+        let error = error_of(&GOOD.replace("mode = \"snat\"", "idle_timeout = 0\nmode = \"snat\""));
+        assert_eq!((error.line, error.field.as_deref()), (Some(5), Some("box.idle_timeout")));
+    }
+
     fn error_of(text: &str) -> ConfigError {
         parse(text).unwrap_err()
     }

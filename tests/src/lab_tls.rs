@@ -1560,6 +1560,9 @@ impl Drop for TlsLab {
     }
 }
 
+/// Where the lab's cutls serves Prometheus metrics, in the box's namespace.
+pub const LAB_METRICS: &str = "127.0.0.1:9464";
+
 /// Writes the cutls configuration for `listeners` and returns its path.
 pub fn write_config(
     dir: &Path,
@@ -1631,7 +1634,7 @@ pub fn write_config(
     }
     // The management socket beside the file (the default, under /run, would be shared by
     // every lab test).
-    text += "\n[management]\nsocket = \"cutls.sock\"\n";
+    text += &format!("\n[management]\nsocket = \"cutls.sock\"\nmetrics = \"{LAB_METRICS}\"\n");
     let path = dir.join("cutls.toml");
     fs::write(&path, text)?;
     Ok(path)

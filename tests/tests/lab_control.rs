@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use cutls_tests::lab::{sha256, workspace_binary};
-use cutls_tests::lab_tls::{file_path, h1_port, lab_enabled, write_generated, HoldBack, Item, Setup, TlsLab, HOST};
+use cutls_tests::lab::{cutls_binary, sha256, workspace_binary};
+use cutls_tests::lab_tls::{file_path, h1_port, lab_enabled, write_generated, HoldBack, Item, Setup, TlsLab, HOST, LAB_METRICS};
 
 const FILE: &str = "/control-24m";
 const SIZE: u64 = 24 << 20;
@@ -80,10 +80,45 @@ fn by_id(sessions: &[Value], id: u64) -> Value {
 
 #[test]
 fn cutlsctl_manages_the_running_box() {
-    if !lab_enabled() {
-        return;
+    if lab_enabled() {
+        manage(Setup::io("xdp"));
     }
-    let t = TlsLab::up(Setup::io("xdp"));
+}
+
+#[test]
+fn cutlsctl_manages_a_box_of_two_poll_loops() {
+    // Each loop owns its sessions: a kill goes to the owner, a drain to every loop.
+    if lab_enabled() {
+        manage(Setup { loops: 2, ..Setup::io("xdp") });
+    }
+}
+
+#[test]
+fn check_config_says_what_is_wrong() {
+    let cutls = cutls_binary().expect("build cutls");
+    let dir = std::env::temp_dir().join(format!("cutls-check-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a folder");
+    let good = dir.join("good.toml");
+    std::fs::write(
+        &good,
+        "[box]\noutside = \"a\"\ninside = \"b\"\n\n[[listener]]\nvip = \"198.18.0.100:80\"\npool = \"tcp\"\n\n\
+         [[pool]]\nname = \"tcp\"\nbackends = [\"198.18.0.21:80\"]\npassthrough = true\n\n[management]\nsocket = \"\"\n",
+    )
+    .expect("write");
+    let output = Command::new(&cutls).args(["check-config"]).arg(&good).output().expect("cutls check-config");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("OK (1 listener(s), 1 pool(s), 1 backend(s); management socket off)"));
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, std::fs::read_to_string(&good).expect("read").replace("198.18.0.21:80", "198.18.0.21")).expect("write");
+    let output = Command::new(&cutls).args(["check-config"]).arg(&bad).output().expect("cutls check-config");
+    assert_eq!(output.status.code(), Some(2));
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(error.contains(&format!("{}:11: pool[0].backends[0]: not an address:port", bad.display())), "{error}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn manage(setup: Setup) {
+    let t = TlsLab::up(setup);
     let ctl = Ctl { binary: workspace_binary("cutls-tools", "cutlsctl").expect("build cutlsctl"), socket: t.dir.join("cutls.sock") };
     let expected = write_generated(&t.web.root.join(&FILE[1..]), SIZE, 1313).expect("write the download");
     let to = t.vip(false, h1_port(HoldBack::CutThrough));
@@ -185,6 +220,12 @@ fn cutlsctl_manages_the_running_box() {
     let metrics = String::from_utf8_lossy(&ctl.run(&["show", "metrics"]).stdout).to_string();
     assert!(metrics.lines().any(|l| l == format!("cutls_sessions_started_total {started}")), "{metrics}");
     assert!(metrics.contains("cutls_handshake_seconds_count"), "{metrics}");
+    assert_eq!(stats["loops"].as_array().map(Vec::len), Some(setup.loops), "{stats}");
+    // What Prometheus scrapes, over HTTP in the box's namespace.
+    let scraped = t.lab.run_in(&t.lab.env.box_ns, "curl", &["-sS", "--fail", &format!("http://{LAB_METRICS}/metrics")]).expect("curl the metrics");
+    let scraped = String::from_utf8_lossy(&scraped.stdout);
+    assert!(scraped.lines().any(|l| l == format!("cutls_sessions_started_total {started}")), "{scraped}");
+    assert!(scraped.contains("# TYPE cutls_backend_sessions_active gauge"), "{scraped}");
     for (args, needle) in [
         (vec!["show", "session", "999999999"], "no session"),
         (vec!["session", "kill", "999999999"], "no live session"),

@@ -85,6 +85,37 @@ pub fn main(config_path: PathBuf) -> ExitCode {
     }
 }
 
+/// `cutls check-config FILE`: the file parsed and checked, and every listener's certificates
+/// and keys loaded, as `cutls run` would; exit 0, or 2 with the error (file:line: field:
+/// message for the file itself).
+pub fn check_config(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("cutls check-config: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    for (index, listener) in config.listeners.iter().enumerate() {
+        if config.pools[listener.pool].passthrough {
+            continue;
+        }
+        if let Err(error) = server_config(listener, Arc::new(SecretLog::default())) {
+            eprintln!("cutls check-config: {}: listener[{index}] ({}): {error}", path.display(), listener.vip);
+            return ExitCode::from(2);
+        }
+    }
+    let backends: usize = config.pools.iter().map(|pool| pool.backends.len()).sum();
+    println!(
+        "{}: OK ({} listener(s), {} pool(s), {backends} backend(s); management socket {})",
+        path.display(),
+        config.listeners.len(),
+        config.pools.len(),
+        config.management.socket.as_ref().map_or("off".to_string(), |socket| socket.display().to_string())
+    );
+    ExitCode::SUCCESS
+}
+
 /// Builds the engines from the configuration and runs their loops until `stop`.
 pub fn serve(config: &Config, stop: &AtomicBool) -> io::Result<()> {
     let mut listeners = Vec::new();

@@ -6,6 +6,8 @@ const USAGE: &str = "usage: cutls <command> [options]
 
 commands:
   help                 this text
+  version              the version
+  check-config FILE    check a configuration file (and load its certificates) without running
   decrypt              decrypt the TLS connections of a capture with a key log
   run                  the daemon; with two ports and no listeners, a transparent bridge
 ";
@@ -21,6 +23,17 @@ fn main() -> ExitCode {
             print!("{USAGE}");
             ExitCode::SUCCESS
         }
+        "version" | "--version" | "-V" => {
+            println!("cutls {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        "check-config" => match rest {
+            [file] => cutls_tools::serve::check_config(std::path::Path::new(file)),
+            _ => {
+                eprintln!("usage: cutls check-config FILE");
+                ExitCode::from(2)
+            }
+        },
         "run" => cutls_tools::run::main(rest),
         "decrypt" => cutls_tools::decrypt::main(rest),
         other => {
