@@ -73,6 +73,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+pub use cutls_dataplane::session::{BackendOptions, Balance};
 use toml::Spanned;
 
 /// A configuration error, with its place.
@@ -214,6 +216,10 @@ pub struct CertificateFiles {
 pub struct Pool {
     pub name: String,
     pub backends: Vec<SocketAddr>,
+    /// Per backend (same order): its weight and session limit.
+    pub options: Vec<BackendOptions>,
+    /// How a new session's backend is chosen (`balance`).
+    pub balance: Balance,
     /// Splice as plain TCP, without decryption.
     pub passthrough: bool,
 }
@@ -302,9 +308,29 @@ struct RawCertificate {
 #[serde(deny_unknown_fields)]
 struct RawPool {
     name: Spanned<String>,
-    backends: Vec<Spanned<String>>,
+    backends: Vec<Spanned<RawBackend>>,
     #[serde(default)]
     passthrough: bool,
+    #[serde(default)]
+    balance: Option<Spanned<String>>,
+}
+
+/// A backend: `"ADDRESS:PORT"`, or `{ address = "ADDRESS:PORT", weight = 3, max_sessions = 500 }`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawBackend {
+    Address(String),
+    Table(RawBackendTable),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackendTable {
+    address: String,
+    #[serde(default)]
+    weight: Option<i64>,
+    #[serde(default)]
+    max_sessions: Option<i64>,
 }
 
 /// Errors with places in one file.
@@ -497,16 +523,46 @@ impl Config {
                 return Err(places.error(Some(raw_pool.span()), format!("{field}.backends"), "a pool needs at least one backend"));
             }
             let mut backends = Vec::new();
+            let mut options = Vec::new();
             for (i, backend) in pool.backends.iter().enumerate() {
-                backends.push(backend.get_ref().parse().map_err(|_| {
-                    places.error(
-                        Some(backend.span()),
-                        format!("{field}.backends[{i}]"),
-                        format!("not an address:port: {:?}", backend.get_ref()),
-                    )
-                })?);
+                let error = |what: &str, message: String| places.error(Some(backend.span()), format!("{field}.backends[{i}]{what}"), message);
+                let (address, weight, max_sessions) = match backend.get_ref() {
+                    RawBackend::Address(address) => (address, None, None),
+                    RawBackend::Table(table) => (&table.address, table.weight, table.max_sessions),
+                };
+                let address: SocketAddr =
+                    address.parse().map_err(|_| error(if matches!(backend.get_ref(), RawBackend::Table(_)) { ".address" } else { "" }, format!("not an address:port: {address:?}")))?;
+                if backends.contains(&address) {
+                    return Err(error("", format!("{address} is in this pool twice")));
+                }
+                let weight = match weight {
+                    None => 1,
+                    Some(weight @ 1..=1000) => weight as u32,
+                    Some(other) => return Err(error(".weight", format!("{other}: must be 1 to 1000"))),
+                };
+                let max_sessions = match max_sessions {
+                    None => None,
+                    Some(limit @ 1..=100_000_000) => Some(limit as usize),
+                    Some(other) => return Err(error(".max_sessions", format!("{other}: must be 1 to 100000000"))),
+                };
+                backends.push(address);
+                options.push(BackendOptions { weight, max_sessions });
             }
-            pools.push(Pool { name: pool.name.get_ref().clone(), backends, passthrough: pool.passthrough });
+            let balance = match pool.balance.as_ref() {
+                None => Balance::default(),
+                Some(value) => match value.get_ref().as_str() {
+                    "round-robin" => Balance::RoundRobin,
+                    "least-sessions" => Balance::LeastSessions,
+                    other => {
+                        return Err(places.error(
+                            Some(value.span()),
+                            format!("{field}.balance"),
+                            format!("unknown balancing {other:?} (round-robin or least-sessions)"),
+                        ))
+                    }
+                },
+            };
+            pools.push(Pool { name: pool.name.get_ref().clone(), backends, options, balance, passthrough: pool.passthrough });
         }
 
         let mut listeners = Vec::new();
@@ -707,6 +763,32 @@ backends = ["198.18.2.10:80", "[2001:db8::10]:80"]
         assert_eq!(error.line, Some(22), "{error}");
         let error = error_of(&GOOD.replace("mode = \"snat\"", "idle_timeout = 0\nmode = \"snat\""));
         assert_eq!((error.line, error.field.as_deref()), (Some(5), Some("box.idle_timeout")));
+    }
+
+    #[test]
+    fn backends_with_weights_limits_and_balancing() {
+        let text = GOOD.replace(
+            "backends = [\"198.18.2.10:80\", \"[2001:db8::10]:80\"]",
+            "balance = \"least-sessions\"\nbackends = [\"198.18.2.10:80\", { address = \"[2001:db8::10]:80\", weight = 3, max_sessions = 500 }]",
+        );
+        let pool = &parse(&text).unwrap().pools[0];
+        assert_eq!(pool.balance, Balance::LeastSessions);
+        assert_eq!(pool.backends[1], "[2001:db8::10]:80".parse().unwrap());
+        assert_eq!(pool.options, [BackendOptions::default(), BackendOptions { weight: 3, max_sessions: Some(500) }]);
+        assert_eq!(parse(GOOD).unwrap().pools[0].balance, Balance::RoundRobin);
+
+        let error = error_of(&text.replace("weight = 3", "weight = 0"));
+        assert_eq!((error.line, error.field.as_deref()), (Some(20), Some("pool[0].backends[1].weight")), "{error}");
+        let error = error_of(&text.replace("max_sessions = 500", "max_sessions = -1"));
+        assert_eq!(error.field.as_deref(), Some("pool[0].backends[1].max_sessions"), "{error}");
+        let error = error_of(&text.replace("[2001:db8::10]:80\", weight", "nowhere\", weight"));
+        assert_eq!(error.field.as_deref(), Some("pool[0].backends[1].address"), "{error}");
+        let error = error_of(&text.replace("least-sessions", "fastest"));
+        assert_eq!((error.line, error.field.as_deref()), (Some(19), Some("pool[0].balance")), "{error}");
+        let error = error_of(&text.replace("[2001:db8::10]:80", "198.18.2.10:80"));
+        assert!(error.message.contains("twice"), "{error}");
+        let error = error_of(&text.replace("weight = 3", "weight = 3, colour = 1"));
+        assert_eq!(error.line, Some(20), "{error}");
     }
 
     fn error_of(text: &str) -> ConfigError {

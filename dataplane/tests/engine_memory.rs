@@ -22,7 +22,8 @@ use std::sync::Arc;
 use cutls_crypto::ReleaseMode;
 use cutls_dataplane::session::handover::SecretLog;
 use cutls_dataplane::session::{
-    BackendAdmin, EndReason, Engine, EngineConfig, Event, ListenerSetup, LoopShare, Output, PassthroughRoute, Phase, Port,
+    BackendAdmin, BackendOptions, Balance, Balancing, EndReason, Engine, EngineConfig, Event, ListenerSetup, LoopShare, Output,
+    PassthroughRoute, Phase, Port,
 };
 use cutls_dataplane::steer::{Owner, Steering};
 use cutls_dataplane::wire::{parse_frame, ArpOperation, EthernetAddress, LinkType, SeqNumber, TcpFlags, TcpOptions};
@@ -1886,6 +1887,54 @@ fn the_engine_reports_to_the_control_plane_and_takes_its_commands() {
     let fourth = open(&mut lab, suite, 100, 20_000, 47, Extras::default());
     lab.run_until("an exchange once back in rotation", EXCHANGE_LIMIT_NS, |lab| exchange_finished(lab, fourth));
     assert_clean_exchange(&lab, fourth, suite);
+}
+
+#[test]
+fn least_sessions_and_backend_limits() {
+    // Issue 13: least-sessions by weight, and a backend's max_sessions: the first backend
+    // (weight 2) takes two sessions to the second's one, and once both are at their limits a
+    // new client is refused with a RST (counted) rather than overloading either.
+    let suite = Suite::Tls13Aes128Gcm;
+    let addresses = Addresses::ipv4();
+    let mut lab = engine_lab(&addresses, ReleaseMode::CutThrough, 53, WireConfig::default());
+    let secrets = Arc::new(SecretLog::default());
+    let backends: Vec<SocketAddr> = addresses.backends.iter().map(|(address, _)| *address).collect();
+    let listener = ListenerSetup {
+        vip: addresses.vip,
+        tls: Some(server_config(secrets.clone())),
+        secrets,
+        backends: backends.clone(),
+        mode: ReleaseMode::CutThrough,
+        passthrough: None,
+    };
+    let balancing = Balancing {
+        listeners: vec![Balance::LeastSessions],
+        passthrough: vec![Balance::RoundRobin],
+        backends: [(backends[0], BackendOptions { weight: 2, max_sessions: Some(2) }), (backends[1], BackendOptions { weight: 1, max_sessions: Some(1) })]
+            .into_iter()
+            .collect(),
+    };
+    lab.boxed.engine =
+        Engine::new(EngineConfig { balancing, events: true, ..lab_engine_config(listener, &addresses, 53, usize::MAX, LoopShare::ONE) });
+    let sessions: Vec<usize> = (0..3).map(|i| open(&mut lab, suite, 100, 8 * MIB, 53 + i, Extras::default())).collect();
+    lab.run_until("three downloads under way", EXCHANGE_LIMIT_NS, |lab| sessions.iter().all(|&s| lab.client.sessions[s].response.len() > 100_000));
+    let mut events = Vec::new();
+    lab.boxed.engine.take_events(&mut events);
+    let chosen: Vec<SocketAddr> = events.iter().filter_map(|event| if let Event::Opened(o) = event { Some(o.backend) } else { None }).collect();
+    assert_eq!(chosen.iter().filter(|&&b| b == backends[0]).count(), 2, "{chosen:?}");
+    assert_eq!(chosen.iter().filter(|&&b| b == backends[1]).count(), 1, "{chosen:?}");
+    let refused = open(&mut lab, suite, 100, 20_000, 60, Extras::default());
+    lab.run_for(200 * MS);
+    assert!(lab.client.sessions[refused].tcp.reset_received, "refused with a RST");
+    assert_eq!(lab.boxed.engine.counters().backends_full_refusals, 1);
+    lab.run_until("the downloads", EXCHANGE_LIMIT_NS, |lab| sessions.iter().all(|&s| exchange_finished(lab, s)));
+    for &session in &sessions {
+        assert_clean_exchange(&lab, session, suite);
+    }
+    // Room again: the next client is taken.
+    let next = open(&mut lab, suite, 100, 20_000, 61, Extras::default());
+    lab.run_until("an exchange once there is room", EXCHANGE_LIMIT_NS, |lab| exchange_finished(lab, next));
+    assert_clean_exchange(&lab, next, suite);
 }
 
 #[test]

@@ -42,7 +42,7 @@ use cutls_dataplane::io::bpf::AttachPreference;
 use cutls_dataplane::io::doorbell::Doorbell;
 use cutls_dataplane::io::{interface_index, receive_queue_count, wait_readable, FrameIo, RxChecksum};
 use cutls_dataplane::session::{
-    Counters, Engine, EngineConfig, EngineKeys, Event, ListenerSetup, LoopShare, Output, PassthroughRoute, Port,
+    Balance, Balancing, Counters, Engine, EngineConfig, EngineKeys, Event, ListenerSetup, LoopShare, Output, PassthroughRoute, Port,
 };
 use cutls_dataplane::steer::{Owner, Steering};
 use cutls_dataplane::wire::EthernetAddress;
@@ -147,6 +147,17 @@ pub fn serve(config: &Config, stop: &AtomicBool) -> io::Result<()> {
             passthrough,
         });
     }
+    // Each listener's pools' balancing, and every backend's weight and limit.
+    let mut balancing = Balancing::default();
+    for listener in &config.listeners {
+        balancing.listeners.push(config.pools[listener.pool].balance);
+        balancing.passthrough.push(listener.passthrough_pool.map_or(Balance::default(), |index| config.pools[index].balance));
+    }
+    for pool in &config.pools {
+        for (backend, options) in pool.backends.iter().zip(&pool.options) {
+            balancing.backends.insert(*backend, *options);
+        }
+    }
     let snat_address = match config.mode {
         AddressMode::Transparent => None,
         AddressMode::Snat(address) => Some(address),
@@ -185,6 +196,7 @@ pub fn serve(config: &Config, stop: &AtomicBool) -> io::Result<()> {
                 handshake_doorbell: Some(Arc::clone(&doorbells[index])),
                 loop_share: LoopShare { index, loops },
                 congestion: config.congestion,
+                balancing: balancing.clone(),
                 events: true,
             })
         })

@@ -24,6 +24,7 @@
 #[macro_use]
 mod counters;
 mod acceptance;
+pub mod balance;
 mod client_hello;
 mod cookie;
 mod custody;
@@ -35,6 +36,7 @@ mod neighbours;
 mod post_handshake;
 mod reorder;
 mod sender;
+pub use balance::{BackendOptions, Balance, Balancing};
 pub use events::{Event, Phase, Progress, TlsFacts};
 pub use sender::CongestionControl;
 mod session;
@@ -131,6 +133,8 @@ pub struct EngineConfig {
     pub loop_share: LoopShare,
     /// The congestion control of the box's sender toward clients.
     pub congestion: CongestionControl,
+    /// How each listener's pools choose backends, and each backend's weight and limit.
+    pub balancing: Balancing,
     /// Queue [`Event`]s for the control plane ([`Engine::take_events`]); off in tests and
     /// replays that do not read them.
     pub events: bool,
@@ -427,6 +431,8 @@ pub struct Counters {
     pub ended_killed: u64,
     /// New sessions refused because every backend of their pool was drained or disabled.
     pub backends_out_of_rotation_refusals: u64,
+    /// ... because every backend in rotation had its `max_sessions`.
+    pub backends_full_refusals: u64,
 }
 }
 
@@ -704,6 +710,8 @@ pub struct Engine {
     events: events::EventQueue,
     /// Backends an operator took out of rotation (absent: in rotation).
     backend_admin: HashMap<SocketAddr, BackendAdmin>,
+    /// Live sessions per backend (for least-sessions and `max_sessions`).
+    backend_sessions: HashMap<SocketAddr, u32>,
 }
 
 /// An operator's say over a backend ([`Engine::set_backend_admin`]).
@@ -760,6 +768,7 @@ impl Engine {
             counters: Counters::default(),
             events,
             backend_admin: HashMap::new(),
+            backend_sessions: HashMap::new(),
         }
     }
 
@@ -1338,6 +1347,7 @@ impl Engine {
         self.bridged_backend_flows.remove(&FlowKey { source: backend, destination: side.source });
         self.by_backend.insert(FlowKey { source: backend, destination: side.source }, id);
         self.sessions.insert(id, session);
+        *self.backend_sessions.entry(backend).or_insert(0) += 1;
         self.events.push(|| {
             Event::Opened(events::Opened {
                 id,
@@ -1455,6 +1465,7 @@ impl Engine {
         }
         {
             if let Some(session) = self.sessions.remove(&id) {
+                self.forget_backend_session(session.backend());
                 if self.events.enabled() {
                     let reason = match event {
                         Some(SessionEvent::Ended(reason)) => reason,
@@ -1543,6 +1554,9 @@ impl Engine {
         self.bridged_backend_flows.remove(&FlowKey { source: backend, destination: side.source });
         self.by_backend.insert(FlowKey { source: backend, destination: side.source }, id);
         self.events.push(|| Event::Rerouted { id, backend, backend_source: side.source });
+        // Counted on its new backend from here (on failure above, its end forgets the old).
+        self.forget_backend_session(old_flow.source);
+        *self.backend_sessions.entry(backend).or_insert(0) += 1;
         self.with_session(id, now_ns, out, |session, context| {
             session.start_passthrough(context, backend, side);
             None
@@ -1576,12 +1590,24 @@ impl Engine {
                 || !self.by_backend.contains_key(&FlowKey { source: *backend, destination: client })
         };
         let in_rotation = |backend: &SocketAddr| self.backend_admin.get(backend).is_none_or(|&admin| admin == BackendAdmin::Enabled);
-        let candidates = (0..count).map(|i| backends[start.wrapping_add(i) % count]).filter(in_rotation);
-        let Some(backend) = candidates.clone().find(free) else {
-            if candidates.count() == 0 {
-                self.counters.backends_out_of_rotation_refusals += 1;
-                return None;
-            }
+        let loops = self.config.loop_share.loops.max(1);
+        let sessions_on = |backend: &SocketAddr| self.backend_sessions.get(backend).copied().unwrap_or(0);
+        let under_limit = |backend: &SocketAddr| {
+            self.config.balancing.options(backend).max_sessions.is_none_or(|limit| (sessions_on(backend) as usize) < limit.div_ceil(loops))
+        };
+        let in_turn: Vec<SocketAddr> = (0..count).map(|i| backends[start.wrapping_add(i) % count]).filter(in_rotation).collect();
+        if in_turn.is_empty() {
+            self.counters.backends_out_of_rotation_refusals += 1;
+            return None;
+        }
+        let room: Vec<SocketAddr> = in_turn.into_iter().filter(under_limit).collect();
+        if room.is_empty() {
+            self.counters.backends_full_refusals += 1;
+            return None;
+        }
+        let usable: Vec<SocketAddr> = room.into_iter().filter(free).collect();
+        let balance = self.config.balancing.balance(listener, passthrough);
+        let Some(backend) = balance::pick(balance, &usable, sessions_on, |backend| self.config.balancing.options(backend)) else {
             self.counters.backend_tuple_collisions += 1;
             return None;
         };
@@ -1594,6 +1620,15 @@ impl Engine {
             }
         };
         Some((backend, side))
+    }
+
+    fn forget_backend_session(&mut self, backend: SocketAddr) {
+        if let std::collections::hash_map::Entry::Occupied(mut entry) = self.backend_sessions.entry(backend) {
+            *entry.get_mut() = entry.get().saturating_sub(1);
+            if *entry.get() == 0 {
+                entry.remove();
+            }
+        }
     }
 
     /// A free SNAT port toward `backend` (not used by a live or recently ended session), of

@@ -73,6 +73,7 @@ pub fn engine_config(
         handshake_doorbell: None,
         loop_share: LoopShare::ONE,
         congestion: Default::default(),
+        balancing: Default::default(),
         events: false,
     }
 }
