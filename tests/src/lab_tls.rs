@@ -165,6 +165,8 @@ pub struct Pool {
     pub port: u16,
     /// Spliced as plain TCP, never terminated.
     pub passthrough: bool,
+    /// `balance` in the configuration, if set.
+    pub balance: Option<&'static str>,
 }
 
 /// The backend ports: nginx HTTP/1.1 on 80 and 82, h2c on 81 and 83 (IPv4 and IPv6); the
@@ -177,48 +179,56 @@ pub mod pools {
         v6: false,
         port: 80,
         passthrough: false,
+        balance: None,
     };
     pub const WEB_VERIFY_FIRST: Pool = Pool {
         name: "web-vf",
         v6: false,
         port: 82,
         passthrough: false,
+        balance: None,
     };
     pub const WEB6: Pool = Pool {
         name: "web6",
         v6: true,
         port: 80,
         passthrough: false,
+        balance: None,
     };
     pub const WEB6_VERIFY_FIRST: Pool = Pool {
         name: "web6-vf",
         v6: true,
         port: 82,
         passthrough: false,
+        balance: None,
     };
     pub const H2C: Pool = Pool {
         name: "h2c",
         v6: false,
         port: 81,
         passthrough: false,
+        balance: None,
     };
     pub const H2C_VERIFY_FIRST: Pool = Pool {
         name: "h2c-vf",
         v6: false,
         port: 83,
         passthrough: false,
+        balance: None,
     };
     pub const RECORDING: Pool = Pool {
         name: "recording",
         v6: false,
         port: 9000,
         passthrough: false,
+        balance: None,
     };
     pub const RECORDING_VERIFY_FIRST: Pool = Pool {
         name: "recording-vf",
         v6: false,
         port: 9001,
         passthrough: false,
+        balance: None,
     };
     /// Passthrough: nginx's plain HTTP/1.1 port.
     pub const PLAIN: Pool = Pool {
@@ -226,6 +236,7 @@ pub mod pools {
         v6: false,
         port: 80,
         passthrough: true,
+        balance: None,
     };
     /// Passthrough: nginx terminating TLS itself (port 8443, its own certificate).
     pub const BACKEND_TLS: Pool = Pool {
@@ -233,8 +244,25 @@ pub mod pools {
         v6: false,
         port: 8443,
         passthrough: true,
+        balance: None,
     };
-    pub const ALL: [Pool; 10] = [
+    /// The balancing test's backends (tests/tests/lab_control.rs), round robin ...
+    pub const BALANCE_ROUND_ROBIN: Pool = Pool {
+        name: "balance-rr",
+        v6: false,
+        port: 9100,
+        passthrough: false,
+        balance: Some("round-robin"),
+    };
+    /// ... and the same backends by least sessions.
+    pub const BALANCE_LEAST_SESSIONS: Pool = Pool {
+        name: "balance-least",
+        v6: false,
+        port: 9100,
+        passthrough: false,
+        balance: Some("least-sessions"),
+    };
+    pub const ALL: [Pool; 12] = [
         WEB,
         WEB_VERIFY_FIRST,
         WEB6,
@@ -245,6 +273,8 @@ pub mod pools {
         RECORDING_VERIFY_FIRST,
         PLAIN,
         BACKEND_TLS,
+        BALANCE_ROUND_ROBIN,
+        BALANCE_LEAST_SESSIONS,
     ];
 }
 
@@ -280,6 +310,10 @@ pub mod ports {
     /// HTTP/1.1 for [`super::HOST`], cut-through; other SNI names and first flights that are
     /// not a ClientHello pass through to nginx's own TLS port.
     pub const MIXED: u16 = 446;
+    /// The balancing test's backends (port 9100, which that test serves), round robin.
+    pub const BALANCE_ROUND_ROBIN: u16 = 9501;
+    /// The same backends, least sessions.
+    pub const BALANCE_LEAST_SESSIONS: u16 = 9502;
 }
 
 /// The listener port for HTTP/1.1 in `mode`.
@@ -364,6 +398,15 @@ pub fn standard_listeners(vip_v4: IpAddr, vip_v6: IpAddr) -> Vec<ListenerSpec> {
         alpn: vec!["http/1.1"],
         passthrough_pool: Some(pools::BACKEND_TLS),
     });
+    for (port, pool) in [(ports::BALANCE_ROUND_ROBIN, pools::BALANCE_ROUND_ROBIN), (ports::BALANCE_LEAST_SESSIONS, pools::BALANCE_LEAST_SESSIONS)] {
+        listeners.push(ListenerSpec {
+            vip: SocketAddr::new(vip_v4, port),
+            pool,
+            hold_back: HoldBack::CutThrough,
+            alpn: vec!["http/1.1"],
+            passthrough_pool: None,
+        });
+    }
     listeners
 }
 
@@ -1489,7 +1532,7 @@ impl TlsLab {
 
 /// Debian's python3 when present: a version manager's shim in PATH costs a quarter of a second
 /// per start.
-fn python3() -> &'static str {
+pub fn python3() -> &'static str {
     if Path::new("/usr/bin/python3").exists() {
         "/usr/bin/python3"
     } else {
@@ -1630,6 +1673,9 @@ pub fn write_config(
         );
         if pool.passthrough {
             text += "passthrough = true\n";
+        }
+        if let Some(balance) = pool.balance {
+            text += &format!("balance = \"{balance}\"\n");
         }
     }
     // The management socket beside the file (the default, under /run, would be shared by

@@ -5,17 +5,32 @@
 //! the drained backend while its old one finishes; `show backends`, `show stats`,
 //! `show metrics` and the errors for what does not exist.
 //!
-//! Needs root (network namespaces); `CUTLS_SKIP_LAB=1` skips. Commands: ip, nginx, curl.
+//!
+//! Balancing: three backends (served by this test on port 9100), one of them slow (each answer
+//! delayed 250 ms); Python clients in 24 threads make one TLS request per connection for 6 s,
+//! first through a round-robin pool, then through a least-sessions pool of the same backends.
+//! Least sessions must send the slow backend a much smaller share of the sessions, and the
+//! requests' mean and 95th-percentile latency must be lower (the 99th stays at the delay while
+//! more than 1% of the sessions still go to the slow backend).
+//!
+//! Needs root (network namespaces); `CUTLS_SKIP_LAB=1` skips. Commands: ip, nginx, curl,
+//! python3.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use cutls_tests::lab::{cutls_binary, sha256, workspace_binary};
-use cutls_tests::lab_tls::{file_path, h1_port, lab_enabled, write_generated, HoldBack, Item, Setup, TlsLab, HOST, LAB_METRICS};
+use cutls_tests::lab::{cutls_binary, in_namespace, sha256, workspace_binary};
+use cutls_tests::lab_tls::{
+    file_path, h1_port, lab_enabled, ports, pools, python3, write_generated, HoldBack, Item, Setup, TlsLab, HOST, LAB_METRICS,
+};
 
 const FILE: &str = "/control-24m";
 const SIZE: u64 = 24 << 20;
@@ -115,6 +130,161 @@ fn check_config_says_what_is_wrong() {
     let error = String::from_utf8_lossy(&output.stderr);
     assert!(error.contains(&format!("{}:11: pool[0].backends[0]: not an address:port", bad.display())), "{error}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Clients for the balancing test: THREADS threads, each one TLS connection and request after
+/// the other for SECONDS; prints the count, errors and latency percentiles (ms) as JSON.
+const LOAD: &str = r#"
+import json, socket, ssl, sys, threading, time
+host, address, port, cafile, threads, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), float(sys.argv[6])
+context = ssl.create_default_context(cafile=cafile)
+latencies, errors, lock = [], [0], threading.Lock()
+end = time.monotonic() + seconds
+def work():
+    while time.monotonic() < end:
+        start = time.monotonic()
+        try:
+            with socket.create_connection((address, port), timeout=10) as raw:
+                with context.wrap_socket(raw, server_hostname=host) as tls:
+                    tls.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+                    data = b""
+                    while True:
+                        chunk = tls.recv(4096)
+                        if not chunk:
+                            break
+                        data += chunk
+            ok = data.startswith(b"HTTP/1.1 200") and data.endswith(b"ok\n")
+        except Exception:
+            ok = False
+        with lock:
+            if ok:
+                latencies.append((time.monotonic() - start) * 1000)
+            else:
+                errors[0] += 1
+workers = [threading.Thread(target=work) for _ in range(threads)]
+for w in workers: w.start()
+for w in workers: w.join()
+latencies.sort()
+pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else None
+print(json.dumps({"count": len(latencies), "errors": errors[0], "p50": pick(0.5), "p95": pick(0.95), "p99": pick(0.99),
+                  "mean": sum(latencies) / len(latencies) if latencies else None}))
+"#;
+
+/// The balancing test's backends: plain HTTP on `port` of every address, one answer per
+/// connection; the first address answers `delay` late. Counts the connections each got.
+struct Backends {
+    counts: Vec<Arc<AtomicU64>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Backends {
+    fn start(t: &TlsLab, port: u16, delay: Duration) -> Backends {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut counts = Vec::new();
+        for (index, &address) in t.lab.env.backends_v4.iter().enumerate() {
+            let listener = in_namespace(&t.lab.env.server_ns, move || {
+                let listener = TcpListener::bind(SocketAddr::new(address, port))?;
+                listener.set_nonblocking(true)?;
+                Ok(listener)
+            })
+            .expect("listen on a backend address");
+            let count = Arc::new(AtomicU64::new(0));
+            counts.push(Arc::clone(&count));
+            let stop = Arc::clone(&stop);
+            let delay = if index == 0 { delay } else { Duration::ZERO };
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            count.fetch_add(1, Ordering::Relaxed);
+                            std::thread::spawn(move || answer(stream, delay));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                    }
+                }
+            });
+        }
+        Backends { counts, stop }
+    }
+
+    fn counts(&self) -> Vec<u64> {
+        self.counts.iter().map(|count| count.load(Ordering::Relaxed)).collect()
+    }
+}
+
+impl Drop for Backends {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn answer(mut stream: TcpStream, delay: Duration) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut head = Vec::new();
+    let mut buffer = [0u8; 2048];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buffer[..n]),
+        }
+    }
+    std::thread::sleep(delay);
+    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n");
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    // Read to the end, so that the close is a FIN, not a RST.
+    while matches!(stream.read(&mut buffer), Ok(n) if n > 0) {}
+}
+
+#[test]
+fn least_sessions_sends_fewer_sessions_to_a_slow_backend_than_round_robin() {
+    if !lab_enabled() {
+        return;
+    }
+    let t = TlsLab::up(Setup::io("xdp"));
+    let backends = Backends::start(&t, pools::BALANCE_ROUND_ROBIN.port, Duration::from_millis(250));
+    let mut results = Vec::new();
+    for (name, port) in [("round-robin", ports::BALANCE_ROUND_ROBIN), ("least-sessions", ports::BALANCE_LEAST_SESSIONS)] {
+        let before = backends.counts();
+        let vip = t.vip(false, port);
+        let output = t
+            .lab
+            .run_in(
+                &t.lab.env.client_ns,
+                python3(),
+                &["-c", LOAD, HOST, &vip.ip().to_string(), &port.to_string(), &t.cert.display().to_string(), "24", "6"],
+            )
+            .expect("run the clients");
+        let text = String::from_utf8_lossy(&output.stdout).to_string();
+        assert!(output.status.success(), "{name}: {text}{}", String::from_utf8_lossy(&output.stderr));
+        let load: Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{name}: {e}: {text}"));
+        let counts: Vec<u64> = backends.counts().iter().zip(&before).map(|(after, before)| after - before).collect();
+        let total: u64 = counts.iter().sum();
+        let slow_share = counts[0] as f64 / total.max(1) as f64;
+        eprintln!(
+            "{name}: {} requests ({} errors), sessions per backend {counts:?} (slow one first: {:.1}%), latency p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, mean {:.1} ms",
+            load["count"],
+            load["errors"],
+            slow_share * 100.0,
+            load["p50"].as_f64().unwrap_or(f64::NAN),
+            load["p95"].as_f64().unwrap_or(f64::NAN),
+            load["p99"].as_f64().unwrap_or(f64::NAN),
+            load["mean"].as_f64().unwrap_or(f64::NAN)
+        );
+        assert_eq!(load["errors"], 0, "{name}: {load}");
+        t.count_connections(u64_of(&load, "count"));
+        results.push((slow_share, load["p95"].as_f64().unwrap_or(f64::MAX), load["mean"].as_f64().unwrap_or(f64::MAX)));
+    }
+    let ((rr_share, rr_p95, rr_mean), (least_share, least_p95, least_mean)) = (results[0], results[1]);
+    assert!((0.25..0.42).contains(&rr_share), "round robin gives each backend a third: {rr_share:.3}");
+    assert!(least_share < rr_share / 2.0, "least sessions: slow share {least_share:.3} against round robin's {rr_share:.3}");
+    // The p99 stays at the slow backend's delay while more than 1% of sessions still go there
+    // (least sessions keeps giving it a share); the mean and the p95 show the difference.
+    assert!(
+        least_mean < rr_mean && least_p95 < rr_p95,
+        "least sessions: p95 {least_p95:.1} mean {least_mean:.1} ms; round robin p95 {rr_p95:.1} mean {rr_mean:.1} ms"
+    );
+    t.finish();
 }
 
 fn manage(setup: Setup) {
