@@ -553,11 +553,12 @@ impl Config {
                 Some(value) => match value.get_ref().as_str() {
                     "round-robin" => Balance::RoundRobin,
                     "least-sessions" => Balance::LeastSessions,
+                    "least-load" => Balance::LeastLoad,
                     other => {
                         return Err(places.error(
                             Some(value.span()),
                             format!("{field}.balance"),
-                            format!("unknown balancing {other:?} (round-robin or least-sessions)"),
+                            format!("unknown balancing {other:?} (round-robin, least-sessions or least-load)"),
                         ))
                     }
                 },

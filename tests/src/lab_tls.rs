@@ -262,7 +262,15 @@ pub mod pools {
         passthrough: false,
         balance: Some("least-sessions"),
     };
-    pub const ALL: [Pool; 12] = [
+    /// ... and by least load.
+    pub const BALANCE_LEAST_LOAD: Pool = Pool {
+        name: "balance-load",
+        v6: false,
+        port: 9100,
+        passthrough: false,
+        balance: Some("least-load"),
+    };
+    pub const ALL: [Pool; 13] = [
         WEB,
         WEB_VERIFY_FIRST,
         WEB6,
@@ -275,6 +283,7 @@ pub mod pools {
         BACKEND_TLS,
         BALANCE_ROUND_ROBIN,
         BALANCE_LEAST_SESSIONS,
+        BALANCE_LEAST_LOAD,
     ];
 }
 
@@ -314,6 +323,8 @@ pub mod ports {
     pub const BALANCE_ROUND_ROBIN: u16 = 9501;
     /// The same backends, least sessions.
     pub const BALANCE_LEAST_SESSIONS: u16 = 9502;
+    /// The same backends, least load.
+    pub const BALANCE_LEAST_LOAD: u16 = 9503;
 }
 
 /// The listener port for HTTP/1.1 in `mode`.
@@ -398,7 +409,7 @@ pub fn standard_listeners(vip_v4: IpAddr, vip_v6: IpAddr) -> Vec<ListenerSpec> {
         alpn: vec!["http/1.1"],
         passthrough_pool: Some(pools::BACKEND_TLS),
     });
-    for (port, pool) in [(ports::BALANCE_ROUND_ROBIN, pools::BALANCE_ROUND_ROBIN), (ports::BALANCE_LEAST_SESSIONS, pools::BALANCE_LEAST_SESSIONS)] {
+    for (port, pool) in [(ports::BALANCE_ROUND_ROBIN, pools::BALANCE_ROUND_ROBIN), (ports::BALANCE_LEAST_SESSIONS, pools::BALANCE_LEAST_SESSIONS), (ports::BALANCE_LEAST_LOAD, pools::BALANCE_LEAST_LOAD)] {
         listeners.push(ListenerSpec {
             vip: SocketAddr::new(vip_v4, port),
             pool,

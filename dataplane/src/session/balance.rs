@@ -1,5 +1,6 @@
-//! How a new session's backend is chosen among a pool's backends in rotation: round robin, or
-//! the fewest live sessions relative to the backend's weight. Each poll loop counts its own
+//! How a new session's backend is chosen among a pool's backends in rotation: round robin, the
+//! fewest live sessions relative to the backend's weight, or the least load (live sessions
+//! times a peak-EWMA of the backend's response time, per weight, of two picked at random). Each poll loop counts its own
 //! sessions (the loops share the clients by hash, so each sees about the same mix), and a
 //! backend's `max_sessions` is shared out among the loops as the box's limits are.
 
@@ -15,6 +16,50 @@ pub enum Balance {
     /// The backend with the fewest live sessions per unit of weight; ties in turn. A slow
     /// backend keeps its sessions longer and so gets fewer new ones.
     LeastSessions,
+    /// Of two backends picked at random, the one whose (live sessions + 1) x (response time +
+    /// 1 ms) per unit of weight is lower. The response time is a peak-EWMA ([`ResponseTime`])
+    /// of the time from a request's last byte forwarded to the first byte of the answer.
+    LeastLoad,
+}
+
+/// A peak-EWMA of a backend's response times (as Finagle's and Linkerd's balancers keep): a
+/// sample above the average takes its place at once, one below pulls it down with a decay of
+/// [`DECAY_NS`], so a backend that turns slow is avoided at once and one that recovers is
+/// trusted again over seconds. Without samples it decays toward zero with the same time
+/// constant ([`ResponseTime::average_at`]): a backend avoided for being slow gets new sessions
+/// again after a while, and so a chance to show it recovered.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ResponseTime {
+    average_ns: f64,
+    updated_ns: u64,
+}
+
+/// The time constant of [`ResponseTime`]'s decay.
+pub const DECAY_NS: u64 = 5_000_000_000;
+
+impl ResponseTime {
+    pub fn sample(&mut self, now_ns: u64, sample_ns: u64) {
+        let sample = sample_ns as f64;
+        if sample > self.average_ns {
+            self.average_ns = sample;
+        } else {
+            let elapsed = now_ns.saturating_sub(self.updated_ns) as f64;
+            let keep = (-elapsed / DECAY_NS as f64).exp();
+            self.average_ns = self.average_ns * keep + sample * (1.0 - keep);
+        }
+        self.updated_ns = now_ns;
+    }
+
+    /// The average as the last sample left it.
+    pub fn average_ns(&self) -> f64 {
+        self.average_ns
+    }
+
+    /// The average at `now_ns`, decayed toward zero since the last sample.
+    pub fn average_at(&self, now_ns: u64) -> f64 {
+        let elapsed = now_ns.saturating_sub(self.updated_ns) as f64;
+        self.average_ns * (-elapsed / DECAY_NS as f64).exp()
+    }
 }
 
 /// One backend's share and limit.
@@ -55,14 +100,32 @@ impl Balancing {
 }
 
 /// Of `candidates` (in turn order, at least one), the one `balance` picks, given each one's
-/// live sessions and options.
+/// live sessions, options and response time; `random` draws for least-load.
 pub(crate) fn pick(
     balance: Balance,
     candidates: &[SocketAddr],
     sessions: impl Fn(&SocketAddr) -> u32,
     options: impl Fn(&SocketAddr) -> BackendOptions,
+    response_ns: impl Fn(&SocketAddr) -> f64,
+    random: &mut impl FnMut() -> u64,
 ) -> Option<SocketAddr> {
     match balance {
+        Balance::LeastLoad => {
+            let load = |backend: &SocketAddr| {
+                (f64::from(sessions(backend)) + 1.0) * (response_ns(backend) + 1e6) / f64::from(options(backend).weight.max(1))
+            };
+            match candidates.len() {
+                0 => None,
+                1 => candidates.first().copied(),
+                count => {
+                    // Power of two choices: two distinct backends at random.
+                    let first = (random() % count as u64) as usize;
+                    let second = (first + 1 + (random() % (count as u64 - 1)) as usize) % count;
+                    let (a, b) = (candidates[first], candidates[second]);
+                    Some(if load(&b) < load(&a) { b } else { a })
+                }
+            }
+        }
         Balance::RoundRobin => candidates.first().copied(),
         // (sessions + 1) / weight, compared without division; the first in turn wins ties.
         Balance::LeastSessions => candidates.iter().copied().min_by(|a, b| {
@@ -90,7 +153,7 @@ mod tests {
             // The turn order rotates as the engine's counter does.
             let turn: Vec<SocketAddr> = (0..3).map(|i| backends[(round + i) % 3]).collect();
             let options = |b: &SocketAddr| BackendOptions { weight: weights[backends.iter().position(|x| x == b).unwrap()], max_sessions: None };
-            let chosen = pick(balance, &turn, |b| *sessions.get(b).unwrap_or(&0), options).unwrap();
+            let chosen = pick(balance, &turn, |b| *sessions.get(b).unwrap_or(&0), options, |_| 0.0, &mut || 0).unwrap();
             *sessions.entry(chosen).or_insert(0) += 1;
         }
         backends.map(|b| *sessions.get(&b).unwrap_or(&0))
@@ -117,9 +180,58 @@ mod tests {
         let mut sessions = HashMap::from([(backends[0], 10u32)]);
         for round in 0..10 {
             let turn: Vec<SocketAddr> = (0..3).map(|i| backends[(round + i) % 3]).collect();
-            let chosen = pick(Balance::LeastSessions, &turn, |b| *sessions.get(b).unwrap_or(&0), |_| BackendOptions::default()).unwrap();
+            let chosen =
+                pick(Balance::LeastSessions, &turn, |b| *sessions.get(b).unwrap_or(&0), |_| BackendOptions::default(), |_| 0.0, &mut || 0)
+                    .unwrap();
             assert_ne!(chosen, backends[0]);
             *sessions.entry(chosen).or_insert(0) += 1;
         }
+    }
+
+    #[test]
+    fn least_load_avoids_a_slow_backend_and_a_busy_one() {
+        let backends = addresses();
+        // The first answers in 200 ms, the others in 2 ms; all idle.
+        let response = |b: &SocketAddr| if *b == backends[0] { 200e6 } else { 2e6 };
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut random = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut chosen = [0u32; 3];
+        for _ in 0..300 {
+            let backend = pick(Balance::LeastLoad, &backends, |_| 0, |_| BackendOptions::default(), response, &mut random).unwrap();
+            chosen[backends.iter().position(|b| *b == backend).unwrap()] += 1;
+        }
+        assert_eq!(chosen[0], 0, "the slow one loses every pair it is in: {chosen:?}");
+        assert!(chosen[1] > 100 && chosen[2] > 100, "{chosen:?}");
+        // Equal response times: the busier loses.
+        let busy = |b: &SocketAddr| if *b == backends[1] { 50 } else { 0 };
+        for _ in 0..50 {
+            let backend = pick(Balance::LeastLoad, &backends, busy, |_| BackendOptions::default(), |_| 2e6, &mut random).unwrap();
+            assert_ne!(backend, backends[1]);
+        }
+    }
+
+    #[test]
+    fn response_time_takes_peaks_at_once_and_decays() {
+        let mut time = ResponseTime::default();
+        time.sample(0, 2_000_000);
+        assert_eq!(time.average_ns(), 2e6);
+        time.sample(1_000_000_000, 300_000_000);
+        assert_eq!(time.average_ns(), 300e6, "a peak at once");
+        // Fast answers for a while pull it back toward 2 ms.
+        for second in 2..30 {
+            time.sample(second * 1_000_000_000, 2_000_000);
+        }
+        assert!(time.average_ns() < 5e6, "{}", time.average_ns());
+        // One fast answer right after a peak moves it little.
+        time.sample(31_000_000_000, 300_000_000);
+        time.sample(31_010_000_000, 2_000_000);
+        assert!(time.average_ns() > 290e6, "{}", time.average_ns());
+        // Without samples it fades: after four time constants, under 2% of itself.
+        assert!(time.average_at(31_010_000_000 + 4 * DECAY_NS) < 0.02 * time.average_ns());
     }
 }

@@ -181,6 +181,14 @@ impl EngineKeys {
         cutls_crypto::keys::hkdf_expand(cutls_crypto::HashAlgorithm::Sha256, &prk, b"cutls cookie", &mut keys.cookie_key);
         keys
     }
+
+    /// A seed for least-load's random choices: derived one way from the ISN key, so that what
+    /// the choices reveal tells nothing of it.
+    pub(crate) fn balance_seed(&self) -> u64 {
+        let mut seed = [0u8; 8];
+        cutls_crypto::keys::hkdf_expand(cutls_crypto::HashAlgorithm::Sha256, &self.isn_key, b"cutls balance", &mut seed);
+        u64::from_le_bytes(seed)
+    }
 }
 
 impl std::fmt::Debug for EngineKeys {
@@ -712,6 +720,11 @@ pub struct Engine {
     backend_admin: HashMap<SocketAddr, BackendAdmin>,
     /// Live sessions per backend (for least-sessions and `max_sessions`).
     backend_sessions: HashMap<SocketAddr, u32>,
+    /// Response times per backend (least-load), and the samples of the current call.
+    response_times: HashMap<SocketAddr, balance::ResponseTime>,
+    response_samples: Vec<(SocketAddr, u64)>,
+    /// Draws for least-load's two random choices (xorshift; seeded from the keys).
+    balance_random: u64,
 }
 
 /// An operator's say over a backend ([`Engine::set_backend_admin`]).
@@ -740,6 +753,8 @@ impl Engine {
             threads => handshake::HandshakePool::start(threads, config.handshake_doorbell.clone()).ok(),
         };
         let next_id = config.loop_share.index as u64 + 1;
+        // Not a secret: it only spreads the choices (never zero, or xorshift stays at zero).
+        let balance_random = config.keys.balance_seed() | 1;
         let events = events::EventQueue::new(config.events);
         Engine {
             config,
@@ -769,6 +784,9 @@ impl Engine {
             events,
             backend_admin: HashMap::new(),
             backend_sessions: HashMap::new(),
+            response_times: HashMap::new(),
+            response_samples: Vec::new(),
+            balance_random,
         }
     }
 
@@ -1324,7 +1342,7 @@ impl Engine {
         }
         let setup = &self.config.listeners[listener];
         let backends = setup.backends.clone();
-        let Some((backend, side)) = self.choose_backend(&backends, listener, false, key.source) else {
+        let Some((backend, side)) = self.choose_backend(now_ns, &backends, listener, false, key.source) else {
             session::reset_segment(Port::Outside, link, key, tcp, out);
             return None;
         };
@@ -1442,8 +1460,12 @@ impl Engine {
             deferred: &mut self.deferred,
             congestion: self.config.congestion,
             events: &mut self.events,
+            response_times: &mut self.response_samples,
         };
         let mut event = work(session, &mut context);
+        for (backend, sample_ns) in self.response_samples.drain(..) {
+            self.response_times.entry(backend).or_default().sample(now_ns, sample_ns);
+        }
         if let Some(SessionEvent::Passthrough) = event {
             event = self.pass_through(id, now_ns, out);
         }
@@ -1544,7 +1566,7 @@ impl Engine {
         let backends = self.config.listeners[listener].passthrough.as_ref().map(|route| route.backends.clone()).unwrap_or_default();
         // The flow chosen at the SYN was never used (no SYN went to it): free it first.
         self.by_backend.remove(&old_flow);
-        let Some((backend, side)) = self.choose_backend(&backends, listener, true, client) else {
+        let Some((backend, side)) = self.choose_backend(now_ns, &backends, listener, true, client) else {
             self.with_session(id, now_ns, out, |session, context| {
                 session.refuse(context);
                 Some(SessionEvent::Ended(EndReason::BackendUnreachable))
@@ -1569,6 +1591,7 @@ impl Engine {
     /// when none can be used.
     fn choose_backend(
         &mut self,
+        now_ns: u64,
         backends: &[SocketAddr],
         listener: usize,
         passthrough: bool,
@@ -1607,7 +1630,17 @@ impl Engine {
         }
         let usable: Vec<SocketAddr> = room.into_iter().filter(free).collect();
         let balance = self.config.balancing.balance(listener, passthrough);
-        let Some(backend) = balance::pick(balance, &usable, sessions_on, |backend| self.config.balancing.options(backend)) else {
+        let response_ns = |backend: &SocketAddr| self.response_times.get(backend).map_or(0.0, |time| time.average_at(now_ns));
+        let mut state = self.balance_random;
+        let mut random = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let chosen = balance::pick(balance, &usable, sessions_on, |backend| self.config.balancing.options(backend), response_ns, &mut random);
+        self.balance_random = state;
+        let Some(backend) = chosen else {
             self.counters.backend_tuple_collisions += 1;
             return None;
         };

@@ -53,6 +53,8 @@ pub(crate) struct Context<'a> {
     pub congestion: CongestionControl,
     /// What the control plane hears of the session.
     pub events: &'a mut EventQueue,
+    /// Backend response times measured in this call: (backend, ns).
+    pub response_times: &'a mut Vec<(SocketAddr, u64)>,
 }
 
 pub(crate) enum SessionEvent {
@@ -444,6 +446,9 @@ struct Splice {
     custody: Custody,
     /// The client's post-handshake messages (a KeyUpdate in pieces).
     post_handshake: PostHandshake,
+    /// When client plaintext last went to the backend with no backend byte since (0: none
+    /// waiting): the backend's first byte after it is a response-time sample.
+    request_forwarded_ns: u64,
 }
 
 impl Session {
@@ -1634,6 +1639,7 @@ impl Session {
             // with the Finished.
             custody: Custody::new(self.client_next),
             post_handshake: PostHandshake::default(),
+            request_forwarded_ns: 0,
         }));
         let early = std::mem::take(&mut self.early_application);
         if !early.is_empty() {
@@ -2057,7 +2063,11 @@ impl Session {
         let Some(splice) = self.splice.as_mut() else { return };
         if !payload.is_empty() {
             // Only data moves it: a pure ACK past the box's FIN must not count the FIN as data.
-            splice.forwarded_plaintext = splice.forwarded_plaintext.max(plaintext_offset + payload.len() as u64);
+            let end = plaintext_offset + payload.len() as u64;
+            if end > splice.forwarded_plaintext {
+                splice.request_forwarded_ns = context.now_ns.max(1);
+            }
+            splice.forwarded_plaintext = splice.forwarded_plaintext.max(end);
         }
         let backend = splice.backend;
         let mut options = TcpOptions::default();
@@ -2337,6 +2347,11 @@ impl Session {
                     Self::take_plaintext(splice, context, &held);
                 }
             }
+        }
+        if splice.plaintext_frontier > frontier_before && splice.request_forwarded_ns != 0 {
+            // The backend's answer began: how long it took, for least-load balancing.
+            context.response_times.push((self.backend, context.now_ns.saturating_sub(splice.request_forwarded_ns)));
+            splice.request_forwarded_ns = 0;
         }
         if let Some(fin) = splice.backend_fin_ahead {
             if fin == splice.plaintext_frontier && splice.reorder.is_empty() {
