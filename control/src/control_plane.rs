@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use cutls_dataplane::session::events::Opened;
-use cutls_dataplane::session::{BackendAdmin, Counters, EndReason, Event, Progress, TlsFacts};
+use cutls_dataplane::session::{BackendAdmin, BackendOptions, Balance, Counters, EndReason, Event, Progress, TlsFacts};
 
 use crate::management::{BackendAction, BackendRow, LoopRow, Pending, Reply, Request, SessionRow, Stats};
 
@@ -43,6 +43,8 @@ pub struct LoopReport {
     pub events: Vec<Event>,
     /// Sessions active since the previous report.
     pub progress: Vec<Progress>,
+    /// The engine's measured backend response times (ns).
+    pub response_times: Vec<(SocketAddr, f64)>,
 }
 
 /// What the control thread asks a loop to do.
@@ -66,6 +68,8 @@ pub struct Topology {
     pub listeners: Vec<(SocketAddr, String)>,
     /// Pool name and backends, in configuration order.
     pub pools: Vec<(String, Vec<SocketAddr>)>,
+    /// Per pool (same order): its balancing, and each backend's options.
+    pub balancing: Vec<(Balance, Vec<BackendOptions>)>,
 }
 
 /// A session in the database.
@@ -90,6 +94,7 @@ struct LoopState {
     last_report: Option<Instant>,
     counters: Counters,
     loop_counters: Vec<(&'static str, u64)>,
+    response_times: Vec<(SocketAddr, f64)>,
 }
 
 /// What the control thread counted of itself.
@@ -125,7 +130,13 @@ impl ControlPlane {
     /// `start`: the instant the loops measure their clocks from.
     pub fn new(start: Instant, topology: Topology, handles: Vec<LoopHandle>) -> ControlPlane {
         let loops = (0..handles.len())
-            .map(|_| LoopState { sessions: 0, last_report: None, counters: Counters::default(), loop_counters: Vec::new() })
+            .map(|_| LoopState {
+                sessions: 0,
+                last_report: None,
+                counters: Counters::default(),
+                loop_counters: Vec::new(),
+                response_times: Vec::new(),
+            })
             .collect();
         ControlPlane {
             start,
@@ -170,6 +181,7 @@ impl ControlPlane {
         state.last_report = Some(now);
         state.counters = report.counters;
         state.loop_counters = report.loop_counters;
+        state.response_times = report.response_times;
         for event in report.events {
             self.counts.events += 1;
             self.take_event(report.loop_index, event);
@@ -399,8 +411,19 @@ impl ControlPlane {
 
     fn backend_rows(&self) -> Vec<BackendRow> {
         let mut rows = Vec::new();
-        for (pool, backends) in &self.topology.pools {
-            for &address in backends {
+        for (index, (pool, backends)) in self.topology.pools.iter().enumerate() {
+            let (balance, options) = self.topology.balancing.get(index).map_or((Balance::default(), &[][..]), |(b, o)| (*b, &o[..]));
+            for (position, &address) in backends.iter().enumerate() {
+                let option = options.get(position).copied().unwrap_or_default();
+                // The slowest loop's view: each loop measures the answers it sees.
+                let response_ms = self
+                    .loops
+                    .iter()
+                    .flat_map(|state| state.response_times.iter())
+                    .filter(|(backend, _)| *backend == address)
+                    .map(|(_, ns)| ns / 1e6)
+                    .reduce(f64::max)
+                    .map(|ms| (ms * 1000.0).round() / 1000.0);
                 let totals = self.backends.get(&address).copied().unwrap_or_default();
                 let live: Vec<&Record> = self.sessions.values().filter(|record| record.opened.backend == address).collect();
                 let live_bytes = |field: fn(&Progress) -> u64| live.iter().filter_map(|record| record.progress.as_ref()).map(field).sum::<u64>();
@@ -413,6 +436,10 @@ impl ControlPlane {
                         Some(BackendAdmin::Disabled) => "disabled",
                     }
                     .to_string(),
+                    balance: balance_name(balance).to_string(),
+                    weight: option.weight,
+                    max_sessions: option.max_sessions.map(|limit| limit as u64),
+                    response_ms,
                     sessions_active: live.len() as u64,
                     sessions_total: totals.sessions_total,
                     to_backend_bytes: totals.to_backend_bytes + live_bytes(|progress| progress.to_backend_bytes),
@@ -494,6 +521,12 @@ impl ControlPlane {
         metric(&mut text, "to_backend_bytes_total", "counter", |row| row.to_backend_bytes);
         metric(&mut text, "to_client_bytes_total", "counter", |row| row.to_client_bytes);
         metric(&mut text, "in_rotation", "gauge", |row| u64::from(row.admin == "enabled"));
+        let _ = writeln!(text, "# TYPE cutls_backend_response_seconds gauge");
+        for row in &backends {
+            if let Some(ms) = row.response_ms {
+                let _ = writeln!(text, "cutls_backend_response_seconds{{pool=\"{}\",backend=\"{}\"}} {:.6}", row.pool, row.address, ms / 1e3);
+            }
+        }
         let _ = writeln!(text, "# TYPE cutls_handshake_seconds histogram");
         let mut cumulative = 0;
         for (bound, count) in HANDSHAKE_BUCKETS.iter().zip(&self.handshake_buckets) {
@@ -505,6 +538,14 @@ impl ControlPlane {
         let _ = writeln!(text, "cutls_handshake_seconds_sum {:.6}", self.handshake_seconds);
         let _ = writeln!(text, "cutls_handshake_seconds_count {cumulative}");
         text
+    }
+}
+
+fn balance_name(balance: Balance) -> &'static str {
+    match balance {
+        Balance::RoundRobin => "round-robin",
+        Balance::LeastSessions => "least-sessions",
+        Balance::LeastLoad => "least-load",
     }
 }
 
@@ -526,6 +567,7 @@ mod tests {
         let topology = Topology {
             listeners: vec![(address("192.0.2.1:443"), "web".into())],
             pools: vec![("web".into(), vec![address("10.0.0.2:8080"), address("10.0.0.3:8080")])],
+            balancing: vec![(Balance::LeastLoad, vec![BackendOptions::default(), BackendOptions { weight: 2, max_sessions: Some(9) }])],
         };
         let mut receivers = Vec::new();
         let mut handles = Vec::new();
@@ -554,7 +596,7 @@ mod tests {
     }
 
     fn report(loop_index: usize, events: Vec<Event>, progress: Vec<Progress>) -> LoopReport {
-        LoopReport { loop_index, sessions: 0, counters: Counters::default(), loop_counters: Vec::new(), events, progress }
+        LoopReport { loop_index, sessions: 0, counters: Counters::default(), loop_counters: Vec::new(), events, progress, response_times: Vec::new() }
     }
 
     fn ask(plane: &mut ControlPlane, request: Request, now: Instant) -> Reply {
@@ -625,6 +667,13 @@ mod tests {
         }
         let Reply::Backends { backends } = ask(&mut plane, Request::ShowBackends {}, start) else { panic!("not backends") };
         assert_eq!(backends[0].admin, "draining");
+        assert_eq!((backends[1].balance.as_str(), backends[1].weight, backends[1].max_sessions), ("least-load", 2, Some(9)));
+        assert_eq!(backends[0].response_ms, None, "nothing measured yet");
+        let mut measured = report(1, vec![], vec![]);
+        measured.response_times = vec![(address("10.0.0.2:8080"), 12_500_000.0)];
+        plane.take_report(measured, start);
+        let Reply::Backends { backends } = ask(&mut plane, Request::ShowBackends {}, start) else { panic!("not backends") };
+        assert_eq!(backends[0].response_ms, Some(12.5));
         let wrong_pool = Request::Backend { action: BackendAction::Enable, backend: "api/10.0.0.2:8080".into() };
         assert!(matches!(ask(&mut plane, wrong_pool, start), Reply::Error { .. }));
     }

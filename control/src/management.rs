@@ -134,6 +134,13 @@ pub struct BackendRow {
     pub address: String,
     /// enabled, draining, disabled.
     pub admin: String,
+    /// The pool's balancing: round-robin, least-sessions, least-load.
+    pub balance: String,
+    pub weight: u32,
+    pub max_sessions: Option<u64>,
+    /// The measured response time (least-load's peak-EWMA; the slowest loop's), if any answer
+    /// was measured.
+    pub response_ms: Option<f64>,
     pub sessions_active: u64,
     pub sessions_total: u64,
     pub to_backend_bytes: u64,

@@ -292,6 +292,16 @@ fn least_sessions_sends_fewer_sessions_to_a_slow_backend_than_round_robin() {
     // now and then, as its measured time fades): even the p99 is fast.
     let (least_load_p99, rr_p99) = (results[2].3, results[0].3);
     assert!(least_load_p99 < rr_p99 / 2.0, "least load p99 {least_load_p99:.1} ms, round robin {rr_p99:.1} ms");
+    // What least load measured, as `cutlsctl show backends` shows it.
+    let ctl = Ctl { binary: workspace_binary("cutls-tools", "cutlsctl").expect("build cutlsctl"), socket: t.dir.join("cutls.sock") };
+    let shown = ctl.json(&["show", "backends"]);
+    let rows: Vec<&Value> = shown["backends"].as_array().expect("backends").iter().filter(|row| row["pool"] == "balance-load").collect();
+    assert_eq!(rows.len(), 3, "{shown}");
+    assert!(rows.iter().all(|row| row["balance"] == "least-load"), "{shown}");
+    let response = |row: &Value| row["response_ms"].as_f64().unwrap_or_else(|| panic!("no response time: {row}"));
+    let slow = response(rows[0]);
+    assert!(rows[1..].iter().all(|row| response(row) < slow), "the slow backend measured slowest: {shown}");
+    eprintln!("measured response times (ms): {:?}", rows.iter().map(|row| response(row)).collect::<Vec<_>>());
     t.finish();
 }
 

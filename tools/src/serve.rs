@@ -334,6 +334,7 @@ fn run_loops<P: FrameIo>(
     let topology = Topology {
         listeners: config.listeners.iter().map(|listener| (listener.vip, config.pools[listener.pool].name.clone())).collect(),
         pools: config.pools.iter().map(|pool| (pool.name.clone(), pool.backends.clone())).collect(),
+        balancing: config.pools.iter().map(|pool| (pool.balance, pool.options.clone())).collect(),
     };
     let control = ControlPlane::new(started, topology, handles);
     if let Some(path) = &config.management.socket {
@@ -557,7 +558,7 @@ fn poll_loop<P: FrameIo>(
         }
         engine.take_events(&mut events);
         if now >= last_report + REPORT_EVERY.as_nanos() as u64 {
-            report(&engine, &peers.control, me, &mut events, last_report, &mut counts);
+            report(&engine, &peers.control, me, &mut events, last_report, now, &mut counts);
             last_report = now;
         }
         if now >= last_trim + 1_000_000_000 {
@@ -588,7 +589,16 @@ fn poll_loop<P: FrameIo>(
 /// Sends the control thread the loop's report: `events` (kept for the next report if the
 /// channel is full, the oldest dropped past [`MAX_PENDING_EVENTS`]), the sessions active since
 /// `since_ns`, the counters.
-fn report(engine: &Engine, control: &ControlLink, me: usize, events: &mut Vec<Event>, since_ns: u64, counts: &mut LoopCounts) {
+#[allow(clippy::too_many_arguments)]
+fn report(
+    engine: &Engine,
+    control: &ControlLink,
+    me: usize,
+    events: &mut Vec<Event>,
+    since_ns: u64,
+    now_ns: u64,
+    counts: &mut LoopCounts,
+) {
     let mut progress = Vec::new();
     engine.progress_since(since_ns, &mut progress);
     let report = LoopReport {
@@ -598,6 +608,7 @@ fn report(engine: &Engine, control: &ControlLink, me: usize, events: &mut Vec<Ev
         loop_counters: counts.fields(),
         events: std::mem::take(events),
         progress,
+        response_times: engine.backend_response_times(now_ns),
     };
     if let Err(TrySendError::Full(report) | TrySendError::Disconnected(report)) = control.reports.try_send(report) {
         *events = report.events;

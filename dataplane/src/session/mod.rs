@@ -810,6 +810,12 @@ impl Engine {
         into.extend(self.sessions.values().filter(|session| session.last_activity_ns() >= since_ns).map(|session| session.progress()));
     }
 
+    /// Each backend's measured response time (least-load's peak-EWMA at `now_ns`, ns), for
+    /// the backends this engine has had answers from.
+    pub fn backend_response_times(&self, now_ns: u64) -> Vec<(SocketAddr, f64)> {
+        self.response_times.iter().map(|(backend, time)| (*backend, time.average_at(now_ns))).collect()
+    }
+
     /// An operator ends session `id`: both sides reset, [`EndReason::Killed`]. `false` if the
     /// engine has no such session.
     pub fn kill_session(&mut self, now_ns: u64, id: u64, out: &mut Output) -> bool {

@@ -176,7 +176,7 @@ fn print_reply(reply: &Reply) {
             table(&["FIELD", "VALUE"], rows.into_iter().map(|(name, value)| vec![name.to_string(), value]).collect());
         }
         Reply::Backends { backends } => table(
-            &["POOL", "BACKEND", "ADMIN", "ACTIVE", "TOTAL", "TO BACKEND", "TO CLIENT"],
+            &["POOL", "BACKEND", "ADMIN", "BALANCE", "WEIGHT", "MAX", "RESPONSE MS", "ACTIVE", "TOTAL", "TO BACKEND", "TO CLIENT"],
             backends
                 .iter()
                 .map(|row| {
@@ -184,6 +184,10 @@ fn print_reply(reply: &Reply) {
                         row.pool.clone(),
                         row.address.clone(),
                         row.admin.clone(),
+                        row.balance.clone(),
+                        row.weight.to_string(),
+                        row.max_sessions.map_or("-".into(), |limit| limit.to_string()),
+                        row.response_ms.map_or("-".into(), |ms| format!("{ms:.1}")),
                         row.sessions_active.to_string(),
                         row.sessions_total.to_string(),
                         row.to_backend_bytes.to_string(),
