@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use cutls_dataplane::session::events::Opened;
-use cutls_dataplane::session::{BackendAdmin, BackendOptions, Balance, Counters, EndReason, Event, Progress, TlsFacts};
+use cutls_dataplane::session::{BackendAdmin, BackendOptions, Balance, Counters, Event, Progress, TlsFacts};
 
 use crate::management::{BackendAction, BackendRow, LoopRow, Pending, Reply, Request, SessionRow, Stats};
 
@@ -45,13 +45,38 @@ pub struct LoopReport {
     pub progress: Vec<Progress>,
     /// The engine's measured backend response times (ns).
     pub response_times: Vec<(SocketAddr, f64)>,
+    /// The loop panicked and started again with an empty engine: every session it had is gone.
+    pub restarted: bool,
 }
+
+impl LoopReport {
+    /// What a loop sends when it has started again after a panic.
+    pub fn restarted(loop_index: usize) -> LoopReport {
+        LoopReport {
+            loop_index,
+            sessions: 0,
+            counters: Counters::default(),
+            loop_counters: Vec::new(),
+            events: Vec::new(),
+            progress: Vec::new(),
+            response_times: Vec::new(),
+            restarted: true,
+        }
+    }
+}
+
+/// Why the database ended a session no engine reported: its loop panicked and started again.
+pub const LOOP_RESTARTED: &str = "loop_restarted";
+/// Set in the box's environment, the management socket takes `debug-panic-loop` (tests).
+pub const TEST_HOOKS_VARIABLE: &str = "CUTLS_TEST_HOOKS";
 
 /// What the control thread asks a loop to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LoopCommand {
     KillSession(u64),
     SetBackend(SocketAddr, BackendAdmin),
+    /// Test hook: panic (see [`TEST_HOOKS_VARIABLE`]).
+    Panic,
 }
 
 /// How the control thread reaches one loop.
@@ -79,7 +104,8 @@ struct Record {
     opened: Opened,
     tls: Option<TlsFacts>,
     progress: Option<Progress>,
-    end: Option<(EndReason, u64)>,
+    /// Why (an [`EndReason`]'s name, or [`LOOP_RESTARTED`]) and when it ended.
+    end: Option<(&'static str, u64)>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -95,6 +121,9 @@ struct LoopState {
     counters: Counters,
     loop_counters: Vec<(&'static str, u64)>,
     response_times: Vec<(SocketAddr, f64)>,
+    /// The counters of the loop's engines before a restart (so that totals never go back).
+    retired: Counters,
+    restarts: u64,
 }
 
 /// What the control thread counted of itself.
@@ -136,6 +165,8 @@ impl ControlPlane {
                 counters: Counters::default(),
                 loop_counters: Vec::new(),
                 response_times: Vec::new(),
+                retired: Counters::default(),
+                restarts: 0,
             })
             .collect();
         ControlPlane {
@@ -177,6 +208,16 @@ impl ControlPlane {
     pub fn take_report(&mut self, report: LoopReport, now: Instant) {
         self.counts.reports += 1;
         let Some(state) = self.loops.get_mut(report.loop_index) else { return };
+        if report.restarted {
+            state.restarts += 1;
+            let last = std::mem::take(&mut state.counters);
+            state.retired.add(&last);
+            state.sessions = 0;
+            state.last_report = Some(now);
+            state.response_times.clear();
+            self.end_loop_sessions(report.loop_index, now);
+            return;
+        }
         state.sessions = report.sessions as u64;
         state.last_report = Some(now);
         state.counters = report.counters;
@@ -227,7 +268,7 @@ impl ControlPlane {
                 totals.to_backend_bytes += progress.to_backend_bytes;
                 totals.to_client_bytes += progress.to_client_bytes;
                 record.progress = Some(progress);
-                record.end = Some((reason, at_ns));
+                record.end = Some((reason.name(), at_ns));
                 self.pending_kills.retain(|(kill, reply, _)| {
                     if *kill != id {
                         return true;
@@ -235,11 +276,38 @@ impl ControlPlane {
                     let _ = reply.try_send(Reply::Done { message: format!("session {id} ended: {}", reason.name()) });
                     false
                 });
-                if self.ended.len() == ENDED_KEPT {
-                    self.ended.pop_front();
-                }
-                self.ended.push_back(record);
+                self.keep_ended(record);
             }
+        }
+    }
+
+    fn keep_ended(&mut self, record: Record) {
+        if self.ended.len() == ENDED_KEPT {
+            self.ended.pop_front();
+        }
+        self.ended.push_back(record);
+    }
+
+    /// Loop `index` started again empty: its sessions are over ([`LOOP_RESTARTED`]).
+    fn end_loop_sessions(&mut self, index: usize, now: Instant) {
+        let at_ns = now.saturating_duration_since(self.start).as_nanos() as u64;
+        let ids: Vec<u64> = self.sessions.iter().filter(|(_, record)| record.loop_index == index).map(|(id, _)| *id).collect();
+        for id in ids {
+            let Some(mut record) = self.sessions.remove(&id) else { continue };
+            record.end = Some((LOOP_RESTARTED, at_ns));
+            let totals = self.backends.entry(record.opened.backend).or_default();
+            if let Some(progress) = record.progress {
+                totals.to_backend_bytes += progress.to_backend_bytes;
+                totals.to_client_bytes += progress.to_client_bytes;
+            }
+            self.pending_kills.retain(|(kill, reply, _)| {
+                if *kill != id {
+                    return true;
+                }
+                let _ = reply.try_send(Reply::Done { message: format!("session {id} ended: {LOOP_RESTARTED}") });
+                false
+            });
+            self.keep_ended(record);
         }
     }
 
@@ -272,6 +340,15 @@ impl ControlPlane {
                 }
             },
             Request::ShowMetrics {} => Reply::Metrics { text: self.metrics(now) },
+            Request::DebugPanicLoop { loop_index } => {
+                if std::env::var_os(TEST_HOOKS_VARIABLE).is_none() {
+                    Reply::Error { error: format!("test hooks are off (the box runs without {TEST_HOOKS_VARIABLE})") }
+                } else if self.command(loop_index, LoopCommand::Panic) {
+                    Reply::Done { message: format!("loop {loop_index} told to panic") }
+                } else {
+                    Reply::Error { error: format!("no loop {loop_index} taking commands") }
+                }
+            }
         };
         let _ = reply.try_send(answer);
     }
@@ -405,7 +482,7 @@ impl ControlPlane {
             to_backend_bytes: progress.map_or(0, |progress| progress.to_backend_bytes),
             to_client_bytes: progress.map_or(0, |progress| progress.to_client_bytes),
             records_to_client: progress.map_or(0, |progress| progress.records_to_client),
-            end_reason: record.end.map(|(reason, _)| reason.name().to_string()),
+            end_reason: record.end.map(|(reason, _)| reason.to_string()),
         }
     }
 
@@ -455,6 +532,7 @@ impl ControlPlane {
         let mut extra: BTreeMap<String, u64> = BTreeMap::new();
         for state in &self.loops {
             totals.add(&state.counters);
+            totals.add(&state.retired);
             for (name, value) in &state.loop_counters {
                 *extra.entry(name.to_string()).or_default() += value;
             }
@@ -471,7 +549,13 @@ impl ControlPlane {
             .enumerate()
             .map(|(index, state)| {
                 let age = state.last_report.map_or(now.saturating_duration_since(self.start), |at| now.saturating_duration_since(at));
-                LoopRow { index, sessions: state.sessions, last_report_ms: age.as_millis() as u64, stalled: age > STALLED_AFTER }
+                LoopRow {
+                    index,
+                    sessions: state.sessions,
+                    last_report_ms: age.as_millis() as u64,
+                    stalled: age > STALLED_AFTER,
+                    restarts: state.restarts,
+                }
             })
             .collect();
         let counts = self.counts;
@@ -556,7 +640,7 @@ fn seconds(ns: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cutls_dataplane::session::Phase;
+    use cutls_dataplane::session::{EndReason, Phase};
 
     fn address(text: &str) -> SocketAddr {
         text.parse().unwrap()
@@ -596,7 +680,7 @@ mod tests {
     }
 
     fn report(loop_index: usize, events: Vec<Event>, progress: Vec<Progress>) -> LoopReport {
-        LoopReport { loop_index, sessions: 0, counters: Counters::default(), loop_counters: Vec::new(), events, progress, response_times: Vec::new() }
+        LoopReport { events, progress, restarted: false, ..LoopReport::restarted(loop_index) }
     }
 
     fn ask(plane: &mut ControlPlane, request: Request, now: Instant) -> Reply {
@@ -655,6 +739,27 @@ mod tests {
         plane.answer(Request::SessionKill { id: 5 }, sender, start);
         plane.expire_kills(start + KILL_CONFIRM + Duration::from_millis(1));
         assert!(matches!(answer.try_recv(), Ok(Reply::Error { .. })));
+    }
+
+    #[test]
+    fn a_restarted_loop_ends_its_sessions_and_keeps_the_totals() {
+        let (mut plane, _commands, start) = plane(2);
+        let mut first = report(0, vec![opened(1, "198.51.100.7:40000", "10.0.0.2:8080")], vec![progress(1, 700)]);
+        first.counters.sessions_started = 5;
+        plane.take_report(first, start);
+        plane.take_report(report(1, vec![opened(2, "198.51.100.8:40000", "10.0.0.3:8080")], vec![]), start);
+        plane.take_report(LoopReport::restarted(0), start);
+        let mut after = report(0, vec![], vec![]);
+        after.counters.sessions_started = 1;
+        plane.take_report(after, start);
+        let Reply::Stats(stats) = ask(&mut plane, Request::ShowStats {}, start) else { panic!("not stats") };
+        assert_eq!(stats.counters["sessions_started"], 6, "the dead engine's counts stay in the totals");
+        assert_eq!((stats.sessions, stats.loops[0].restarts, stats.loops[1].restarts), (1, 1, 0));
+        let Reply::Session { session } = ask(&mut plane, Request::ShowSession { id: 1 }, start) else { panic!("not a session") };
+        assert_eq!(session.end_reason.as_deref(), Some(LOOP_RESTARTED));
+        let Reply::Backends { backends } = ask(&mut plane, Request::ShowBackends {}, start) else { panic!("not backends") };
+        assert_eq!((backends[0].sessions_active, backends[0].to_client_bytes), (0, 700));
+        assert_eq!(backends[1].sessions_active, 1, "the other loop's session stays");
     }
 
     #[test]

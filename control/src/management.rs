@@ -45,6 +45,12 @@ pub enum Request {
         id: u64,
     },
     ShowMetrics {},
+    /// Test hook: makes a poll loop panic (refused unless the box runs with
+    /// `CUTLS_TEST_HOOKS` set).
+    DebugPanicLoop {
+        #[serde(rename = "loop")]
+        loop_index: usize,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +101,8 @@ pub struct LoopRow {
     pub last_report_ms: u64,
     /// No report for over [`crate::control_plane::STALLED_AFTER`].
     pub stalled: bool,
+    /// Times the loop panicked and started again (with no sessions).
+    pub restarts: u64,
 }
 
 /// One session in `show sessions` and `show session`.

@@ -57,6 +57,9 @@ const REPORT_CAPACITY: usize = 64;
 const MAX_PENDING_EVENTS: usize = 65_536;
 /// Commands waiting for a loop at most.
 const COMMAND_CAPACITY: usize = 1024;
+/// A loop that panics more than MAX_RESTARTS times within RESTART_WINDOW stops the box.
+const MAX_RESTARTS: usize = 5;
+const RESTART_WINDOW: Duration = Duration::from_secs(60);
 /// The longest an idle loop sleeps without a timer due (frames and hand-offs wake it at once).
 const MAX_SLEEP: Duration = Duration::from_millis(10);
 
@@ -175,8 +178,8 @@ pub fn serve(config: &Config, stop: &AtomicBool) -> io::Result<()> {
     let keys = engine_keys()?;
     // Each loop's doorbell: rung by the other loops' hand-offs and by its handshake workers.
     let doorbells: Vec<Arc<Doorbell>> = (0..loops).map(|_| Doorbell::new().map(Arc::new)).collect::<io::Result<_>>()?;
-    let engines: Vec<Engine> = (0..loops)
-        .map(|index| {
+    // Each loop's engine; called again for a loop that panicked (it starts again empty).
+    let make_engine = |index: usize| {
             Engine::new(EngineConfig {
                 listeners: listeners.clone(),
                 snat_address,
@@ -199,8 +202,7 @@ pub fn serve(config: &Config, stop: &AtomicBool) -> io::Result<()> {
                 balancing: balancing.clone(),
                 events: true,
             })
-        })
-        .collect();
+    };
     match config.io {
         IoKind::Xdp | IoKind::XdpGeneric => {
             let preference =
@@ -212,7 +214,7 @@ pub fn serve(config: &Config, stop: &AtomicBool) -> io::Result<()> {
             for queue in 0..loops as u32 {
                 ports.push((XdpPort::open(&outside, queue, &xdp)?, XdpPort::open(&inside, queue, &xdp)?));
             }
-            run_loops(engines, ports, steering, doorbells, &cores, config, stop)
+            run_loops(&make_engine, ports, steering, doorbells.clone(), &cores, config, stop)
         }
         IoKind::Packet => {
             // With several loops, the sockets of one interface share its frames by flow hash.
@@ -230,7 +232,7 @@ pub fn serve(config: &Config, stop: &AtomicBool) -> io::Result<()> {
             for _ in 0..loops {
                 ports.push((PacketPort::open(&config.outside, &outside_config)?, PacketPort::open(&config.inside, &inside_config)?));
             }
-            run_loops(engines, ports, steering, doorbells, &cores, config, stop)
+            run_loops(&make_engine, ports, steering, doorbells.clone(), &cores, config, stop)
         }
     }
 }
@@ -278,16 +280,19 @@ struct LoopCounts {
     transmit_drops: u64,
     /// Events for the control thread dropped while its channel was full.
     control_events_lost: u64,
+    /// Times the loop panicked and started again.
+    loop_restarts: u64,
 }
 
 impl LoopCounts {
     fn fields(&self) -> Vec<(&'static str, u64)> {
-        let LoopCounts { frames_handed_off, handoff_drops, transmit_drops, control_events_lost } = *self;
+        let LoopCounts { frames_handed_off, handoff_drops, transmit_drops, control_events_lost, loop_restarts } = *self;
         vec![
             ("frames_handed_off", frames_handed_off),
             ("handoff_drops", handoff_drops),
             ("transmit_drops", transmit_drops),
             ("control_events_lost", control_events_lost),
+            ("loop_restarts", loop_restarts),
         ]
     }
 }
@@ -302,7 +307,7 @@ struct ControlLink {
 /// `stop` (or until a loop fails, which stops them all), then prints the counters: the totals
 /// in the engine's format, and a few per loop.
 fn run_loops<P: FrameIo>(
-    engines: Vec<Engine>,
+    make_engine: &(dyn Fn(usize) -> Engine + Sync),
     ports: Vec<(P, P)>,
     steering: Steering,
     doorbells: Vec<Arc<Doorbell>>,
@@ -310,7 +315,7 @@ fn run_loops<P: FrameIo>(
     config: &Config,
     stop: &AtomicBool,
 ) -> io::Result<()> {
-    let loops = engines.len();
+    let loops = ports.len();
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
     for _ in 0..loops {
@@ -357,13 +362,12 @@ fn run_loops<P: FrameIo>(
         let control_thread = std::thread::Builder::new()
             .name("cutls-control".into())
             .spawn_scoped(scope, move || control.run(reports, requests, control_stop));
-        let handles: Vec<_> = engines
+        let handles: Vec<_> = ports
             .into_iter()
-            .zip(ports)
             .zip(receivers)
             .zip(control_links)
             .enumerate()
-            .map(|(index, (((engine, (outside, inside)), receiver), control))| {
+            .map(|(index, (((mut outside, mut inside), receiver), control))| {
                 let peers = Peers { index, senders: senders.clone(), doorbells: doorbells.clone(), receiver, control };
                 let (steering, failed, core) = (&steering, &failed, core_of(index));
                 std::thread::Builder::new()
@@ -374,7 +378,36 @@ fn run_loops<P: FrameIo>(
                                 eprintln!("cutls: loop {index}: cannot pin to core {}", core.id);
                             }
                         }
-                        let result = poll_loop(engine, outside, inside, peers, steering, started, stop, failed);
+                        let mut restarts: Vec<Instant> = Vec::new();
+                        let result = loop {
+                            let engine = make_engine(index);
+                            // A panic in the loop (a bug) takes its sessions, not the box: the
+                            // loop starts again with an empty engine on the same ports, and its
+                            // old sessions' peers get RSTs at their next segment, as after a
+                            // restart of the process. Too many panics too fast stop the box.
+                            let turn = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                poll_loop(engine, &mut outside, &mut inside, &peers, steering, started, stop, failed)
+                            }));
+                            match turn {
+                                Ok(result) => break result.map(|(engine, mut counts)| {
+                                    counts.loop_restarts = restarts.len() as u64;
+                                    (engine, counts)
+                                }),
+                                Err(_) => {
+                                    let now = Instant::now();
+                                    restarts.retain(|at| now.duration_since(*at) < RESTART_WINDOW);
+                                    restarts.push(now);
+                                    if restarts.len() > MAX_RESTARTS {
+                                        break Err(io::Error::other(format!(
+                                            "poll loop {index} panicked {} times within {RESTART_WINDOW:?}",
+                                            restarts.len()
+                                        )));
+                                    }
+                                    eprintln!("cutls: loop {index} panicked; started again with no sessions (its sessions are lost)");
+                                    let _ = peers.control.reports.try_send(LoopReport::restarted(index));
+                                }
+                            }
+                        };
                         if result.is_err() {
                             failed.store(true, Ordering::SeqCst);
                         }
@@ -431,6 +464,7 @@ fn run_loops<P: FrameIo>(
         handoff_drops: sum(|counts| counts.handoff_drops),
         transmit_drops: sum(|counts| counts.transmit_drops),
         control_events_lost: sum(|counts| counts.control_events_lost),
+        loop_restarts: sum(|counts| counts.loop_restarts),
     };
     for (name, value) in totals.fields().into_iter().chain(loop_totals.fields()) {
         println!("  {:<44}{value:>14}", format!("{name}:"));
@@ -470,9 +504,9 @@ impl Peers {
 #[allow(clippy::too_many_arguments)]
 fn poll_loop<P: FrameIo>(
     mut engine: Engine,
-    mut outside: P,
-    mut inside: P,
-    peers: Peers,
+    outside: &mut P,
+    inside: &mut P,
+    peers: &Peers,
     steering: &Steering,
     start: Instant,
     stop: &AtomicBool,
@@ -494,8 +528,8 @@ fn poll_loop<P: FrameIo>(
         for port in [Port::Outside, Port::Inside] {
             let now = start.elapsed().as_nanos() as u64;
             let source = match port {
-                Port::Outside => &mut outside,
-                Port::Inside => &mut inside,
+                Port::Outside => &mut *outside,
+                Port::Inside => &mut *inside,
             };
             let frames = source.recv_batch(BATCH)?;
             worked |= !frames.is_empty();
@@ -520,7 +554,7 @@ fn poll_loop<P: FrameIo>(
             }
             drop(frames);
             engine.end_batch(now, &mut out);
-            flush(&mut out, &mut outside, &mut inside, &mut counts)?;
+            flush(&mut out, outside, inside, &mut counts)?;
         }
         let now = start.elapsed().as_nanos() as u64;
         // Frames the other loops received for this one (a bounded number per turn, so that
@@ -537,10 +571,10 @@ fn poll_loop<P: FrameIo>(
         }
         engine.end_batch(now, &mut out);
         engine.collect_handshakes(now, &mut out);
-        flush(&mut out, &mut outside, &mut inside, &mut counts)?;
+        flush(&mut out, outside, inside, &mut counts)?;
         if now >= last_poll + 1_000_000 {
             engine.poll(now, &mut out);
-            flush(&mut out, &mut outside, &mut inside, &mut counts)?;
+            flush(&mut out, outside, inside, &mut counts)?;
             last_poll = now;
         }
         // The control thread's commands, and every REPORT_EVERY what it hears.
@@ -553,8 +587,9 @@ fn poll_loop<P: FrameIo>(
                 LoopCommand::SetBackend(backend, admin) => {
                     engine.set_backend_admin(now, backend, admin, &mut out);
                 }
+                LoopCommand::Panic => panic!("loop {me}: the test hook asked for a panic"),
             }
-            flush(&mut out, &mut outside, &mut inside, &mut counts)?;
+            flush(&mut out, outside, inside, &mut counts)?;
         }
         engine.take_events(&mut events);
         if now >= last_report + REPORT_EVERY.as_nanos() as u64 {
@@ -609,6 +644,7 @@ fn report(
         events: std::mem::take(events),
         progress,
         response_times: engine.backend_response_times(now_ns),
+        restarted: false,
     };
     if let Err(TrySendError::Full(report) | TrySendError::Disconnected(report)) = control.reports.try_send(report) {
         *events = report.events;

@@ -38,6 +38,9 @@ enum Command {
     /// Act on one session.
     #[command(subcommand)]
     Session(SessionCommand),
+    /// Test hooks (the box must run with CUTLS_TEST_HOOKS set).
+    #[command(subcommand, hide = true)]
+    Debug(DebugCommand),
     /// A live view: the counters that moved and the busiest sessions, refreshed.
     Top {
         /// Seconds between refreshes.
@@ -74,6 +77,12 @@ enum Show {
 }
 
 #[derive(Subcommand)]
+enum DebugCommand {
+    /// Make poll loop N panic (it starts again with no sessions).
+    PanicLoop { index: usize },
+}
+
+#[derive(Subcommand)]
 enum SessionCommand {
     /// Reset both sides of a session.
     Kill { id: u64 },
@@ -106,6 +115,7 @@ fn main() -> ExitCode {
             Request::Backend { action, backend }
         }
         Command::Session(SessionCommand::Kill { id }) => Request::SessionKill { id },
+        Command::Debug(DebugCommand::PanicLoop { index }) => Request::DebugPanicLoop { loop_index: index },
         Command::Top { interval, count } => return top(&cli.socket, Duration::from_secs_f64(interval.max(0.1)), count),
     };
     match management::request(&cli.socket, &request) {
@@ -138,11 +148,19 @@ fn print_reply(reply: &Reply) {
             println!("cutls {}, up {:.0} s, {} live sessions", stats.version, stats.uptime_seconds, stats.sessions);
             println!();
             table(
-                &["LOOP", "SESSIONS", "LAST REPORT", "STALLED"],
+                &["LOOP", "SESSIONS", "LAST REPORT", "STALLED", "RESTARTS"],
                 stats
                     .loops
                     .iter()
-                    .map(|row| vec![row.index.to_string(), row.sessions.to_string(), format!("{} ms", row.last_report_ms), row.stalled.to_string()])
+                    .map(|row| {
+                        vec![
+                            row.index.to_string(),
+                            row.sessions.to_string(),
+                            format!("{} ms", row.last_report_ms),
+                            row.stalled.to_string(),
+                            row.restarts.to_string(),
+                        ]
+                    })
                     .collect(),
             );
             println!();
