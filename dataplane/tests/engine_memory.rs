@@ -1809,17 +1809,7 @@ fn the_engine_reports_to_the_control_plane_and_takes_its_commands() {
     // and what it asks of a loop (kill a session, take a backend out of rotation).
     let suite = Suite::Tls13Aes128Gcm;
     let addresses = Addresses::ipv4();
-    let mut lab = engine_lab(&addresses, ReleaseMode::CutThrough, 43, WireConfig::default());
-    let secrets = Arc::new(SecretLog::default());
-    let listener = ListenerSetup {
-        vip: addresses.vip,
-        tls: Some(server_config(secrets.clone())),
-        secrets,
-        backends: addresses.backends.iter().map(|(address, _)| *address).collect(),
-        mode: ReleaseMode::CutThrough,
-        passthrough: None,
-    };
-    lab.boxed.engine = Engine::new(EngineConfig { events: true, ..lab_engine_config(listener, &addresses, 43, usize::MAX, LoopShare::ONE) });
+    let mut lab = engine_lab_configured(&addresses, 43, |config| EngineConfig { events: true, ..config });
     let first = open(&mut lab, suite, 100, 4 * MIB, 43, Extras::default());
     lab.run_until("some of the download", EXCHANGE_LIMIT_NS, |lab| lab.client.sessions[first].response.len() > 200_000);
     let mut events = Vec::new();
@@ -1896,17 +1886,7 @@ fn least_sessions_and_backend_limits() {
     // new client is refused with a RST (counted) rather than overloading either.
     let suite = Suite::Tls13Aes128Gcm;
     let addresses = Addresses::ipv4();
-    let mut lab = engine_lab(&addresses, ReleaseMode::CutThrough, 53, WireConfig::default());
-    let secrets = Arc::new(SecretLog::default());
     let backends: Vec<SocketAddr> = addresses.backends.iter().map(|(address, _)| *address).collect();
-    let listener = ListenerSetup {
-        vip: addresses.vip,
-        tls: Some(server_config(secrets.clone())),
-        secrets,
-        backends: backends.clone(),
-        mode: ReleaseMode::CutThrough,
-        passthrough: None,
-    };
     let balancing = Balancing {
         listeners: vec![Balance::LeastSessions],
         passthrough: vec![Balance::RoundRobin],
@@ -1914,8 +1894,7 @@ fn least_sessions_and_backend_limits() {
             .into_iter()
             .collect(),
     };
-    lab.boxed.engine =
-        Engine::new(EngineConfig { balancing, events: true, ..lab_engine_config(listener, &addresses, 53, usize::MAX, LoopShare::ONE) });
+    let mut lab = engine_lab_configured(&addresses, 53, |config| EngineConfig { balancing, events: true, ..config });
     let sessions: Vec<usize> = (0..3).map(|i| open(&mut lab, suite, 100, 8 * MIB, 53 + i, Extras::default())).collect();
     lab.run_until("three downloads under way", EXCHANGE_LIMIT_NS, |lab| sessions.iter().all(|&s| lab.client.sessions[s].response.len() > 100_000));
     let mut events = Vec::new();
@@ -2756,6 +2735,22 @@ impl EngineBox {
 
 fn engine_lab(addresses: &Addresses, mode: ReleaseMode, seed: u64, wire: WireConfig) -> Lab<EngineBox> {
     engine_lab_with(addresses, mode, seed, wire, usize::MAX)
+}
+
+/// A cut-through engine lab on a clean wire whose engine's configuration `adjust` changes.
+fn engine_lab_configured(addresses: &Addresses, seed: u64, adjust: impl FnOnce(EngineConfig) -> EngineConfig) -> Lab<EngineBox> {
+    let mut lab = engine_lab(addresses, ReleaseMode::CutThrough, seed, WireConfig::default());
+    let secrets = Arc::new(SecretLog::default());
+    let listener = ListenerSetup {
+        vip: addresses.vip,
+        tls: Some(server_config(secrets.clone())),
+        secrets,
+        backends: addresses.backends.iter().map(|(address, _)| *address).collect(),
+        mode: ReleaseMode::CutThrough,
+        passthrough: None,
+    };
+    lab.boxed.engine = Engine::new(adjust(lab_engine_config(listener, addresses, seed, usize::MAX, LoopShare::ONE)));
+    lab
 }
 
 /// An engine lab whose engine answers SYNs with cookies once `syn_cookies_after` sessions live.
