@@ -526,12 +526,13 @@ impl Config {
             let mut options = Vec::new();
             for (i, backend) in pool.backends.iter().enumerate() {
                 let error = |what: &str, message: String| places.error(Some(backend.span()), format!("{field}.backends[{i}]{what}"), message);
-                let (address, weight, max_sessions) = match backend.get_ref() {
-                    RawBackend::Address(address) => (address, None, None),
-                    RawBackend::Table(table) => (&table.address, table.weight, table.max_sessions),
+                // The field an address error names: the entry itself, or its `address`.
+                let (address, address_field, weight, max_sessions) = match backend.get_ref() {
+                    RawBackend::Address(address) => (address, "", None, None),
+                    RawBackend::Table(table) => (&table.address, ".address", table.weight, table.max_sessions),
                 };
                 let address: SocketAddr =
-                    address.parse().map_err(|_| error(if matches!(backend.get_ref(), RawBackend::Table(_)) { ".address" } else { "" }, format!("not an address:port: {address:?}")))?;
+                    address.parse().map_err(|_| error(address_field, format!("not an address:port: {address:?}")))?;
                 if backends.contains(&address) {
                     return Err(error("", format!("{address} is in this pool twice")));
                 }

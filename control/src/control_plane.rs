@@ -264,24 +264,29 @@ impl ControlPlane {
                     self.counts.events_for_unknown_sessions += 1;
                     return;
                 };
-                let totals = self.backends.entry(record.opened.backend).or_default();
-                totals.to_backend_bytes += progress.to_backend_bytes;
-                totals.to_client_bytes += progress.to_client_bytes;
                 record.progress = Some(progress);
-                record.end = Some((reason.name(), at_ns));
-                self.pending_kills.retain(|(kill, reply, _)| {
-                    if *kill != id {
-                        return true;
-                    }
-                    let _ = reply.try_send(Reply::Done { message: format!("session {id} ended: {}", reason.name()) });
-                    false
-                });
-                self.keep_ended(record);
+                self.retire(record, reason.name(), at_ns);
             }
         }
     }
 
-    fn keep_ended(&mut self, record: Record) {
+    /// A session taken out of the live database: its bytes go to its backend's totals, a kill
+    /// waiting for it is answered, and it is kept among the last ended.
+    fn retire(&mut self, mut record: Record, reason: &'static str, at_ns: u64) {
+        let id = record.opened.id;
+        record.end = Some((reason, at_ns));
+        let totals = self.backends.entry(record.opened.backend).or_default();
+        if let Some(progress) = record.progress {
+            totals.to_backend_bytes += progress.to_backend_bytes;
+            totals.to_client_bytes += progress.to_client_bytes;
+        }
+        self.pending_kills.retain(|(kill, reply, _)| {
+            if *kill != id {
+                return true;
+            }
+            let _ = reply.try_send(Reply::Done { message: format!("session {id} ended: {reason}") });
+            false
+        });
         if self.ended.len() == ENDED_KEPT {
             self.ended.pop_front();
         }
@@ -293,21 +298,9 @@ impl ControlPlane {
         let at_ns = now.saturating_duration_since(self.start).as_nanos() as u64;
         let ids: Vec<u64> = self.sessions.iter().filter(|(_, record)| record.loop_index == index).map(|(id, _)| *id).collect();
         for id in ids {
-            let Some(mut record) = self.sessions.remove(&id) else { continue };
-            record.end = Some((LOOP_RESTARTED, at_ns));
-            let totals = self.backends.entry(record.opened.backend).or_default();
-            if let Some(progress) = record.progress {
-                totals.to_backend_bytes += progress.to_backend_bytes;
-                totals.to_client_bytes += progress.to_client_bytes;
+            if let Some(record) = self.sessions.remove(&id) {
+                self.retire(record, LOOP_RESTARTED, at_ns);
             }
-            self.pending_kills.retain(|(kill, reply, _)| {
-                if *kill != id {
-                    return true;
-                }
-                let _ = reply.try_send(Reply::Done { message: format!("session {id} ended: {LOOP_RESTARTED}") });
-                false
-            });
-            self.keep_ended(record);
         }
     }
 

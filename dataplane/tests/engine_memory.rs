@@ -1423,16 +1423,7 @@ fn fix_ipv4_header_checksum(frame: &mut [u8]) {
 #[test]
 fn session_limits_refuse_with_a_rst_and_count() {
     let v4 = Addresses::ipv4();
-    let secrets = Arc::new(SecretLog::default());
-    let listener = ListenerSetup {
-        vip: v4.vip,
-        tls: Some(server_config(secrets.clone())),
-        secrets,
-        backends: v4.backends.iter().map(|(address, _)| *address).collect(),
-        mode: ReleaseMode::CutThrough,
-        passthrough: None,
-    };
-    let mut config = lab_engine_config(listener, &v4, 5, usize::MAX, LoopShare::ONE);
+    let mut config = lab_engine_config(tls_listener(&v4, ReleaseMode::CutThrough), &v4, 5, usize::MAX, LoopShare::ONE);
     config.max_sessions = 3;
     config.max_sessions_per_client = 2;
     let mut engine = Engine::new(config);
@@ -2739,33 +2730,29 @@ fn engine_lab(addresses: &Addresses, mode: ReleaseMode, seed: u64, wire: WireCon
 
 /// A cut-through engine lab on a clean wire whose engine's configuration `adjust` changes.
 fn engine_lab_configured(addresses: &Addresses, seed: u64, adjust: impl FnOnce(EngineConfig) -> EngineConfig) -> Lab<EngineBox> {
-    let mut lab = engine_lab(addresses, ReleaseMode::CutThrough, seed, WireConfig::default());
-    let secrets = Arc::new(SecretLog::default());
-    let listener = ListenerSetup {
-        vip: addresses.vip,
-        tls: Some(server_config(secrets.clone())),
-        secrets,
-        backends: addresses.backends.iter().map(|(address, _)| *address).collect(),
-        mode: ReleaseMode::CutThrough,
-        passthrough: None,
-    };
-    lab.boxed.engine = Engine::new(adjust(lab_engine_config(listener, addresses, seed, usize::MAX, LoopShare::ONE)));
-    lab
+    let config = lab_engine_config(tls_listener(addresses, ReleaseMode::CutThrough), addresses, seed, usize::MAX, LoopShare::ONE);
+    let engine = Engine::new(adjust(config));
+    hosts_around(EngineBox { engine, output: Output::default(), batched: false }, addresses, seed, WireConfig::default())
 }
 
 /// An engine lab whose engine answers SYNs with cookies once `syn_cookies_after` sessions live.
 fn engine_lab_with(addresses: &Addresses, mode: ReleaseMode, seed: u64, wire: WireConfig, syn_cookies_after: usize) -> Lab<EngineBox> {
+    let engine = lab_engine(tls_listener(addresses, mode), addresses, seed, syn_cookies_after);
+    hosts_around(EngineBox { engine, output: Output::default(), batched: false }, addresses, seed, wire)
+}
+
+/// The lab's TLS listener on `addresses`' VIP, with its own secret log, every backend in its
+/// pool.
+fn tls_listener(addresses: &Addresses, mode: ReleaseMode) -> ListenerSetup {
     let secrets = Arc::new(SecretLog::default());
-    let listener = ListenerSetup {
+    ListenerSetup {
         vip: addresses.vip,
         tls: Some(server_config(secrets.clone())),
         secrets,
         backends: addresses.backends.iter().map(|(address, _)| *address).collect(),
         mode,
         passthrough: None,
-    };
-    let engine = lab_engine(listener, addresses, seed, syn_cookies_after);
-    hosts_around(EngineBox { engine, output: Output::default(), batched: false }, addresses, seed, wire)
+    }
 }
 
 /// An engine with one listener, transparent, handshakes inline (deterministic), answering

@@ -99,14 +99,9 @@ pub fn check_config(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    for (index, listener) in config.listeners.iter().enumerate() {
-        if config.pools[listener.pool].passthrough {
-            continue;
-        }
-        if let Err(error) = server_config(listener, Arc::new(SecretLog::default())) {
-            eprintln!("cutls check-config: {}: listener[{index}] ({}): {error}", path.display(), listener.vip);
-            return ExitCode::from(2);
-        }
+    if let Err(error) = listener_setups(&config) {
+        eprintln!("cutls check-config: {}: {error}", path.display());
+        return ExitCode::from(2);
     }
     let backends: usize = config.pools.iter().map(|pool| pool.backends.len()).sum();
     println!(
@@ -121,35 +116,7 @@ pub fn check_config(path: &std::path::Path) -> ExitCode {
 
 /// Builds the engines from the configuration and runs their loops until `stop`.
 pub fn serve(config: &Config, stop: &AtomicBool) -> io::Result<()> {
-    let mut listeners = Vec::new();
-    for listener in &config.listeners {
-        let pool = &config.pools[listener.pool];
-        let secrets = Arc::new(SecretLog::default());
-        // A listener of a passthrough pool terminates nothing: no certificates, no rustls.
-        let tls = if pool.passthrough {
-            None
-        } else {
-            Some(server_config(listener, secrets.clone()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?)
-        };
-        let passthrough = listener.passthrough_pool.map(|index| {
-            Arc::new(PassthroughRoute {
-                backends: config.pools[index].backends.clone(),
-                certificate_names: listener.certificates.iter().flat_map(|files| files.names.iter().cloned()).collect(),
-                default_certificate: listener.default_certificate.is_some(),
-            })
-        });
-        listeners.push(ListenerSetup {
-            vip: listener.vip,
-            tls,
-            secrets,
-            backends: pool.backends.clone(),
-            mode: match listener.hold_back {
-                HoldBack::CutThrough => ReleaseMode::CutThrough,
-                HoldBack::VerifyFirst => ReleaseMode::VerifyFirst,
-            },
-            passthrough,
-        });
-    }
+    let listeners = listener_setups(config)?;
     // Each listener's pools' balancing, and every backend's weight and limit.
     let mut balancing = Balancing::default();
     for listener in &config.listeners {
@@ -235,6 +202,44 @@ pub fn serve(config: &Config, stop: &AtomicBool) -> io::Result<()> {
             run_loops(&make_engine, ports, steering, doorbells.clone(), &cores, config, stop)
         }
     }
+}
+
+/// The engine's listeners from the configuration: certificates and keys loaded into rustls
+/// (an error names the listener).
+fn listener_setups(config: &Config) -> io::Result<Vec<ListenerSetup>> {
+    let mut listeners = Vec::new();
+    for (index, listener) in config.listeners.iter().enumerate() {
+        let pool = &config.pools[listener.pool];
+        let secrets = Arc::new(SecretLog::default());
+        // A listener of a passthrough pool terminates nothing: no certificates, no rustls.
+        let tls = if pool.passthrough {
+            None
+        } else {
+            let tls = server_config(listener, secrets.clone()).map_err(|error| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("listener[{index}] ({}): {error}", listener.vip))
+            })?;
+            Some(tls)
+        };
+        let passthrough = listener.passthrough_pool.map(|index| {
+            Arc::new(PassthroughRoute {
+                backends: config.pools[index].backends.clone(),
+                certificate_names: listener.certificates.iter().flat_map(|files| files.names.iter().cloned()).collect(),
+                default_certificate: listener.default_certificate.is_some(),
+            })
+        });
+        listeners.push(ListenerSetup {
+            vip: listener.vip,
+            tls,
+            secrets,
+            backends: pool.backends.clone(),
+            mode: match listener.hold_back {
+                HoldBack::CutThrough => ReleaseMode::CutThrough,
+                HoldBack::VerifyFirst => ReleaseMode::VerifyFirst,
+            },
+            passthrough,
+        });
+    }
+    Ok(listeners)
 }
 
 /// How many poll loops: `cores` if the file says, else one per receive queue, at most the cores

@@ -99,7 +99,15 @@ impl Balancing {
     }
 }
 
-/// Of `candidates` (in turn order, at least one), the one `balance` picks, given each one's
+/// The next draw of a xorshift generator (least-load's random choices: not a secret).
+pub(crate) fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+/// Of `candidates` (in turn order; `None` if empty), the one `balance` picks, given each one's
 /// live sessions, options and response time; `random` draws for least-load.
 pub(crate) fn pick(
     balance: Balance,
@@ -194,12 +202,7 @@ mod tests {
         // The first answers in 200 ms, the others in 2 ms; all idle.
         let response = |b: &SocketAddr| if *b == backends[0] { 200e6 } else { 2e6 };
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut random = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut random = move || xorshift(&mut state);
         let mut chosen = [0u32; 3];
         for _ in 0..300 {
             let backend = pick(Balance::LeastLoad, &backends, |_| 0, |_| BackendOptions::default(), response, &mut random).unwrap();

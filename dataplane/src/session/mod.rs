@@ -725,6 +725,8 @@ pub struct Engine {
     response_samples: Vec<(SocketAddr, u64)>,
     /// Draws for least-load's two random choices (xorshift; seeded from the keys).
     balance_random: u64,
+    /// The backends a new session may take, rebuilt for each (its room kept).
+    backend_scratch: Vec<SocketAddr>,
 }
 
 /// An operator's say over a backend ([`Engine::set_backend_admin`]).
@@ -787,6 +789,7 @@ impl Engine {
             response_times: HashMap::new(),
             response_samples: Vec::new(),
             balance_random,
+            backend_scratch: Vec::new(),
         }
     }
 
@@ -1618,34 +1621,48 @@ impl Engine {
             self.config.snat_address.is_some()
                 || !self.by_backend.contains_key(&FlowKey { source: *backend, destination: client })
         };
-        let in_rotation = |backend: &SocketAddr| self.backend_admin.get(backend).is_none_or(|&admin| admin == BackendAdmin::Enabled);
         let loops = self.config.loop_share.loops.max(1);
         let sessions_on = |backend: &SocketAddr| self.backend_sessions.get(backend).copied().unwrap_or(0);
-        let under_limit = |backend: &SocketAddr| {
-            self.config.balancing.options(backend).max_sessions.is_none_or(|limit| (sessions_on(backend) as usize) < limit.div_ceil(loops))
-        };
-        let in_turn: Vec<SocketAddr> = (0..count).map(|i| backends[start.wrapping_add(i) % count]).filter(in_rotation).collect();
-        if in_turn.is_empty() {
-            self.counters.backends_out_of_rotation_refusals += 1;
-            return None;
+        // One pass in turn order: what is in rotation, has room under its `max_sessions` and a
+        // free 4-tuple goes to the scratch list (kept, so a new session allocates nothing).
+        let mut usable = std::mem::take(&mut self.backend_scratch);
+        usable.clear();
+        let (mut in_rotation, mut with_room) = (false, false);
+        for backend in (0..count).map(|i| backends[start.wrapping_add(i) % count]) {
+            if self.backend_admin.get(&backend).is_some_and(|&admin| admin != BackendAdmin::Enabled) {
+                continue;
+            }
+            in_rotation = true;
+            let limit = self.config.balancing.options(&backend).max_sessions;
+            if limit.is_some_and(|limit| sessions_on(&backend) as usize >= limit.div_ceil(loops)) {
+                continue;
+            }
+            with_room = true;
+            if free(&backend) {
+                usable.push(backend);
+            }
         }
-        let room: Vec<SocketAddr> = in_turn.into_iter().filter(under_limit).collect();
-        if room.is_empty() {
-            self.counters.backends_full_refusals += 1;
-            return None;
-        }
-        let usable: Vec<SocketAddr> = room.into_iter().filter(free).collect();
         let balance = self.config.balancing.balance(listener, passthrough);
         let response_ns = |backend: &SocketAddr| self.response_times.get(backend).map_or(0.0, |time| time.average_at(now_ns));
         let mut state = self.balance_random;
-        let mut random = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        let chosen = balance::pick(balance, &usable, sessions_on, |backend| self.config.balancing.options(backend), response_ns, &mut random);
+        let chosen = balance::pick(
+            balance,
+            &usable,
+            sessions_on,
+            |backend| self.config.balancing.options(backend),
+            response_ns,
+            &mut || balance::xorshift(&mut state),
+        );
         self.balance_random = state;
+        self.backend_scratch = usable;
+        if !in_rotation {
+            self.counters.backends_out_of_rotation_refusals += 1;
+            return None;
+        }
+        if !with_room {
+            self.counters.backends_full_refusals += 1;
+            return None;
+        }
         let Some(backend) = chosen else {
             self.counters.backend_tuple_collisions += 1;
             return None;
