@@ -74,6 +74,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use cutls_dataplane::health::{HealthCheck, HttpCheck};
 pub use cutls_dataplane::session::{BackendOptions, Balance};
 use toml::Spanned;
 
@@ -173,6 +174,9 @@ pub struct Config {
     /// An established session idle this long is reset (`box.idle_timeout`, seconds).
     pub idle_timeout: std::time::Duration,
     pub management: Management,
+    /// The health checks' own addresses on the server VLAN (`box.health_source`; in SNAT mode
+    /// the SNAT address when not set), at most one per family; empty if no pool is checked.
+    pub health_sources: Vec<IpAddr>,
 }
 
 /// `[management]`: how operators reach the running box.
@@ -187,6 +191,9 @@ pub struct Management {
 
 /// Where `cutlsctl` finds the box when neither says otherwise.
 pub const DEFAULT_MANAGEMENT_SOCKET: &str = "/run/cutls/cutls.sock";
+/// HAProxy's defaults are 2 s between checks, rise 2, fall 3; a check's answer within 1 s.
+const DEFAULT_HEALTH_INTERVAL_MS: i64 = 2000;
+const DEFAULT_HEALTH_TIMEOUT_MS: i64 = 1000;
 /// Linux keeps an idle established connection for ever; a box in front of servers must not.
 const DEFAULT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
@@ -222,6 +229,8 @@ pub struct Pool {
     pub balance: Balance,
     /// Splice as plain TCP, without decryption.
     pub passthrough: bool,
+    /// Active health checks of its backends (`[pool.health]`), if any.
+    pub health: Option<HealthCheck>,
 }
 
 #[derive(Deserialize)]
@@ -277,6 +286,16 @@ struct RawBox {
     congestion_control: Option<Spanned<String>>,
     #[serde(default)]
     idle_timeout: Option<Spanned<i64>>,
+    #[serde(default)]
+    health_source: Option<Spanned<RawAddresses>>,
+}
+
+/// One address or a list.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawAddresses {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Deserialize)]
@@ -313,6 +332,29 @@ struct RawPool {
     passthrough: bool,
     #[serde(default)]
     balance: Option<Spanned<String>>,
+    #[serde(default)]
+    health: Option<Spanned<RawHealth>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    #[serde(default)]
+    interval_ms: Option<i64>,
+    #[serde(default)]
+    timeout_ms: Option<i64>,
+    #[serde(default)]
+    rise: Option<i64>,
+    #[serde(default)]
+    fall: Option<i64>,
+    #[serde(default)]
+    port: Option<i64>,
+    #[serde(default)]
+    http_path: Option<String>,
+    #[serde(default)]
+    http_host: Option<String>,
+    #[serde(default)]
+    http_status: Option<i64>,
 }
 
 /// A backend: `"ADDRESS:PORT"`, or `{ address = "ADDRESS:PORT", weight = 3, max_sessions = 500 }`.
@@ -564,8 +606,14 @@ impl Config {
                     }
                 },
             };
-            pools.push(Pool { name: pool.name.get_ref().clone(), backends, options, balance, passthrough: pool.passthrough });
+            let health = match &pool.health {
+                None => None,
+                Some(raw) => Some(health_check(&places, raw, &format!("{field}.health"))?),
+            };
+            pools.push(Pool { name: pool.name.get_ref().clone(), backends, options, balance, passthrough: pool.passthrough, health });
         }
+
+        let health_sources = health_sources(&places, ports, &mode, &raw.pools, &pools)?;
 
         let mut listeners = Vec::new();
         let mut vips = HashSet::new();
@@ -683,8 +731,104 @@ impl Config {
             pools,
             idle_timeout,
             management,
+            health_sources,
         })
     }
+}
+
+/// Checks a pool's `[pool.health]`.
+fn health_check(places: &Places<'_>, raw: &Spanned<RawHealth>, field: &str) -> Result<HealthCheck, ConfigError> {
+    let health = raw.get_ref();
+    let error = |what: &str, message: String| places.error(Some(raw.span()), format!("{field}.{what}"), message);
+    let ranged = |value: Option<i64>, what: &str, default: i64, range: std::ops::RangeInclusive<i64>| match value {
+        None => Ok(default),
+        Some(value) if range.contains(&value) => Ok(value),
+        Some(value) => Err(error(what, format!("{value}: must be {} to {}", range.start(), range.end()))),
+    };
+    let interval_ms = ranged(health.interval_ms, "interval_ms", DEFAULT_HEALTH_INTERVAL_MS, 100..=3_600_000)?;
+    let timeout_ms = ranged(health.timeout_ms, "timeout_ms", DEFAULT_HEALTH_TIMEOUT_MS.min(interval_ms), 10..=interval_ms)?;
+    let rise = ranged(health.rise, "rise", 2, 1..=100)?;
+    let fall = ranged(health.fall, "fall", 3, 1..=100)?;
+    let port = match health.port {
+        None => None,
+        Some(port) => Some(ranged(Some(port), "port", 0, 1..=65_535)? as u16),
+    };
+    let http = match &health.http_path {
+        None => {
+            if health.http_host.is_some() || health.http_status.is_some() {
+                return Err(error("http_path", "http_host and http_status need http_path (the check's request)".into()));
+            }
+            None
+        }
+        Some(path) => {
+            // Written into the request line as it is: no room for a second line.
+            if !path.starts_with('/') || path.len() > 512 || !path.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(error("http_path", format!("{path:?}: a path from /, printable ASCII without spaces, 512 bytes at most")));
+            }
+            if let Some(host) = &health.http_host {
+                if host.is_empty() || host.len() > 255 || !host.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(error("http_host", format!("{host:?}: a host name, printable ASCII without spaces")));
+                }
+            }
+            let status = ranged(health.http_status, "http_status", 200, 100..=599)? as u16;
+            Some(HttpCheck { path: path.clone(), host: health.http_host.clone(), status })
+        }
+    };
+    Ok(HealthCheck {
+        interval_ns: interval_ms as u64 * 1_000_000,
+        timeout_ns: timeout_ms as u64 * 1_000_000,
+        rise: rise as u32,
+        fall: fall as u32,
+        port,
+        http,
+    })
+}
+
+/// `box.health_source`, or the SNAT address; every checked backend needs one of its family.
+fn health_sources(
+    places: &Places<'_>,
+    ports: &RawBox,
+    mode: &AddressMode,
+    raw_pools: &[Spanned<RawPool>],
+    pools: &[Pool],
+) -> Result<Vec<IpAddr>, ConfigError> {
+    let mut sources: Vec<IpAddr> = Vec::new();
+    if let Some(raw) = &ports.health_source {
+        let texts = match raw.get_ref() {
+            RawAddresses::One(one) => vec![one.clone()],
+            RawAddresses::Many(many) => many.clone(),
+        };
+        for text in texts {
+            let address: IpAddr = text
+                .parse()
+                .map_err(|_| places.error(Some(raw.span()), "box.health_source", format!("not an IP address: {text:?}")))?;
+            if sources.iter().any(|source| source.is_ipv4() == address.is_ipv4()) {
+                return Err(places.error(Some(raw.span()), "box.health_source", "one address per family (IPv4, IPv6)"));
+            }
+            sources.push(address);
+        }
+    } else if let AddressMode::Snat(address) = mode {
+        sources.push(*address);
+    }
+    let mut used = false;
+    for (index, (raw, pool)) in raw_pools.iter().zip(pools).enumerate() {
+        let (Some(span), Some(_)) = (raw.get_ref().health.as_ref().map(|h| h.span()), &pool.health) else { continue };
+        used = true;
+        for backend in &pool.backends {
+            if !sources.iter().any(|source| source.is_ipv4() == backend.is_ipv4()) {
+                let family = if backend.is_ipv4() { "IPv4" } else { "IPv6" };
+                return Err(places.error(
+                    Some(span),
+                    format!("pool[{index}].health"),
+                    format!(
+                        "backend {backend} is {family}: set box.health_source to an {family} address of the box on the \
+                         server network, the checks' source"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(if used { sources } else { Vec::new() })
 }
 
 /// A DNS name (letters, digits, hyphens, dots) or `*.` followed by one.
@@ -815,6 +959,58 @@ backends = ["198.18.2.10:80", "[2001:db8::10]:80"]
 
         let error = error_of(&GOOD.replace("default_certificate = 0", "default_certificate = 3"));
         assert_eq!(error.line, Some(15));
+    }
+
+    #[test]
+    fn health_checks() {
+        let text = |mode: &str, health: &str| {
+            format!(
+                "[box]\noutside = \"o\"\ninside = \"i\"\n{mode}\n\n[[pool]]\nname = \"web\"\n\
+                 backends = [\"198.18.2.10:80\", \"[2001:db8::10]:80\"]\n[pool.health]\n{health}\n"
+            )
+        };
+        let both = "health_source = [\"198.18.2.250\", \"2001:db8::250\"]";
+        let config = parse(&text(both, "interval_ms = 500\nhttp_path = \"/healthz\"\nport = 8080")).unwrap();
+        assert_eq!(config.health_sources, vec!["198.18.2.250".parse::<IpAddr>().unwrap(), "2001:db8::250".parse().unwrap()]);
+        assert_eq!(
+            config.pools[0].health,
+            Some(HealthCheck {
+                interval_ns: 500_000_000,
+                timeout_ns: 500_000_000,
+                rise: 2,
+                fall: 3,
+                port: Some(8080),
+                http: Some(HttpCheck { path: "/healthz".into(), host: None, status: 200 }),
+            })
+        );
+        let config = parse(&text(both, "")).unwrap();
+        let check = config.pools[0].health.clone().unwrap();
+        assert_eq!((check.interval_ns, check.timeout_ns, check.http), (2_000_000_000, 1_000_000_000, None));
+        // Without checks, no source is used.
+        assert!(parse(&text(both, "").replace("[pool.health]\n", "")).unwrap().health_sources.is_empty());
+
+        let error = error_of(&text("", ""));
+        assert_eq!((error.line, error.field.as_deref()), (Some(9), Some("pool[0].health")), "{error}");
+        assert!(error.message.contains("box.health_source"), "{error}");
+        // SNAT mode checks from the SNAT address, which has one family.
+        let error = error_of(&text("mode = \"snat\"\nsnat_address = \"198.18.2.1\"", ""));
+        assert!(error.message.contains("IPv6"), "{error}");
+        for (health, field) in [
+            ("interval_ms = 50", "pool[0].health.interval_ms"),
+            ("interval_ms = 500\ntimeout_ms = 600", "pool[0].health.timeout_ms"),
+            ("fall = 0", "pool[0].health.fall"),
+            ("port = 70000", "pool[0].health.port"),
+            ("http_status = 200", "pool[0].health.http_path"),
+            ("http_path = \"/a b\"", "pool[0].health.http_path"),
+            ("http_path = \"/\"\nhttp_status = 99", "pool[0].health.http_status"),
+        ] {
+            let error = error_of(&text(both, health));
+            assert_eq!((error.line, error.field.as_deref()), (Some(9), Some(field)), "{health}: {error}");
+        }
+        let error = error_of(&text("health_source = [\"198.18.2.250\", \"198.18.2.251\"]", ""));
+        assert_eq!((error.line, error.field.as_deref()), (Some(4), Some("box.health_source")), "{error}");
+        let error = error_of(&text(both, "colour = 1"));
+        assert_eq!(error.line, Some(10), "{error}");
     }
 
     #[test]

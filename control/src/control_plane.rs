@@ -6,7 +6,7 @@
 //! next turn (and is counted lost past a bound), and commands go over channels the loops only
 //! ever `try_recv`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use cutls_dataplane::health::BackendHealth;
 use cutls_dataplane::session::events::Opened;
 use cutls_dataplane::session::{BackendAdmin, BackendOptions, Balance, Counters, Event, Progress, TlsFacts};
 
@@ -47,6 +48,8 @@ pub struct LoopReport {
     pub response_times: Vec<(SocketAddr, f64)>,
     /// The loop panicked and started again with an empty engine: every session it had is gone.
     pub restarted: bool,
+    /// What its health checks found (the loop that checks; empty in the others).
+    pub health: Vec<BackendHealth>,
 }
 
 impl LoopReport {
@@ -61,6 +64,7 @@ impl LoopReport {
             progress: Vec::new(),
             response_times: Vec::new(),
             restarted: true,
+            health: Vec::new(),
         }
     }
 }
@@ -75,6 +79,8 @@ pub const TEST_HOOKS_VARIABLE: &str = "CUTLS_TEST_HOOKS";
 pub enum LoopCommand {
     KillSession(u64),
     SetBackend(SocketAddr, BackendAdmin),
+    /// What the health checks found of a backend, `up` or not (to the loops that do not check).
+    SetBackendHealth(SocketAddr, bool),
     /// Test hook: panic (see [`TEST_HOOKS_VARIABLE`]).
     Panic,
 }
@@ -124,6 +130,8 @@ struct LoopState {
     /// The counters of the loop's engines before a restart (so that totals never go back).
     retired: Counters,
     restarts: u64,
+    /// The backends this loop was told are down (so that a refused command is sent again).
+    told_down: HashSet<SocketAddr>,
 }
 
 /// What the control thread counted of itself.
@@ -148,6 +156,10 @@ pub struct ControlPlane {
     ended: VecDeque<Record>,
     backends: HashMap<SocketAddr, BackendTotals>,
     admin: HashMap<SocketAddr, BackendAdmin>,
+    /// The health checks' latest view of each checked backend.
+    health: HashMap<SocketAddr, BackendHealth>,
+    /// The loop that runs the checks (the one whose reports carry them).
+    health_loop: Option<usize>,
     pending_kills: Vec<(u64, Sender<Reply>, Instant)>,
     /// Handshake times: count per bucket of [`HANDSHAKE_BUCKETS`] (and one past it), sum.
     handshake_buckets: [u64; HANDSHAKE_BUCKETS.len() + 1],
@@ -167,6 +179,7 @@ impl ControlPlane {
                 response_times: Vec::new(),
                 retired: Counters::default(),
                 restarts: 0,
+                told_down: HashSet::new(),
             })
             .collect();
         ControlPlane {
@@ -178,6 +191,8 @@ impl ControlPlane {
             ended: VecDeque::new(),
             backends: HashMap::new(),
             admin: HashMap::new(),
+            health: HashMap::new(),
+            health_loop: None,
             pending_kills: Vec::new(),
             handshake_buckets: [0; HANDSHAKE_BUCKETS.len() + 1],
             handshake_seconds: 0.0,
@@ -215,7 +230,13 @@ impl ControlPlane {
             state.sessions = 0;
             state.last_report = Some(now);
             state.response_times.clear();
+            // Its fresh engine thinks every backend up.
+            state.told_down.clear();
             self.end_loop_sessions(report.loop_index, now);
+            // (The checking loop itself starts again with its checks, every backend up.)
+            if let Some(checker) = self.health_loop.filter(|&checker| checker != report.loop_index) {
+                self.spread_health(checker);
+            }
             return;
         }
         state.sessions = report.sessions as u64;
@@ -231,6 +252,44 @@ impl ControlPlane {
             match self.sessions.get_mut(&progress.id) {
                 Some(record) => record.progress = Some(progress),
                 None => self.counts.events_for_unknown_sessions += 1,
+            }
+        }
+        if !report.health.is_empty() {
+            for health in report.health {
+                let was_up = self.health.get(&health.backend).is_none_or(|previous| previous.up);
+                if was_up != health.up {
+                    let state = if health.up { "up" } else { "down" };
+                    eprintln!("cutls: backend {} is {state}: last check {}", health.backend, health.last);
+                }
+                self.health.insert(health.backend, health);
+            }
+            // The checking loop took its own findings already.
+            self.health_loop = Some(report.loop_index);
+            self.loops[report.loop_index].told_down = self.down_backends();
+            self.spread_health(report.loop_index);
+        }
+    }
+
+    fn down_backends(&self) -> HashSet<SocketAddr> {
+        self.health.values().filter(|health| !health.up).map(|health| health.backend).collect()
+    }
+
+    /// Tells every loop but `checker` what the health checks found, where its view differs
+    /// (a loop whose channel is full is told at the next report).
+    fn spread_health(&mut self, checker: usize) {
+        let down = self.down_backends();
+        for index in (0..self.loops.len()).filter(|&index| index != checker) {
+            let told = self.loops[index].told_down.clone();
+            for &backend in down.symmetric_difference(&told) {
+                let up = !down.contains(&backend);
+                if self.command(index, LoopCommand::SetBackendHealth(backend, up)) {
+                    let told_down = &mut self.loops[index].told_down;
+                    if up {
+                        told_down.remove(&backend);
+                    } else {
+                        told_down.insert(backend);
+                    }
+                }
             }
         }
     }
@@ -510,6 +569,15 @@ impl ControlPlane {
                     weight: option.weight,
                     max_sessions: option.max_sessions.map(|limit| limit as u64),
                     response_ms,
+                    health: match self.health.get(&address) {
+                        None => "unchecked",
+                        Some(health) if health.up => "up",
+                        Some(_) => "down",
+                    }
+                    .to_string(),
+                    last_check: self.health.get(&address).map(|health| health.last.to_string()),
+                    checks: self.health.get(&address).map_or(0, |health| health.checks),
+                    check_failures: self.health.get(&address).map_or(0, |health| health.failures),
                     sessions_active: live.len() as u64,
                     sessions_total: totals.sessions_total,
                     to_backend_bytes: totals.to_backend_bytes + live_bytes(|progress| progress.to_backend_bytes),
@@ -597,7 +665,9 @@ impl ControlPlane {
         metric(&mut text, "sessions_total", "counter", |row| row.sessions_total);
         metric(&mut text, "to_backend_bytes_total", "counter", |row| row.to_backend_bytes);
         metric(&mut text, "to_client_bytes_total", "counter", |row| row.to_client_bytes);
-        metric(&mut text, "in_rotation", "gauge", |row| u64::from(row.admin == "enabled"));
+        metric(&mut text, "in_rotation", "gauge", |row| u64::from(row.admin == "enabled" && row.health != "down"));
+        metric(&mut text, "up", "gauge", |row| u64::from(row.health != "down"));
+        metric(&mut text, "check_failures_total", "counter", |row| row.check_failures);
         let _ = writeln!(text, "# TYPE cutls_backend_response_seconds gauge");
         for row in &backends {
             if let Some(ms) = row.response_ms {
@@ -633,6 +703,7 @@ fn seconds(ns: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cutls_dataplane::health::{CheckFailure, CheckOutcome};
     use cutls_dataplane::session::{EndReason, Phase};
 
     fn address(text: &str) -> SocketAddr {
@@ -774,6 +845,45 @@ mod tests {
         assert_eq!(backends[0].response_ms, Some(12.5));
         let wrong_pool = Request::Backend { action: BackendAction::Enable, backend: "api/10.0.0.2:8080".into() };
         assert!(matches!(ask(&mut plane, wrong_pool, start), Reply::Error { .. }));
+    }
+
+    #[test]
+    fn health_found_by_the_checking_loop_goes_to_the_others() {
+        let (mut plane, commands, start) = plane(3);
+        let backend = address("10.0.0.2:8080");
+        let health = |up: bool, last: CheckOutcome| BackendHealth {
+            backend,
+            up,
+            last,
+            last_check_ns: 1,
+            changed_ns: 1,
+            checks: 5,
+            failures: 2,
+        };
+        let checked = |up, last| LoopReport { health: vec![health(up, last)], ..report(0, vec![], vec![]) };
+        plane.take_report(checked(true, CheckOutcome::Passed { latency_ns: 400_000 }), start);
+        assert!(commands.iter().all(|receiver| receiver.try_recv().is_err()), "up from the start: nothing to tell");
+        plane.take_report(checked(false, CheckOutcome::Failed(CheckFailure::Refused)), start);
+        assert!(commands[0].try_recv().is_err(), "the checking loop knows");
+        for receiver in &commands[1..] {
+            assert_eq!(receiver.try_recv(), Ok(LoopCommand::SetBackendHealth(backend, false)));
+        }
+        // Told once, not at every report.
+        plane.take_report(checked(false, CheckOutcome::Failed(CheckFailure::Refused)), start);
+        assert!(commands.iter().all(|receiver| receiver.try_recv().is_err()));
+        let Reply::Backends { backends } = ask(&mut plane, Request::ShowBackends {}, start) else { panic!("not backends") };
+        assert_eq!((backends[0].health.as_str(), backends[0].last_check.as_deref()), ("down", Some("connection refused")));
+        assert_eq!((backends[0].checks, backends[0].check_failures), (5, 2));
+        assert_eq!(backends[1].health, "unchecked");
+        let Reply::Metrics { text } = ask(&mut plane, Request::ShowMetrics {}, start) else { panic!("not metrics") };
+        assert!(text.contains("cutls_backend_up{pool=\"web\",backend=\"10.0.0.2:8080\"} 0"), "{text}");
+        // A loop that starts again thinks every backend up: it is told again.
+        plane.take_report(LoopReport::restarted(2), start);
+        assert_eq!(commands[2].try_recv(), Ok(LoopCommand::SetBackendHealth(backend, false)));
+        plane.take_report(checked(true, CheckOutcome::Passed { latency_ns: 1 }), start);
+        for receiver in &commands[1..] {
+            assert_eq!(receiver.try_recv(), Ok(LoopCommand::SetBackendHealth(backend, true)));
+        }
     }
 
     #[test]

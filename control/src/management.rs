@@ -149,6 +149,12 @@ pub struct BackendRow {
     /// The measured response time (least-load's peak-EWMA; the slowest loop's), if any answer
     /// was measured.
     pub response_ms: Option<f64>,
+    /// What the health checks say: up, down, or unchecked (its pool has no `[pool.health]`).
+    pub health: String,
+    /// The last check's outcome ("passed in 0.4 ms", "connection refused", ...).
+    pub last_check: Option<String>,
+    pub checks: u64,
+    pub check_failures: u64,
     pub sessions_active: u64,
     pub sessions_total: u64,
     pub to_backend_bytes: u64,

@@ -3,6 +3,7 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 
 pub mod bridge;
+pub mod health;
 pub mod io;
 pub mod pcap;
 pub mod session;

@@ -19,6 +19,7 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 
+use crate::health::Claim;
 use crate::session::Port;
 use crate::wire::{parse_frame_with, IpProtocol, LinkType, NetworkPayload, Transport, TransportChecksum};
 
@@ -42,11 +43,27 @@ pub struct Steering {
     /// Every backend of every pool: their frames toward the client steer by the client.
     backends: HashSet<SocketAddr>,
     snat_address: Option<IpAddr>,
+    /// The health checker's addresses ([`crate::health`]): its frames go to [`HEALTH_LOOP`].
+    health_sources: Vec<IpAddr>,
 }
+
+/// The loop that runs the health checks.
+pub const HEALTH_LOOP: usize = 0;
 
 impl Steering {
     pub fn new(loops: usize, vips: impl IntoIterator<Item = IpAddr>, backends: impl IntoIterator<Item = SocketAddr>, snat_address: Option<IpAddr>) -> Steering {
-        Steering { loops: loops.max(1), vips: vips.into_iter().collect(), backends: backends.into_iter().collect(), snat_address }
+        Steering {
+            loops: loops.max(1),
+            vips: vips.into_iter().collect(),
+            backends: backends.into_iter().collect(),
+            snat_address,
+            health_sources: Vec::new(),
+        }
+    }
+
+    /// The same, with the health checker's addresses.
+    pub fn with_health_sources(self, health_sources: Vec<IpAddr>) -> Steering {
+        Steering { health_sources, ..self }
     }
 
     pub fn loops(&self) -> usize {
@@ -65,6 +82,10 @@ impl Steering {
             return Owner::Loop(0);
         }
         let Ok(parsed) = parse_frame_with(LinkType::Ethernet, frame, TransportChecksum::Offloaded) else { return Owner::Any };
+        // (Shared neighbour information goes to every loop below, the checking one included.)
+        if port == Port::Inside && crate::health::claims(&self.health_sources, self.snat_address, &parsed) == Claim::Only {
+            return Owner::Loop(HEALTH_LOOP);
+        }
         let (ip, transport) = match &parsed.network {
             NetworkPayload::Arp(_) if port == Port::Inside => return Owner::Every,
             NetworkPayload::Ip { ip, transport } => (ip, transport),
@@ -129,7 +150,7 @@ fn client_hash(client: SocketAddr) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::test_frames::{ETH_IPV4_TCP_SYN, LAB_ARP_REQUEST};
+    use crate::wire::test_frames::{ETH_IPV4_TCP_SYN, LAB_ARP_REPLY, LAB_ARP_REQUEST};
 
     // ETH_IPV4_TCP_SYN: 192.168.100.70:48216 -> 193.99.144.80:443.
     fn client() -> SocketAddr {
@@ -179,6 +200,23 @@ mod tests {
         assert_eq!(steering.owner(Port::Outside, &LAB_ARP_REQUEST), Owner::Any);
         assert_eq!(steering.owner(Port::Outside, &[0u8; 10]), Owner::Any, "unparsed");
         assert_eq!(Steering::new(1, [vip()], [], None).owner(Port::Inside, &LAB_ARP_REQUEST), Owner::Loop(0));
+    }
+
+    #[test]
+    fn the_health_checkers_frames_go_to_its_loop() {
+        // LAB_ARP_REQUEST asks for 198.18.10.2 (from .1); LAB_ARP_REPLY answers .1.
+        let (asked, asking): (IpAddr, IpAddr) = ("198.18.10.2".parse().unwrap(), "198.18.10.1".parse().unwrap());
+        let own = Steering::new(4, [vip()], [], None).with_health_sources(vec![asked]);
+        assert_eq!(own.owner(Port::Inside, &LAB_ARP_REQUEST), Owner::Loop(HEALTH_LOOP));
+        assert_eq!(own.owner(Port::Outside, &LAB_ARP_REQUEST), Owner::Any, "only on the inside port");
+        let answered = Steering::new(4, [vip()], [], None).with_health_sources(vec![asking]);
+        assert_eq!(answered.owner(Port::Inside, &LAB_ARP_REPLY), Owner::Loop(HEALTH_LOOP));
+        // The SNAT address as the source: the engine answers for it, and answers to it are
+        // every loop's (the checking one gives them to its checker too).
+        let shared = Steering::new(4, [vip()], [], Some(asked)).with_health_sources(vec![asked]);
+        assert_eq!(shared.owner(Port::Inside, &LAB_ARP_REQUEST), Owner::Every);
+        let shared = Steering::new(4, [vip()], [], Some(asking)).with_health_sources(vec![asking]);
+        assert_eq!(shared.owner(Port::Inside, &LAB_ARP_REPLY), Owner::Every);
     }
 
     #[test]

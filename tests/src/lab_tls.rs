@@ -167,6 +167,8 @@ pub struct Pool {
     pub passthrough: bool,
     /// `balance` in the configuration, if set.
     pub balance: Option<&'static str>,
+    /// The body of its `[pool.health]` table, if it is checked.
+    pub health: Option<&'static str>,
 }
 
 /// The backend ports: nginx HTTP/1.1 on 80 and 82, h2c on 81 and 83 (IPv4 and IPv6); the
@@ -180,6 +182,7 @@ pub mod pools {
         port: 80,
         passthrough: false,
         balance: None,
+        health: None,
     };
     pub const WEB_VERIFY_FIRST: Pool = Pool {
         name: "web-vf",
@@ -187,6 +190,7 @@ pub mod pools {
         port: 82,
         passthrough: false,
         balance: None,
+        health: None,
     };
     pub const WEB6: Pool = Pool {
         name: "web6",
@@ -194,6 +198,7 @@ pub mod pools {
         port: 80,
         passthrough: false,
         balance: None,
+        health: None,
     };
     pub const WEB6_VERIFY_FIRST: Pool = Pool {
         name: "web6-vf",
@@ -201,6 +206,7 @@ pub mod pools {
         port: 82,
         passthrough: false,
         balance: None,
+        health: None,
     };
     pub const H2C: Pool = Pool {
         name: "h2c",
@@ -208,6 +214,7 @@ pub mod pools {
         port: 81,
         passthrough: false,
         balance: None,
+        health: None,
     };
     pub const H2C_VERIFY_FIRST: Pool = Pool {
         name: "h2c-vf",
@@ -215,6 +222,7 @@ pub mod pools {
         port: 83,
         passthrough: false,
         balance: None,
+        health: None,
     };
     pub const RECORDING: Pool = Pool {
         name: "recording",
@@ -222,6 +230,7 @@ pub mod pools {
         port: 9000,
         passthrough: false,
         balance: None,
+        health: None,
     };
     pub const RECORDING_VERIFY_FIRST: Pool = Pool {
         name: "recording-vf",
@@ -229,6 +238,7 @@ pub mod pools {
         port: 9001,
         passthrough: false,
         balance: None,
+        health: None,
     };
     /// Passthrough: nginx's plain HTTP/1.1 port.
     pub const PLAIN: Pool = Pool {
@@ -237,6 +247,7 @@ pub mod pools {
         port: 80,
         passthrough: true,
         balance: None,
+        health: None,
     };
     /// Passthrough: nginx terminating TLS itself (port 8443, its own certificate).
     pub const BACKEND_TLS: Pool = Pool {
@@ -245,6 +256,7 @@ pub mod pools {
         port: 8443,
         passthrough: true,
         balance: None,
+        health: None,
     };
     /// The balancing test's backends (tests/tests/lab_control.rs), round robin ...
     pub const BALANCE_ROUND_ROBIN: Pool = Pool {
@@ -253,6 +265,7 @@ pub mod pools {
         port: 9100,
         passthrough: false,
         balance: Some("round-robin"),
+        health: None,
     };
     /// ... and the same backends by least sessions.
     pub const BALANCE_LEAST_SESSIONS: Pool = Pool {
@@ -261,6 +274,7 @@ pub mod pools {
         port: 9100,
         passthrough: false,
         balance: Some("least-sessions"),
+        health: None,
     };
     /// ... and by least load.
     pub const BALANCE_LEAST_LOAD: Pool = Pool {
@@ -269,8 +283,19 @@ pub mod pools {
         port: 9100,
         passthrough: false,
         balance: Some("least-load"),
+        health: None,
     };
-    pub const ALL: [Pool; 13] = [
+    /// The health check test's backends (port 9110, which that test serves), checked over
+    /// HTTP twice a second.
+    pub const HEALTH_CHECKED: Pool = Pool {
+        name: "health-checked",
+        v6: false,
+        port: 9110,
+        passthrough: false,
+        balance: Some("round-robin"),
+        health: Some("interval_ms = 500\ntimeout_ms = 300\nrise = 2\nfall = 2\nhttp_path = \"/health\"\nhttp_status = 200\n"),
+    };
+    pub const ALL: [Pool; 14] = [
         WEB,
         WEB_VERIFY_FIRST,
         WEB6,
@@ -284,6 +309,7 @@ pub mod pools {
         BALANCE_ROUND_ROBIN,
         BALANCE_LEAST_SESSIONS,
         BALANCE_LEAST_LOAD,
+        HEALTH_CHECKED,
     ];
 }
 
@@ -325,6 +351,8 @@ pub mod ports {
     pub const BALANCE_LEAST_SESSIONS: u16 = 9502;
     /// The same backends, least load.
     pub const BALANCE_LEAST_LOAD: u16 = 9503;
+    /// The health check test's backends (port 9110).
+    pub const HEALTH_CHECKED: u16 = 9504;
 }
 
 /// The listener port for HTTP/1.1 in `mode`.
@@ -409,7 +437,7 @@ pub fn standard_listeners(vip_v4: IpAddr, vip_v6: IpAddr) -> Vec<ListenerSpec> {
         alpn: vec!["http/1.1"],
         passthrough_pool: Some(pools::BACKEND_TLS),
     });
-    for (port, pool) in [(ports::BALANCE_ROUND_ROBIN, pools::BALANCE_ROUND_ROBIN), (ports::BALANCE_LEAST_SESSIONS, pools::BALANCE_LEAST_SESSIONS), (ports::BALANCE_LEAST_LOAD, pools::BALANCE_LEAST_LOAD)] {
+    for (port, pool) in [(ports::BALANCE_ROUND_ROBIN, pools::BALANCE_ROUND_ROBIN), (ports::BALANCE_LEAST_SESSIONS, pools::BALANCE_LEAST_SESSIONS), (ports::BALANCE_LEAST_LOAD, pools::BALANCE_LEAST_LOAD), (ports::HEALTH_CHECKED, pools::HEALTH_CHECKED)] {
         listeners.push(ListenerSpec {
             vip: SocketAddr::new(vip_v4, port),
             pool,
@@ -1616,6 +1644,8 @@ impl Drop for TlsLab {
 
 /// Where the lab's cutls serves Prometheus metrics, in the box's namespace.
 pub const LAB_METRICS: &str = "127.0.0.1:9464";
+/// The health checks' own address on the lab's server network (transparent mode).
+pub const LAB_HEALTH_SOURCE: &str = "198.18.0.250";
 
 /// Writes the cutls configuration for `listeners` and returns its path.
 pub fn write_config(
@@ -1639,7 +1669,8 @@ pub fn write_config(
         text += &format!("cores = {}\n", setup.loops);
     }
     match setup.mode {
-        AddressMode::Transparent => text += "mode = \"transparent\"\n",
+        // The health checks' source: in SNAT mode the SNAT address (the default).
+        AddressMode::Transparent => text += &format!("mode = \"transparent\"\nhealth_source = \"{LAB_HEALTH_SOURCE}\"\n"),
         AddressMode::Snat(address) => {
             text += &format!("mode = \"snat\"\nsnat_address = \"{address}\"\n")
         }
@@ -1687,6 +1718,9 @@ pub fn write_config(
         }
         if let Some(balance) = pool.balance {
             text += &format!("balance = \"{balance}\"\n");
+        }
+        if let Some(health) = pool.health {
+            text += &format!("[pool.health]\n{health}");
         }
     }
     // The management socket beside the file (the default, under /run, would be shared by

@@ -29,7 +29,8 @@ use serde_json::Value;
 
 use cutls_tests::lab::{cutls_binary, in_namespace, sha256, workspace_binary};
 use cutls_tests::lab_tls::{
-    file_path, h1_port, lab_enabled, ports, pools, python3, write_generated, HoldBack, Item, Setup, TlsLab, HOST, LAB_METRICS,
+    file_path, h1_port, lab_enabled, ports, pools, python3, write_generated, AddressMode, HoldBack, Item, Setup, TlsLab, HOST,
+    LAB_METRICS,
 };
 
 const FILE: &str = "/control-24m";
@@ -170,41 +171,67 @@ print(json.dumps({"count": len(latencies), "errors": errors[0], "p50": pick(0.5)
                   "mean": sum(latencies) / len(latencies) if latencies else None}))
 "#;
 
-/// The balancing test's backends: plain HTTP on `port` of every address, one answer per
-/// connection; the first address answers `delay` late. Counts the connections each got.
+/// The balancing and health tests' backends: plain HTTP on `port` of every address, one
+/// answer per connection; the first address answers `delay` late. Counts the connections
+/// each got; one can be stopped (its port then refuses) and started again.
 struct Backends {
+    port: u16,
+    server_ns: String,
+    addresses: Vec<std::net::IpAddr>,
     counts: Vec<Arc<AtomicU64>>,
-    stop: Arc<AtomicBool>,
+    stops: Vec<Arc<AtomicBool>>,
+    threads: Vec<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Backends {
     fn start(t: &TlsLab, port: u16, delay: Duration) -> Backends {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut counts = Vec::new();
-        for (index, &address) in t.lab.env.backends_v4.iter().enumerate() {
-            let listener = in_namespace(&t.lab.env.server_ns, move || {
-                let listener = TcpListener::bind(SocketAddr::new(address, port))?;
-                listener.set_nonblocking(true)?;
-                Ok(listener)
-            })
-            .expect("listen on a backend address");
-            let count = Arc::new(AtomicU64::new(0));
-            counts.push(Arc::clone(&count));
-            let stop = Arc::clone(&stop);
-            let delay = if index == 0 { delay } else { Duration::ZERO };
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    match listener.accept() {
-                        Ok((stream, _)) => {
-                            count.fetch_add(1, Ordering::Relaxed);
-                            std::thread::spawn(move || answer(stream, delay));
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
-                    }
-                }
-            });
+        let addresses = t.lab.env.backends_v4.clone();
+        let mut backends = Backends {
+            port,
+            server_ns: t.lab.env.server_ns.clone(),
+            counts: addresses.iter().map(|_| Arc::new(AtomicU64::new(0))).collect(),
+            stops: Vec::new(),
+            threads: Vec::new(),
+            addresses,
+        };
+        for index in 0..backends.addresses.len() {
+            backends.stops.push(Arc::new(AtomicBool::new(false)));
+            backends.threads.push(None);
+            backends.listen(index, if index == 0 { delay } else { Duration::ZERO });
         }
-        Backends { counts, stop }
+        backends
+    }
+
+    fn listen(&mut self, index: usize, delay: Duration) {
+        let address = SocketAddr::new(self.addresses[index], self.port);
+        let listener = in_namespace(&self.server_ns, move || {
+            let listener = TcpListener::bind(address)?;
+            listener.set_nonblocking(true)?;
+            Ok(listener)
+        })
+        .expect("listen on a backend address");
+        let stop = Arc::new(AtomicBool::new(false));
+        self.stops[index] = Arc::clone(&stop);
+        let count = Arc::clone(&self.counts[index]);
+        self.threads[index] = Some(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        count.fetch_add(1, Ordering::Relaxed);
+                        std::thread::spawn(move || answer(stream, delay));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        }));
+    }
+
+    /// Backend `index` closes its listening socket: connections to it are refused from now.
+    fn kill(&mut self, index: usize) {
+        self.stops[index].store(true, Ordering::Relaxed);
+        if let Some(thread) = self.threads[index].take() {
+            thread.join().expect("backend thread");
+        }
     }
 
     fn counts(&self) -> Vec<u64> {
@@ -214,7 +241,9 @@ impl Backends {
 
 impl Drop for Backends {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        for stop in &self.stops {
+            stop.store(true, Ordering::Relaxed);
+        }
     }
 }
 
@@ -303,6 +332,105 @@ fn least_sessions_sends_fewer_sessions_to_a_slow_backend_than_round_robin() {
     assert!(rows[1..].iter().all(|row| response(row) < slow), "the slow backend measured slowest: {shown}");
     eprintln!("measured response times (ms): {:?}", rows.iter().map(|row| response(row)).collect::<Vec<_>>());
     t.finish();
+}
+
+#[test]
+fn health_checks_take_a_dead_backend_out_of_rotation_and_bring_it_back() {
+    if !lab_enabled() {
+        return;
+    }
+    // Transparent mode with its own health source; SNAT mode (two loops), whose checks share
+    // the SNAT address with the sessions.
+    let snat: std::net::IpAddr = "198.18.0.2".parse().expect("address");
+    for setup in [Setup::io("xdp"), Setup { mode: AddressMode::Snat(snat), loops: 2, ..Setup::io("packet") }] {
+        health_checks(setup);
+    }
+}
+
+/// Issue 13's acceptance: the pool `health-checked` (HTTP `GET /health` every 500 ms, timeout
+/// 300 ms, rise 2, fall 2) over three backends served here; one is killed mid-test (its port
+/// refuses), is marked down within the checks' interval times `fall` (plus a timeout and a
+/// report), new sessions avoid it, and it is back in rotation after `rise` checks once it
+/// listens again.
+fn health_checks(setup: Setup) {
+    let t = TlsLab::up(setup);
+    let ctl = Ctl { binary: workspace_binary("cutls-tools", "cutlsctl").expect("build cutlsctl"), socket: t.dir.join("cutls.sock") };
+    let mut backends = Backends::start(&t, pools::HEALTH_CHECKED.port, Duration::ZERO);
+    let rows = |ctl: &Ctl| -> Vec<Value> {
+        let shown = ctl.json(&["show", "backends"]);
+        shown["backends"].as_array().expect("backends").iter().filter(|row| row["pool"] == "health-checked").cloned().collect()
+    };
+    wait_for("the management socket", Duration::from_secs(10), || ctl.run(&["show", "stats"]).status.success());
+    wait_for("three checked backends up", Duration::from_secs(5), || {
+        let rows = rows(&ctl);
+        rows.len() == 3 && rows.iter().all(|row| row["health"] == "up" && row["last_check"].as_str().is_some_and(|c| c.starts_with("passed")))
+    });
+    // Other pools are not checked.
+    let shown = ctl.json(&["show", "backends"]);
+    assert!(shown["backends"].as_array().unwrap().iter().any(|row| row["pool"] == "web" && row["health"] == "unchecked"), "{shown}");
+    let requests = |count: &str| -> Value {
+        let vip = t.vip(false, ports::HEALTH_CHECKED);
+        let output = t
+            .lab
+            .run_in(
+                &t.lab.env.client_ns,
+                python3(),
+                &["-c", LOAD, HOST, &vip.ip().to_string(), &ports::HEALTH_CHECKED.to_string(), &t.cert.display().to_string(), "4", count],
+            )
+            .expect("run the clients");
+        let text = String::from_utf8_lossy(&output.stdout).to_string();
+        assert!(output.status.success(), "{text}{}", String::from_utf8_lossy(&output.stderr));
+        let load: Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+        t.count_connections(u64_of(&load, "count"));
+        load
+    };
+    // The checks themselves connect too: count only the requests' sessions, which the box
+    // tells per backend.
+    let sessions_total = |ctl: &Ctl| -> Vec<u64> { rows(ctl).iter().map(|row| u64_of(row, "sessions_total")).collect() };
+
+    let killed_at = Instant::now();
+    backends.kill(1);
+    wait_for("the killed backend marked down", Duration::from_secs(5), || rows(&ctl)[1]["health"] == "down");
+    let took = killed_at.elapsed();
+    let down = rows(&ctl);
+    eprintln!("killed backend marked down after {:.2} s: {}", took.as_secs_f64(), down[1]);
+    // Two failed checks 500 ms apart, the first up to 500 ms after the kill; a report (200 ms).
+    assert!(took < Duration::from_millis(2 * 500 + 300 + 200 + 500), "down after {took:?}");
+    assert_eq!(down[1]["last_check"], "connection refused", "{}", down[1]);
+    assert!(down.iter().enumerate().all(|(i, row)| i == 1 || row["health"] == "up"), "{down:?}");
+
+    let before = sessions_total(&ctl);
+    let load = requests("2");
+    assert_eq!(load["errors"], 0, "no request fails while a backend is down: {load}");
+    let after = sessions_total(&ctl);
+    assert_eq!(after[1], before[1], "no new session to the down backend: {before:?} -> {after:?}");
+    assert!(after[0] > before[0] && after[2] > before[2], "the others take the sessions: {before:?} -> {after:?}");
+    let metrics = ctl.run(&["show", "metrics"]);
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let killed = backends.addresses[1];
+    assert!(
+        metrics.contains(&format!("cutls_backend_up{{pool=\"health-checked\",backend=\"{killed}:{}\"}} 0", pools::HEALTH_CHECKED.port)),
+        "{metrics}"
+    );
+
+    let restarted_at = Instant::now();
+    backends.listen(1, Duration::ZERO);
+    wait_for("the restarted backend back up", Duration::from_secs(5), || rows(&ctl)[1]["health"] == "up");
+    let took = restarted_at.elapsed();
+    eprintln!("restarted backend up again after {:.2} s", took.as_secs_f64());
+    assert!(took < Duration::from_millis(2 * 500 + 200 + 500), "up after {took:?}");
+    let before = sessions_total(&ctl);
+    let load = requests("2");
+    assert_eq!(load["errors"], 0, "{load}");
+    let after = sessions_total(&ctl);
+    assert!(after[1] > before[1], "the restarted backend takes sessions again: {before:?} -> {after:?}");
+    assert!(backends.counts()[1] > 0);
+    let counters = t.finish();
+    assert!(counters.get("health_frames_sent") > 0 && counters.get("health_frames_received") > 0);
+    // The killed one, and those found down before this test served them (the box comes up
+    // first): each back up.
+    let (down, up) = (counters.get("backends_down"), counters.get("backends_up"));
+    assert!(down == up && (1..=4).contains(&down), "backends down {down}, up {up}");
 }
 
 #[test]

@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use cutls_control::config::{AddressMode, Config, HoldBack, IoKind};
+use cutls_control::config::{AddressMode, Config, HealthCheck, HoldBack, IoKind};
+use cutls_dataplane::health::HealthSetup;
 use cutls_control::control_plane::{ControlPlane, LoopCommand, LoopHandle, LoopReport, Topology, REPORT_EVERY};
 use cutls_control::management::{self, Pending};
 use cutls_control::tls::{server_config, SecretLog};
@@ -44,7 +45,7 @@ use cutls_dataplane::io::{interface_index, receive_queue_count, wait_readable, F
 use cutls_dataplane::session::{
     Balance, Balancing, Counters, Engine, EngineConfig, EngineKeys, Event, ListenerSetup, LoopShare, Output, PassthroughRoute, Port,
 };
-use cutls_dataplane::steer::{Owner, Steering};
+use cutls_dataplane::steer::{Owner, Steering, HEALTH_LOOP};
 use cutls_dataplane::wire::EthernetAddress;
 
 const BATCH: usize = 64;
@@ -140,9 +141,27 @@ pub fn serve(config: &Config, stop: &AtomicBool) -> io::Result<()> {
         config.listeners.iter().map(|listener| listener.vip.ip()),
         config.pools.iter().flat_map(|pool| pool.backends.iter().copied()),
         snat_address,
-    );
+    )
+    .with_health_sources(config.health_sources.clone());
     let (outside_mac, inside_mac) = (interface_mac(&config.outside)?, interface_mac(&config.inside)?);
     let keys = engine_keys()?;
+    // Each checked backend once (a backend in two pools takes the first pool's check).
+    let mut checks: Vec<(std::net::SocketAddr, HealthCheck)> = Vec::new();
+    for pool in &config.pools {
+        for backend in pool.health.iter().flat_map(|check| pool.backends.iter().map(move |backend| (*backend, check))) {
+            if !checks.iter().any(|(known, _)| *known == backend.0) {
+                checks.push((backend.0, backend.1.clone()));
+            }
+        }
+    }
+    let health = (!checks.is_empty()).then(|| HealthSetup {
+        sources: config.health_sources.clone(),
+        mac: inside_mac,
+        checks,
+        snat_address,
+        // The engine seeds it from its keys.
+        seed: 0,
+    });
     // Each loop's doorbell: rung by the other loops' hand-offs and by its handshake workers.
     let doorbells: Vec<Arc<Doorbell>> = (0..loops).map(|_| Doorbell::new().map(Arc::new)).collect::<io::Result<_>>()?;
     // Each loop's engine; called again for a loop that panicked (it starts again empty).
@@ -168,6 +187,7 @@ pub fn serve(config: &Config, stop: &AtomicBool) -> io::Result<()> {
                 congestion: config.congestion,
                 balancing: balancing.clone(),
                 events: true,
+                health: if index == HEALTH_LOOP { health.clone() } else { None },
             })
     };
     match config.io {
@@ -592,6 +612,7 @@ fn poll_loop<P: FrameIo>(
                 LoopCommand::SetBackend(backend, admin) => {
                     engine.set_backend_admin(now, backend, admin, &mut out);
                 }
+                LoopCommand::SetBackendHealth(backend, up) => engine.set_backend_health(backend, up),
                 LoopCommand::Panic => panic!("loop {me}: the test hook asked for a panic"),
             }
             flush(&mut out, outside, inside, &mut counts)?;
@@ -650,6 +671,7 @@ fn report(
         progress,
         response_times: engine.backend_response_times(now_ns),
         restarted: false,
+        health: engine.health_status(),
     };
     if let Err(TrySendError::Full(report) | TrySendError::Disconnected(report)) = control.reports.try_send(report) {
         *events = report.events;

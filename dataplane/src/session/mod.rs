@@ -49,6 +49,7 @@ use std::sync::Arc;
 use cutls_crypto::ReleaseMode;
 
 use crate::io::RxChecksum;
+use crate::health::Claim;
 use crate::wire::{
     parse_frame_with, ArpOperation, EthernetAddress, LinkType, NetworkPayload, TcpFlags, TcpOptions, TcpTimestamp, Transport,
     TransportChecksum,
@@ -138,6 +139,9 @@ pub struct EngineConfig {
     /// Queue [`Event`]s for the control plane ([`Engine::take_events`]); off in tests and
     /// replays that do not read them.
     pub events: bool,
+    /// The backends this engine checks ([`crate::health`]): one loop of the box checks them
+    /// all and the control plane tells the others.
+    pub health: Option<crate::health::HealthSetup>,
 }
 
 /// Which of the box's poll loops an engine runs in.
@@ -437,10 +441,17 @@ pub struct Counters {
     pub alerts_other: u64,
     /// Sessions an operator ended (`cutlsctl session kill`, `backend disable`).
     pub ended_killed: u64,
-    /// New sessions refused because every backend of their pool was drained or disabled.
+    /// New sessions refused because every backend of their pool was drained, disabled or
+    /// down (health checks).
     pub backends_out_of_rotation_refusals: u64,
     /// ... because every backend in rotation had its `max_sessions`.
     pub backends_full_refusals: u64,
+    /// Health checks ([`crate::health`]): frames of the checker received and sent on the
+    /// inside port, and backends it found down and up again.
+    pub health_frames_received: u64,
+    pub health_frames_sent: u64,
+    pub backends_down: u64,
+    pub backends_up: u64,
 }
 }
 
@@ -718,6 +729,9 @@ pub struct Engine {
     events: events::EventQueue,
     /// Backends an operator took out of rotation (absent: in rotation).
     backend_admin: HashMap<SocketAddr, BackendAdmin>,
+    /// The health checker, in the loop that checks; the backends found down, in every loop.
+    health: Option<crate::health::HealthChecker>,
+    backends_down: HashSet<SocketAddr>,
     /// Live sessions per backend (for least-sessions and `max_sessions`).
     backend_sessions: HashMap<SocketAddr, u32>,
     /// Response times per backend (least-load), and the samples of the current call.
@@ -758,6 +772,12 @@ impl Engine {
         // Not a secret: it only spreads the choices (never zero, or xorshift stays at zero).
         let balance_random = config.keys.balance_seed() | 1;
         let events = events::EventQueue::new(config.events);
+        // Its clock starts at the first poll (engine time is the caller's).
+        let health = config.health.clone().map(|setup| {
+            // Its ISNs and ports, like the engine's own choices, from the box's secret.
+            let seed = setup.seed ^ config.keys.balance_seed().rotate_left(17);
+            crate::health::HealthChecker::new(crate::health::HealthSetup { seed, ..setup }, 0)
+        });
         Engine {
             config,
             sessions: HashMap::new(),
@@ -785,6 +805,8 @@ impl Engine {
             counters: Counters::default(),
             events,
             backend_admin: HashMap::new(),
+            health,
+            backends_down: HashSet::new(),
             backend_sessions: HashMap::new(),
             response_times: HashMap::new(),
             response_samples: Vec::new(),
@@ -843,6 +865,21 @@ impl Engine {
             }
         }
         on_it.len()
+    }
+
+    /// What another loop's health checks found ([`crate::health`]): a backend `up = false`
+    /// takes no new sessions (those it has go on), as if draining.
+    pub fn set_backend_health(&mut self, backend: SocketAddr, up: bool) {
+        if up {
+            self.backends_down.remove(&backend);
+        } else {
+            self.backends_down.insert(backend);
+        }
+    }
+
+    /// The health of the backends this engine checks (empty if it checks none).
+    pub fn health_status(&self) -> Vec<crate::health::BackendHealth> {
+        self.health.as_ref().map(|checker| checker.status()).unwrap_or_default()
     }
 
     /// Gives back the memory a burst of sessions left in the engine's tables (a SYN flood's
@@ -904,6 +941,18 @@ impl Engine {
             }
             _ => return,
         };
+        if port == Port::Inside {
+            if let Some(checker) = self.health.as_mut() {
+                let claim = checker.claims(&parsed);
+                if claim != Claim::Not {
+                    self.counters.health_frames_received += 1;
+                    checker.receive(frame);
+                }
+                if claim == Claim::Only {
+                    return;
+                }
+            }
+        }
         match (&parsed.network, port) {
             (NetworkPayload::Arp(arp), _) => {
                 if port == Port::Inside {
@@ -1153,6 +1202,11 @@ impl Engine {
     /// on); nothing is answered or bridged.
     pub fn learn_neighbour(&mut self, now_ns: u64, frame: &[u8], out: &mut Output) {
         let Ok(parsed) = parse_frame_with(LinkType::Ethernet, frame, TransportChecksum::Verify) else { return };
+        // Shared with the health checker: the answer may be to its request.
+        if let Some(checker) = self.health.as_mut().filter(|checker| checker.claims(&parsed) != Claim::Not) {
+            self.counters.health_frames_received += 1;
+            checker.receive(frame);
+        }
         let learned = match &parsed.network {
             NetworkPayload::Arp(arp) => Some((IpAddr::V4(arp.sender_protocol_addr), arp.sender_hardware_addr)),
             NetworkPayload::Ip { transport: Transport::Icmpv6(message), .. } if message.msg_type == 136 && message.checksum_valid => {
@@ -1196,6 +1250,21 @@ impl Engine {
     pub fn poll(&mut self, now_ns: u64, out: &mut Output) {
         self.end_batch(now_ns, out);
         self.collect_handshakes(now_ns, out);
+        if let Some(checker) = self.health.as_mut().filter(|checker| checker.next_deadline_ns() <= now_ns) {
+            let counters = &mut self.counters;
+            let changes = checker.poll(now_ns, |frame| {
+                counters.health_frames_sent += 1;
+                out.push(Port::Inside, Some(frame));
+            });
+            for (backend, up) in changes {
+                if up {
+                    self.counters.backends_up += 1;
+                } else {
+                    self.counters.backends_down += 1;
+                }
+                self.set_backend_health(backend, up);
+            }
+        }
         // Every deferred frame waits the same time, so the queue is in time order.
         while self.deferred.front().is_some_and(|(at, _)| *at <= now_ns) {
             if let Some((_, frame)) = self.deferred.pop_front() {
@@ -1278,10 +1347,8 @@ impl Engine {
             return Some(0);
         }
         let deferred = self.deferred.front().map(|(at, _)| *at);
-        match (self.timers.next_ns(), deferred) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let health = self.health.as_ref().map(|checker| checker.next_deadline_ns());
+        [self.timers.next_ns(), deferred, health].into_iter().flatten().min()
     }
 
     /// Whether finished handshakes wait for [`Engine::collect_handshakes`]: checked by a loop
@@ -1629,7 +1696,9 @@ impl Engine {
         usable.clear();
         let (mut in_rotation, mut with_room) = (false, false);
         for backend in (0..count).map(|i| backends[start.wrapping_add(i) % count]) {
-            if self.backend_admin.get(&backend).is_some_and(|&admin| admin != BackendAdmin::Enabled) {
+            if self.backend_admin.get(&backend).is_some_and(|&admin| admin != BackendAdmin::Enabled)
+                || self.backends_down.contains(&backend)
+            {
                 continue;
             }
             in_rotation = true;
@@ -1694,7 +1763,7 @@ impl Engine {
         for _ in FIRST_SNAT_PORT..=u16::MAX {
             let port = self.next_snat_port;
             self.next_snat_port = if port == u16::MAX { FIRST_SNAT_PORT } else { port + 1 };
-            if crate::steer::snat_port_steers_to(port, loops) != index {
+            if crate::steer::snat_port_steers_to(port, loops) != index || crate::health::HEALTH_PORTS.contains(&port) {
                 continue;
             }
             let key = FlowKey { source: backend, destination: SocketAddr::new(address, port) };
@@ -1817,7 +1886,7 @@ fn push_address(input: &mut Vec<u8>, address: SocketAddr) {
 }
 
 /// The target address of an NDP solicitation or advertisement (bytes 8..24 of the message).
-fn ndp_target(message: &[u8]) -> Option<Ipv6Addr> {
+pub(crate) fn ndp_target(message: &[u8]) -> Option<Ipv6Addr> {
     let bytes: [u8; 16] = message.get(8..24)?.try_into().ok()?;
     Some(Ipv6Addr::from(bytes))
 }

@@ -75,6 +75,7 @@ pub fn engine_config(
         congestion: Default::default(),
         balancing: Default::default(),
         events: false,
+        health: None,
     }
 }
 

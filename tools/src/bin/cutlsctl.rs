@@ -194,7 +194,10 @@ fn print_reply(reply: &Reply) {
             table(&["FIELD", "VALUE"], rows.into_iter().map(|(name, value)| vec![name.to_string(), value]).collect());
         }
         Reply::Backends { backends } => table(
-            &["POOL", "BACKEND", "ADMIN", "BALANCE", "WEIGHT", "MAX", "RESPONSE MS", "ACTIVE", "TOTAL", "TO BACKEND", "TO CLIENT"],
+            &[
+                "POOL", "BACKEND", "ADMIN", "HEALTH", "LAST CHECK", "BALANCE", "WEIGHT", "MAX", "RESPONSE MS", "ACTIVE", "TOTAL",
+                "TO BACKEND", "TO CLIENT",
+            ],
             backends
                 .iter()
                 .map(|row| {
@@ -202,6 +205,8 @@ fn print_reply(reply: &Reply) {
                         row.pool.clone(),
                         row.address.clone(),
                         row.admin.clone(),
+                        row.health.clone(),
+                        row.last_check.clone().unwrap_or_else(|| "-".into()),
                         row.balance.clone(),
                         row.weight.to_string(),
                         row.max_sessions.map_or("-".into(), |limit| limit.to_string()),

@@ -1,0 +1,732 @@
+//! Active health checks of the backends, from the box itself on its inside port.
+//!
+//! The box has no kernel socket on the server VLAN: its ports are raw-frame rings. A check is
+//! a TCP connection of its own, made by a `smoltcp` interface that shares the inside port with
+//! the session engine. It has its own address (`box.health_source`, or the SNAT address, whose
+//! ports [`HEALTH_PORTS`] are then set apart for it); the engine hands it the frames that are
+//! for that address ([`claims`]) and sends what it emits. The interface holds its address as a
+//! /0 prefix, so that it resolves every backend directly with ARP/NDP, as the engine does.
+//!
+//! Each backend is checked every `interval`: a TCP connection (refused, reset or not
+//! established within `timeout` fails), optionally an HTTP/1.0 request whose status line must
+//! carry the expected status. After `fall` failures in a row a backend that was up is down
+//! (out of rotation for new sessions; its sessions go on), after `rise` successes in a row a
+//! down one is up again. Backends start up, as HAProxy's do: a box that starts serves at once,
+//! and a dead backend is out after `fall` checks. The connection is closed with a RST once the
+//! verdict is in, so that no check leaves a TIME-WAIT on the backend.
+//!
+//! Not supported: VLAN-tagged inside ports (frames with tags are never claimed), TLS checks.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+
+use smoltcp::iface::{Config as InterfaceConfig, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
+use smoltcp::socket::tcp;
+use smoltcp::time::Instant;
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
+
+use crate::wire::{ArpOperation, EthernetAddress, Frame, NetworkPayload, Transport};
+
+/// Local ports of the checks' connections. With the SNAT address as the health source, these
+/// are the checks' and the engine never takes them for a session.
+pub const HEALTH_PORTS: std::ops::RangeInclusive<u16> = 60_000..=60_999;
+
+/// How one pool's backends are checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub interval_ns: u64,
+    /// How long one check may take, connection and answer.
+    pub timeout_ns: u64,
+    /// Successes in a row that bring a down backend back.
+    pub rise: u32,
+    /// Failures in a row that take an up backend out.
+    pub fall: u32,
+    /// Check this port instead of the backend's service port.
+    pub port: Option<u16>,
+    pub http: Option<HttpCheck>,
+}
+
+/// An HTTP check: `GET path` with `Host: host`, answered with status `status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpCheck {
+    pub path: String,
+    /// The `Host` header; the backend's address when not set.
+    pub host: Option<String>,
+    pub status: u16,
+}
+
+/// What the box checks, from where.
+#[derive(Clone, Debug)]
+pub struct HealthSetup {
+    /// The checks' own addresses, at most one per family.
+    pub sources: Vec<IpAddr>,
+    /// The inside port's MAC.
+    pub mac: EthernetAddress,
+    /// Each backend once, with its pool's check.
+    pub checks: Vec<(SocketAddr, HealthCheck)>,
+    /// The SNAT address, if the box has one: when it is also a source, only the ports in
+    /// [`HEALTH_PORTS`] are the checks'.
+    pub snat_address: Option<IpAddr>,
+    /// Seeds the interface's ISNs and its choice of ports (the engine mixes in its keys).
+    pub seed: u64,
+}
+
+/// The last check of a backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckOutcome {
+    /// None has finished yet.
+    Pending,
+    Passed { latency_ns: u64 },
+    Failed(CheckFailure),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckFailure {
+    /// A RST to the SYN.
+    Refused,
+    /// No connection or no answer within the timeout.
+    Timeout,
+    /// Closed or reset before the check was answered.
+    Closed,
+    /// The HTTP status line carried another status.
+    Status(u16),
+    /// The answer was not an HTTP status line.
+    NotHttp,
+    /// The box has no health source address of the backend's family.
+    NoSource,
+}
+
+impl std::fmt::Display for CheckOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CheckOutcome::Pending => write!(f, "pending"),
+            CheckOutcome::Passed { latency_ns } => write!(f, "passed in {:.1} ms", *latency_ns as f64 / 1e6),
+            CheckOutcome::Failed(CheckFailure::Refused) => write!(f, "connection refused"),
+            CheckOutcome::Failed(CheckFailure::Timeout) => write!(f, "timed out"),
+            CheckOutcome::Failed(CheckFailure::Closed) => write!(f, "closed before an answer"),
+            CheckOutcome::Failed(CheckFailure::Status(status)) => write!(f, "HTTP status {status}"),
+            CheckOutcome::Failed(CheckFailure::NotHttp) => write!(f, "not an HTTP answer"),
+            CheckOutcome::Failed(CheckFailure::NoSource) => write!(f, "no health source address of its family"),
+        }
+    }
+}
+
+/// A backend's health as the checker sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendHealth {
+    pub backend: SocketAddr,
+    pub up: bool,
+    pub last: CheckOutcome,
+    /// When the last check finished, and when `up` last changed (0: never).
+    pub last_check_ns: u64,
+    pub changed_ns: u64,
+    pub checks: u64,
+    pub failures: u64,
+}
+
+/// The checker: a smoltcp interface on the inside port and one probe per backend.
+pub struct HealthChecker {
+    interface: Interface,
+    device: FrameQueue,
+    sockets: SocketSet<'static>,
+    probes: Vec<Probe>,
+    sources: Vec<IpAddr>,
+    snat_address: Option<IpAddr>,
+    next_port: u16,
+    /// Finished checks' sockets: removed after the next poll has sent their RST.
+    closing: Vec<SocketHandle>,
+    /// When [`HealthChecker::poll`] next has work, as the last poll left it.
+    next_deadline_ns: u64,
+}
+
+struct Probe {
+    health: BackendHealth,
+    target: SocketAddr,
+    check: HealthCheck,
+    /// Results in a row against the current state.
+    streak: u32,
+    next_at_ns: u64,
+    attempt: Option<Attempt>,
+}
+
+struct Attempt {
+    handle: SocketHandle,
+    started_ns: u64,
+    established: bool,
+    request_sent: bool,
+    answer: Vec<u8>,
+}
+
+/// Room for an HTTP check's status line (and a little more, which is thrown away).
+const ANSWER_LIMIT: usize = 1024;
+
+impl HealthChecker {
+    pub fn new(setup: HealthSetup, now_ns: u64) -> HealthChecker {
+        let mut device = FrameQueue::default();
+        let mut config = InterfaceConfig::new(HardwareAddress::Ethernet(smoltcp::wire::EthernetAddress(setup.mac.0)));
+        config.random_seed = setup.seed;
+        let mut interface = Interface::new(config, &mut device, instant(now_ns));
+        let mut sources = Vec::new();
+        interface.update_ip_addrs(|addresses| {
+            for source in &setup.sources {
+                // At most one per family (the config says so): the list holds two.
+                if sources.iter().any(|s: &IpAddr| s.is_ipv4() == source.is_ipv4()) {
+                    continue;
+                }
+                if addresses.push(IpCidr::new(IpAddress::from(*source), 0)).is_ok() {
+                    sources.push(*source);
+                }
+            }
+        });
+        // Spread the first checks over the first interval, not all in one burst.
+        let count = setup.checks.len().max(1) as u64;
+        let probes = setup
+            .checks
+            .into_iter()
+            .enumerate()
+            .map(|(i, (backend, check))| Probe {
+                health: BackendHealth {
+                    backend,
+                    up: true,
+                    last: CheckOutcome::Pending,
+                    last_check_ns: 0,
+                    changed_ns: 0,
+                    checks: 0,
+                    failures: 0,
+                },
+                target: SocketAddr::new(backend.ip(), check.port.unwrap_or(backend.port())),
+                next_at_ns: now_ns + check.interval_ns.min(1_000_000_000) * i as u64 / count,
+                check,
+                streak: 0,
+                attempt: None,
+            })
+            .collect();
+        let span = HEALTH_PORTS.end() - HEALTH_PORTS.start() + 1;
+        HealthChecker {
+            interface,
+            device,
+            sockets: SocketSet::new(Vec::new()),
+            probes,
+            sources,
+            snat_address: setup.snat_address,
+            next_port: HEALTH_PORTS.start() + (setup.seed % span as u64) as u16,
+            closing: Vec::new(),
+            next_deadline_ns: now_ns,
+        }
+    }
+
+    /// Whose `frame` (received on the inside port) is ([`claims`]).
+    pub fn claims(&self, frame: &Frame<'_>) -> Claim {
+        claims(&self.sources, self.snat_address, frame)
+    }
+
+    /// A frame [`HealthChecker::claims`]: processed at the next [`HealthChecker::poll`].
+    pub fn receive(&mut self, frame: &[u8]) {
+        // Bounded: checks need a few frames per interval, a flood must not grow the queue.
+        if self.device.received.len() < 256 {
+            self.device.received.push_back(frame.to_vec());
+            self.next_deadline_ns = 0;
+        }
+    }
+
+    /// Runs the interface and the probes; `transmit` gets each frame for the inside port.
+    /// Returns the backends whose state changed, with their new state.
+    pub fn poll(&mut self, now_ns: u64, mut transmit: impl FnMut(Vec<u8>)) -> Vec<(SocketAddr, bool)> {
+        let now = instant(now_ns);
+        self.interface.poll(now, &mut self.device, &mut self.sockets);
+        for handle in self.closing.drain(..) {
+            self.sockets.remove(handle);
+        }
+        let mut changes = Vec::new();
+        for index in 0..self.probes.len() {
+            let due = self.probes[index].attempt.is_none() && now_ns >= self.probes[index].next_at_ns;
+            let failed_at_once = if due { self.start(index, now_ns) } else { None };
+            if let Some(outcome) = failed_at_once.or_else(|| self.advance(index, now_ns)) {
+                if let Some(up) = self.probes[index].record(outcome, now_ns) {
+                    changes.push((self.probes[index].health.backend, up));
+                }
+            }
+        }
+        // Connections opened, requests written, RSTs of finished checks: out now.
+        self.interface.poll(now, &mut self.device, &mut self.sockets);
+        for frame in self.device.sent.drain(..) {
+            transmit(frame);
+        }
+        self.next_deadline_ns = self.compute_deadline(now_ns);
+        changes
+    }
+
+    /// When [`HealthChecker::poll`] next has work.
+    pub fn next_deadline_ns(&self) -> u64 {
+        self.next_deadline_ns
+    }
+
+    fn compute_deadline(&mut self, now_ns: u64) -> u64 {
+        let mut next = u64::MAX;
+        for probe in &self.probes {
+            next = next.min(match &probe.attempt {
+                Some(attempt) => attempt.started_ns + probe.check.timeout_ns,
+                None => probe.next_at_ns,
+            });
+        }
+        if !self.device.received.is_empty() || !self.closing.is_empty() {
+            return now_ns;
+        }
+        if let Some(at) = self.interface.poll_at(instant(now_ns), &self.sockets) {
+            next = next.min((at.total_micros().max(0) as u64).saturating_mul(1000));
+        }
+        next
+    }
+
+    pub fn status(&self) -> Vec<BackendHealth> {
+        self.probes.iter().map(|probe| probe.health.clone()).collect()
+    }
+
+    /// Opens a check's connection; the outcome at once if it cannot be opened.
+    fn start(&mut self, index: usize, now_ns: u64) -> Option<CheckOutcome> {
+        let probe = &mut self.probes[index];
+        probe.next_at_ns = now_ns + probe.check.interval_ns;
+        let target = probe.target;
+        if !self.sources.iter().any(|source| source.is_ipv4() == target.is_ipv4()) {
+            return Some(CheckOutcome::Failed(CheckFailure::NoSource));
+        }
+        let mut socket = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 2048]), tcp::SocketBuffer::new(vec![0; 1024]));
+        // The checks are few and short: no Nagle delay, no delayed ACK.
+        socket.set_nagle_enabled(false);
+        socket.set_ack_delay(None);
+        let local_port = self.next_port;
+        self.next_port = if local_port == *HEALTH_PORTS.end() { *HEALTH_PORTS.start() } else { local_port + 1 };
+        let remote = (IpAddress::from(target.ip()), target.port());
+        if socket.connect(self.interface.context(), remote, local_port).is_err() {
+            return Some(CheckOutcome::Failed(CheckFailure::NoSource));
+        }
+        let handle = self.sockets.add(socket);
+        probe.attempt = Some(Attempt { handle, started_ns: now_ns, established: false, request_sent: false, answer: Vec::new() });
+        None
+    }
+
+    /// Moves a running check on; its outcome once it has one (the socket then closes).
+    fn advance(&mut self, index: usize, now_ns: u64) -> Option<CheckOutcome> {
+        let probe = &mut self.probes[index];
+        let attempt = probe.attempt.as_mut()?;
+        let socket = self.sockets.get_mut::<tcp::Socket>(attempt.handle);
+        let outcome = check_socket(socket, attempt, &probe.check, probe.target, now_ns);
+        if outcome.is_some() {
+            socket.abort();
+            self.closing.push(attempt.handle);
+            probe.attempt = None;
+        }
+        outcome
+    }
+}
+
+impl Probe {
+    /// Counts one finished check; the new state if it changed.
+    fn record(&mut self, outcome: CheckOutcome, now_ns: u64) -> Option<bool> {
+        let passed = matches!(outcome, CheckOutcome::Passed { .. });
+        let health = &mut self.health;
+        health.checks += 1;
+        health.failures += u64::from(!passed);
+        health.last = outcome;
+        health.last_check_ns = now_ns;
+        if passed == health.up {
+            self.streak = 0;
+            return None;
+        }
+        self.streak += 1;
+        let needed = if health.up { self.check.fall } else { self.check.rise };
+        if self.streak < needed.max(1) {
+            return None;
+        }
+        self.streak = 0;
+        health.up = passed;
+        health.changed_ns = now_ns;
+        Some(passed)
+    }
+}
+
+/// One step of a running check: its outcome, if it has one now.
+fn check_socket(socket: &mut tcp::Socket<'_>, attempt: &mut Attempt, check: &HealthCheck, target: SocketAddr, now_ns: u64) -> Option<CheckOutcome> {
+    let passed = CheckOutcome::Passed { latency_ns: now_ns.saturating_sub(attempt.started_ns) };
+    if socket.state() == tcp::State::Established || socket.may_recv() {
+        attempt.established = true;
+    }
+    if !attempt.established {
+        return match socket.state() {
+            // A RST to the SYN closes the socket.
+            tcp::State::Closed => Some(CheckOutcome::Failed(CheckFailure::Refused)),
+            _ if now_ns >= attempt.started_ns + check.timeout_ns => Some(CheckOutcome::Failed(CheckFailure::Timeout)),
+            _ => None,
+        };
+    }
+    let Some(http) = &check.http else { return Some(passed) };
+    if !attempt.request_sent && socket.can_send() {
+        let host = http.host.clone().unwrap_or_else(|| match target.ip() {
+            IpAddr::V4(address) => address.to_string(),
+            IpAddr::V6(address) => format!("[{address}]"),
+        });
+        let request = format!("GET {} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: cutls-health-check\r\nConnection: close\r\n\r\n", http.path);
+        // The send buffer (1 KiB) takes the request whole; the config bounds the path.
+        match socket.send_slice(request.as_bytes()) {
+            Ok(written) if written == request.len() => attempt.request_sent = true,
+            _ => return Some(CheckOutcome::Failed(CheckFailure::Closed)),
+        }
+    }
+    while socket.can_recv() {
+        let mut buffer = [0u8; 512];
+        match socket.recv_slice(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(read) => {
+                let room = ANSWER_LIMIT.saturating_sub(attempt.answer.len());
+                attempt.answer.extend_from_slice(&buffer[..read.min(room)]);
+            }
+        }
+    }
+    if let Some(end) = attempt.answer.iter().position(|&b| b == b'\n') {
+        return Some(match http_status(&attempt.answer[..end]) {
+            Some(status) if status == http.status => passed,
+            Some(status) => CheckOutcome::Failed(CheckFailure::Status(status)),
+            None => CheckOutcome::Failed(CheckFailure::NotHttp),
+        });
+    }
+    if attempt.answer.len() >= ANSWER_LIMIT {
+        return Some(CheckOutcome::Failed(CheckFailure::NotHttp));
+    }
+    if !socket.may_recv() || socket.state() == tcp::State::Closed {
+        return Some(CheckOutcome::Failed(CheckFailure::Closed));
+    }
+    if now_ns >= attempt.started_ns + check.timeout_ns {
+        return Some(CheckOutcome::Failed(CheckFailure::Timeout));
+    }
+    None
+}
+
+/// The status of an HTTP status line (`HTTP/1.1 200 OK`).
+fn http_status(line: &[u8]) -> Option<u16> {
+    let line = std::str::from_utf8(line).ok()?.trim_end_matches('\r');
+    let mut words = line.split(' ');
+    let version = words.next()?;
+    if !version.starts_with("HTTP/") {
+        return None;
+    }
+    let status = words.next()?;
+    if status.len() != 3 {
+        return None;
+    }
+    status.parse().ok()
+}
+
+/// Whose a frame received on the inside port is ([`claims`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// The engine's alone.
+    Not,
+    /// The health checker's alone.
+    Only,
+    /// Both's: neighbour information for the SNAT address, which is also a health source
+    /// (the answers to the engine's ARP requests and to the checker's look the same).
+    Shared,
+}
+
+/// Whose a frame received on the inside port is: ARP and NDP solicitations for a health
+/// source and what is addressed to one are the checker's. With the SNAT address as a source,
+/// only TCP to [`HEALTH_PORTS`] is the checker's alone; ARP replies and neighbour
+/// advertisements to it are shared, and the engine answers solicitations for it as before.
+/// The steering function uses this too, so that the checker's frames reach the loop that
+/// checks.
+pub fn claims(sources: &[IpAddr], snat_address: Option<IpAddr>, frame: &Frame<'_>) -> Claim {
+    if sources.is_empty() || !frame.vlan_tags.is_empty() {
+        return Claim::Not;
+    }
+    let is_source = |address: IpAddr| sources.contains(&address);
+    let shared = |address: IpAddr| Some(address) == snat_address;
+    match &frame.network {
+        NetworkPayload::Arp(arp) => {
+            let target = IpAddr::V4(arp.target_protocol_addr);
+            match arp.operation {
+                _ if !is_source(target) => Claim::Not,
+                ArpOperation::Reply if shared(target) => Claim::Shared,
+                ArpOperation::Request if shared(target) => Claim::Not,
+                ArpOperation::Request | ArpOperation::Reply => Claim::Only,
+                _ => Claim::Not,
+            }
+        }
+        NetworkPayload::Ip { ip, transport } => {
+            if let Transport::Icmpv6(message) = transport {
+                // A neighbour solicitation for a source goes to its solicited-node group.
+                if message.msg_type == 135 {
+                    return match crate::session::ndp_target(message.message).map(IpAddr::V6) {
+                        Some(target) if is_source(target) && !shared(target) => Claim::Only,
+                        _ => Claim::Not,
+                    };
+                }
+            }
+            if !is_source(ip.destination) {
+                return Claim::Not;
+            }
+            if !shared(ip.destination) {
+                return Claim::Only;
+            }
+            match transport {
+                Transport::Tcp(tcp) if HEALTH_PORTS.contains(&tcp.dst_port) => Claim::Only,
+                Transport::Icmpv6(message) if message.msg_type == 136 => Claim::Shared,
+                _ => Claim::Not,
+            }
+        }
+        _ => Claim::Not,
+    }
+}
+
+fn instant(now_ns: u64) -> Instant {
+    Instant::from_micros((now_ns / 1000) as i64)
+}
+
+/// The checker's side of the inside port: frames handed in by the engine, frames to send.
+#[derive(Default)]
+struct FrameQueue {
+    received: VecDeque<Vec<u8>>,
+    sent: Vec<Vec<u8>>,
+}
+
+impl Device for FrameQueue {
+    type RxToken<'a> = Received;
+    type TxToken<'a> = Sending<'a>;
+
+    fn receive(&mut self, _timestamp: Instant) -> Option<(Received, Sending<'_>)> {
+        let frame = self.received.pop_front()?;
+        Some((Received(frame), Sending(&mut self.sent)))
+    }
+
+    fn transmit(&mut self, _timestamp: Instant) -> Option<Sending<'_>> {
+        Some(Sending(&mut self.sent))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut capabilities = DeviceCapabilities::default();
+        capabilities.medium = Medium::Ethernet;
+        capabilities.max_transmission_unit = 1514;
+        capabilities
+    }
+}
+
+struct Received(Vec<u8>);
+
+impl RxToken for Received {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+struct Sending<'a>(&'a mut Vec<Vec<u8>>);
+
+impl TxToken for Sending<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut frame = vec![0; len];
+        let result = f(&mut frame);
+        self.0.push(frame);
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lines_parse() {
+        assert_eq!(http_status(b"HTTP/1.1 200 OK\r"), Some(200));
+        assert_eq!(http_status(b"HTTP/1.0 503 Service Unavailable"), Some(503));
+        assert_eq!(http_status(b"HTTP/1.1 20 OK"), None);
+        assert_eq!(http_status(b"SSH-2.0-OpenSSH_9.2"), None);
+        assert_eq!(http_status(b"\xff\xfe"), None);
+    }
+
+    fn probe(rise: u32, fall: u32) -> Probe {
+        let check = HealthCheck { interval_ns: 1_000_000_000, timeout_ns: 500_000_000, rise, fall, port: None, http: None };
+        Probe {
+            health: BackendHealth {
+                backend: "198.18.0.21:80".parse().unwrap(),
+                up: true,
+                last: CheckOutcome::Pending,
+                last_check_ns: 0,
+                changed_ns: 0,
+                checks: 0,
+                failures: 0,
+            },
+            target: "198.18.0.21:80".parse().unwrap(),
+            check,
+            streak: 0,
+            next_at_ns: 0,
+            attempt: None,
+        }
+    }
+
+    #[test]
+    fn fall_failures_in_a_row_take_a_backend_out_and_rise_successes_bring_it_back() {
+        let mut probe = probe(2, 3);
+        let failed = || CheckOutcome::Failed(CheckFailure::Refused);
+        let passed = || CheckOutcome::Passed { latency_ns: 1 };
+        assert_eq!(probe.record(failed(), 1), None);
+        assert_eq!(probe.record(failed(), 2), None);
+        // A success between failures starts the count again.
+        assert_eq!(probe.record(passed(), 3), None);
+        assert_eq!(probe.record(failed(), 4), None);
+        assert_eq!(probe.record(failed(), 5), None);
+        assert_eq!(probe.record(failed(), 6), Some(false));
+        assert!(!probe.health.up);
+        assert_eq!(probe.health.changed_ns, 6);
+        assert_eq!(probe.record(failed(), 7), None);
+        assert_eq!(probe.record(passed(), 8), None);
+        assert_eq!(probe.record(passed(), 9), Some(true));
+        assert_eq!((probe.health.checks, probe.health.failures), (9, 6));
+        assert_eq!(probe.health.last, passed());
+    }
+
+    /// A backend that is a real TCP stack (smoltcp's, on its own interface), listening on
+    /// port 80 and answering any request with `answer`; `listening = false` refuses (RST).
+    struct SmoltcpBackend {
+        interface: Interface,
+        device: FrameQueue,
+        sockets: SocketSet<'static>,
+        listener: SocketHandle,
+        listening: bool,
+        answer: &'static [u8],
+    }
+
+    const CHECKER_MAC: EthernetAddress = EthernetAddress([2, 0, 0xc6, 0x12, 0, 0xfa]);
+
+    impl SmoltcpBackend {
+        fn new(answer: &'static [u8]) -> SmoltcpBackend {
+            let mut device = FrameQueue::default();
+            let config = InterfaceConfig::new(HardwareAddress::Ethernet(smoltcp::wire::EthernetAddress([2, 0, 0xc6, 0x12, 0, 0x15])));
+            let mut interface = Interface::new(config, &mut device, Instant::from_micros(0));
+            interface.update_ip_addrs(|addresses| {
+                addresses.push(IpCidr::new(IpAddress::v4(198, 18, 0, 21), 24)).unwrap();
+            });
+            let mut sockets = SocketSet::new(Vec::new());
+            let socket = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 4096]), tcp::SocketBuffer::new(vec![0; 4096]));
+            let listener = sockets.add(socket);
+            SmoltcpBackend { interface, device, sockets, listener, listening: true, answer }
+        }
+
+        fn poll(&mut self, now_ns: u64) {
+            let socket = self.sockets.get_mut::<tcp::Socket>(self.listener);
+            if self.listening && !socket.is_open() {
+                socket.listen(80).unwrap();
+            }
+            if !self.listening && socket.is_open() {
+                socket.abort();
+            }
+            if socket.can_recv() {
+                socket.recv(|data| (data.len(), ())).unwrap();
+                socket.send_slice(self.answer).unwrap();
+                socket.close();
+            }
+            self.interface.poll(instant(now_ns), &mut self.device, &mut self.sockets);
+        }
+    }
+
+    fn checker(http: Option<HttpCheck>) -> HealthChecker {
+        let check = HealthCheck { interval_ns: 1_000_000_000, timeout_ns: 500_000_000, rise: 2, fall: 2, port: None, http };
+        HealthChecker::new(
+            HealthSetup {
+                sources: vec!["198.18.0.250".parse().unwrap()],
+                mac: CHECKER_MAC,
+                checks: vec![("198.18.0.21:80".parse().unwrap(), check)],
+                snat_address: None,
+                seed: 7,
+            },
+            0,
+        )
+    }
+
+    /// Runs the checker against the backend for `seconds` of virtual time in 1 ms steps; the
+    /// state changes it reported, with their times. The backend's frames reach the checker
+    /// only if it claims them, as in the engine.
+    fn run(checker: &mut HealthChecker, backend: &mut SmoltcpBackend, from_ns: u64, seconds: u64) -> Vec<(u64, bool)> {
+        let mut changes = Vec::new();
+        for step in 0..seconds * 1000 {
+            let now_ns = from_ns + step * 1_000_000;
+            let mut sent = Vec::new();
+            for (_, up) in checker.poll(now_ns, |frame| sent.push(frame)) {
+                changes.push((now_ns, up));
+            }
+            backend.device.received.extend(sent);
+            backend.poll(now_ns);
+            for frame in backend.device.sent.drain(..) {
+                let parsed = crate::wire::parse_frame_with(
+                    crate::wire::LinkType::Ethernet,
+                    &frame,
+                    crate::wire::TransportChecksum::Verify,
+                )
+                .unwrap();
+                if checker.claims(&parsed) != Claim::Not {
+                    checker.receive(&frame);
+                }
+            }
+        }
+        changes
+    }
+
+    #[test]
+    fn a_tcp_check_finds_a_backend_that_stops_listening_and_comes_back() {
+        let mut checker = checker(None);
+        let mut backend = SmoltcpBackend::new(b"");
+        assert_eq!(run(&mut checker, &mut backend, 0, 3), vec![]);
+        let health = &checker.status()[0];
+        assert!(health.up);
+        assert!(matches!(health.last, CheckOutcome::Passed { .. }), "{:?}", health.last);
+        assert_eq!(health.failures, 0);
+        assert!(health.checks >= 2);
+
+        backend.listening = false;
+        let changes = run(&mut checker, &mut backend, 3_000_000_000, 3);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert!(!changes[0].1);
+        // Two refused checks, one interval apart.
+        assert!(changes[0].0 <= 5_100_000_000, "{changes:?}");
+        assert_eq!(checker.status()[0].last, CheckOutcome::Failed(CheckFailure::Refused));
+
+        backend.listening = true;
+        let changes = run(&mut checker, &mut backend, 6_000_000_000, 3);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert!(changes[0].1);
+        // No check leaves a connection open on the backend.
+        run(&mut checker, &mut backend, 9_000_000_000, 1);
+        let socket = backend.sockets.get::<tcp::Socket>(backend.listener);
+        assert!(matches!(socket.state(), tcp::State::Listen | tcp::State::Closed), "{}", socket.state());
+    }
+
+    #[test]
+    fn an_http_check_wants_its_status() {
+        let http = |status| Some(HttpCheck { path: "/healthz".into(), host: None, status });
+        let mut good = checker(http(200));
+        let mut backend = SmoltcpBackend::new(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(run(&mut good, &mut backend, 0, 3), vec![]);
+        assert!(matches!(good.status()[0].last, CheckOutcome::Passed { .. }), "{:?}", good.status()[0].last);
+
+        let mut wrong_status = checker(http(204));
+        let mut backend = SmoltcpBackend::new(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(run(&mut wrong_status, &mut backend, 0, 3).len(), 1);
+        assert_eq!(wrong_status.status()[0].last, CheckOutcome::Failed(CheckFailure::Status(200)));
+
+        let mut not_http = checker(http(200));
+        let mut backend = SmoltcpBackend::new(b"SSH-2.0-OpenSSH_9.2\r\n");
+        assert_eq!(run(&mut not_http, &mut backend, 0, 3).len(), 1);
+        assert_eq!(not_http.status()[0].last, CheckOutcome::Failed(CheckFailure::NotHttp));
+    }
+
+    #[test]
+    fn a_silent_backend_times_out() {
+        let mut checker = checker(None);
+        // Nobody answers: ARP goes unanswered, so does the SYN.
+        let mut changes = Vec::new();
+        for step in 0..3000u64 {
+            let now_ns = step * 1_000_000;
+            changes.extend(checker.poll(now_ns, |_| {}));
+        }
+        assert_eq!(changes.len(), 1);
+        assert_eq!(checker.status()[0].last, CheckOutcome::Failed(CheckFailure::Timeout));
+    }
+}
