@@ -396,6 +396,23 @@ fn line_of(text: &str, offset: usize) -> usize {
     text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
 }
 
+/// The line of `key = ...` in table `[table]` of `text`, if it is written there (it may be
+/// left to its default).
+fn line_of_key(text: &str, table: &str, key: &str) -> Option<usize> {
+    let mut current = String::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(name) = line.strip_prefix('[') {
+            current = name.trim_start_matches('[').trim_end_matches(']').trim().to_string();
+        } else if current == table
+            && line.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('='))
+        {
+            return Some(index + 1);
+        }
+    }
+    None
+}
+
 impl Config {
     /// Reads and checks the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -406,6 +423,37 @@ impl Config {
             message: error.to_string(),
         })?;
         Self::parse(path, &text)
+    }
+
+    /// Checks that `self`, read from `text` at `path` to replace the `running` configuration,
+    /// changes only what a reload can change: the ports, their I/O and checksum trust, the
+    /// address mode, the loops, handshake workers, congestion control and the management
+    /// socket and metrics listener need a restart (the error names the first such field and
+    /// its line).
+    pub fn check_reloadable(&self, running: &Config, path: &Path, text: &str) -> Result<(), ConfigError> {
+        let same_mode = std::mem::discriminant(&self.mode) == std::mem::discriminant(&running.mode);
+        let changes = [
+            ("box", "outside", self.outside != running.outside),
+            ("box", "inside", self.inside != running.inside),
+            ("box", "io", self.io != running.io),
+            ("box", "mode", !same_mode),
+            ("box", "snat_address", same_mode && self.mode != running.mode),
+            ("box", "rx_checksum", self.trust_rx_checksum != running.trust_rx_checksum),
+            ("box", "cores", self.cores != running.cores),
+            ("box", "handshake_threads", self.handshake_threads != running.handshake_threads),
+            ("box", "congestion_control", self.congestion != running.congestion),
+            ("management", "socket", self.management.socket != running.management.socket),
+            ("management", "metrics", self.management.metrics != running.management.metrics),
+        ];
+        match changes.into_iter().find(|(_, _, changed)| *changed) {
+            None => Ok(()),
+            Some((table, key, _)) => Err(ConfigError {
+                file: path.to_path_buf(),
+                line: line_of_key(text, table, key),
+                field: Some(format!("{table}.{key}")),
+                message: "changed, and only a restart can change it (the running value stays)".into(),
+            }),
+        }
     }
 
     /// Checks `text` as if read from `path` (relative file names resolve against its folder).
@@ -1143,5 +1191,29 @@ backends = ["198.18.2.20:443"]
         let error = error_of(&WITH_PASSTHROUGH.replace("passthrough_pool =", "passthru_pool ="));
         assert_eq!(error.line, Some(9));
         assert!(error.message.contains("passthru_pool"), "{error}");
+    }
+
+    #[test]
+    fn a_reload_may_change_listeners_pools_and_limits_but_not_the_ports() {
+        let running = parse(GOOD).unwrap();
+        let path = Path::new("/etc/cutls/cutls.toml");
+        let reloaded = |text: &str| parse(text).unwrap().check_reloadable(&running, path, text);
+        let text = GOOD.replace("\"198.18.2.10:80\", ", "").replace("mode = \"snat\"", "idle_timeout = 30\nmode = \"snat\"")
+            + "\n[[listener]]\nvip = \"198.18.1.101:443\"\npool = \"web\"\n\
+               certificates = [{ names = [\"b.test\"], chain = \"b.pem\", key = \"b.key\" }]\n";
+        reloaded(&text).unwrap();
+
+        let error = reloaded(&GOOD.replace("inside = \"inside\"", "inside = \"eth1\"")).unwrap_err();
+        assert_eq!((error.line, error.field.as_deref()), (Some(4), Some("box.inside")), "{error}");
+        let error = reloaded(&GOOD.replace("198.18.2.1\"", "198.18.2.2\"")).unwrap_err();
+        assert_eq!((error.line, error.field.as_deref()), (Some(6), Some("box.snat_address")), "{error}");
+        let error = reloaded(&(GOOD.to_string() + "\n[management]\nsocket = \"\"\n")).unwrap_err();
+        assert_eq!((error.line, error.field.as_deref()), (Some(22), Some("management.socket")), "{error}");
+        // A setting left to its default has no line; the field is still named.
+        let error = reloaded(&GOOD.replace("\nmode = \"snat\"", "\ncores = 2\nmode = \"snat\"").replace("[box]", "[box]\n")).unwrap_err();
+        assert_eq!((error.line, error.field.as_deref()), (Some(6), Some("box.cores")), "{error}");
+        // A setting left to its default has no line; the field is still named.
+        let error = reloaded(&GOOD.replace("mode = \"snat\"\nsnat_address = \"198.18.2.1\"", "")).unwrap_err();
+        assert_eq!((error.line, error.field.as_deref()), (None, Some("box.mode")), "{error}");
     }
 }

@@ -10,13 +10,15 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
 use cutls_dataplane::health::BackendHealth;
 use cutls_dataplane::session::events::Opened;
-use cutls_dataplane::session::{BackendAdmin, BackendOptions, Balance, Counters, Event, Progress, TlsFacts};
+use cutls_dataplane::steer::Steering;
+use cutls_dataplane::session::{BackendAdmin, EngineReload, BackendOptions, Balance, Counters, Event, Progress, TlsFacts};
 
 use crate::management::{BackendAction, BackendRow, LoopRow, Pending, Reply, Request, SessionRow, Stats};
 
@@ -75,15 +77,41 @@ pub const LOOP_RESTARTED: &str = "loop_restarted";
 pub const TEST_HOOKS_VARIABLE: &str = "CUTLS_TEST_HOOKS";
 
 /// What the control thread asks a loop to do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LoopCommand {
     KillSession(u64),
     SetBackend(SocketAddr, BackendAdmin),
     /// What the health checks found of a backend, `up` or not (to the loops that do not check).
     SetBackendHealth(SocketAddr, bool),
+    /// A new configuration (`cutlsctl reload`, SIGHUP).
+    Reload(Arc<Reload>),
     /// Test hook: panic (see [`TEST_HOOKS_VARIABLE`]).
     Panic,
 }
+
+/// A reloaded configuration, ready for the loops: made by the box's [`Reloader`] from the
+/// file, the same for every loop.
+#[derive(Debug)]
+pub struct Reload {
+    pub engine: EngineReload,
+    pub steering: Steering,
+    pub topology: Topology,
+    /// What the operator is told (the file, what it holds).
+    pub summary: String,
+}
+
+/// One reload is one value: two are equal only if they are the same.
+impl PartialEq for Reload {
+    fn eq(&self, other: &Reload) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+impl Eq for Reload {}
+
+/// Reads the configuration file again and makes the [`Reload`], or says what is wrong (the
+/// file:line:field error, a setting that needs a restart, a certificate that does not load).
+pub type Reloader = Box<dyn FnMut() -> Result<Arc<Reload>, String> + Send>;
 
 /// How the control thread reaches one loop.
 pub struct LoopHandle {
@@ -160,6 +188,9 @@ pub struct ControlPlane {
     health: HashMap<SocketAddr, BackendHealth>,
     /// The loop that runs the checks (the one whose reports carry them).
     health_loop: Option<usize>,
+    /// How to reload, and the flag SIGHUP raises.
+    reloader: Option<Reloader>,
+    reload_signal: Option<Arc<AtomicBool>>,
     pending_kills: Vec<(u64, Sender<Reply>, Instant)>,
     /// Handshake times: count per bucket of [`HANDSHAKE_BUCKETS`] (and one past it), sum.
     handshake_buckets: [u64; HANDSHAKE_BUCKETS.len() + 1],
@@ -193,11 +224,18 @@ impl ControlPlane {
             admin: HashMap::new(),
             health: HashMap::new(),
             health_loop: None,
+            reloader: None,
+            reload_signal: None,
             pending_kills: Vec::new(),
             handshake_buckets: [0; HANDSHAKE_BUCKETS.len() + 1],
             handshake_seconds: 0.0,
             counts: ControlCounts::default(),
         }
+    }
+
+    /// The box can reload (`cutlsctl reload`, and SIGHUP when it raises `signal`).
+    pub fn with_reloader(self, reloader: Reloader, signal: Arc<AtomicBool>) -> ControlPlane {
+        ControlPlane { reloader: Some(reloader), reload_signal: Some(signal), ..self }
     }
 
     /// Runs until `stop`: reports and requests as they come, timeouts every 100 ms.
@@ -216,6 +254,12 @@ impl ControlPlane {
                 default(Duration::from_millis(100)) => {},
             }
             self.expire_kills(Instant::now());
+            if self.reload_signal.as_ref().is_some_and(|signal| signal.swap(false, Ordering::SeqCst)) {
+                match self.reload() {
+                    Ok(_) => {}
+                    Err(error) => eprintln!("cutls: SIGHUP: reload refused, the running configuration stays: {error}"),
+                }
+            }
         }
     }
 
@@ -392,6 +436,10 @@ impl ControlPlane {
                 }
             },
             Request::ShowMetrics {} => Reply::Metrics { text: self.metrics(now) },
+            Request::Reload {} => match self.reload() {
+                Ok(message) => Reply::Done { message },
+                Err(error) => Reply::Error { error: format!("reload refused, the running configuration stays: {error}") },
+            },
             Request::DebugPanicLoop { loop_index } => {
                 if std::env::var_os(TEST_HOOKS_VARIABLE).is_none() {
                     Reply::Error { error: format!("test hooks are off (the box runs without {TEST_HOOKS_VARIABLE})") }
@@ -413,6 +461,25 @@ impl ControlPlane {
             let _ = reply.try_send(Reply::Error { error: format!("session {id}: its loop did not confirm the kill") });
             false
         });
+    }
+
+    /// Reads the file again and gives every loop the result.
+    fn reload(&mut self) -> Result<String, String> {
+        let Some(reloader) = self.reloader.as_mut() else { return Err("this box has no configuration file to read again".into()) };
+        let reload = reloader()?;
+        let refused: Vec<usize> =
+            (0..self.handles.len()).filter(|&index| !self.command(index, LoopCommand::Reload(Arc::clone(&reload)))).collect();
+        self.topology = reload.topology.clone();
+        // Backends no longer checked (or in no pool) have no health to show.
+        let checked: HashSet<SocketAddr> =
+            reload.engine.health.iter().flat_map(|setup| setup.checks.iter().map(|(backend, _)| *backend)).collect();
+        self.health.retain(|backend, _| checked.contains(backend));
+        if !refused.is_empty() {
+            // Reloading again is harmless: the loops that took it take the same again.
+            return Err(format!("loops {refused:?} did not take it (their command channel is full): reload again"));
+        }
+        eprintln!("cutls: reloaded: {}", reload.summary);
+        Ok(reload.summary.clone())
     }
 
     /// Sends `command` to loop `index` and wakes it; `false` if its channel is full or gone.
@@ -884,6 +951,61 @@ mod tests {
         for receiver in &commands[1..] {
             assert_eq!(receiver.try_recv(), Ok(LoopCommand::SetBackendHealth(backend, true)));
         }
+    }
+
+    #[test]
+    fn a_reload_goes_to_every_loop_and_a_refused_one_changes_nothing() {
+        let (plane, commands, start) = plane(3);
+        let answers = std::sync::Arc::new(std::sync::Mutex::new(vec![Err("cutls.toml:7: pool[0].backends: bad".to_string())]));
+        let topology = Topology {
+            listeners: vec![(address("192.0.2.1:443"), "web".into()), (address("192.0.2.2:443"), "api".into())],
+            pools: vec![("web".into(), vec![address("10.0.0.2:8080")]), ("api".into(), vec![address("10.0.0.9:8080")])],
+            balancing: vec![(Balance::RoundRobin, vec![BackendOptions::default()]), (Balance::LeastLoad, vec![BackendOptions::default()])],
+        };
+        let engine = EngineReload {
+            listeners: Vec::new(),
+            retired: Vec::new(),
+            balancing: Default::default(),
+            health: None,
+            idle_timeout_ns: 1,
+            handshake_timeout_ns: 1,
+            close_timeout_ns: 1,
+            syn_cookies_after: 1,
+            max_sessions: 1,
+            max_sessions_per_client: 0,
+        };
+        let reload = Arc::new(Reload { engine, steering: Steering::new(3, [], [], None), topology, summary: "cutls.toml: 2 listener(s)".into() });
+        answers.lock().unwrap().insert(0, Ok(Arc::clone(&reload)));
+        let next = Arc::clone(&answers);
+        let reloader: Reloader = Box::new(move || next.lock().unwrap().pop().unwrap());
+        let mut plane = plane.with_reloader(reloader, Arc::new(AtomicBool::new(false)));
+        plane.health.insert(address("10.0.0.2:8080"), BackendHealth {
+            backend: address("10.0.0.2:8080"),
+            up: false,
+            last: CheckOutcome::Failed(CheckFailure::Timeout),
+            last_check_ns: 1,
+            changed_ns: 1,
+            checks: 1,
+            failures: 1,
+        });
+
+        let Reply::Error { error } = ask(&mut plane, Request::Reload {}, start) else { panic!("not refused") };
+        assert_eq!(error, "reload refused, the running configuration stays: cutls.toml:7: pool[0].backends: bad");
+        assert!(commands.iter().all(|receiver| receiver.try_recv().is_err()), "a refused reload reaches no loop");
+        let Reply::Backends { backends } = ask(&mut plane, Request::ShowBackends {}, start) else { panic!("not backends") };
+        assert_eq!((backends.len(), backends[0].health.as_str()), (2, "down"));
+
+        let Reply::Done { message } = ask(&mut plane, Request::Reload {}, start) else { panic!("not done") };
+        assert_eq!(message, "cutls.toml: 2 listener(s)");
+        for receiver in &commands {
+            let Ok(LoopCommand::Reload(taken)) = receiver.try_recv() else { panic!("no reload") };
+            assert!(Arc::ptr_eq(&taken, &reload), "one reload, the same for every loop");
+        }
+        let Reply::Backends { backends } = ask(&mut plane, Request::ShowBackends {}, start) else { panic!("not backends") };
+        let rows: Vec<(&str, String, &str)> =
+            backends.iter().map(|row| (row.pool.as_str(), row.address.to_string(), row.health.as_str())).collect();
+        // No check any more: what the old one found is forgotten.
+        assert_eq!(rows, [("web", "10.0.0.2:8080".into(), "unchecked"), ("api", "10.0.0.9:8080".into(), "unchecked")]);
     }
 
     #[test]

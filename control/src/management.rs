@@ -45,6 +45,8 @@ pub enum Request {
         id: u64,
     },
     ShowMetrics {},
+    /// Read the configuration file again (as SIGHUP does).
+    Reload {},
     /// Test hook: makes a poll loop panic (refused unless the box runs with
     /// `CUTLS_TEST_HOOKS` set).
     DebugPanicLoop {

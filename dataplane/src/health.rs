@@ -185,22 +185,7 @@ impl HealthChecker {
             .checks
             .into_iter()
             .enumerate()
-            .map(|(i, (backend, check))| Probe {
-                health: BackendHealth {
-                    backend,
-                    up: true,
-                    last: CheckOutcome::Pending,
-                    last_check_ns: 0,
-                    changed_ns: 0,
-                    checks: 0,
-                    failures: 0,
-                },
-                target: SocketAddr::new(backend.ip(), check.port.unwrap_or(backend.port())),
-                next_at_ns: now_ns + check.interval_ns.min(1_000_000_000) * i as u64 / count,
-                check,
-                streak: 0,
-                attempt: None,
-            })
+            .map(|(i, (backend, check))| Probe::new(backend, check, now_ns, i as u64, count))
             .collect();
         let span = HEALTH_PORTS.end() - HEALTH_PORTS.start() + 1;
         HealthChecker {
@@ -279,6 +264,36 @@ impl HealthChecker {
         next
     }
 
+    /// A reloaded configuration: a backend whose check is unchanged keeps its state (and a
+    /// check under way); new or changed checks start as new ones; removed ones stop. New
+    /// addresses start the interface again.
+    pub fn reconfigure(&mut self, setup: HealthSetup, now_ns: u64) {
+        let mut sources = setup.sources.clone();
+        sources.sort();
+        let mut current = self.sources.clone();
+        current.sort();
+        let hardware = HardwareAddress::Ethernet(smoltcp::wire::EthernetAddress(setup.mac.0));
+        if sources != current || self.snat_address != setup.snat_address || self.interface.hardware_addr() != hardware {
+            *self = HealthChecker::new(setup, now_ns);
+            return;
+        }
+        let mut old: Vec<Probe> = std::mem::take(&mut self.probes);
+        let count = setup.checks.len() as u64;
+        for (i, (backend, check)) in setup.checks.into_iter().enumerate() {
+            match old.iter().position(|probe| probe.health.backend == backend && probe.check == check) {
+                Some(index) => self.probes.push(old.swap_remove(index)),
+                None => self.probes.push(Probe::new(backend, check, now_ns, i as u64, count)),
+            }
+        }
+        for probe in old {
+            if let Some(attempt) = probe.attempt {
+                self.sockets.get_mut::<tcp::Socket>(attempt.handle).abort();
+                self.closing.push(attempt.handle);
+            }
+        }
+        self.next_deadline_ns = 0;
+    }
+
     pub fn status(&self) -> Vec<BackendHealth> {
         self.probes.iter().map(|probe| probe.health.clone()).collect()
     }
@@ -322,6 +337,27 @@ impl HealthChecker {
 }
 
 impl Probe {
+    /// The `i`-th of `count` new probes: up until `fall` checks fail, its first check within
+    /// the first interval (at most a second), spread with the others'.
+    fn new(backend: SocketAddr, check: HealthCheck, now_ns: u64, i: u64, count: u64) -> Probe {
+        Probe {
+            health: BackendHealth {
+                backend,
+                up: true,
+                last: CheckOutcome::Pending,
+                last_check_ns: 0,
+                changed_ns: 0,
+                checks: 0,
+                failures: 0,
+            },
+            target: SocketAddr::new(backend.ip(), check.port.unwrap_or(backend.port())),
+            next_at_ns: now_ns + check.interval_ns.min(1_000_000_000) * i / count.max(1),
+            check,
+            streak: 0,
+            attempt: None,
+        }
+    }
+
     /// Counts one finished check; the new state if it changed.
     fn record(&mut self, outcome: CheckOutcome, now_ns: u64) -> Option<bool> {
         let passed = matches!(outcome, CheckOutcome::Passed { .. });

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use cutls_crypto::ReleaseMode;
 use cutls_dataplane::session::handover::SecretLog;
 use cutls_dataplane::session::{
-    BackendAdmin, BackendOptions, Balance, Balancing, EndReason, Engine, EngineConfig, Event, ListenerSetup, LoopShare, Output,
+    BackendAdmin, BackendOptions, Balance, Balancing, EndReason, Engine, EngineConfig, EngineReload, Event, ListenerSetup, LoopShare, Output,
     PassthroughRoute, Phase, Port,
 };
 use cutls_dataplane::steer::{Owner, Steering};
@@ -1868,6 +1868,72 @@ fn the_engine_reports_to_the_control_plane_and_takes_its_commands() {
     let fourth = open(&mut lab, suite, 100, 20_000, 47, Extras::default());
     lab.run_until("an exchange once back in rotation", EXCHANGE_LIMIT_NS, |lab| exchange_finished(lab, fourth));
     assert_clean_exchange(&lab, fourth, suite);
+}
+
+#[test]
+fn a_reload_keeps_established_sessions_and_applies_to_new_ones() {
+    // Issue 13, reload: a session established before it goes on to its last byte on its
+    // backend; new connections get the new pool; a VIP the reload retires takes no new
+    // connection, and one put back takes them again, in the same slot.
+    let suite = Suite::Tls13Aes128Gcm;
+    let addresses = Addresses::ipv4();
+    let mut running = None;
+    let mut lab = engine_lab_configured(&addresses, 51, |config| {
+        running = Some((
+            config.idle_timeout_ns,
+            config.handshake_timeout_ns,
+            config.close_timeout_ns,
+            config.syn_cookies_after,
+            config.max_sessions,
+            config.max_sessions_per_client,
+        ));
+        EngineConfig { events: true, ..config }
+    });
+    let (idle_timeout_ns, handshake_timeout_ns, close_timeout_ns, syn_cookies_after, max_sessions, max_sessions_per_client) =
+        running.expect("the lab's configuration");
+    let first = open(&mut lab, suite, 100, 4 * MIB, 51, Extras::default());
+    lab.run_until("some of the download", EXCHANGE_LIMIT_NS, |lab| lab.client.sessions[first].response.len() > 200_000);
+    let opened = |lab: &mut Lab<EngineBox>| {
+        let mut events = Vec::new();
+        lab.boxed.engine.take_events(&mut events);
+        events.iter().filter_map(|event| if let Event::Opened(o) = event { Some(o.backend) } else { None }).collect::<Vec<_>>()
+    };
+    let [first_backend] = opened(&mut lab)[..] else { panic!("one session") };
+    let other = addresses.backends.iter().map(|(address, _)| *address).find(|&b| b != first_backend).expect("two backends");
+    let listener = ListenerSetup { backends: vec![other], ..tls_listener(&addresses, ReleaseMode::CutThrough) };
+    let reload = |retired: bool| EngineReload {
+        listeners: vec![listener.clone()],
+        retired: vec![retired],
+        balancing: Balancing::default(),
+        health: None,
+        idle_timeout_ns,
+        handshake_timeout_ns,
+        close_timeout_ns,
+        syn_cookies_after,
+        max_sessions,
+        max_sessions_per_client,
+    };
+    lab.boxed.engine.reload(lab.now, &reload(false));
+    let second = open(&mut lab, suite, 100, 20_000, 52, Extras::default());
+    let third = open(&mut lab, suite, 100, 20_000, 53, Extras::default());
+    lab.run_until("the new exchanges", EXCHANGE_LIMIT_NS, |lab| exchange_finished(lab, second) && exchange_finished(lab, third));
+    assert_eq!(opened(&mut lab), [other, other], "new connections get the new pool");
+    assert_clean_exchange(&lab, second, suite);
+
+    let started = lab.boxed.engine.counters().sessions_started;
+    lab.boxed.engine.reload(lab.now, &reload(true));
+    let refused = open(&mut lab, suite, 100, 20_000, 54, Extras::default());
+    lab.run_for(300 * MS);
+    assert_eq!(lab.boxed.engine.counters().sessions_started, started, "a retired VIP takes no connection");
+    assert!(!lab.client.sessions[refused].is_finished());
+    lab.run_until("the first download", EXCHANGE_LIMIT_NS, |lab| exchange_finished(lab, first));
+    assert_clean_exchange(&lab, first, suite);
+
+    lab.boxed.engine.reload(lab.now, &reload(false));
+    let back = open(&mut lab, suite, 100, 20_000, 55, Extras::default());
+    lab.run_until("an exchange on the VIP put back", EXCHANGE_LIMIT_NS, |lab| exchange_finished(lab, back));
+    assert_clean_exchange(&lab, back, suite);
+    assert_eq!(opened(&mut lab), [other]);
 }
 
 #[test]

@@ -18,21 +18,30 @@
 //! backend out of rotation). It answers `cutlsctl` on the management socket and Prometheus on
 //! the metrics listener.
 //!
+//! Reload (`cutlsctl reload`, SIGHUP): the control thread reads the file again, refuses it if
+//! it does not parse, a certificate does not load or it changes what only a restart can
+//! (`Config::check_reloadable`), and otherwise gives every loop the same [`Reload`]: new
+//! listeners, certificates, pools, balancing, checks and limits for new connections, while
+//! established sessions keep their keys, backends and listener. Sessions name their listener
+//! by index, so the listener table keeps a slot per VIP for the life of the process
+//! ([`Slots`]).
+//!
 //! Not supported yet: steering in the XDP program or with `PACKET_FANOUT_EBPF` (every frame a
-//! loop does not own costs a copy, into a pooled buffer, and a hand-off), configuration reload.
+//! loop does not own costs a copy, into a pooled buffer, and a hand-off).
 
 use std::io;
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use cutls_control::config::{AddressMode, Config, HealthCheck, HoldBack, IoKind};
 use cutls_dataplane::health::HealthSetup;
-use cutls_control::control_plane::{ControlPlane, LoopCommand, LoopHandle, LoopReport, Topology, REPORT_EVERY};
+use cutls_control::control_plane::{ControlPlane, LoopCommand, LoopHandle, LoopReport, Reload, Reloader, Topology, REPORT_EVERY};
 use cutls_control::management::{self, Pending};
 use cutls_control::tls::{server_config, SecretLog};
 use cutls_crypto::ReleaseMode;
@@ -43,7 +52,8 @@ use cutls_dataplane::io::bpf::AttachPreference;
 use cutls_dataplane::io::doorbell::Doorbell;
 use cutls_dataplane::io::{interface_index, receive_queue_count, wait_readable, FrameIo, RxChecksum};
 use cutls_dataplane::session::{
-    Balance, Balancing, Counters, Engine, EngineConfig, EngineKeys, Event, ListenerSetup, LoopShare, Output, PassthroughRoute, Port,
+    Balance, Balancing, Counters, Engine, EngineConfig, EngineKeys, EngineReload, Event, ListenerSetup, LoopShare, Output,
+    PassthroughRoute, Port,
 };
 use cutls_dataplane::steer::{Owner, Steering, HEALTH_LOOP};
 use cutls_dataplane::wire::EthernetAddress;
@@ -74,13 +84,15 @@ pub fn main(config_path: PathBuf) -> ExitCode {
         }
     };
     let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        if let Err(error) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
+    let reload = Arc::new(AtomicBool::new(false));
+    let flags = [(signal_hook::consts::SIGINT, &stop), (signal_hook::consts::SIGTERM, &stop), (signal_hook::consts::SIGHUP, &reload)];
+    for (signal, flag) in flags {
+        if let Err(error) = signal_hook::flag::register(signal, Arc::clone(flag)) {
             eprintln!("cutls run: cannot handle signal {signal}: {error}");
             return ExitCode::FAILURE;
         }
     }
-    match serve(&config, &stop) {
+    match serve(&config_path, &config, &stop, reload) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("cutls run: {error}");
@@ -115,20 +127,9 @@ pub fn check_config(path: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Builds the engines from the configuration and runs their loops until `stop`.
-pub fn serve(config: &Config, stop: &AtomicBool) -> io::Result<()> {
-    let listeners = listener_setups(config)?;
-    // Each listener's pools' balancing, and every backend's weight and limit.
-    let mut balancing = Balancing::default();
-    for listener in &config.listeners {
-        balancing.listeners.push(config.pools[listener.pool].balance);
-        balancing.passthrough.push(listener.passthrough_pool.map_or(Balance::default(), |index| config.pools[index].balance));
-    }
-    for pool in &config.pools {
-        for (backend, options) in pool.backends.iter().zip(&pool.options) {
-            balancing.backends.insert(*backend, *options);
-        }
-    }
+/// Builds the engines from the configuration read from `path` and runs their loops until
+/// `stop`; `reload` raised (SIGHUP) reads the file again.
+pub fn serve(path: &Path, config: &Config, stop: &AtomicBool, reload: Arc<AtomicBool>) -> io::Result<()> {
     let snat_address = match config.mode {
         AddressMode::Transparent => None,
         AddressMode::Snat(address) => Some(address),
@@ -136,60 +137,49 @@ pub fn serve(config: &Config, stop: &AtomicBool) -> io::Result<()> {
     let cores = available_cores();
     let queues = receive_queue_count(&config.outside)?.min(receive_queue_count(&config.inside)?).max(1) as usize;
     let loops = loop_count(config, queues, cores.len())?;
-    let steering = Steering::new(
-        loops,
-        config.listeners.iter().map(|listener| listener.vip.ip()),
-        config.pools.iter().flat_map(|pool| pool.backends.iter().copied()),
-        snat_address,
-    )
-    .with_health_sources(config.health_sources.clone());
     let (outside_mac, inside_mac) = (interface_mac(&config.outside)?, interface_mac(&config.inside)?);
+    let mut slots = Slots::default();
+    let first = Arc::new(slots.plan(config, listener_setups(config)?, inside_mac, loops, summary(path, config, &[])));
+    // The latest configuration: a loop that panics starts again with it.
+    let latest = Arc::new(Mutex::new(Arc::clone(&first)));
+    let reloader = reloader(path.to_path_buf(), config.clone(), slots, inside_mac, loops, Arc::clone(&latest));
     let keys = engine_keys()?;
-    // Each checked backend once (a backend in two pools takes the first pool's check).
-    let mut checks: Vec<(std::net::SocketAddr, HealthCheck)> = Vec::new();
-    for pool in &config.pools {
-        for backend in pool.health.iter().flat_map(|check| pool.backends.iter().map(move |backend| (*backend, check))) {
-            if !checks.iter().any(|(known, _)| *known == backend.0) {
-                checks.push((backend.0, backend.1.clone()));
-            }
-        }
-    }
-    let health = (!checks.is_empty()).then(|| HealthSetup {
-        sources: config.health_sources.clone(),
-        mac: inside_mac,
-        checks,
-        snat_address,
-        // The engine seeds it from its keys.
-        seed: 0,
-    });
     // Each loop's doorbell: rung by the other loops' hand-offs and by its handshake workers.
     let doorbells: Vec<Arc<Doorbell>> = (0..loops).map(|_| Doorbell::new().map(Arc::new)).collect::<io::Result<_>>()?;
-    // Each loop's engine; called again for a loop that panicked (it starts again empty).
+    // Each loop's engine and steering, from the latest configuration; called again for a loop
+    // that panicked (it starts again empty).
     let make_engine = |index: usize| {
-            Engine::new(EngineConfig {
-                listeners: listeners.clone(),
-                snat_address,
-                outside_mac,
-                inside_mac,
-                idle_timeout_ns: config.idle_timeout.as_nanos() as u64,
-                handshake_timeout_ns: config.handshake_timeout.as_nanos() as u64,
-                close_timeout_ns: config.close_timeout.as_nanos() as u64,
-                trust_rx_checksum: config.trust_rx_checksum,
-                // One set of keys: a SYN cookie or an ISN means the same in every loop.
-                keys: keys.clone(),
-                // The box's limits shared out: a loop holds the sessions steered to it.
-                syn_cookies_after: config.syn_cookies_after / loops,
-                max_sessions: config.max_sessions.div_ceil(loops),
-                max_sessions_per_client: config.max_sessions_per_client.div_ceil(loops),
-                handshake_threads: config.handshake_threads,
-                handshake_doorbell: Some(Arc::clone(&doorbells[index])),
-                loop_share: LoopShare { index, loops },
-                congestion: config.congestion,
-                balancing: balancing.clone(),
-                events: true,
-                health: if index == HEALTH_LOOP { health.clone() } else { None },
-            })
+        let current = Arc::clone(&latest.lock().unwrap_or_else(PoisonError::into_inner));
+        let plan = &current.engine;
+        let mut engine = Engine::new(EngineConfig {
+            listeners: plan.listeners.clone(),
+            snat_address,
+            outside_mac,
+            inside_mac,
+            idle_timeout_ns: plan.idle_timeout_ns,
+            handshake_timeout_ns: plan.handshake_timeout_ns,
+            close_timeout_ns: plan.close_timeout_ns,
+            trust_rx_checksum: config.trust_rx_checksum,
+            // One set of keys: a SYN cookie or an ISN means the same in every loop.
+            keys: keys.clone(),
+            syn_cookies_after: plan.syn_cookies_after,
+            max_sessions: plan.max_sessions,
+            max_sessions_per_client: plan.max_sessions_per_client,
+            handshake_threads: config.handshake_threads,
+            handshake_doorbell: Some(Arc::clone(&doorbells[index])),
+            loop_share: LoopShare { index, loops },
+            congestion: config.congestion,
+            balancing: plan.balancing.clone(),
+            events: true,
+            health: if index == HEALTH_LOOP { plan.health.clone() } else { None },
+        });
+        if plan.retired.iter().any(|&retired| retired) {
+            // The listeners a reload removed: their slots stay, closed to new connections.
+            engine.reload(0, plan);
+        }
+        (engine, current.steering.clone())
     };
+    let control = (first.topology.clone(), reloader, reload);
     match config.io {
         IoKind::Xdp | IoKind::XdpGeneric => {
             let preference =
@@ -201,7 +191,7 @@ pub fn serve(config: &Config, stop: &AtomicBool) -> io::Result<()> {
             for queue in 0..loops as u32 {
                 ports.push((XdpPort::open(&outside, queue, &xdp)?, XdpPort::open(&inside, queue, &xdp)?));
             }
-            run_loops(&make_engine, ports, steering, doorbells.clone(), &cores, config, stop)
+            run_loops(&make_engine, ports, control, doorbells.clone(), &cores, config, stop)
         }
         IoKind::Packet => {
             // With several loops, the sockets of one interface share its frames by flow hash.
@@ -219,9 +209,158 @@ pub fn serve(config: &Config, stop: &AtomicBool) -> io::Result<()> {
             for _ in 0..loops {
                 ports.push((PacketPort::open(&config.outside, &outside_config)?, PacketPort::open(&config.inside, &inside_config)?));
             }
-            run_loops(&make_engine, ports, steering, doorbells.clone(), &cores, config, stop)
+            run_loops(&make_engine, ports, control, doorbells.clone(), &cores, config, stop)
         }
     }
+}
+
+/// How the control thread reloads: reads `path` again and checks it against the `running`
+/// configuration; on success the loops get the new plan (and `latest` holds it for a loop
+/// that starts again), on failure nothing changes.
+fn reloader(
+    path: PathBuf,
+    mut running: Config,
+    mut slots: Slots,
+    inside_mac: EthernetAddress,
+    loops: usize,
+    latest: Arc<Mutex<Arc<Reload>>>,
+) -> Reloader {
+    Box::new(move || {
+        let text = std::fs::read_to_string(&path).map_err(|error| format!("{}: {error}", path.display()))?;
+        let config = Config::parse(&path, &text).map_err(|error| error.to_string())?;
+        config.check_reloadable(&running, &path, &text).map_err(|error| error.to_string())?;
+        let setups = listener_setups(&config).map_err(|error| format!("{}: {error}", path.display()))?;
+        // Only now is the new file taken: a refused one leaves the table as it was.
+        let mut next = slots.clone();
+        let reload = Arc::new(next.plan(&config, setups, inside_mac, loops, summary(&path, &config, &slots.vips())));
+        slots = next;
+        running = config;
+        *latest.lock().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&reload);
+        Ok(reload)
+    })
+}
+
+/// What a (re)load says: the file and what it holds, and how its listeners differ from the
+/// `before` VIPs.
+fn summary(path: &Path, config: &Config, before: &[SocketAddr]) -> String {
+    let backends: usize = config.pools.iter().map(|pool| pool.backends.len()).sum();
+    let vips: Vec<SocketAddr> = config.listeners.iter().map(|listener| listener.vip).collect();
+    let added = vips.iter().filter(|vip| !before.contains(vip)).count();
+    let removed = before.iter().filter(|vip| !vips.contains(vip)).count();
+    format!(
+        "{}: {} listener(s) ({added} new, {removed} removed), {} pool(s), {backends} backend(s)",
+        path.display(),
+        vips.len(),
+        config.pools.len()
+    )
+}
+
+/// The listener table across reloads. A session names its listener by index, its slot, so a
+/// VIP keeps its slot for the life of the process: a new VIP takes a new slot, and a VIP a
+/// reload removes keeps its slot, retired (no new connections; its sessions go on).
+#[derive(Clone, Default)]
+struct Slots {
+    listeners: Vec<ListenerSetup>,
+    retired: Vec<bool>,
+    /// Per slot: its pool's name, its pool's and its passthrough pool's balancing.
+    pools: Vec<String>,
+    balances: Vec<(Balance, Balance)>,
+    /// Every backend a configuration of this run named: sessions to one outlive its removal,
+    /// so its frames must still steer to them.
+    backends: Vec<SocketAddr>,
+}
+
+impl Slots {
+    /// The VIPs of the listeners in service.
+    fn vips(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().zip(&self.retired).filter(|(_, retired)| !**retired).map(|(listener, _)| listener.vip).collect()
+    }
+
+    /// The loops' part of `config` (whose listeners' setups are `setups`), with the table
+    /// updated to it.
+    fn plan(&mut self, config: &Config, setups: Vec<ListenerSetup>, inside_mac: EthernetAddress, loops: usize, summary: String) -> Reload {
+        self.retired.iter_mut().for_each(|retired| *retired = true);
+        for (listener, setup) in config.listeners.iter().zip(setups) {
+            let pool = &config.pools[listener.pool];
+            let passthrough = listener.passthrough_pool.map_or(Balance::default(), |index| config.pools[index].balance);
+            let slot = match self.listeners.iter().position(|known| known.vip == setup.vip) {
+                Some(slot) => {
+                    self.listeners[slot] = setup;
+                    slot
+                }
+                None => {
+                    self.listeners.push(setup);
+                    self.retired.push(false);
+                    self.pools.push(String::new());
+                    self.balances.push(Default::default());
+                    self.listeners.len() - 1
+                }
+            };
+            self.retired[slot] = false;
+            self.pools[slot] = pool.name.clone();
+            self.balances[slot] = (pool.balance, passthrough);
+        }
+        let mut balancing = Balancing {
+            listeners: self.balances.iter().map(|(balance, _)| *balance).collect(),
+            passthrough: self.balances.iter().map(|(_, balance)| *balance).collect(),
+            ..Balancing::default()
+        };
+        for pool in &config.pools {
+            for (backend, options) in pool.backends.iter().zip(&pool.options) {
+                balancing.backends.insert(*backend, *options);
+                if !self.backends.contains(backend) {
+                    self.backends.push(*backend);
+                }
+            }
+        }
+        let snat_address = match config.mode {
+            AddressMode::Transparent => None,
+            AddressMode::Snat(address) => Some(address),
+        };
+        let steering = Steering::new(loops, self.listeners.iter().map(|listener| listener.vip.ip()), self.backends.iter().copied(), snat_address)
+            .with_health_sources(config.health_sources.clone());
+        let topology = Topology {
+            listeners: self.listeners.iter().map(|listener| listener.vip).zip(self.pools.iter().cloned()).collect(),
+            pools: config.pools.iter().map(|pool| (pool.name.clone(), pool.backends.clone())).collect(),
+            balancing: config.pools.iter().map(|pool| (pool.balance, pool.options.clone())).collect(),
+        };
+        let engine = EngineReload {
+            listeners: self.listeners.clone(),
+            retired: self.retired.clone(),
+            balancing,
+            health: health_setup(config, inside_mac, snat_address),
+            idle_timeout_ns: config.idle_timeout.as_nanos() as u64,
+            handshake_timeout_ns: config.handshake_timeout.as_nanos() as u64,
+            close_timeout_ns: config.close_timeout.as_nanos() as u64,
+            // The box's limits shared out: a loop holds the sessions steered to it.
+            syn_cookies_after: config.syn_cookies_after / loops,
+            max_sessions: config.max_sessions.div_ceil(loops),
+            max_sessions_per_client: config.max_sessions_per_client.div_ceil(loops),
+        };
+        Reload { engine, steering, topology, summary }
+    }
+}
+
+/// The health checks of `config`, for the checking loop: each checked backend once (a
+/// backend in two pools takes the first pool's check).
+fn health_setup(config: &Config, inside_mac: EthernetAddress, snat_address: Option<std::net::IpAddr>) -> Option<HealthSetup> {
+    let mut checks: Vec<(SocketAddr, HealthCheck)> = Vec::new();
+    for pool in &config.pools {
+        let Some(check) = &pool.health else { continue };
+        for backend in &pool.backends {
+            if !checks.iter().any(|(known, _)| known == backend) {
+                checks.push((*backend, check.clone()));
+            }
+        }
+    }
+    (!checks.is_empty()).then(|| HealthSetup {
+        sources: config.health_sources.clone(),
+        mac: inside_mac,
+        checks,
+        snat_address,
+        // The engine seeds it from its keys.
+        seed: 0,
+    })
 }
 
 /// The engine's listeners from the configuration: certificates and keys loaded into rustls
@@ -332,9 +471,9 @@ struct ControlLink {
 /// `stop` (or until a loop fails, which stops them all), then prints the counters: the totals
 /// in the engine's format, and a few per loop.
 fn run_loops<P: FrameIo>(
-    make_engine: &(dyn Fn(usize) -> Engine + Sync),
+    make_engine: &(dyn Fn(usize) -> (Engine, Steering) + Sync),
     ports: Vec<(P, P)>,
-    steering: Steering,
+    (topology, reloader, reload_signal): (Topology, Reloader, Arc<AtomicBool>),
     doorbells: Vec<Arc<Doorbell>>,
     cores: &[CoreId],
     config: &Config,
@@ -361,12 +500,7 @@ fn run_loops<P: FrameIo>(
         control_links.push(ControlLink { reports: report_sender.clone(), commands: command_receiver });
     }
     drop(report_sender);
-    let topology = Topology {
-        listeners: config.listeners.iter().map(|listener| (listener.vip, config.pools[listener.pool].name.clone())).collect(),
-        pools: config.pools.iter().map(|pool| (pool.name.clone(), pool.backends.clone())).collect(),
-        balancing: config.pools.iter().map(|pool| (pool.balance, pool.options.clone())).collect(),
-    };
-    let control = ControlPlane::new(started, topology, handles);
+    let control = ControlPlane::new(started, topology, handles).with_reloader(reloader, reload_signal);
     if let Some(path) = &config.management.socket {
         management::serve_socket(path, request_sender.clone())?;
         eprintln!("cutls: management socket {}", path.display());
@@ -394,7 +528,7 @@ fn run_loops<P: FrameIo>(
             .enumerate()
             .map(|(index, (((mut outside, mut inside), receiver), control))| {
                 let peers = Peers { index, senders: senders.clone(), doorbells: doorbells.clone(), receiver, control };
-                let (steering, failed, core) = (&steering, &failed, core_of(index));
+                let (failed, core) = (&failed, core_of(index));
                 std::thread::Builder::new()
                     .name(format!("cutls-loop-{index}"))
                     .spawn_scoped(scope, move || {
@@ -405,7 +539,7 @@ fn run_loops<P: FrameIo>(
                         }
                         let mut restarts: Vec<Instant> = Vec::new();
                         let result = loop {
-                            let engine = make_engine(index);
+                            let (engine, steering) = make_engine(index);
                             // A panic in the loop (a bug) takes its sessions, not the box: the
                             // loop starts again with an empty engine on the same ports, and its
                             // old sessions' peers get RSTs at their next segment, as after a
@@ -532,7 +666,7 @@ fn poll_loop<P: FrameIo>(
     outside: &mut P,
     inside: &mut P,
     peers: &Peers,
-    steering: &Steering,
+    mut steering: Steering,
     start: Instant,
     stop: &AtomicBool,
     failed: &AtomicBool,
@@ -613,6 +747,10 @@ fn poll_loop<P: FrameIo>(
                     engine.set_backend_admin(now, backend, admin, &mut out);
                 }
                 LoopCommand::SetBackendHealth(backend, up) => engine.set_backend_health(backend, up),
+                LoopCommand::Reload(reload) => {
+                    engine.reload(now, &reload.engine);
+                    steering = reload.steering.clone();
+                }
                 LoopCommand::Panic => panic!("loop {me}: the test hook asked for a panic"),
             }
             flush(&mut out, outside, inside, &mut counts)?;

@@ -144,6 +144,35 @@ pub struct EngineConfig {
     pub health: Option<crate::health::HealthSetup>,
 }
 
+/// A new configuration for a running engine ([`Engine::reload`]): what can change without
+/// dropping a session. Listeners are in slot order: a VIP keeps its slot across reloads (its
+/// live sessions name it by index), new VIPs take new slots, and a VIP no longer configured
+/// keeps its slot `retired` (no new connections; its sessions go on).
+#[derive(Clone)]
+pub struct EngineReload {
+    pub listeners: Vec<ListenerSetup>,
+    /// Per slot: the VIP is gone from the configuration.
+    pub retired: Vec<bool>,
+    /// Per slot, like the listeners.
+    pub balancing: Balancing,
+    /// The checks (the checking loop runs them; every loop forgets what it was told of
+    /// backends no longer checked).
+    pub health: Option<crate::health::HealthSetup>,
+    pub idle_timeout_ns: u64,
+    pub handshake_timeout_ns: u64,
+    pub close_timeout_ns: u64,
+    pub syn_cookies_after: usize,
+    pub max_sessions: usize,
+    pub max_sessions_per_client: usize,
+}
+
+impl std::fmt::Debug for EngineReload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let vips: Vec<SocketAddr> = self.listeners.iter().map(|listener| listener.vip).collect();
+        f.debug_struct("EngineReload").field("listeners", &vips).field("retired", &self.retired).finish_non_exhaustive()
+    }
+}
+
 /// Which of the box's poll loops an engine runs in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoopShare {
@@ -727,6 +756,8 @@ pub struct Engine {
     pool: Option<handshake::HandshakePool>,
     counters: Counters,
     events: events::EventQueue,
+    /// Per listener slot: its VIP was removed by a reload ([`Engine::reload`]).
+    retired_listeners: Vec<bool>,
     /// Backends an operator took out of rotation (absent: in rotation).
     backend_admin: HashMap<SocketAddr, BackendAdmin>,
     /// The health checker, in the loop that checks; the backends found down, in every loop.
@@ -804,6 +835,7 @@ impl Engine {
             pool,
             counters: Counters::default(),
             events,
+            retired_listeners: vec![false; listeners],
             backend_admin: HashMap::new(),
             health,
             backends_down: HashSet::new(),
@@ -865,6 +897,45 @@ impl Engine {
             }
         }
         on_it.len()
+    }
+
+    /// Takes a new configuration (`cutlsctl reload`, SIGHUP) without dropping a session: they
+    /// keep their keys, backends and listener slots; new connections get the new listeners,
+    /// certificates, pools and limits. Backends that leave every pool stay known as backends
+    /// (fail closed: their frames are never bridged).
+    pub fn reload(&mut self, now_ns: u64, reload: &EngineReload) {
+        let slots = reload.listeners.len();
+        debug_assert!(slots >= self.config.listeners.len(), "slots are never taken away");
+        self.config.listeners = reload.listeners.clone();
+        self.retired_listeners = reload.retired.clone();
+        self.retired_listeners.resize(slots, false);
+        self.next_backend.resize(slots, 0);
+        self.next_passthrough.resize(slots, 0);
+        for listener in &self.config.listeners {
+            let passthrough = listener.passthrough.iter().flat_map(|route| &route.backends);
+            self.backend_addresses.extend(listener.backends.iter().chain(passthrough).copied());
+        }
+        self.config.balancing = reload.balancing.clone();
+        self.config.idle_timeout_ns = reload.idle_timeout_ns;
+        self.config.handshake_timeout_ns = reload.handshake_timeout_ns;
+        self.config.close_timeout_ns = reload.close_timeout_ns;
+        self.config.syn_cookies_after = reload.syn_cookies_after;
+        self.config.max_sessions = reload.max_sessions;
+        self.config.max_sessions_per_client = reload.max_sessions_per_client;
+        let checked: HashSet<SocketAddr> =
+            reload.health.iter().flat_map(|setup| setup.checks.iter().map(|(backend, _)| *backend)).collect();
+        self.backends_down.retain(|backend| checked.contains(backend));
+        // The checking loop's engine keeps what it knows of unchanged checks.
+        if self.config.loop_share.index == crate::steer::HEALTH_LOOP {
+            let seed = self.config.keys.balance_seed().rotate_left(17);
+            match (reload.health.clone(), self.health.as_mut()) {
+                (Some(setup), Some(checker)) => checker.reconfigure(crate::health::HealthSetup { seed, ..setup }, now_ns),
+                (Some(setup), None) => {
+                    self.health = Some(crate::health::HealthChecker::new(crate::health::HealthSetup { seed, ..setup }, now_ns))
+                }
+                (None, _) => self.health = None,
+            }
+        }
     }
 
     /// What another loop's health checks found ([`crate::health`]): a backend `up = false`
@@ -1367,11 +1438,15 @@ impl Engine {
     }
 
     fn is_vip(&self, address: IpAddr) -> bool {
-        self.config.listeners.iter().any(|listener| listener.vip.ip() == address)
+        self.config.listeners.iter().zip(&self.retired_listeners).any(|(listener, retired)| !retired && listener.vip.ip() == address)
     }
 
     fn listener_for(&self, destination: SocketAddr) -> Option<usize> {
-        self.config.listeners.iter().position(|listener| listener.vip == destination)
+        self.config
+            .listeners
+            .iter()
+            .zip(&self.retired_listeners)
+            .position(|(listener, retired)| !retired && listener.vip == destination)
     }
 
     /// RFC 6528's initial sequence number for `key`: a clock ticking every 4 µs plus a keyed

@@ -38,6 +38,10 @@ enum Command {
     /// Act on one session.
     #[command(subcommand)]
     Session(SessionCommand),
+    /// Read the configuration file again: new listeners, certificates, pools and limits for
+    /// new connections; established sessions go on. A bad file is refused (exit 1, with its
+    /// file:line: field: error) and the running configuration stays. SIGHUP does the same.
+    Reload,
     /// Test hooks (the box must run with CUTLS_TEST_HOOKS set).
     #[command(subcommand, hide = true)]
     Debug(DebugCommand),
@@ -115,6 +119,7 @@ fn main() -> ExitCode {
             Request::Backend { action, backend }
         }
         Command::Session(SessionCommand::Kill { id }) => Request::SessionKill { id },
+        Command::Reload => Request::Reload {},
         Command::Debug(DebugCommand::PanicLoop { index }) => Request::DebugPanicLoop { loop_index: index },
         Command::Top { interval, count } => return top(&cli.socket, Duration::from_secs_f64(interval.max(0.1)), count),
     };
