@@ -1483,6 +1483,13 @@ impl TlsLab {
         self.cutls.lock().ok()?.as_ref()?.pid()
     }
 
+    /// Sends the running cutls `signal` (SIGHUP: reload its configuration).
+    pub fn signal_cutls(&self, signal: libc::c_int) {
+        if let Some(cutls) = self.cutls.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).as_ref() {
+            cutls.signal(signal);
+        }
+    }
+
     /// A crash: cutls is killed with SIGKILL (no counters, no cleanup), then started again with
     /// the same configuration. Returns how long until the new process was ready.
     pub fn crash_and_restart_cutls(&self) -> Duration {

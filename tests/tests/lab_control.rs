@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use cutls_tests::lab::{cutls_binary, in_namespace, sha256, workspace_binary};
+use cutls_tests::lab::{cutls_binary, in_namespace, self_signed_certificate, sha256, workspace_binary};
 use cutls_tests::lab_tls::{
     file_path, h1_port, lab_enabled, ports, pools, python3, write_generated, AddressMode, HoldBack, Item, Setup, TlsLab, HOST,
     LAB_METRICS,
@@ -431,6 +431,119 @@ fn health_checks(setup: Setup) {
     // first): each back up.
     let (down, up) = (counters.get("backends_down"), counters.get("backends_up"));
     assert!(down == up && (1..=4).contains(&down), "backends down {down}, up {up}");
+}
+
+#[test]
+fn reload_takes_new_certificates_and_listeners_without_dropping_a_session() {
+    if !lab_enabled() {
+        return;
+    }
+    for setup in [Setup::io("xdp"), Setup { loops: 2, ..Setup::io("packet") }] {
+        reload(setup);
+    }
+}
+
+/// Issue 13's reload: while downloads run on one listener, the certificate is replaced, that
+/// listener removed and a new one added, and `cutlsctl reload` takes it; every download
+/// finishes exact on its old keys; new handshakes present the new certificate; the removed
+/// listener takes no new connection and the new one does. A bad file and a change that needs a
+/// restart are refused with their file:line: field, and the box serves on. SIGHUP reloads too.
+fn reload(setup: Setup) {
+    const DOWNLOADS: usize = 24;
+    const ADDED: u16 = 9600;
+    let t = TlsLab::up(setup);
+    let ctl = Ctl { binary: workspace_binary("cutls-tools", "cutlsctl").expect("build cutlsctl"), socket: t.dir.join("cutls.sock") };
+    let expected = write_generated(&t.web.root.join(&FILE[1..]), SIZE, 1515).expect("write the download");
+    let removed = t.vip(false, ports::H1_SHARED);
+    wait_for("the management socket", Duration::from_secs(10), || ctl.run(&["show", "stats"]).status.success());
+    // About 8 s each: they run across every reload below.
+    let downloads: Vec<(Child, PathBuf)> = (0..DOWNLOADS).map(|i| download(&t, removed, &format!("d{i}"), "3M")).collect();
+    wait_for("every download spliced", Duration::from_secs(10), || {
+        ctl.sessions().iter().filter(|s| s["state"] == "spliced").count() == DOWNLOADS
+    });
+
+    // A new certificate in the files the configuration names (the old one kept aside).
+    let old_cert = t.dir.join("old-cert.pem");
+    std::fs::copy(&t.cert, &old_cert).expect("keep the old certificate");
+    let fresh = t.dir.join("fresh");
+    std::fs::create_dir_all(&fresh).expect("a directory");
+    self_signed_certificate(&fresh, HOST, &[t.vip_v4, t.vip_v6]).expect("a new certificate");
+    for file in ["cert.pem", "key.pem"] {
+        std::fs::copy(fresh.join(file), t.dir.join(file)).expect("replace the certificate");
+    }
+    let new_cert = t.dir.join("cert.pem");
+    // The listener of the downloads removed, a new one (the same pool) added.
+    let original = std::fs::read_to_string(&t.config).expect("the configuration");
+    let block = listener_block(&original, removed);
+    let added = block.replace(&format!("\"{removed}\""), &format!("\"{}\"", t.vip(false, ADDED)));
+    let reloaded = original.replace(&block, &added);
+    std::fs::write(&t.config, &reloaded).expect("write the configuration");
+    let answer = ctl.json(&["reload"]);
+    assert_eq!(answer["reply"], "done", "{answer}");
+    assert!(answer["message"].as_str().is_some_and(|m| m.contains("(1 new, 1 removed)")), "{answer}");
+
+    // New handshakes: the new certificate, on the kept listeners and the new one.
+    let fetch = |port: u16, cacert: &Path| -> Output {
+        let to = t.vip(false, port);
+        t.lab
+            .command_in(&t.lab.env.client_ns, "curl")
+            .args(["-sS", "--fail", "--max-time", "10", "--connect-timeout", "3", "-r", "0-9999", "-o", "/dev/null", "--cacert"])
+            .arg(cacert)
+            .args(["--resolve", &format!("{HOST}:{port}:{}", to.ip())])
+            .arg(format!("https://{HOST}:{port}{FILE}"))
+            .output()
+            .expect("run curl")
+    };
+    let served = |port: u16| {
+        let output = fetch(port, &new_cert);
+        assert!(output.status.success(), "port {port} with the new certificate: {}", String::from_utf8_lossy(&output.stderr));
+        t.count_connections(1);
+    };
+    served(ports::H1);
+    served(ADDED);
+    let refused = fetch(ports::H1, &old_cert);
+    assert_eq!(refused.status.code(), Some(60), "the old certificate is not served: {}", String::from_utf8_lossy(&refused.stderr));
+    let gone = fetch(ports::H1_SHARED, &new_cert);
+    assert!(!gone.status.success(), "the removed listener takes no connection");
+    // (its frames cross the box like any traffic not for a listener: nobody answers.)
+
+    // Refused: a field out of range (its line), a setting only a restart can change.
+    let line_of = |text: &str, prefix: &str| 1 + text.lines().position(|line| line.starts_with(prefix)).expect("the line");
+    for (broken, field, prefix) in [
+        (reloaded.replace("[box]\n", "[box]\nidle_timeout = 0\n"), "box.idle_timeout", "idle_timeout"),
+        (reloaded.replace("[box]\n", "[box]\nhandshake_threads = 3\n"), "box.handshake_threads", "handshake_threads"),
+    ] {
+        std::fs::write(&t.config, &broken).expect("write the configuration");
+        let output = ctl.run(&["reload"]);
+        let error = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "refused: {error}");
+        let place = format!("{}:{}: {field}", t.config.display(), line_of(&broken, prefix));
+        assert!(error.contains("the running configuration stays") && error.contains(&place), "{place}: {error}");
+        served(ADDED);
+    }
+
+    // SIGHUP: the original file again (the removed listener back, the added one gone).
+    std::fs::write(&t.config, &original).expect("write the configuration");
+    t.signal_cutls(libc::SIGHUP);
+    wait_for("the listener back after SIGHUP", Duration::from_secs(5), || fetch(ports::H1_SHARED, &new_cert).status.success());
+    t.count_connections(1);
+    assert!(!fetch(ADDED, &new_cert).status.success(), "the added listener is gone again");
+
+    for (child, out) in downloads {
+        let output = child.wait_with_output().expect("curl");
+        assert!(output.status.success(), "a download across the reloads: {}", String::from_utf8_lossy(&output.stderr));
+        assert_eq!(sha256(&std::fs::read(&out).expect("the download")), expected, "{}", out.display());
+    }
+    let stats = ctl.json(&["show", "stats"]);
+    assert_eq!(u64_of(&stats["counters"], "ended_tag_failure"), 0, "{stats}");
+    t.finish();
+}
+
+/// The `[[listener]]` block of `vip` in a lab configuration (up to the blank line after it).
+fn listener_block(text: &str, vip: SocketAddr) -> String {
+    let start = text.find(&format!("[[listener]]\nvip = \"{vip}\"")).unwrap_or_else(|| panic!("no listener {vip}"));
+    let end = text[start..].find("\n\n").map_or(text.len(), |end| start + end + 1);
+    text[start..end].to_string()
 }
 
 #[test]
