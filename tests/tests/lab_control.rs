@@ -60,6 +60,10 @@ impl Ctl {
 }
 
 fn download(t: &TlsLab, to: SocketAddr, tag: &str, rate: &str) -> (Child, PathBuf) {
+    download_file(t, to, FILE, tag, rate)
+}
+
+fn download_file(t: &TlsLab, to: SocketAddr, file: &str, tag: &str, rate: &str) -> (Child, PathBuf) {
     let out = t.scratch(tag);
     let child = t
         .lab
@@ -67,7 +71,7 @@ fn download(t: &TlsLab, to: SocketAddr, tag: &str, rate: &str) -> (Child, PathBu
         .args(["-sS", "--fail", "--max-time", "60", "--limit-rate", rate, "--cacert"])
         .arg(&t.cert)
         .args(["--resolve", &format!("{HOST}:{}:{}", to.port(), to.ip())])
-        .arg(format!("https://{HOST}:{}{FILE}?{tag}", to.port()))
+        .arg(format!("https://{HOST}:{}{file}?{tag}", to.port()))
         .arg("-o")
         .arg(&out)
         .stdout(Stdio::null())
@@ -449,19 +453,24 @@ fn reload_takes_new_certificates_and_listeners_without_dropping_a_session() {
 /// listener takes no new connection and the new one does. A bad file and a change that needs a
 /// restart are refused with their file:line: field, and the box serves on. SIGHUP reloads too.
 fn reload(setup: Setup) {
-    const DOWNLOADS: usize = 24;
+    // The 100 concurrent downloads, 6 MiB each, about 8 s at their rate: they run
+    // across every reload below.
+    const DOWNLOADS: usize = 100;
+    const DOWNLOAD_FILE: &str = "/reload-6m";
     const ADDED: u16 = 9600;
     let t = TlsLab::up(setup);
     let ctl = Ctl { binary: workspace_binary("cutls-tools", "cutlsctl").expect("build cutlsctl"), socket: t.dir.join("cutls.sock") };
-    let expected = write_generated(&t.web.root.join(&FILE[1..]), SIZE, 1515).expect("write the download");
+    let expected = write_generated(&t.web.root.join(&DOWNLOAD_FILE[1..]), 6 << 20, 1515).expect("write the download");
+    write_generated(&t.web.root.join(&FILE[1..]), SIZE, 1516).expect("write the checks' file");
     let removed = t.vip(false, ports::H1_SHARED);
     wait_for("the management socket", Duration::from_secs(10), || ctl.run(&["show", "stats"]).status.success());
-    // About 8 s each: they run across every reload below.
-    let downloads: Vec<(Child, PathBuf)> = (0..DOWNLOADS).map(|i| download(&t, removed, &format!("d{i}"), "3M")).collect();
-    wait_for("every download spliced", Duration::from_secs(10), || {
-        ctl.sessions().iter().filter(|s| s["state"] == "spliced").count() == DOWNLOADS
+    let downloads: Vec<(Child, PathBuf)> =
+        (0..DOWNLOADS).map(|i| download_file(&t, removed, DOWNLOAD_FILE, &format!("d{i}"), "800K")).collect();
+    // Most spliced (a few may still be connecting to their backend: nginx under 100 SYNs at
+    // once answers some only to a retransmission), all of them running.
+    wait_for("the downloads spliced", Duration::from_secs(20), || {
+        ctl.sessions().iter().filter(|s| s["state"] == "spliced").count() >= DOWNLOADS * 9 / 10
     });
-
     // A new certificate in the files the configuration names (the old one kept aside).
     let old_cert = t.dir.join("old-cert.pem");
     std::fs::copy(&t.cert, &old_cert).expect("keep the old certificate");

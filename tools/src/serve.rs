@@ -446,17 +446,30 @@ struct LoopCounts {
     control_events_lost: u64,
     /// Times the loop panicked and started again.
     loop_restarts: u64,
+    /// Frames the kernel dropped because this loop's receive ring of a port was full.
+    outside_receive_drops: u64,
+    inside_receive_drops: u64,
 }
 
 impl LoopCounts {
     fn fields(&self) -> Vec<(&'static str, u64)> {
-        let LoopCounts { frames_handed_off, handoff_drops, transmit_drops, control_events_lost, loop_restarts } = *self;
+        let LoopCounts {
+            frames_handed_off,
+            handoff_drops,
+            transmit_drops,
+            control_events_lost,
+            loop_restarts,
+            outside_receive_drops,
+            inside_receive_drops,
+        } = *self;
         vec![
             ("frames_handed_off", frames_handed_off),
             ("handoff_drops", handoff_drops),
             ("transmit_drops", transmit_drops),
             ("control_events_lost", control_events_lost),
             ("loop_restarts", loop_restarts),
+            ("outside_receive_drops", outside_receive_drops),
+            ("inside_receive_drops", inside_receive_drops),
         ]
     }
 }
@@ -624,6 +637,8 @@ fn run_loops<P: FrameIo>(
         transmit_drops: sum(|counts| counts.transmit_drops),
         control_events_lost: sum(|counts| counts.control_events_lost),
         loop_restarts: sum(|counts| counts.loop_restarts),
+        outside_receive_drops: sum(|counts| counts.outside_receive_drops),
+        inside_receive_drops: sum(|counts| counts.inside_receive_drops),
     };
     for (name, value) in totals.fields().into_iter().chain(loop_totals.fields()) {
         println!("  {:<44}{value:>14}", format!("{name}:"));
@@ -757,6 +772,14 @@ fn poll_loop<P: FrameIo>(
         }
         engine.take_events(&mut events);
         if now >= last_report + REPORT_EVERY.as_nanos() as u64 {
+            // The ports' totals (they outlive a restarted loop's engine); a port that cannot say
+            // keeps the last count.
+            if let Ok(stats) = outside.stats() {
+                counts.outside_receive_drops = stats.rx_dropped;
+            }
+            if let Ok(stats) = inside.stats() {
+                counts.inside_receive_drops = stats.rx_dropped;
+            }
             report(&engine, &peers.control, me, &mut events, last_report, now, &mut counts);
             last_report = now;
         }

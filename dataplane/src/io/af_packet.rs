@@ -120,6 +120,8 @@ pub struct PacketPort {
     name: String,
     inner: Inner,
     rx_unusable: u64,
+    /// The kernel's receive drops so far: reading them resets the kernel's count.
+    rx_dropped: std::cell::Cell<u64>,
 }
 
 #[derive(Debug)]
@@ -149,6 +151,7 @@ impl PacketPort {
             name: interface.to_string(),
             inner,
             rx_unusable: 0,
+            rx_dropped: std::cell::Cell::new(0),
         })
     }
 
@@ -217,7 +220,7 @@ impl FrameIo for PacketPort {
             Inner::Socket(socket) => &socket.socket,
         };
         // struct tpacket_stats_v3 is { tp_packets, tp_drops, tp_freeze_q_cnt }; reading it resets
-        // the kernel's counters, so keep the total here instead of in the kernel.
+        // the kernel's counters, so the total is kept here.
         let (counters, _) =
             sys::get_option::<[u32; 3]>(socket, libc::SOL_PACKET, PACKET_STATISTICS)
                 .map_err(|e| port_error(&self.name, "read packet statistics", e))?;
@@ -225,8 +228,9 @@ impl FrameIo for PacketPort {
             Inner::Rings { tx, .. } => tx.wrong_format,
             Inner::Socket(_) => 0,
         };
+        self.rx_dropped.set(self.rx_dropped.get() + u64::from(counters[1]));
         Ok(PortStats {
-            rx_dropped: u64::from(counters[1]),
+            rx_dropped: self.rx_dropped.get(),
             tx_invalid,
             rx_unusable: self.rx_unusable,
         })

@@ -54,8 +54,8 @@ pub trait FrameIo: Send {
     /// The descriptor that becomes readable when frames arrive, if the backend has one.
     fn readiness_fd(&self) -> Option<BorrowedFd<'_>>;
 
-    /// Counters kept by the kernel or the backend for this queue (drops it saw, not drops the
-    /// caller made).
+    /// Counters kept by the kernel or the backend for this queue since it was opened (drops it
+    /// saw, not drops the caller made).
     fn stats(&self) -> io::Result<PortStats>;
 }
 
