@@ -22,6 +22,8 @@
 //! cores = 2                    # poll loops (default: one per receive queue, at most the cores)
 //! handshake_threads = 1        # TLS handshake workers per poll loop (0: in the loop)
 //! congestion_control = "bbr"   # bbr | reno: the box's sending toward clients (see below)
+//! idle_timeout = 300           # seconds an established session may stay idle
+//! health_source = "198.18.2.2" # the health checks' own address(es) on the server network
 //!
 //! [[listener]]
 //! vip = "198.18.1.100:443"
@@ -36,13 +38,36 @@
 //!
 //! [[pool]]
 //! name = "web"
-//! backends = ["198.18.2.10:80", "198.18.2.11:80"]
+//! balance = "least-load"       # least-load (default) | least-sessions | round-robin
+//! backends = ["198.18.2.10:80", { address = "198.18.2.11:80", weight = 2, max_sessions = 5000 }]
+//! [pool.health]                # optional active checks from the box (see below)
+//! interval_ms = 2000
+//! timeout_ms = 1000
+//! rise = 2
+//! fall = 3
+//! port = 8080                  # default: the backend's own port
+//! http_path = "/health"        # optional: an HTTP/1.0 GET instead of a bare TCP connect
+//! http_host = "www.example.test"
+//! http_status = 200
 //!
 //! [[pool]]
 //! name = "tls-web"
 //! backends = ["198.18.2.20:443"]
 //! passthrough = true           # spliced as plain TCP, never decrypted
+//!
+//! [management]
+//! socket = "/run/cutls/cutls.sock"  # cutlsctl's; "" for none
+//! metrics = "127.0.0.1:9464"        # optional Prometheus listener
 //! ```
+//!
+//! Health checks (`[pool.health]`) run from the box's inside port with their own address,
+//! `health_source` (one per family in use; in SNAT mode the SNAT address is the default, its
+//! ports 60000-60999 kept for the checks): a backend that fails `fall` checks in a row takes no
+//! new sessions until it passes `rise` in a row; its sessions go on.
+//!
+//! A reload (`cutlsctl reload`, SIGHUP) takes everything but `outside`, `inside`, `io`, `mode`,
+//! `snat_address`, `rx_checksum`, `cores`, `handshake_threads`, `congestion_control` and
+//! `[management]`, which need a restart ([`Config::check_reloadable`]).
 //!
 //! `passthrough_pool` names a pool with `passthrough = true`: connections whose first bytes are
 //! not a TLS ClientHello, and ClientHellos whose SNI matches none of the listener's certificate
@@ -194,6 +219,9 @@ pub const DEFAULT_MANAGEMENT_SOCKET: &str = "/run/cutls/cutls.sock";
 /// HAProxy's defaults are 2 s between checks, rise 2, fall 3; a check's answer within 1 s.
 const DEFAULT_HEALTH_INTERVAL_MS: i64 = 2000;
 const DEFAULT_HEALTH_TIMEOUT_MS: i64 = 1000;
+/// A pool's `balance` when the file does not say: least-load measures what the others guess
+/// at (a slow backend, a refusing one: see `cutls_dataplane::session::balance`).
+const DEFAULT_BALANCE: Balance = Balance::LeastLoad;
 /// Linux keeps an idle established connection for ever; a box in front of servers must not.
 const DEFAULT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
@@ -640,7 +668,7 @@ impl Config {
                 options.push(BackendOptions { weight, max_sessions });
             }
             let balance = match pool.balance.as_ref() {
-                None => Balance::default(),
+                None => DEFAULT_BALANCE,
                 Some(value) => match value.get_ref().as_str() {
                     "round-robin" => Balance::RoundRobin,
                     "least-sessions" => Balance::LeastSessions,
@@ -969,7 +997,7 @@ backends = ["198.18.2.10:80", "[2001:db8::10]:80"]
         assert_eq!(pool.balance, Balance::LeastSessions);
         assert_eq!(pool.backends[1], "[2001:db8::10]:80".parse().unwrap());
         assert_eq!(pool.options, [BackendOptions::default(), BackendOptions { weight: 3, max_sessions: Some(500) }]);
-        assert_eq!(parse(GOOD).unwrap().pools[0].balance, Balance::RoundRobin);
+        assert_eq!(parse(GOOD).unwrap().pools[0].balance, Balance::LeastLoad);
 
         let error = error_of(&text.replace("weight = 3", "weight = 0"));
         assert_eq!((error.line, error.field.as_deref()), (Some(20), Some("pool[0].backends[1].weight")), "{error}");

@@ -1974,6 +1974,35 @@ fn least_sessions_and_backend_limits() {
 }
 
 #[test]
+fn least_load_avoids_a_backend_that_refuses_connections() {
+    // Issue 13, least-load as the default: a backend whose port is closed answers at once, so
+    // it holds no sessions and has no slow answers; without more it would look the lightest
+    // and draw most new sessions, each refused. A refused (or unanswered) connection counts as
+    // a second-long response: after the first refusal, the others go to the backend that
+    // serves, while that sample lasts (seconds).
+    let suite = Suite::Tls13Aes128Gcm;
+    let addresses = Addresses::ipv4();
+    let backends: Vec<SocketAddr> = addresses.backends.iter().map(|(address, _)| *address).collect();
+    let balancing = Balancing { listeners: vec![Balance::LeastLoad], ..Balancing::default() };
+    let mut lab = engine_lab_configured(&addresses, 57, |config| EngineConfig { balancing, ..config });
+    lab.backends.refusing.push(backends[1]);
+    let mut served = 0;
+    for i in 0..12 {
+        let session = open(&mut lab, suite, 100, 20_000, 57 + i, Extras::default());
+        lab.run_until("an exchange or a refusal", EXCHANGE_LIMIT_NS, |lab| {
+            exchange_finished(lab, session) || lab.client.sessions[session].tcp.reset_received
+        });
+        if exchange_finished(&lab, session) {
+            assert_clean_exchange(&lab, session, suite);
+            served += 1;
+        }
+    }
+    assert!(lab.backends.refused <= 1, "refused {} of 12 (served {served})", lab.backends.refused);
+    assert_eq!(served + lab.backends.refused, 12);
+    assert_eq!(lab.boxed.engine.counters().ended_backend_reset, u64::from(lab.backends.refused));
+}
+
+#[test]
 fn a_keepalive_from_the_client_is_answered() {
     // A client's keepalive (no data, one byte below what the box acknowledged, RFC 9293 3.8.4)
     // is answered with an ACK; before, it only refreshed the idle timer, and a client whose

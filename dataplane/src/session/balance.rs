@@ -7,7 +7,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-/// A pool's choice of backend (`balance` in the configuration).
+/// A pool's choice of backend (`balance` in the configuration, where least-load is the
+/// default; the engine's default, for a listener it has no balancing for, is round robin).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Balance {
     /// Each backend in turn.
@@ -36,6 +37,12 @@ pub struct ResponseTime {
 
 /// The time constant of [`ResponseTime`]'s decay.
 pub const DECAY_NS: u64 = 5_000_000_000;
+
+/// The response time a failed connection counts as (refused, or no answer to the SYNs): a
+/// backend that fails fast would otherwise look the lightest of all to [`Balance::LeastLoad`]
+/// and draw the sessions. It fades like any sample, so the backend is tried again seconds
+/// later (health checks take a dead one out of rotation for good).
+pub const CONNECT_FAILURE_NS: u64 = 1_000_000_000;
 
 impl ResponseTime {
     pub fn sample(&mut self, now_ns: u64, sample_ns: u64) {

@@ -20,6 +20,7 @@ use cutls_crypto::{
 };
 use rustls::ServerConnection;
 
+use super::balance;
 use super::acceptance::{self, Arrival, Guard, Position, Refusal, Verdict};
 use super::custody::{Custody, CustodyAction};
 use super::reorder::{Held, Reorder, CLIENT_REORDER_LIMIT};
@@ -1431,6 +1432,7 @@ impl Session {
     }
 
     fn backend_unreachable(&mut self, context: &mut Context<'_>) -> SessionEvent {
+        context.response_times.push((self.backend, balance::CONNECT_FAILURE_NS));
         self.send_to_client(context, TcpFlags::RST | TcpFlags::ACK, self.sent, &[]);
         SessionEvent::Ended(EndReason::BackendUnreachable)
     }
@@ -1456,6 +1458,11 @@ impl Session {
             if !acceptable {
                 context.counters.challenge_acks_held += 1;
                 return None;
+            }
+            if matches!(self.backend_state, Backend::SynSent { .. }) {
+                // Refused: to least-load, as slow as it gets (a backend that fails fast must
+                // not look light).
+                context.response_times.push((self.backend, balance::CONNECT_FAILURE_NS));
             }
             let offset = self.splice.as_ref().map_or(self.sent, |splice| splice.next_offset());
             self.send_to_client(context, TcpFlags::RST | TcpFlags::ACK, offset, &[]);

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use cutls_dataplane::wire::{
-    parse_frame, ArpOperation, EthernetAddress, LinkType, NetworkPayload, TcpFlags, TcpSegment, Transport,
+    parse_frame, ArpOperation, EthernetAddress, LinkType, NetworkPayload, SeqNumber, TcpFlags, TcpSegment, Transport,
 };
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection};
@@ -618,6 +618,10 @@ pub struct BackendHost {
     pending: Vec<Vec<u8>>,
     /// Passthrough: the replayed SYN carries the client's MSS as it is (no records to fit).
     pub plain_syn: bool,
+    /// Servers whose port is closed: a SYN gets RST|ACK, as from Linux.
+    pub refusing: Vec<SocketAddr>,
+    /// SYNs the refusing servers answered so.
+    pub refused: u32,
 }
 
 impl BackendHost {
@@ -635,6 +639,8 @@ impl BackendHost {
             resets_for_unknown: Vec::new(),
             pending: Vec::new(),
             plain_syn: false,
+            refusing: Vec::new(),
+            refused: 0,
         }
     }
 
@@ -754,6 +760,19 @@ impl BackendHost {
             return;
         }
         let is_syn = segment.flags.contains(TcpFlags::SYN) && !segment.flags.contains(TcpFlags::ACK);
+        if is_syn && self.refusing.contains(&server) {
+            let reset = Outgoing {
+                seq: SeqNumber(0),
+                ack: segment.seq_number + 1,
+                flags: TcpFlags::RST | TcpFlags::ACK,
+                window: 0,
+                options: Default::default(),
+                payload: Vec::new(),
+            };
+            self.refused += 1;
+            self.pending.push(tcp_frame(our_mac, source_mac, destination, source, &reset));
+            return;
+        }
         match (is_syn, self.expectations.get(&source)) {
             (true, Some(expectation)) => {
                 let expectation = expectation.clone();
