@@ -58,6 +58,10 @@
 //! [management]
 //! socket = "/run/cutls/cutls.sock"  # cutlsctl's; "" for none
 //! metrics = "127.0.0.1:9464"        # optional Prometheus listener
+//!
+//! [log]
+//! level = "info"               # off | error | warn | info | debug | trace
+//! format = "text"              # text | json (one object per line)
 //! ```
 //!
 //! Health checks (`[pool.health]`) run from the box's inside port with their own address,
@@ -66,8 +70,8 @@
 //! new sessions until it passes `rise` in a row; its sessions go on.
 //!
 //! A reload (`cutlsctl reload`, SIGHUP) takes everything but `outside`, `inside`, `io`, `mode`,
-//! `snat_address`, `rx_checksum`, `cores`, `handshake_threads`, `congestion_control` and
-//! `[management]`, which need a restart ([`Config::check_reloadable`]).
+//! `snat_address`, `rx_checksum`, `cores`, `handshake_threads`, `congestion_control`,
+//! `[management]` and `log.format`, which need a restart ([`Config::check_reloadable`]).
 //!
 //! `passthrough_pool` names a pool with `passthrough = true`: connections whose first bytes are
 //! not a TLS ClientHello, and ClientHellos whose SNI matches none of the listener's certificate
@@ -99,6 +103,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use crate::logging::{LogFormat, LogLevel};
 pub use cutls_dataplane::health::{HealthCheck, HttpCheck};
 pub use cutls_dataplane::session::{BackendOptions, Balance};
 use toml::Spanned;
@@ -199,6 +204,8 @@ pub struct Config {
     /// An established session idle this long is reset (`box.idle_timeout`, seconds).
     pub idle_timeout: std::time::Duration,
     pub management: Management,
+    /// `[log]`: the level (reloadable) and format of the process's log.
+    pub log: LogSettings,
     /// The health checks' own addresses on the server VLAN (`box.health_source`; in SNAT mode
     /// the SNAT address when not set), at most one per family; empty if no pool is checked.
     pub health_sources: Vec<IpAddr>,
@@ -212,6 +219,14 @@ pub struct Management {
     pub socket: Option<PathBuf>,
     /// Where Prometheus scrapes the metrics over HTTP (`metrics = "ADDR:PORT"`), if anywhere.
     pub metrics: Option<SocketAddr>,
+}
+
+/// `[log]`: `level` (off, error, warn, info (the default), debug, trace) and `format` (`text`,
+/// the default, or `json`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogSettings {
+    pub level: LogLevel,
+    pub format: LogFormat,
 }
 
 /// Where `cutlsctl` finds the box when neither says otherwise.
@@ -272,6 +287,17 @@ struct RawConfig {
     pools: Vec<Spanned<RawPool>>,
     #[serde(default)]
     management: Option<RawManagement>,
+    #[serde(default)]
+    log: Option<RawLog>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[serde(default)]
+    level: Option<Spanned<String>>,
+    #[serde(default)]
+    format: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -472,6 +498,7 @@ impl Config {
             ("box", "congestion_control", self.congestion != running.congestion),
             ("management", "socket", self.management.socket != running.management.socket),
             ("management", "metrics", self.management.metrics != running.management.metrics),
+            ("log", "format", self.log.format != running.log.format),
         ];
         match changes.into_iter().find(|(_, _, changed)| *changed) {
             None => Ok(()),
@@ -587,6 +614,19 @@ impl Config {
                 Management { socket, metrics }
             }
         };
+        let mut log = LogSettings::default();
+        if let Some(raw_log) = &raw.log {
+            if let Some(level) = &raw_log.level {
+                log.level = level.get_ref().parse().map_err(|error: String| places.error(Some(level.span()), "log.level", error))?;
+            }
+            if let Some(format) = &raw_log.format {
+                log.format = match format.get_ref().as_str() {
+                    "text" => LogFormat::Text,
+                    "json" => LogFormat::Json,
+                    other => return Err(places.error(Some(format.span()), "log.format", format!("{other:?}: text or json"))),
+                };
+            }
+        }
         let count = |value: &Option<Spanned<i64>>, field: &str, default: usize, low: usize| -> Result<usize, ConfigError> {
             match value.as_ref() {
                 None => Ok(default),
@@ -807,6 +847,7 @@ impl Config {
             pools,
             idle_timeout,
             management,
+            log,
             health_sources,
         })
     }
@@ -976,6 +1017,11 @@ backends = ["198.18.2.10:80", "[2001:db8::10]:80"]
         assert_eq!(config.management.socket.as_deref(), Some(Path::new("/etc/cutls/run/cutls.sock")));
         assert_eq!(config.management.metrics, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(config.idle_timeout, std::time::Duration::from_secs(60));
+        let logged = parse(&(GOOD.to_string() + "\n[log]\nlevel = \"debug\"\nformat = \"json\"\n")).unwrap();
+        assert_eq!(logged.log, LogSettings { level: LogLevel::Debug, format: LogFormat::Json });
+        assert_eq!(parse(GOOD).unwrap().log, LogSettings { level: LogLevel::Info, format: LogFormat::Text });
+        let error = error_of(&(GOOD.to_string() + "\n[log]\nlevel = \"loud\"\n"));
+        assert_eq!((error.line, error.field.as_deref()), (Some(22), Some("log.level")), "{error}");
         let off = parse(&(GOOD.to_string() + "\n[management]\nsocket = \"\"\n")).unwrap();
         assert_eq!(off.management.socket, None);
 

@@ -20,6 +20,7 @@ use cutls_dataplane::session::events::Opened;
 use cutls_dataplane::steer::Steering;
 use cutls_dataplane::session::{BackendAdmin, EngineReload, BackendOptions, Balance, Counters, Event, Progress, TlsFacts};
 
+use crate::logging::{LogHandle, LogLevel, ANOMALY_EVERY};
 use crate::management::{BackendAction, BackendRow, LoopRow, Pending, Reply, Request, SessionRow, Stats};
 
 /// How often a loop reports (and so how stale `show sessions` may be).
@@ -76,6 +77,28 @@ pub const LOOP_RESTARTED: &str = "loop_restarted";
 /// Set in the box's environment, the management socket takes `debug-panic-loop` (tests).
 pub const TEST_HOOKS_VARIABLE: &str = "CUTLS_TEST_HOOKS";
 
+/// Engine counters whose growth is logged as an anomaly (besides every `alerts_*`): trouble on
+/// a link, a peer or the box itself, not normal churn.
+const ANOMALY_COUNTERS: &[&str] = &[
+    "ended_tag_failure",
+    "bad_checksum_drops_outside",
+    "bad_checksum_drops_inside",
+    "malformed_frames_dropped",
+    "fragments_dropped",
+    "orphan_backend_drops",
+    "acks_out_of_range",
+    "challenge_acks_held",
+    "ended_backend_unreachable",
+    "ended_client_unresponsive",
+    "ended_backend_silent",
+    "sessions_refused_full",
+    "backends_out_of_rotation_refusals",
+    "backends_full_refusals",
+];
+/// The same, of the loops' own counters.
+const ANOMALY_LOOP_COUNTERS: &[&str] =
+    &["handoff_drops", "transmit_drops", "control_events_lost", "outside_receive_drops", "inside_receive_drops"];
+
 /// What the control thread asks a loop to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LoopCommand {
@@ -96,6 +119,8 @@ pub struct Reload {
     pub engine: EngineReload,
     pub steering: Steering,
     pub topology: Topology,
+    /// The file's `[log] level` (`None`: leave the log as it is).
+    pub log_level: Option<LogLevel>,
     /// What the operator is told (the file, what it holds).
     pub summary: String,
 }
@@ -191,6 +216,11 @@ pub struct ControlPlane {
     /// How to reload, and the flag SIGHUP raises.
     reloader: Option<Reloader>,
     reload_signal: Option<Arc<AtomicBool>>,
+    /// The process's log, to change its level.
+    log: Option<LogHandle>,
+    /// The totals of the anomaly counters at the last anomaly check, and when it was.
+    anomalies_seen: BTreeMap<String, u64>,
+    anomalies_checked: Option<Instant>,
     pending_kills: Vec<(u64, Sender<Reply>, Instant)>,
     /// Handshake times: count per bucket of [`HANDSHAKE_BUCKETS`] (and one past it), sum.
     handshake_buckets: [u64; HANDSHAKE_BUCKETS.len() + 1],
@@ -226,6 +256,9 @@ impl ControlPlane {
             health_loop: None,
             reloader: None,
             reload_signal: None,
+            log: None,
+            anomalies_seen: BTreeMap::new(),
+            anomalies_checked: None,
             pending_kills: Vec::new(),
             handshake_buckets: [0; HANDSHAKE_BUCKETS.len() + 1],
             handshake_seconds: 0.0,
@@ -236,6 +269,11 @@ impl ControlPlane {
     /// The box can reload (`cutlsctl reload`, and SIGHUP when it raises `signal`).
     pub fn with_reloader(self, reloader: Reloader, signal: Arc<AtomicBool>) -> ControlPlane {
         ControlPlane { reloader: Some(reloader), reload_signal: Some(signal), ..self }
+    }
+
+    /// The level of `log` is the operator's (`cutlsctl log level`, reload).
+    pub fn with_log(self, log: LogHandle) -> ControlPlane {
+        ControlPlane { log: Some(log), ..self }
     }
 
     /// Runs until `stop`: reports and requests as they come, timeouts every 100 ms.
@@ -254,10 +292,11 @@ impl ControlPlane {
                 default(Duration::from_millis(100)) => {},
             }
             self.expire_kills(Instant::now());
+            self.log_anomalies(Instant::now());
             if self.reload_signal.as_ref().is_some_and(|signal| signal.swap(false, Ordering::SeqCst)) {
                 match self.reload() {
                     Ok(_) => {}
-                    Err(error) => eprintln!("cutls: SIGHUP: reload refused, the running configuration stays: {error}"),
+                    Err(error) => tracing::warn!(target: "cutls", "SIGHUP: reload refused, the running configuration stays: {error}"),
                 }
             }
         }
@@ -303,7 +342,7 @@ impl ControlPlane {
                 let was_up = self.health.get(&health.backend).is_none_or(|previous| previous.up);
                 if was_up != health.up {
                     let state = if health.up { "up" } else { "down" };
-                    eprintln!("cutls: backend {} is {state}: last check {}", health.backend, health.last);
+                    tracing::warn!(target: "cutls", "backend {} is {state}: last check {}", health.backend, health.last);
                 }
                 self.health.insert(health.backend, health);
             }
@@ -378,6 +417,21 @@ impl ControlPlane {
     fn retire(&mut self, mut record: Record, reason: &'static str, at_ns: u64) {
         let id = record.opened.id;
         record.end = Some((reason, at_ns));
+        let (to_backend, to_client) = record.progress.map_or((0, 0), |p| (p.to_backend_bytes, p.to_client_bytes));
+        tracing::info!(
+            target: "cutls::session",
+            id,
+            reason,
+            client = %record.opened.client,
+            vip = %record.opened.vip,
+            backend = %record.opened.backend,
+            sni = record.tls.as_ref().and_then(|tls| tls.server_name.as_deref()).unwrap_or("-"),
+            version = record.tls.as_ref().map_or("-", |tls| tls.version),
+            duration_ms = at_ns.saturating_sub(record.opened.at_ns) / 1_000_000,
+            to_backend,
+            to_client,
+            "session ended"
+        );
         let totals = self.backends.entry(record.opened.backend).or_default();
         if let Some(progress) = record.progress {
             totals.to_backend_bytes += progress.to_backend_bytes;
@@ -436,9 +490,13 @@ impl ControlPlane {
                 }
             },
             Request::ShowMetrics {} => Reply::Metrics { text: self.metrics(now) },
+            Request::LogLevel { level } => self.log_level(level.as_deref()),
             Request::Reload {} => match self.reload() {
                 Ok(message) => Reply::Done { message },
-                Err(error) => Reply::Error { error: format!("reload refused, the running configuration stays: {error}") },
+                Err(error) => {
+                    tracing::warn!(target: "cutls", "reload refused, the running configuration stays: {error}");
+                    Reply::Error { error: format!("reload refused, the running configuration stays: {error}") }
+                }
             },
             Request::DebugPanicLoop { loop_index } => {
                 if std::env::var_os(TEST_HOOKS_VARIABLE).is_none() {
@@ -463,6 +521,47 @@ impl ControlPlane {
         });
     }
 
+    /// `cutlsctl log level [L]`: sets the level, or says it.
+    fn log_level(&mut self, level: Option<&str>) -> Reply {
+        let Some(log) = &self.log else { return Reply::Error { error: "this box logs through no handle it can change".into() } };
+        let Some(level) = level else { return Reply::Done { message: format!("log level {}", log.level()) } };
+        match level.parse::<LogLevel>().and_then(|level| log.set_level(level).map(|()| level)) {
+            Ok(level) => {
+                tracing::info!(target: "cutls", "log level {level}");
+                Reply::Done { message: format!("log level {level}") }
+            }
+            Err(error) => Reply::Error { error },
+        }
+    }
+
+    /// At most every [`ANOMALY_EVERY`], one warning naming the counters of trouble that grew
+    /// since the last, summed over the loops (the line a flood or a broken link leaves in the
+    /// log, however many frames it drops).
+    fn log_anomalies(&mut self, now: Instant) {
+        if self.anomalies_checked.is_some_and(|at| now.duration_since(at) < ANOMALY_EVERY) {
+            return;
+        }
+        self.anomalies_checked = Some(now);
+        let current: BTreeMap<String, u64> = self
+            .totals()
+            .into_iter()
+            .filter(|(name, _)| {
+                ANOMALY_COUNTERS.contains(&name.as_str()) || ANOMALY_LOOP_COUNTERS.contains(&name.as_str()) || name.starts_with("alerts_")
+            })
+            .collect();
+        let grew: Vec<String> = current
+            .iter()
+            .filter_map(|(name, value)| {
+                let before = self.anomalies_seen.get(name).copied().unwrap_or(0);
+                (*value > before).then(|| format!("{name} +{}", value - before))
+            })
+            .collect();
+        self.anomalies_seen = current;
+        if !grew.is_empty() {
+            tracing::warn!(target: "cutls::anomaly", "in the last {} s: {}", ANOMALY_EVERY.as_secs(), grew.join(", "));
+        }
+    }
+
     /// Reads the file again and gives every loop the result.
     fn reload(&mut self) -> Result<String, String> {
         let Some(reloader) = self.reloader.as_mut() else { return Err("this box has no configuration file to read again".into()) };
@@ -478,7 +577,12 @@ impl ControlPlane {
             // Reloading again is harmless: the loops that took it take the same again.
             return Err(format!("loops {refused:?} did not take it (their command channel is full): reload again"));
         }
-        eprintln!("cutls: reloaded: {}", reload.summary);
+        if let (Some(log), Some(level)) = (&self.log, reload.log_level) {
+            if let Err(error) = log.set_level(level) {
+                tracing::warn!(target: "cutls", "log level {level}: {error}");
+            }
+        }
+        tracing::info!(target: "cutls", "reloaded: {}", reload.summary);
         Ok(reload.summary.clone())
     }
 
@@ -974,7 +1078,8 @@ mod tests {
             max_sessions: 1,
             max_sessions_per_client: 0,
         };
-        let reload = Arc::new(Reload { engine, steering: Steering::new(3, [], [], None), topology, summary: "cutls.toml: 2 listener(s)".into() });
+        let reload =
+            Arc::new(Reload { engine, steering: Steering::new(3, [], [], None), topology, log_level: None, summary: "cutls.toml: 2 listener(s)".into() });
         answers.lock().unwrap().insert(0, Ok(Arc::clone(&reload)));
         let next = Arc::clone(&answers);
         let reloader: Reloader = Box::new(move || next.lock().unwrap().pop().unwrap());

@@ -1,8 +1,9 @@
 //! cutls-control: configuration, certificates and TLS settings, the control thread with its
 //! session database ([`control_plane`]), and the management protocol, socket and metrics
-//! listener ([`management`]). To come: load balancing by load, health checks, reload.
+//! listener ([`management`]), and the process's log ([`logging`]).
 
 pub mod config;
 pub mod control_plane;
+pub mod logging;
 pub mod management;
 pub mod tls;

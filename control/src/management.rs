@@ -47,6 +47,11 @@ pub enum Request {
     ShowMetrics {},
     /// Read the configuration file again (as SIGHUP does).
     Reload {},
+    /// Set the log's level, or (without one) say it.
+    LogLevel {
+        #[serde(default)]
+        level: Option<String>,
+    },
     /// Test hook: makes a poll loop panic (refused unless the box runs with
     /// `CUTLS_TEST_HOOKS` set).
     DebugPanicLoop {

@@ -536,7 +536,7 @@ impl Cutls {
         }
     }
 
-    fn stderr_text(&self) -> String {
+    pub fn stderr_text(&self) -> String {
         self.stderr
             .lock()
             .map(|text| text.clone())

@@ -1483,6 +1483,11 @@ impl TlsLab {
         self.cutls.lock().ok()?.as_ref()?.pid()
     }
 
+    /// What the running cutls has logged so far (its stderr).
+    pub fn cutls_log(&self) -> String {
+        self.cutls.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).as_ref().map_or_else(String::new, |cutls| cutls.stderr_text())
+    }
+
     /// Sends the running cutls `signal` (SIGHUP: reload its configuration).
     pub fn signal_cutls(&self, signal: libc::c_int) {
         if let Some(cutls) = self.cutls.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).as_ref() {

@@ -545,6 +545,26 @@ fn reload(setup: Setup) {
     }
     let stats = ctl.json(&["show", "stats"]);
     assert_eq!(u64_of(&stats["counters"], "ended_tag_failure"), 0, "{stats}");
+    // The log: the reloads, the refusals, one line per session end (the downloads', exact;
+    // an end reaches the log with its loop's next report).
+    let to_client = |line: &str| -> u64 {
+        line.split(" to_client=").nth(1).and_then(|rest| rest.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or(0)
+    };
+    let download_ends = |log: &str| -> Vec<String> {
+        log.lines().filter(|line| line.contains("cutls::session: session ended") && to_client(line) >= 6 << 20).map(String::from).collect()
+    };
+    wait_for("a session-end line per download", Duration::from_secs(5), || download_ends(&t.cutls_log()).len() >= DOWNLOADS);
+    let log = t.cutls_log();
+    assert!(log.contains("INFO cutls: reloaded: ") && log.contains("(1 new, 1 removed)"), "{log}");
+    assert!(log.contains("WARN cutls: reload refused, the running configuration stays"), "{log}");
+    let ends = download_ends(&log);
+    assert!(ends.iter().all(|line| line.contains(" reason=") && line.contains(&format!("vip={removed}"))), "{ends:?}");
+    // The level at run time, and back to the file's at the next reload.
+    assert_eq!(ctl.json(&["log", "level", "warn"])["message"], "log level warn");
+    assert_eq!(ctl.json(&["log", "level"])["message"], "log level warn");
+    assert_eq!(ctl.run(&["log", "level", "loud"]).status.code(), Some(1));
+    assert_eq!(ctl.json(&["reload"])["reply"], "done");
+    assert_eq!(ctl.json(&["log", "level"])["message"], "log level info");
     t.finish();
 }
 

@@ -42,6 +42,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use cutls_control::config::{AddressMode, Config, HealthCheck, HoldBack, IoKind};
 use cutls_dataplane::health::HealthSetup;
 use cutls_control::control_plane::{ControlPlane, LoopCommand, LoopHandle, LoopReport, Reload, Reloader, Topology, REPORT_EVERY};
+use cutls_control::logging::LogHandle;
 use cutls_control::management::{self, Pending};
 use cutls_control::tls::{server_config, SecretLog};
 use cutls_crypto::ReleaseMode;
@@ -83,6 +84,8 @@ pub fn main(config_path: PathBuf) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // From here on the box logs through `tracing` (cutls_control::logging).
+    let log = LogHandle::install(config.log.level, config.log.format);
     let stop = Arc::new(AtomicBool::new(false));
     let reload = Arc::new(AtomicBool::new(false));
     let flags = [(signal_hook::consts::SIGINT, &stop), (signal_hook::consts::SIGTERM, &stop), (signal_hook::consts::SIGHUP, &reload)];
@@ -92,10 +95,10 @@ pub fn main(config_path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    match serve(&config_path, &config, &stop, reload) {
+    match serve(&config_path, &config, &stop, reload, log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("cutls run: {error}");
+            tracing::error!(target: "cutls", "{error}");
             ExitCode::FAILURE
         }
     }
@@ -129,7 +132,7 @@ pub fn check_config(path: &std::path::Path) -> ExitCode {
 
 /// Builds the engines from the configuration read from `path` and runs their loops until
 /// `stop`; `reload` raised (SIGHUP) reads the file again.
-pub fn serve(path: &Path, config: &Config, stop: &AtomicBool, reload: Arc<AtomicBool>) -> io::Result<()> {
+pub fn serve(path: &Path, config: &Config, stop: &AtomicBool, reload: Arc<AtomicBool>, log: Option<LogHandle>) -> io::Result<()> {
     let snat_address = match config.mode {
         AddressMode::Transparent => None,
         AddressMode::Snat(address) => Some(address),
@@ -179,7 +182,7 @@ pub fn serve(path: &Path, config: &Config, stop: &AtomicBool, reload: Arc<Atomic
         }
         (engine, current.steering.clone())
     };
-    let control = (first.topology.clone(), reloader, reload);
+    let control = (first.topology.clone(), reloader, reload, log);
     match config.io {
         IoKind::Xdp | IoKind::XdpGeneric => {
             let preference =
@@ -337,7 +340,7 @@ impl Slots {
             max_sessions: config.max_sessions.div_ceil(loops),
             max_sessions_per_client: config.max_sessions_per_client.div_ceil(loops),
         };
-        Reload { engine, steering, topology, summary }
+        Reload { engine, steering, topology, log_level: Some(config.log.level), summary }
     }
 }
 
@@ -486,7 +489,7 @@ struct ControlLink {
 fn run_loops<P: FrameIo>(
     make_engine: &(dyn Fn(usize) -> (Engine, Steering) + Sync),
     ports: Vec<(P, P)>,
-    (topology, reloader, reload_signal): (Topology, Reloader, Arc<AtomicBool>),
+    (topology, reloader, reload_signal, log): (Topology, Reloader, Arc<AtomicBool>, Option<LogHandle>),
     doorbells: Vec<Arc<Doorbell>>,
     cores: &[CoreId],
     config: &Config,
@@ -513,14 +516,17 @@ fn run_loops<P: FrameIo>(
         control_links.push(ControlLink { reports: report_sender.clone(), commands: command_receiver });
     }
     drop(report_sender);
-    let control = ControlPlane::new(started, topology, handles).with_reloader(reloader, reload_signal);
+    let mut control = ControlPlane::new(started, topology, handles).with_reloader(reloader, reload_signal);
+    if let Some(log) = log {
+        control = control.with_log(log);
+    }
     if let Some(path) = &config.management.socket {
         management::serve_socket(path, request_sender.clone())?;
-        eprintln!("cutls: management socket {}", path.display());
+        tracing::info!(target: "cutls", "management socket {}", path.display());
     }
     if let Some(address) = config.management.metrics {
         management::serve_metrics(address, request_sender.clone())?;
-        eprintln!("cutls: metrics on http://{address}/metrics");
+        tracing::info!(target: "cutls", "metrics on http://{address}/metrics");
     }
     drop(request_sender);
     let control_stop = AtomicBool::new(false);
@@ -528,7 +534,7 @@ fn run_loops<P: FrameIo>(
     // Loop i on the next core, round robin; none when the cores cannot be listed.
     let core_of = |index: usize| cores.get(index % cores.len().max(1)).copied();
     let pinned: Vec<Option<usize>> = (0..loops).map(|index| core_of(index).map(|core| core.id)).collect();
-    eprintln!("cutls: {loops} poll loop(s) on cores {pinned:?}");
+    tracing::info!(target: "cutls", "{loops} poll loop(s) on cores {pinned:?}");
     let results: Vec<io::Result<(Engine, LoopCounts)>> = std::thread::scope(|scope| {
         let control_stop = &control_stop;
         let control_thread = std::thread::Builder::new()
@@ -547,7 +553,7 @@ fn run_loops<P: FrameIo>(
                     .spawn_scoped(scope, move || {
                         if let Some(core) = core {
                             if !pin_current_thread(core) {
-                                eprintln!("cutls: loop {index}: cannot pin to core {}", core.id);
+                                tracing::warn!(target: "cutls", "loop {index}: cannot pin to core {}", core.id);
                             }
                         }
                         let mut restarts: Vec<Instant> = Vec::new();
@@ -575,7 +581,7 @@ fn run_loops<P: FrameIo>(
                                             restarts.len()
                                         )));
                                     }
-                                    eprintln!("cutls: loop {index} panicked; started again with no sessions (its sessions are lost)");
+                                    tracing::error!(target: "cutls", "loop {index} panicked; started again with no sessions (its sessions are lost)");
                                     let _ = peers.control.reports.try_send(LoopReport::restarted(index));
                                 }
                             }
@@ -601,10 +607,10 @@ fn run_loops<P: FrameIo>(
         match control_thread {
             Ok(thread) => {
                 if thread.join().is_err() {
-                    eprintln!("cutls: the control thread panicked");
+                    tracing::error!(target: "cutls", "the control thread panicked");
                 }
             }
-            Err(error) => eprintln!("cutls: no control thread: {error}"),
+            Err(error) => tracing::error!(target: "cutls", "no control thread: {error}"),
         }
         results
     });
@@ -623,7 +629,7 @@ fn run_loops<P: FrameIo>(
                 per_loop.push((index, engine.counters().sessions_started, counts));
             }
             Err(error) => {
-                eprintln!("cutls: loop {index}: {error}");
+                tracing::error!(target: "cutls", "loop {index}: {error}");
                 first_error.get_or_insert(error);
             }
         }
@@ -691,7 +697,7 @@ fn poll_loop<P: FrameIo>(
     let me = peers.index;
     let several = steering.loops() > 1;
     if me == 0 {
-        eprintln!("cutls: ready");
+        tracing::info!(target: "cutls", "ready");
     }
     let mut last_poll = 0u64;
     let mut last_trim = 0u64;

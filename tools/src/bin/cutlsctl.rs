@@ -38,6 +38,9 @@ enum Command {
     /// Act on one session.
     #[command(subcommand)]
     Session(SessionCommand),
+    /// The box's log.
+    #[command(subcommand)]
+    Log(LogCommand),
     /// Read the configuration file again: new listeners, certificates, pools and limits for
     /// new connections; established sessions go on. A bad file is refused (exit 1, with its
     /// file:line: field: error) and the running configuration stays. SIGHUP does the same.
@@ -87,6 +90,13 @@ enum DebugCommand {
 }
 
 #[derive(Subcommand)]
+enum LogCommand {
+    /// Set the level (off, error, warn, info, debug, trace) until the next reload or restart;
+    /// without one, say it.
+    Level { level: Option<String> },
+}
+
+#[derive(Subcommand)]
 enum SessionCommand {
     /// Reset both sides of a session.
     Kill { id: u64 },
@@ -120,6 +130,7 @@ fn main() -> ExitCode {
         }
         Command::Session(SessionCommand::Kill { id }) => Request::SessionKill { id },
         Command::Reload => Request::Reload {},
+        Command::Log(LogCommand::Level { level }) => Request::LogLevel { level },
         Command::Debug(DebugCommand::PanicLoop { index }) => Request::DebugPanicLoop { loop_index: index },
         Command::Top { interval, count } => return top(&cli.socket, Duration::from_secs_f64(interval.max(0.1)), count),
     };
