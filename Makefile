@@ -11,14 +11,26 @@ IMPAIR_SIDE ?= server
 # Property-test cases per suite; CI runs at least 10,000.
 PROPTEST_CASES ?= 10000
 # Commands the lab tests run, each with the Debian package that provides it.
-LAB_DEPS = ip:iproute2 ethtool:ethtool nginx:nginx curl:curl openssl:openssl ping:iputils-ping h2load:nghttp2-client python3:python3 hping3:hping3 sslscan:sslscan testssl:testssl.sh
+LAB_DEPS = ip:iproute2 ethtool:ethtool nginx:nginx curl:curl openssl:openssl ping:iputils-ping h2load:nghttp2-client python3:python3 hping3:hping3 sslscan:sslscan testssl:testssl.sh systemd-analyze:systemd
 
-.PHONY: all build test test-deps unit fuzz fuzz-slice bench-crypto bench-decrypt bench-handshake bench-dataplane bench-idle bench-cpu bench-loss demo demo-decrypt clean lab-up lab-down bench-bridge
+.PHONY: install all build test test-deps unit fuzz fuzz-slice bench-crypto bench-decrypt bench-handshake bench-dataplane bench-idle bench-cpu bench-loss demo demo-decrypt clean lab-up lab-down bench-bridge
 
 all: build
 
 build:
 	$(CARGO) build --workspace --release
+
+# Installs the binaries, the systemd unit and the operators' docs (docs/operations.md):
+# make install [PREFIX=/usr/local] [DESTDIR=]. The configuration stays the operator's:
+# /etc/cutls/cutls.toml is never overwritten.
+PREFIX ?= /usr/local
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)/etc/systemd/system $(DESTDIR)$(PREFIX)/share/doc/cutls $(DESTDIR)/etc/cutls
+	install -m 0755 target/release/cutls target/release/cutlsctl $(DESTDIR)$(PREFIX)/bin/
+	sed -e 's|@BINDIR@|$(PREFIX)/bin|g' -e 's|@DOCDIR@|$(PREFIX)/share/doc/cutls|g' tools/systemd/cutls.service \
+	  > $(DESTDIR)/etc/systemd/system/cutls.service
+	install -m 0644 docs/*.md $(DESTDIR)$(PREFIX)/share/doc/cutls/
+	@echo "installed; write /etc/cutls/cutls.toml (docs/operations.md), then: systemctl daemon-reload && systemctl enable --now cutls"
 
 # Installs what the tests need, then runs all of them.
 test: test-deps unit fuzz-slice

@@ -221,6 +221,10 @@ pub struct ControlPlane {
     /// The totals of the anomaly counters at the last anomaly check, and when it was.
     anomalies_seen: BTreeMap<String, u64>,
     anomalies_checked: Option<Instant>,
+    /// The service manager was told the box is ready ([`crate::service`]); how often it wants
+    /// a watchdog ping, and the last one.
+    ready_told: bool,
+    watchdog: Option<(Duration, Option<Instant>)>,
     pending_kills: Vec<(u64, Sender<Reply>, Instant)>,
     /// Handshake times: count per bucket of [`HANDSHAKE_BUCKETS`] (and one past it), sum.
     handshake_buckets: [u64; HANDSHAKE_BUCKETS.len() + 1],
@@ -259,6 +263,8 @@ impl ControlPlane {
             log: None,
             anomalies_seen: BTreeMap::new(),
             anomalies_checked: None,
+            ready_told: false,
+            watchdog: crate::service::watchdog_interval().map(|interval| (interval, None)),
             pending_kills: Vec::new(),
             handshake_buckets: [0; HANDSHAKE_BUCKETS.len() + 1],
             handshake_seconds: 0.0,
@@ -293,6 +299,7 @@ impl ControlPlane {
             }
             self.expire_kills(Instant::now());
             self.log_anomalies(Instant::now());
+            self.tell_service_manager(Instant::now());
             if self.reload_signal.as_ref().is_some_and(|signal| signal.swap(false, Ordering::SeqCst)) {
                 match self.reload() {
                     Ok(_) => {}
@@ -562,8 +569,39 @@ impl ControlPlane {
         }
     }
 
-    /// Reads the file again and gives every loop the result.
+    /// Readiness once every loop has reported (they turn), and the watchdog's pings while none
+    /// has stalled ([`crate::service`]).
+    fn tell_service_manager(&mut self, now: Instant) {
+        if !self.ready_told && self.loops.iter().all(|state| state.last_report.is_some()) {
+            self.ready_told = true;
+            let status = format!("READY=1\nSTATUS=serving on {} poll loop(s)", self.loops.len());
+            if let Err(error) = crate::service::notify(&status) {
+                tracing::warn!(target: "cutls", "cannot tell the service manager the box is ready: {error}");
+            }
+        }
+        if let Some((interval, last)) = &mut self.watchdog {
+            let stalled = self.loops.iter().any(|state| state.last_report.is_none_or(|at| now.saturating_duration_since(at) > STALLED_AFTER));
+            if !stalled && last.is_none_or(|at| now.saturating_duration_since(at) >= *interval / 2) {
+                *last = Some(now);
+                let _ = crate::service::notify("WATCHDOG=1");
+            }
+        }
+    }
+
+    /// Reads the file again and gives every loop the result (the service manager sees the
+    /// box reloading meanwhile).
     fn reload(&mut self) -> Result<String, String> {
+        let _ = crate::service::notify("RELOADING=1");
+        let result = self.reload_now();
+        let status = match &result {
+            Ok(summary) => format!("READY=1\nSTATUS=reloaded {summary}"),
+            Err(error) => format!("READY=1\nSTATUS=reload refused: {error}"),
+        };
+        let _ = crate::service::notify(&status);
+        result
+    }
+
+    fn reload_now(&mut self) -> Result<String, String> {
         let Some(reloader) = self.reloader.as_mut() else { return Err("this box has no configuration file to read again".into()) };
         let reload = reloader()?;
         let refused: Vec<usize> =

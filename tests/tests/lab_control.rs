@@ -458,7 +458,13 @@ fn reload(setup: Setup) {
     const DOWNLOADS: usize = 100;
     const DOWNLOAD_FILE: &str = "/reload-6m";
     const ADDED: u16 = 9600;
+    // A service manager's notification socket (sd_notify(3)), as systemd would pass it.
+    let manager = ServiceManager::bind();
     let t = TlsLab::up(setup);
+    std::env::remove_var("NOTIFY_SOCKET");
+    std::env::remove_var("WATCHDOG_USEC");
+    assert!(manager.expect("READY=1", Duration::from_secs(5)).contains("STATUS=serving on"));
+    assert_eq!(manager.expect("WATCHDOG=1", Duration::from_secs(2)), "WATCHDOG=1");
     let ctl = Ctl { binary: workspace_binary("cutls-tools", "cutlsctl").expect("build cutlsctl"), socket: t.dir.join("cutls.sock") };
     let expected = write_generated(&t.web.root.join(&DOWNLOAD_FILE[1..]), 6 << 20, 1515).expect("write the download");
     write_generated(&t.web.root.join(&FILE[1..]), SIZE, 1516).expect("write the checks' file");
@@ -490,6 +496,8 @@ fn reload(setup: Setup) {
     let answer = ctl.json(&["reload"]);
     assert_eq!(answer["reply"], "done", "{answer}");
     assert!(answer["message"].as_str().is_some_and(|m| m.contains("(1 new, 1 removed)")), "{answer}");
+    manager.expect("RELOADING=1", Duration::from_secs(1));
+    assert!(manager.expect("READY=1", Duration::from_secs(1)).contains("STATUS=reloaded"));
 
     // New handshakes: the new certificate, on the kept listeners and the new one.
     let fetch = |port: u16, cacert: &Path| -> Output {
@@ -566,6 +574,88 @@ fn reload(setup: Setup) {
     assert_eq!(ctl.json(&["reload"])["reply"], "done");
     assert_eq!(ctl.json(&["log", "level"])["message"], "log level info");
     t.finish();
+    manager.expect("STOPPING=1", Duration::from_secs(1));
+}
+
+/// The receiving end of sd_notify(3), as systemd is: a datagram socket read at once (by a
+/// thread, into `messages`), whose path goes to the box in `NOTIFY_SOCKET` (set here for the
+/// next box this process starts), with a watchdog of 1 s.
+struct ServiceManager {
+    messages: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Messages `expect` has looked at.
+    seen: std::cell::Cell<usize>,
+    path: PathBuf,
+}
+
+impl ServiceManager {
+    fn bind() -> ServiceManager {
+        let path = std::env::temp_dir().join(format!("cutls-notify-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("bind the notify socket");
+        let messages = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = Arc::clone(&messages);
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            // It reads until the test process exits.
+            while let Ok(length) = socket.recv(&mut buffer) {
+                sink.lock().expect("messages").push(String::from_utf8_lossy(&buffer[..length]).to_string());
+            }
+        });
+        std::env::set_var("NOTIFY_SOCKET", &path);
+        std::env::set_var("WATCHDOG_USEC", "1000000");
+        ServiceManager { messages, seen: std::cell::Cell::new(0), path }
+    }
+
+    /// The next message with the line `state` (those before it skipped), within `limit`.
+    fn expect(&self, state: &str, limit: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let messages = self.messages.lock().expect("messages").clone();
+            for (index, message) in messages.iter().enumerate().skip(self.seen.get()) {
+                if message.lines().any(|line| line == state) {
+                    self.seen.set(index + 1);
+                    return message.clone();
+                }
+            }
+            assert!(start.elapsed() < limit, "no {state} within {limit:?}; the box sent {:?}", &messages[self.seen.get()..]);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ServiceManager {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[test]
+fn the_systemd_unit_names_the_commands_the_binary_has() {
+    // The unit `make install` writes, with this build's binaries: systemd-analyze (when the
+    // machine has it) checks its syntax and that its commands exist; the commands it runs are
+    // the binary's (check-config of a good file succeeds, as ExecStartPre needs).
+    let cutls = cutls_binary().expect("build cutls");
+    let unit = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/systemd/cutls.service")).expect("the unit");
+    let bindir = cutls.parent().expect("a folder").display().to_string();
+    let dir = std::env::temp_dir().join(format!("cutls-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a folder");
+    let filled = unit.replace("@BINDIR@", &bindir).replace("@DOCDIR@", "/usr/share/doc/cutls");
+    for line in ["Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "WatchdogSec=10s", "RuntimeDirectory=cutls"] {
+        assert!(filled.lines().any(|l| l == line), "the unit has no {line}");
+    }
+    for command in ["check-config /etc/cutls/cutls.toml", "run --config /etc/cutls/cutls.toml"] {
+        assert!(filled.contains(&format!("{bindir}/cutls {command}")), "the unit does not run `cutls {command}`");
+    }
+    let path = dir.join("cutls.service");
+    std::fs::write(&path, &filled).expect("write the unit");
+    match Command::new("systemd-analyze").arg("verify").arg(&path).output() {
+        Ok(output) => {
+            let text = String::from_utf8_lossy(&output.stderr);
+            assert!(output.status.success() && !text.contains("cutls.service:"), "systemd-analyze verify: {text}");
+        }
+        Err(error) => eprintln!("systemd-analyze not run ({error}): the unit's syntax is not checked"),
+    }
+    std::fs::remove_dir_all(&dir).expect("clean up");
 }
 
 /// The `[[listener]]` block of `vip` in a lab configuration (up to the blank line after it).

@@ -811,6 +811,9 @@ fn poll_loop<P: FrameIo>(
             doorbell.woke();
         }
     }
+    if me == 0 && stop.load(Ordering::Relaxed) {
+        let _ = cutls_control::service::notify("STOPPING=1");
+    }
     Ok((engine, counts))
 }
 
