@@ -18,6 +18,7 @@ use crossbeam_channel::{Receiver, Sender};
 use cutls_dataplane::health::BackendHealth;
 use cutls_dataplane::session::events::Opened;
 use cutls_dataplane::steer::Steering;
+use cutls_dataplane::session::balance::{ResponseHistogram, RESPONSE_BUCKETS_NS};
 use cutls_dataplane::session::{BackendAdmin, EngineReload, BackendOptions, Balance, Counters, Event, Progress, TlsFacts};
 
 use crate::logging::{LogHandle, LogLevel, ANOMALY_EVERY};
@@ -49,6 +50,8 @@ pub struct LoopReport {
     pub progress: Vec<Progress>,
     /// The engine's measured backend response times (ns).
     pub response_times: Vec<(SocketAddr, f64)>,
+    /// Every answer's response time per backend since the engine started, whole.
+    pub response_histograms: Vec<(SocketAddr, ResponseHistogram)>,
     /// The loop panicked and started again with an empty engine: every session it had is gone.
     pub restarted: bool,
     /// What its health checks found (the loop that checks; empty in the others).
@@ -66,6 +69,7 @@ impl LoopReport {
             events: Vec::new(),
             progress: Vec::new(),
             response_times: Vec::new(),
+            response_histograms: Vec::new(),
             restarted: true,
             health: Vec::new(),
         }
@@ -180,8 +184,11 @@ struct LoopState {
     counters: Counters,
     loop_counters: Vec<(&'static str, u64)>,
     response_times: Vec<(SocketAddr, f64)>,
-    /// The counters of the loop's engines before a restart (so that totals never go back).
+    response_histograms: Vec<(SocketAddr, ResponseHistogram)>,
+    /// The counters and histograms of the loop's engines before a restart (so that totals
+    /// never go back).
     retired: Counters,
+    retired_histograms: HashMap<SocketAddr, ResponseHistogram>,
     restarts: u64,
     /// The backends this loop was told are down (so that a refused command is sent again).
     told_down: HashSet<SocketAddr>,
@@ -242,7 +249,9 @@ impl ControlPlane {
                 counters: Counters::default(),
                 loop_counters: Vec::new(),
                 response_times: Vec::new(),
+                response_histograms: Vec::new(),
                 retired: Counters::default(),
+                retired_histograms: HashMap::new(),
                 restarts: 0,
                 told_down: HashSet::new(),
             })
@@ -320,6 +329,9 @@ impl ControlPlane {
             state.sessions = 0;
             state.last_report = Some(now);
             state.response_times.clear();
+            for (backend, histogram) in std::mem::take(&mut state.response_histograms) {
+                state.retired_histograms.entry(backend).or_default().add(&histogram);
+            }
             // Its fresh engine thinks every backend up.
             state.told_down.clear();
             self.end_loop_sessions(report.loop_index, now);
@@ -334,6 +346,7 @@ impl ControlPlane {
         state.counters = report.counters;
         state.loop_counters = report.loop_counters;
         state.response_times = report.response_times;
+        state.response_histograms = report.response_histograms;
         for event in report.events {
             self.counts.events += 1;
             self.take_event(report.loop_index, event);
@@ -883,6 +896,28 @@ impl ControlPlane {
                 let _ = writeln!(text, "cutls_backend_response_seconds{{pool=\"{}\",backend=\"{}\"}} {:.6}", row.pool, row.address, ms / 1e3);
             }
         }
+        // Every answer's response time, per backend over the loops (a backend in two pools is
+        // shown in each).
+        let mut histograms: HashMap<SocketAddr, ResponseHistogram> = HashMap::new();
+        for state in &self.loops {
+            let live = state.response_histograms.iter().map(|(backend, histogram)| (backend, histogram));
+            for (backend, histogram) in live.chain(state.retired_histograms.iter()) {
+                histograms.entry(*backend).or_default().add(histogram);
+            }
+        }
+        let _ = writeln!(text, "# TYPE cutls_backend_response_time_seconds histogram");
+        for row in &backends {
+            let Some(histogram) = row.address.parse::<SocketAddr>().ok().and_then(|address| histograms.get(&address)) else { continue };
+            let labels = format!("pool=\"{}\",backend=\"{}\"", row.pool, row.address);
+            let mut cumulative = 0;
+            for (bound, count) in RESPONSE_BUCKETS_NS.iter().zip(&histogram.buckets) {
+                cumulative += count;
+                let _ = writeln!(text, "cutls_backend_response_time_seconds_bucket{{{labels},le=\"{}\"}} {cumulative}", *bound as f64 / 1e9);
+            }
+            let _ = writeln!(text, "cutls_backend_response_time_seconds_bucket{{{labels},le=\"+Inf\"}} {}", histogram.count());
+            let _ = writeln!(text, "cutls_backend_response_time_seconds_sum{{{labels}}} {:.6}", histogram.sum_ns as f64 / 1e9);
+            let _ = writeln!(text, "cutls_backend_response_time_seconds_count{{{labels}}} {}", histogram.count());
+        }
         let _ = writeln!(text, "# TYPE cutls_handshake_seconds histogram");
         let mut cumulative = 0;
         for (bound, count) in HANDSHAKE_BUCKETS.iter().zip(&self.handshake_buckets) {
@@ -1052,6 +1087,30 @@ mod tests {
         plane.take_report(measured, start);
         let Reply::Backends { backends } = ask(&mut plane, Request::ShowBackends {}, start) else { panic!("not backends") };
         assert_eq!(backends[0].response_ms, Some(12.5));
+        // Response-time histograms: summed over the loops, kept across a loop's restart.
+        let histogram = |samples: &[u64]| {
+            let mut histogram = ResponseHistogram::default();
+            samples.iter().for_each(|&sample| histogram.record(sample));
+            histogram
+        };
+        for (index, samples) in [(0, &[3_000_000u64, 40_000_000][..]), (1, &[3_000_000][..])] {
+            let mut measured = report(index, vec![], vec![]);
+            measured.response_histograms = vec![(address("10.0.0.2:8080"), histogram(samples))];
+            plane.take_report(measured, start);
+        }
+        plane.take_report(LoopReport::restarted(1), start);
+        let Reply::Metrics { text } = ask(&mut plane, Request::ShowMetrics {}, start) else { panic!("not metrics") };
+        let labels = "pool=\"web\",backend=\"10.0.0.2:8080\"";
+        for line in [
+            format!("cutls_backend_response_time_seconds_bucket{{{labels},le=\"0.002\"}} 0"),
+            format!("cutls_backend_response_time_seconds_bucket{{{labels},le=\"0.005\"}} 2"),
+            format!("cutls_backend_response_time_seconds_bucket{{{labels},le=\"0.05\"}} 3"),
+            format!("cutls_backend_response_time_seconds_bucket{{{labels},le=\"+Inf\"}} 3"),
+            format!("cutls_backend_response_time_seconds_sum{{{labels}}} 0.046000"),
+            format!("cutls_backend_response_time_seconds_count{{{labels}}} 3"),
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line} in {text}");
+        }
         let wrong_pool = Request::Backend { action: BackendAction::Enable, backend: "api/10.0.0.2:8080".into() };
         assert!(matches!(ask(&mut plane, wrong_pool, start), Reply::Error { .. }));
     }

@@ -806,6 +806,13 @@ fn manage(setup: Setup) {
     let metrics = String::from_utf8_lossy(&ctl.run(&["show", "metrics"]).stdout).to_string();
     assert!(metrics.lines().any(|l| l == format!("cutls_sessions_started_total {started}")), "{metrics}");
     assert!(metrics.contains("cutls_handshake_seconds_count"), "{metrics}");
+    // Every download's first answer is a response time of its backend.
+    let answers: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("cutls_backend_response_time_seconds_count{pool=\"web\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(answers >= 2, "response times counted: {answers}\n{metrics}");
     assert_eq!(stats["loops"].as_array().map(Vec::len), Some(setup.loops), "{stats}");
     // What Prometheus scrapes, over HTTP in the box's namespace.
     let scraped = t.lab.run_in(&t.lab.env.box_ns, "curl", &["-sS", "--fail", &format!("http://{LAB_METRICS}/metrics")]).expect("curl the metrics");

@@ -840,6 +840,7 @@ fn report(
         events: std::mem::take(events),
         progress,
         response_times: engine.backend_response_times(now_ns),
+        response_histograms: engine.backend_response_histograms(),
         restarted: false,
         health: engine.health_status(),
     };

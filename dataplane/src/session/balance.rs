@@ -69,6 +69,60 @@ impl ResponseTime {
     }
 }
 
+/// What a session learnt of its backend's speed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ResponseSample {
+    /// The first byte of an answer came this long after the request's last byte went.
+    Answer(u64),
+    /// The backend refused the connection, or never answered its SYNs.
+    ConnectFailed,
+}
+
+/// The upper bounds of [`ResponseHistogram`]'s buckets: 1 ms to 10 s.
+pub const RESPONSE_BUCKETS_NS: [u64; 13] = [
+    1_000_000,
+    2_000_000,
+    5_000_000,
+    10_000_000,
+    20_000_000,
+    50_000_000,
+    100_000_000,
+    200_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_000_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+
+/// A backend's response times (the samples least-load takes), counted by bucket of
+/// [`RESPONSE_BUCKETS_NS`] and one past the last, with their sum: what the metrics' histogram
+/// is made of.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResponseHistogram {
+    pub buckets: [u64; RESPONSE_BUCKETS_NS.len() + 1],
+    pub sum_ns: u64,
+}
+
+impl ResponseHistogram {
+    pub fn record(&mut self, sample_ns: u64) {
+        let bucket = RESPONSE_BUCKETS_NS.iter().position(|&bound| sample_ns <= bound).unwrap_or(RESPONSE_BUCKETS_NS.len());
+        self.buckets[bucket] += 1;
+        self.sum_ns = self.sum_ns.saturating_add(sample_ns);
+    }
+
+    pub fn add(&mut self, other: &ResponseHistogram) {
+        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+            *mine += theirs;
+        }
+        self.sum_ns = self.sum_ns.saturating_add(other.sum_ns);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+}
+
 /// One backend's share and limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BackendOptions {
@@ -172,6 +226,19 @@ mod tests {
             *sessions.entry(chosen).or_insert(0) += 1;
         }
         backends.map(|b| *sessions.get(&b).unwrap_or(&0))
+    }
+
+    #[test]
+    fn response_histograms_count_by_bucket() {
+        let mut histogram = ResponseHistogram::default();
+        for sample in [500_000, 1_000_000, 1_000_001, 3_000_000_000, 60_000_000_000] {
+            histogram.record(sample);
+        }
+        assert_eq!((histogram.buckets[0], histogram.buckets[1], histogram.buckets[11], histogram.buckets[13]), (2, 1, 1, 1));
+        assert_eq!((histogram.count(), histogram.sum_ns), (5, 63_002_500_001));
+        let mut total = histogram;
+        total.add(&histogram);
+        assert_eq!((total.count(), total.buckets[0]), (10, 4));
     }
 
     #[test]

@@ -767,7 +767,9 @@ pub struct Engine {
     backend_sessions: HashMap<SocketAddr, u32>,
     /// Response times per backend (least-load), and the samples of the current call.
     response_times: HashMap<SocketAddr, balance::ResponseTime>,
-    response_samples: Vec<(SocketAddr, u64)>,
+    response_samples: Vec<(SocketAddr, balance::ResponseSample)>,
+    /// Every answer's response time, per backend, since the engine started.
+    response_histograms: HashMap<SocketAddr, balance::ResponseHistogram>,
     /// Draws for least-load's two random choices (xorshift; seeded from the keys).
     balance_random: u64,
     /// The backends a new session may take, rebuilt for each (its room kept).
@@ -842,6 +844,7 @@ impl Engine {
             backend_sessions: HashMap::new(),
             response_times: HashMap::new(),
             response_samples: Vec::new(),
+            response_histograms: HashMap::new(),
             balance_random,
             backend_scratch: Vec::new(),
         }
@@ -869,6 +872,11 @@ impl Engine {
 
     /// Each backend's measured response time (least-load's peak-EWMA at `now_ns`, ns), for
     /// the backends this engine has had answers from.
+    /// Every answer's response time per backend since the engine started (for the metrics).
+    pub fn backend_response_histograms(&self) -> Vec<(SocketAddr, balance::ResponseHistogram)> {
+        self.response_histograms.iter().map(|(backend, histogram)| (*backend, *histogram)).collect()
+    }
+
     pub fn backend_response_times(&self, now_ns: u64) -> Vec<(SocketAddr, f64)> {
         self.response_times.iter().map(|(backend, time)| (*backend, time.average_at(now_ns))).collect()
     }
@@ -1614,7 +1622,14 @@ impl Engine {
             response_times: &mut self.response_samples,
         };
         let mut event = work(session, &mut context);
-        for (backend, sample_ns) in self.response_samples.drain(..) {
+        for (backend, sample) in self.response_samples.drain(..) {
+            let sample_ns = match sample {
+                balance::ResponseSample::Answer(sample_ns) => {
+                    self.response_histograms.entry(backend).or_default().record(sample_ns);
+                    sample_ns
+                }
+                balance::ResponseSample::ConnectFailed => balance::CONNECT_FAILURE_NS,
+            };
             self.response_times.entry(backend).or_default().sample(now_ns, sample_ns);
         }
         if let Some(SessionEvent::Passthrough) = event {

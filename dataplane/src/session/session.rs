@@ -55,7 +55,7 @@ pub(crate) struct Context<'a> {
     /// What the control plane hears of the session.
     pub events: &'a mut EventQueue,
     /// Backend response times measured in this call: (backend, ns).
-    pub response_times: &'a mut Vec<(SocketAddr, u64)>,
+    pub response_times: &'a mut Vec<(SocketAddr, balance::ResponseSample)>,
 }
 
 pub(crate) enum SessionEvent {
@@ -1432,7 +1432,7 @@ impl Session {
     }
 
     fn backend_unreachable(&mut self, context: &mut Context<'_>) -> SessionEvent {
-        context.response_times.push((self.backend, balance::CONNECT_FAILURE_NS));
+        context.response_times.push((self.backend, balance::ResponseSample::ConnectFailed));
         self.send_to_client(context, TcpFlags::RST | TcpFlags::ACK, self.sent, &[]);
         SessionEvent::Ended(EndReason::BackendUnreachable)
     }
@@ -1462,7 +1462,7 @@ impl Session {
             if matches!(self.backend_state, Backend::SynSent { .. }) {
                 // Refused: to least-load, as slow as it gets (a backend that fails fast must
                 // not look light).
-                context.response_times.push((self.backend, balance::CONNECT_FAILURE_NS));
+                context.response_times.push((self.backend, balance::ResponseSample::ConnectFailed));
             }
             let offset = self.splice.as_ref().map_or(self.sent, |splice| splice.next_offset());
             self.send_to_client(context, TcpFlags::RST | TcpFlags::ACK, offset, &[]);
@@ -2357,7 +2357,8 @@ impl Session {
         }
         if splice.plaintext_frontier > frontier_before && splice.request_forwarded_ns != 0 {
             // The backend's answer began: how long it took, for least-load balancing.
-            context.response_times.push((self.backend, context.now_ns.saturating_sub(splice.request_forwarded_ns)));
+            let sample = balance::ResponseSample::Answer(context.now_ns.saturating_sub(splice.request_forwarded_ns));
+            context.response_times.push((self.backend, sample));
             splice.request_forwarded_ns = 0;
         }
         if let Some(fin) = splice.backend_fin_ahead {
