@@ -49,6 +49,7 @@
 //! http_path = "/health"        # optional: an HTTP/1.0 GET instead of a bare TCP connect
 //! http_host = "www.example.test"
 //! http_status = 200
+//! agent_port = 9999            # optional: the backend's agent (HAProxy's agent check)
 //!
 //! [[pool]]
 //! name = "tls-web"
@@ -409,6 +410,8 @@ struct RawHealth {
     http_host: Option<String>,
     #[serde(default)]
     http_status: Option<i64>,
+    #[serde(default)]
+    agent_port: Option<i64>,
 }
 
 /// A backend: `"ADDRESS:PORT"`, or `{ address = "ADDRESS:PORT", weight = 3, max_sessions = 500 }`.
@@ -870,6 +873,10 @@ fn health_check(places: &Places<'_>, raw: &Spanned<RawHealth>, field: &str) -> R
         None => None,
         Some(port) => Some(ranged(Some(port), "port", 0, 1..=65_535)? as u16),
     };
+    let agent_port = match health.agent_port {
+        None => None,
+        Some(port) => Some(ranged(Some(port), "agent_port", 0, 1..=65_535)? as u16),
+    };
     let http = match &health.http_path {
         None => {
             if health.http_host.is_some() || health.http_status.is_some() {
@@ -898,6 +905,7 @@ fn health_check(places: &Places<'_>, raw: &Spanned<RawHealth>, field: &str) -> R
         fall: fall as u32,
         port,
         http,
+        agent_port,
     })
 }
 
@@ -1103,8 +1111,12 @@ backends = ["198.18.2.10:80", "[2001:db8::10]:80"]
                 fall: 3,
                 port: Some(8080),
                 http: Some(HttpCheck { path: "/healthz".into(), host: None, status: 200 }),
+                agent_port: None,
             })
         );
+        let config = parse(&text(both, "agent_port = 9999")).unwrap();
+        assert_eq!(config.pools[0].health.as_ref().and_then(|check| check.agent_port), Some(9999));
+        assert_eq!(error_of(&text(both, "agent_port = 0")).field.as_deref(), Some("pool[0].health.agent_port"));
         let config = parse(&text(both, "")).unwrap();
         let check = config.pools[0].health.clone().unwrap();
         assert_eq!((check.interval_ns, check.timeout_ns, check.http), (2_000_000_000, 1_000_000_000, None));

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use cutls_dataplane::health::BackendHealth;
+use cutls_dataplane::health::{AgentState, BackendHealth};
 use cutls_dataplane::session::events::Opened;
 use cutls_dataplane::steer::Steering;
 use cutls_dataplane::session::balance::{ResponseHistogram, RESPONSE_BUCKETS_NS};
@@ -110,6 +110,8 @@ pub enum LoopCommand {
     SetBackend(SocketAddr, BackendAdmin),
     /// What the health checks found of a backend, `up` or not (to the loops that do not check).
     SetBackendHealth(SocketAddr, bool),
+    /// What a backend's agent said (to the loops that do not ask it).
+    SetBackendAgent(SocketAddr, AgentState),
     /// A new configuration (`cutlsctl reload`, SIGHUP).
     Reload(Arc<Reload>),
     /// Test hook: panic (see [`TEST_HOOKS_VARIABLE`]).
@@ -192,6 +194,8 @@ struct LoopState {
     restarts: u64,
     /// The backends this loop was told are down (so that a refused command is sent again).
     told_down: HashSet<SocketAddr>,
+    /// What this loop was told of the backends' agents.
+    told_agent: HashMap<SocketAddr, AgentState>,
 }
 
 /// What the control thread counted of itself.
@@ -254,6 +258,7 @@ impl ControlPlane {
                 retired_histograms: HashMap::new(),
                 restarts: 0,
                 told_down: HashSet::new(),
+                told_agent: HashMap::new(),
             })
             .collect();
         ControlPlane {
@@ -334,6 +339,7 @@ impl ControlPlane {
             }
             // Its fresh engine thinks every backend up.
             state.told_down.clear();
+            state.told_agent.clear();
             self.end_loop_sessions(report.loop_index, now);
             // (The checking loop itself starts again with its checks, every backend up.)
             if let Some(checker) = self.health_loop.filter(|&checker| checker != report.loop_index) {
@@ -364,17 +370,26 @@ impl ControlPlane {
                     let state = if health.up { "up" } else { "down" };
                     tracing::warn!(target: "cutls", "backend {} is {state}: last check {}", health.backend, health.last);
                 }
+                let agent_before = self.health.get(&health.backend).and_then(|previous| previous.agent);
+                if let Some(agent) = health.agent.filter(|agent| Some(*agent) != agent_before) {
+                    tracing::info!(target: "cutls", "backend {}: its agent says {agent}", health.backend);
+                }
                 self.health.insert(health.backend, health);
             }
             // The checking loop took its own findings already.
             self.health_loop = Some(report.loop_index);
             self.loops[report.loop_index].told_down = self.down_backends();
+            self.loops[report.loop_index].told_agent = self.agents();
             self.spread_health(report.loop_index);
         }
     }
 
     fn down_backends(&self) -> HashSet<SocketAddr> {
         self.health.values().filter(|health| !health.up).map(|health| health.backend).collect()
+    }
+
+    fn agents(&self) -> HashMap<SocketAddr, AgentState> {
+        self.health.values().filter_map(|health| Some((health.backend, health.agent?))).collect()
     }
 
     /// Tells every loop but `checker` what the health checks found, where its view differs
@@ -392,6 +407,11 @@ impl ControlPlane {
                     } else {
                         told_down.insert(backend);
                     }
+                }
+            }
+            for (backend, agent) in self.agents() {
+                if self.loops[index].told_agent.get(&backend) != Some(&agent) && self.command(index, LoopCommand::SetBackendAgent(backend, agent)) {
+                    self.loops[index].told_agent.insert(backend, agent);
                 }
             }
         }
@@ -798,6 +818,8 @@ impl ControlPlane {
                     }
                     .to_string(),
                     last_check: self.health.get(&address).map(|health| health.last.to_string()),
+                    agent: self.health.get(&address).and_then(|health| health.agent).map(|agent| agent.to_string()),
+                    agent_last: self.health.get(&address).and_then(|health| health.agent_last.clone()),
                     checks: self.health.get(&address).map_or(0, |health| health.checks),
                     check_failures: self.health.get(&address).map_or(0, |health| health.failures),
                     sessions_active: live.len() as u64,
@@ -887,7 +909,17 @@ impl ControlPlane {
         metric(&mut text, "sessions_total", "counter", |row| row.sessions_total);
         metric(&mut text, "to_backend_bytes_total", "counter", |row| row.to_backend_bytes);
         metric(&mut text, "to_client_bytes_total", "counter", |row| row.to_client_bytes);
-        metric(&mut text, "in_rotation", "gauge", |row| u64::from(row.admin == "enabled" && row.health != "down"));
+        let agent_allows = |row: &BackendRow| !matches!(row.agent.as_deref(), Some("drain" | "down" | "0%"));
+        let in_rotation = |row: &BackendRow| u64::from(row.admin == "enabled" && row.health != "down" && agent_allows(row));
+        let _ = writeln!(text, "# TYPE cutls_backend_in_rotation gauge");
+        for row in &backends {
+            let _ = writeln!(text, "cutls_backend_in_rotation{{pool=\"{}\",backend=\"{}\"}} {}", row.pool, row.address, in_rotation(row));
+        }
+        let _ = writeln!(text, "# TYPE cutls_backend_agent_weight_percent gauge");
+        for row in &backends {
+            let Some(percent) = row.agent.as_deref().and_then(|agent| agent.strip_suffix('%')) else { continue };
+            let _ = writeln!(text, "cutls_backend_agent_weight_percent{{pool=\"{}\",backend=\"{}\"}} {percent}", row.pool, row.address);
+        }
         metric(&mut text, "up", "gauge", |row| u64::from(row.health != "down"));
         metric(&mut text, "check_failures_total", "counter", |row| row.check_failures);
         let _ = writeln!(text, "# TYPE cutls_backend_response_seconds gauge");
@@ -1127,6 +1159,8 @@ mod tests {
             changed_ns: 1,
             checks: 5,
             failures: 2,
+            agent: None,
+            agent_last: None,
         };
         let checked = |up, last| LoopReport { health: vec![health(up, last)], ..report(0, vec![], vec![]) };
         plane.take_report(checked(true, CheckOutcome::Passed { latency_ns: 400_000 }), start);
@@ -1152,6 +1186,22 @@ mod tests {
         for receiver in &commands[1..] {
             assert_eq!(receiver.try_recv(), Ok(LoopCommand::SetBackendHealth(backend, true)));
         }
+        // What its agent says goes the same way, once.
+        let drain = AgentState { drain: true, ..AgentState::default() };
+        let agent = || LoopReport {
+            health: vec![BackendHealth { agent: Some(drain), agent_last: Some("drain".into()), ..health(true, CheckOutcome::Passed { latency_ns: 1 }) }],
+            ..report(0, vec![], vec![])
+        };
+        plane.take_report(agent(), start);
+        plane.take_report(agent(), start);
+        for receiver in &commands[1..] {
+            assert_eq!(receiver.try_recv(), Ok(LoopCommand::SetBackendAgent(backend, drain)));
+            assert!(receiver.try_recv().is_err());
+        }
+        let Reply::Backends { backends } = ask(&mut plane, Request::ShowBackends {}, start) else { panic!("not backends") };
+        assert_eq!((backends[0].agent.as_deref(), backends[0].agent_last.as_deref()), (Some("drain"), Some("drain")));
+        let Reply::Metrics { text } = ask(&mut plane, Request::ShowMetrics {}, start) else { panic!("not metrics") };
+        assert!(text.contains("cutls_backend_in_rotation{pool=\"web\",backend=\"10.0.0.2:8080\"} 0"), "{text}");
     }
 
     #[test]
@@ -1189,6 +1239,8 @@ mod tests {
             changed_ns: 1,
             checks: 1,
             failures: 1,
+            agent: None,
+            agent_last: None,
         });
 
         let Reply::Error { error } = ask(&mut plane, Request::Reload {}, start) else { panic!("not refused") };

@@ -162,6 +162,10 @@ pub struct BackendRow {
     pub last_check: Option<String>,
     pub checks: u64,
     pub check_failures: u64,
+    /// What its agent last said (`75%`, `drain`, `down`), if it has one and it answered.
+    pub agent: Option<String>,
+    /// The agent's last answer as it came, or why there was none.
+    pub agent_last: Option<String>,
     pub sessions_active: u64,
     pub sessions_total: u64,
     pub to_backend_bytes: u64,

@@ -45,6 +45,92 @@ pub struct HealthCheck {
     /// Check this port instead of the backend's service port.
     pub port: Option<u16>,
     pub http: Option<HttpCheck>,
+    /// The backend's agent (HAProxy's agent-check protocol) on this port, asked every interval
+    /// beside the check ([`AgentState`]).
+    pub agent_port: Option<u16>,
+}
+
+/// What a backend's agent last said of itself (HAProxy's agent check: a line of words such as
+/// `75%`, `drain`, `ready`, `down`, `up`, `maint`). It holds until the agent says otherwise; an
+/// agent that cannot be reached changes nothing (its backend's health is the check's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AgentState {
+    /// Of the backend's configured weight (`N%`).
+    pub weight_percent: u32,
+    /// `drain` (and `maint`): no new sessions, until `ready`.
+    pub drain: bool,
+    /// `down` (`fail`, `stopped`): no new sessions, until `up`.
+    pub down: bool,
+}
+
+impl Default for AgentState {
+    fn default() -> AgentState {
+        AgentState { weight_percent: 100, drain: false, down: false }
+    }
+}
+
+impl AgentState {
+    /// The state after the agent's `line` (words separated by spaces, commas or tabs; text after
+    /// `#` is a comment); `None` if it holds no word the box knows.
+    pub fn after(self, line: &str) -> Option<AgentState> {
+        let mut next = self;
+        let mut understood = false;
+        let line = line.split('#').next().unwrap_or("");
+        for word in line.split([' ', ',', '\t']).map(str::trim).filter(|word| !word.is_empty()) {
+            let word = word.to_ascii_lowercase();
+            understood |= match word.as_str() {
+                "ready" => {
+                    next.drain = false;
+                    true
+                }
+                "drain" | "maint" => {
+                    next.drain = true;
+                    true
+                }
+                "up" => {
+                    next.down = false;
+                    true
+                }
+                "down" | "fail" | "failed" | "stopped" => {
+                    next.down = true;
+                    true
+                }
+                percent => match percent.strip_suffix('%').and_then(|number| number.parse::<u32>().ok()) {
+                    Some(number) => {
+                        next.weight_percent = number.min(256);
+                        true
+                    }
+                    // Other words (`maxconn:N`, HAProxy's own) are not the box's: ignored.
+                    None => false,
+                },
+            };
+        }
+        understood.then_some(next)
+    }
+
+    /// Whether the backend may take new sessions.
+    pub fn takes_sessions(&self) -> bool {
+        !self.drain && !self.down && self.weight_percent > 0
+    }
+}
+
+impl std::fmt::Display for AgentState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.down, self.drain) {
+            (true, _) => write!(f, "down"),
+            (false, true) => write!(f, "drain"),
+            (false, false) => write!(f, "{}%", self.weight_percent),
+        }
+    }
+}
+
+/// What the checker found that the engine acts on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HealthChange {
+    /// The backend's checks took it down (`false`) or brought it back.
+    Up(SocketAddr, bool),
+    /// Its agent said something new.
+    Agent(SocketAddr, AgentState),
 }
 
 /// An HTTP check: `GET path` with `Host: host`, answered with status `status`.
@@ -123,6 +209,10 @@ pub struct BackendHealth {
     pub changed_ns: u64,
     pub checks: u64,
     pub failures: u64,
+    /// What its agent last said (`None`: no agent, or none heard yet), and how the last
+    /// question went: the line, or why there was none.
+    pub agent: Option<AgentState>,
+    pub agent_last: Option<String>,
 }
 
 /// The checker: a smoltcp interface on the inside port and one probe per backend.
@@ -148,6 +238,8 @@ struct Probe {
     streak: u32,
     next_at_ns: u64,
     attempt: Option<Attempt>,
+    /// The agent's address, when its check: the next question, the one under way.
+    agent: Option<(SocketAddr, u64, Option<Attempt>)>,
 }
 
 struct Attempt {
@@ -217,7 +309,7 @@ impl HealthChecker {
 
     /// Runs the interface and the probes; `transmit` gets each frame for the inside port.
     /// Returns the backends whose state changed, with their new state.
-    pub fn poll(&mut self, now_ns: u64, mut transmit: impl FnMut(Vec<u8>)) -> Vec<(SocketAddr, bool)> {
+    pub fn poll(&mut self, now_ns: u64, mut transmit: impl FnMut(Vec<u8>)) -> Vec<HealthChange> {
         let now = instant(now_ns);
         self.interface.poll(now, &mut self.device, &mut self.sockets);
         for handle in self.closing.drain(..) {
@@ -229,8 +321,11 @@ impl HealthChecker {
             let failed_at_once = if due { self.start(index, now_ns) } else { None };
             if let Some(outcome) = failed_at_once.or_else(|| self.advance(index, now_ns)) {
                 if let Some(up) = self.probes[index].record(outcome, now_ns) {
-                    changes.push((self.probes[index].health.backend, up));
+                    changes.push(HealthChange::Up(self.probes[index].health.backend, up));
                 }
+            }
+            if let Some(state) = self.ask_agent(index, now_ns) {
+                changes.push(HealthChange::Agent(self.probes[index].health.backend, state));
             }
         }
         // Connections opened, requests written, RSTs of finished checks: out now.
@@ -254,6 +349,9 @@ impl HealthChecker {
                 Some(attempt) => attempt.started_ns + probe.check.timeout_ns,
                 None => probe.next_at_ns,
             });
+            if let Some((_, next_at_ns, attempt)) = &probe.agent {
+                next = next.min(attempt.as_ref().map_or(*next_at_ns, |attempt| attempt.started_ns + probe.check.timeout_ns));
+            }
         }
         if !self.device.received.is_empty() || !self.closing.is_empty() {
             return now_ns;
@@ -286,7 +384,8 @@ impl HealthChecker {
             }
         }
         for probe in old {
-            if let Some(attempt) = probe.attempt {
+            let agent = probe.agent.and_then(|(_, _, attempt)| attempt);
+            for attempt in probe.attempt.into_iter().chain(agent) {
                 self.sockets.get_mut::<tcp::Socket>(attempt.handle).abort();
                 self.closing.push(attempt.handle);
             }
@@ -303,8 +402,63 @@ impl HealthChecker {
         let probe = &mut self.probes[index];
         probe.next_at_ns = now_ns + probe.check.interval_ns;
         let target = probe.target;
+        match self.open(target, now_ns) {
+            Ok(attempt) => {
+                self.probes[index].attempt = Some(attempt);
+                None
+            }
+            Err(failure) => Some(CheckOutcome::Failed(failure)),
+        }
+    }
+
+    /// Asks the agent of probe `index` when due, and moves a question under way on; the new
+    /// state when the agent's answer changed it.
+    fn ask_agent(&mut self, index: usize, now_ns: u64) -> Option<AgentState> {
+        let (target, next_at_ns, attempt) = self.probes[index].agent.take()?;
+        let (next_at_ns, mut attempt) = match attempt {
+            None if now_ns >= next_at_ns => {
+                let next = now_ns + self.probes[index].check.interval_ns;
+                match self.open(target, now_ns) {
+                    Ok(attempt) => (next, Some(attempt)),
+                    Err(failure) => {
+                        self.probes[index].health.agent_last = Some(CheckOutcome::Failed(failure).to_string());
+                        (next, None)
+                    }
+                }
+            }
+            other => (next_at_ns, other),
+        };
+        let mut changed = None;
+        if let Some(running) = attempt.as_mut() {
+            let socket = self.sockets.get_mut::<tcp::Socket>(running.handle);
+            let timeout_ns = self.probes[index].check.timeout_ns;
+            if let Some(answer) = agent_answer(socket, running, timeout_ns, now_ns) {
+                socket.abort();
+                self.closing.push(running.handle);
+                attempt = None;
+                let health = &mut self.probes[index].health;
+                match answer {
+                    Ok(line) => {
+                        let before = health.agent.unwrap_or_default();
+                        let after = before.after(&line);
+                        health.agent_last = Some(if after.is_some() { line } else { format!("not understood: {line:?}") });
+                        if let Some(after) = after.filter(|after| health.agent != Some(*after)) {
+                            health.agent = Some(after);
+                            changed = Some(after);
+                        }
+                    }
+                    Err(failure) => health.agent_last = Some(CheckOutcome::Failed(failure).to_string()),
+                }
+            }
+        }
+        self.probes[index].agent = Some((target, next_at_ns, attempt));
+        changed
+    }
+
+    /// A connection from the box's source of `target`'s family.
+    fn open(&mut self, target: SocketAddr, now_ns: u64) -> Result<Attempt, CheckFailure> {
         if !self.sources.iter().any(|source| source.is_ipv4() == target.is_ipv4()) {
-            return Some(CheckOutcome::Failed(CheckFailure::NoSource));
+            return Err(CheckFailure::NoSource);
         }
         let mut socket = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 2048]), tcp::SocketBuffer::new(vec![0; 1024]));
         // The checks are few and short: no Nagle delay, no delayed ACK.
@@ -314,11 +468,10 @@ impl HealthChecker {
         self.next_port = if local_port == *HEALTH_PORTS.end() { *HEALTH_PORTS.start() } else { local_port + 1 };
         let remote = (IpAddress::from(target.ip()), target.port());
         if socket.connect(self.interface.context(), remote, local_port).is_err() {
-            return Some(CheckOutcome::Failed(CheckFailure::NoSource));
+            return Err(CheckFailure::NoSource);
         }
         let handle = self.sockets.add(socket);
-        probe.attempt = Some(Attempt { handle, started_ns: now_ns, established: false, request_sent: false, answer: Vec::new() });
-        None
+        Ok(Attempt { handle, started_ns: now_ns, established: false, request_sent: false, answer: Vec::new() })
     }
 
     /// Moves a running check on; its outcome once it has one (the socket then closes).
@@ -349,9 +502,12 @@ impl Probe {
                 changed_ns: 0,
                 checks: 0,
                 failures: 0,
+                agent: None,
+                agent_last: None,
             },
             target: SocketAddr::new(backend.ip(), check.port.unwrap_or(backend.port())),
             next_at_ns: now_ns + check.interval_ns.min(1_000_000_000) * i / count.max(1),
+            agent: check.agent_port.map(|port| (SocketAddr::new(backend.ip(), port), now_ns + check.interval_ns.min(1_000_000_000) * i / count.max(1), None)),
             check,
             streak: 0,
             attempt: None,
@@ -436,6 +592,39 @@ fn check_socket(socket: &mut tcp::Socket<'_>, attempt: &mut Attempt, check: &Hea
         return Some(CheckOutcome::Failed(CheckFailure::Timeout));
     }
     None
+}
+
+/// One step of a question to an agent: its line (up to a newline, or all it sent before
+/// closing), or why there is none, once known.
+fn agent_answer(socket: &mut tcp::Socket<'_>, attempt: &mut Attempt, timeout_ns: u64, now_ns: u64) -> Option<Result<String, CheckFailure>> {
+    if socket.state() == tcp::State::Established || socket.may_recv() {
+        attempt.established = true;
+    }
+    if !attempt.established {
+        return match socket.state() {
+            tcp::State::Closed => Some(Err(CheckFailure::Refused)),
+            _ if now_ns >= attempt.started_ns + timeout_ns => Some(Err(CheckFailure::Timeout)),
+            _ => None,
+        };
+    }
+    while socket.can_recv() {
+        let mut buffer = [0u8; 256];
+        match socket.recv_slice(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(read) => {
+                let room = ANSWER_LIMIT.saturating_sub(attempt.answer.len());
+                attempt.answer.extend_from_slice(&buffer[..read.min(room)]);
+            }
+        }
+    }
+    let line = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim().to_string();
+    if let Some(end) = attempt.answer.iter().position(|&b| b == b'\n') {
+        return Some(Ok(line(&attempt.answer[..end])));
+    }
+    if !socket.may_recv() || attempt.answer.len() >= ANSWER_LIMIT {
+        return Some(if attempt.answer.is_empty() { Err(CheckFailure::Closed) } else { Ok(line(&attempt.answer)) });
+    }
+    (now_ns >= attempt.started_ns + timeout_ns).then_some(Err(CheckFailure::Timeout))
 }
 
 /// The status of an HTTP status line (`HTTP/1.1 200 OK`).
@@ -579,7 +768,7 @@ mod tests {
     }
 
     fn probe(rise: u32, fall: u32) -> Probe {
-        let check = HealthCheck { interval_ns: 1_000_000_000, timeout_ns: 500_000_000, rise, fall, port: None, http: None };
+        let check = HealthCheck { interval_ns: 1_000_000_000, timeout_ns: 500_000_000, rise, fall, port: None, http: None, agent_port: None };
         Probe {
             health: BackendHealth {
                 backend: "198.18.0.21:80".parse().unwrap(),
@@ -589,12 +778,15 @@ mod tests {
                 changed_ns: 0,
                 checks: 0,
                 failures: 0,
+                agent: None,
+                agent_last: None,
             },
             target: "198.18.0.21:80".parse().unwrap(),
             check,
             streak: 0,
             next_at_ns: 0,
             attempt: None,
+            agent: None,
         }
     }
 
@@ -628,6 +820,9 @@ mod tests {
         listener: SocketHandle,
         listening: bool,
         answer: &'static [u8],
+        /// An agent on port 9999 that says `agent_line` to whoever connects, then closes.
+        agent: SocketHandle,
+        agent_line: &'static [u8],
     }
 
     const CHECKER_MAC: EthernetAddress = EthernetAddress([2, 0, 0xc6, 0x12, 0, 0xfa]);
@@ -643,7 +838,8 @@ mod tests {
             let mut sockets = SocketSet::new(Vec::new());
             let socket = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 4096]), tcp::SocketBuffer::new(vec![0; 4096]));
             let listener = sockets.add(socket);
-            SmoltcpBackend { interface, device, sockets, listener, listening: true, answer }
+            let agent = sockets.add(tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 512]), tcp::SocketBuffer::new(vec![0; 512])));
+            SmoltcpBackend { interface, device, sockets, listener, listening: true, answer, agent, agent_line: b"" }
         }
 
         fn poll(&mut self, now_ns: u64) {
@@ -659,12 +855,24 @@ mod tests {
                 socket.send_slice(self.answer).unwrap();
                 socket.close();
             }
+            let agent = self.sockets.get_mut::<tcp::Socket>(self.agent);
+            if !agent.is_open() {
+                agent.listen(9999).unwrap();
+            }
+            if agent.state() == tcp::State::Established {
+                agent.send_slice(self.agent_line).unwrap();
+                agent.close();
+            }
             self.interface.poll(instant(now_ns), &mut self.device, &mut self.sockets);
         }
     }
 
     fn checker(http: Option<HttpCheck>) -> HealthChecker {
-        let check = HealthCheck { interval_ns: 1_000_000_000, timeout_ns: 500_000_000, rise: 2, fall: 2, port: None, http };
+        checker_with(http, None)
+    }
+
+    fn checker_with(http: Option<HttpCheck>, agent_port: Option<u16>) -> HealthChecker {
+        let check = HealthCheck { interval_ns: 1_000_000_000, timeout_ns: 500_000_000, rise: 2, fall: 2, port: None, http, agent_port };
         HealthChecker::new(
             HealthSetup {
                 sources: vec!["198.18.0.250".parse().unwrap()],
@@ -681,12 +889,19 @@ mod tests {
     /// state changes it reported, with their times. The backend's frames reach the checker
     /// only if it claims them, as in the engine.
     fn run(checker: &mut HealthChecker, backend: &mut SmoltcpBackend, from_ns: u64, seconds: u64) -> Vec<(u64, bool)> {
+        run_all(checker, backend, from_ns, seconds)
+            .into_iter()
+            .filter_map(|(at, change)| if let HealthChange::Up(_, up) = change { Some((at, up)) } else { None })
+            .collect()
+    }
+
+    fn run_all(checker: &mut HealthChecker, backend: &mut SmoltcpBackend, from_ns: u64, seconds: u64) -> Vec<(u64, HealthChange)> {
         let mut changes = Vec::new();
         for step in 0..seconds * 1000 {
             let now_ns = from_ns + step * 1_000_000;
             let mut sent = Vec::new();
-            for (_, up) in checker.poll(now_ns, |frame| sent.push(frame)) {
-                changes.push((now_ns, up));
+            for change in checker.poll(now_ns, |frame| sent.push(frame)) {
+                changes.push((now_ns, change));
             }
             backend.device.received.extend(sent);
             backend.poll(now_ns);
@@ -764,5 +979,47 @@ mod tests {
         }
         assert_eq!(changes.len(), 1);
         assert_eq!(checker.status()[0].last, CheckOutcome::Failed(CheckFailure::Timeout));
+    }
+
+    #[test]
+    fn agent_lines_parse_as_haproxy_reads_them() {
+        let start = AgentState::default();
+        assert_eq!(start.after("75%\n"), Some(AgentState { weight_percent: 75, ..start }));
+        assert_eq!(start.after("drain"), Some(AgentState { drain: true, ..start }));
+        assert_eq!(start.after("maint, 50%"), Some(AgentState { weight_percent: 50, drain: true, down: false }));
+        let down = start.after("down # disk full").unwrap();
+        assert!(down.down && !down.takes_sessions());
+        assert_eq!(down.after("up 100%"), Some(start));
+        assert_eq!(start.after("DRAIN").unwrap().after("ready"), Some(start));
+        assert_eq!(start.after("0%").map(|state| state.takes_sessions()), Some(false));
+        assert_eq!(start.after("maxconn:30"), None, "not the box's");
+        assert_eq!(start.after(""), None);
+        assert_eq!(start.after("400%").map(|state| state.weight_percent), Some(256));
+        assert_eq!((start.to_string(), down.to_string(), start.after("drain").unwrap().to_string()), ("100%".into(), "down".into(), "drain".into()));
+    }
+
+    #[test]
+    fn an_agent_is_asked_every_interval_and_its_word_kept() {
+        let mut checker = checker_with(None, Some(9999));
+        let mut backend = SmoltcpBackend::new(b"");
+        backend.agent_line = b"75%\n";
+        let changes = run_all(&mut checker, &mut backend, 0, 2);
+        let backend_address: SocketAddr = "198.18.0.21:80".parse().unwrap();
+        let seventy_five = AgentState { weight_percent: 75, ..AgentState::default() };
+        assert_eq!(changes.iter().map(|(_, change)| *change).collect::<Vec<_>>(), [HealthChange::Agent(backend_address, seventy_five)]);
+        assert!(changes[0].0 < 100_000_000, "the first question at once: {changes:?}");
+        assert_eq!(checker.status()[0].agent_last.as_deref(), Some("75%"));
+        // Said again: nothing new. Then drain, then an agent that is gone: the word holds.
+        assert!(run_all(&mut checker, &mut backend, 2_000_000_000, 2).is_empty());
+        backend.agent_line = b"drain";
+        let changes = run_all(&mut checker, &mut backend, 4_000_000_000, 2);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert_eq!(changes[0].1, HealthChange::Agent(backend_address, AgentState { drain: true, ..seventy_five }));
+        backend.agent_line = b"maxconn:10";
+        assert!(run_all(&mut checker, &mut backend, 6_000_000_000, 2).is_empty());
+        assert!(checker.status()[0].agent_last.as_deref().is_some_and(|last| last.starts_with("not understood")));
+        assert_eq!(checker.status()[0].agent, Some(AgentState { drain: true, ..seventy_five }));
+        // The backend's own check is unaffected by its agent.
+        assert!(checker.status()[0].up);
     }
 }

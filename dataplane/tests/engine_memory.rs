@@ -2003,6 +2003,37 @@ fn least_load_avoids_a_backend_that_refuses_connections() {
 }
 
 #[test]
+fn an_agents_word_weighs_and_drains_its_backend() {
+    // Issue 13's agent check: what a backend's agent says (`25%`, `drain`) scales its weight
+    // and takes it out of rotation for new sessions; its sessions go on.
+    let suite = Suite::Tls13Aes128Gcm;
+    let addresses = Addresses::ipv4();
+    let backends: Vec<SocketAddr> = addresses.backends.iter().map(|(address, _)| *address).collect();
+    let balancing = Balancing { listeners: vec![Balance::LeastSessions], ..Balancing::default() };
+    let mut lab = engine_lab_configured(&addresses, 59, |config| EngineConfig { balancing, events: true, ..config });
+    let quarter = cutls_dataplane::health::AgentState { weight_percent: 25, ..Default::default() };
+    lab.boxed.engine.set_backend_agent(backends[0], quarter);
+    let sessions: Vec<usize> = (0..5).map(|i| open(&mut lab, suite, 100, 4 * MIB, 59 + i, Extras::default())).collect();
+    lab.run_until("five downloads under way", EXCHANGE_LIMIT_NS, |lab| sessions.iter().all(|&s| lab.client.sessions[s].response.len() > 100_000));
+    let opened = |lab: &mut Lab<EngineBox>| {
+        let mut events = Vec::new();
+        lab.boxed.engine.take_events(&mut events);
+        events.iter().filter_map(|event| if let Event::Opened(o) = event { Some(o.backend) } else { None }).collect::<Vec<_>>()
+    };
+    let chosen = opened(&mut lab);
+    let on_quarter = chosen.iter().filter(|&&b| b == backends[0]).count();
+    assert!(on_quarter <= 1, "25% of the weight took {on_quarter} of 5: {chosen:?}");
+    lab.boxed.engine.set_backend_agent(backends[1], cutls_dataplane::health::AgentState { drain: true, ..Default::default() });
+    let next = open(&mut lab, suite, 100, 20_000, 70, Extras::default());
+    lab.run_until("an exchange beside a drained backend", EXCHANGE_LIMIT_NS, |lab| exchange_finished(lab, next));
+    assert_eq!(opened(&mut lab), [backends[0]], "the drained backend takes no new session");
+    lab.run_until("the downloads", EXCHANGE_LIMIT_NS, |lab| sessions.iter().all(|&s| exchange_finished(lab, s)));
+    for &session in &sessions {
+        assert_clean_exchange(&lab, session, suite);
+    }
+}
+
+#[test]
 fn a_keepalive_from_the_client_is_answered() {
     // A client's keepalive (no data, one byte below what the box acknowledged, RFC 9293 3.8.4)
     // is answered with an ACK; before, it only refreshed the idle timer, and a client whose

@@ -293,7 +293,7 @@ pub mod pools {
         port: 9110,
         passthrough: false,
         balance: Some("round-robin"),
-        health: Some("interval_ms = 500\ntimeout_ms = 300\nrise = 2\nfall = 2\nhttp_path = \"/health\"\nhttp_status = 200\n"),
+        health: Some("interval_ms = 500\ntimeout_ms = 300\nrise = 2\nfall = 2\nhttp_path = \"/health\"\nhttp_status = 200\nagent_port = 9111\n"),
     };
     pub const ALL: [Pool; 14] = [
         WEB,

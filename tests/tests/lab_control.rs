@@ -243,6 +243,53 @@ impl Backends {
     }
 }
 
+/// HAProxy-style agents (agent-check protocol) on port 9111 of each backend address: each says
+/// its current line to whoever connects, then closes.
+struct Agents {
+    lines: Vec<Arc<std::sync::Mutex<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Agents {
+    fn start(t: &TlsLab) -> Agents {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut lines = Vec::new();
+        for &ip in &t.lab.env.backends_v4 {
+            let line = Arc::new(std::sync::Mutex::new("ready 100%".to_string()));
+            lines.push(Arc::clone(&line));
+            let listener = in_namespace(&t.lab.env.server_ns, move || {
+                let listener = TcpListener::bind(SocketAddr::new(ip, 9111))?;
+                listener.set_nonblocking(true)?;
+                Ok(listener)
+            })
+            .expect("listen for the agent");
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((mut stream, _)) => {
+                            let text = format!("{}\n", line.lock().expect("line"));
+                            let _ = stream.write_all(text.as_bytes());
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                    }
+                }
+            });
+        }
+        Agents { lines, stop }
+    }
+
+    fn say(&self, index: usize, line: &str) {
+        *self.lines[index].lock().expect("line") = line.to_string();
+    }
+}
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 impl Drop for Backends {
     fn drop(&mut self) {
         for stop in &self.stops {
@@ -360,6 +407,7 @@ fn health_checks(setup: Setup) {
     let t = TlsLab::up(setup);
     let ctl = Ctl { binary: workspace_binary("cutls-tools", "cutlsctl").expect("build cutlsctl"), socket: t.dir.join("cutls.sock") };
     let mut backends = Backends::start(&t, pools::HEALTH_CHECKED.port, Duration::ZERO);
+    let agents = Agents::start(&t);
     let rows = |ctl: &Ctl| -> Vec<Value> {
         let shown = ctl.json(&["show", "backends"]);
         shown["backends"].as_array().expect("backends").iter().filter(|row| row["pool"] == "health-checked").cloned().collect()
@@ -429,6 +477,23 @@ fn health_checks(setup: Setup) {
     let after = sessions_total(&ctl);
     assert!(after[1] > before[1], "the restarted backend takes sessions again: {before:?} -> {after:?}");
     assert!(backends.counts()[1] > 0);
+
+    // The agents: every backend's says `ready 100%`; backend 2's says `drain`, then `50%`.
+    wait_for("the agents heard", Duration::from_secs(3), || rows(&ctl).iter().all(|row| row["agent"] == "100%"));
+    agents.say(2, "drain # deploying");
+    wait_for("backend 2's agent heard saying drain", Duration::from_secs(3), || rows(&ctl)[2]["agent"] == "drain");
+    let before = sessions_total(&ctl);
+    let load = requests("2");
+    assert_eq!(load["errors"], 0, "{load}");
+    let after = sessions_total(&ctl);
+    assert_eq!(after[2], before[2], "no new session to the backend its agent drains: {before:?} -> {after:?}");
+    agents.say(2, "ready 50%");
+    wait_for("backend 2's agent heard saying ready 50%", Duration::from_secs(3), || rows(&ctl)[2]["agent"] == "50%");
+    let before = sessions_total(&ctl);
+    assert_eq!(requests("2")["errors"], 0);
+    let after = sessions_total(&ctl);
+    assert!(after[2] > before[2], "back in rotation: {before:?} -> {after:?}");
+    assert_eq!(rows(&ctl)[2]["agent_last"], "ready 50%");
     let counters = t.finish();
     assert!(counters.get("health_frames_sent") > 0 && counters.get("health_frames_received") > 0);
     // The killed one, and those found down before this test served them (the box comes up

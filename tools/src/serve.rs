@@ -768,6 +768,7 @@ fn poll_loop<P: FrameIo>(
                     engine.set_backend_admin(now, backend, admin, &mut out);
                 }
                 LoopCommand::SetBackendHealth(backend, up) => engine.set_backend_health(backend, up),
+                LoopCommand::SetBackendAgent(backend, agent) => engine.set_backend_agent(backend, agent),
                 LoopCommand::Reload(reload) => {
                     engine.reload(now, &reload.engine);
                     steering = reload.steering.clone();

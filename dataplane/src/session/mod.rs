@@ -763,6 +763,8 @@ pub struct Engine {
     /// The health checker, in the loop that checks; the backends found down, in every loop.
     health: Option<crate::health::HealthChecker>,
     backends_down: HashSet<SocketAddr>,
+    /// What the agents of backends said, where it is not the default (100%, ready, up).
+    backend_agents: HashMap<SocketAddr, crate::health::AgentState>,
     /// Live sessions per backend (for least-sessions and `max_sessions`).
     backend_sessions: HashMap<SocketAddr, u32>,
     /// Response times per backend (least-load), and the samples of the current call.
@@ -841,6 +843,7 @@ impl Engine {
             backend_admin: HashMap::new(),
             health,
             backends_down: HashSet::new(),
+            backend_agents: HashMap::new(),
             backend_sessions: HashMap::new(),
             response_times: HashMap::new(),
             response_samples: Vec::new(),
@@ -933,6 +936,12 @@ impl Engine {
         let checked: HashSet<SocketAddr> =
             reload.health.iter().flat_map(|setup| setup.checks.iter().map(|(backend, _)| *backend)).collect();
         self.backends_down.retain(|backend| checked.contains(backend));
+        let asked: HashSet<SocketAddr> = reload
+            .health
+            .iter()
+            .flat_map(|setup| setup.checks.iter().filter(|(_, check)| check.agent_port.is_some()).map(|(backend, _)| *backend))
+            .collect();
+        self.backend_agents.retain(|backend, _| asked.contains(backend));
         // The checking loop's engine keeps what it knows of unchanged checks.
         if self.config.loop_share.index == crate::steer::HEALTH_LOOP {
             let seed = self.config.keys.balance_seed().rotate_left(17);
@@ -953,6 +962,16 @@ impl Engine {
             self.backends_down.remove(&backend);
         } else {
             self.backends_down.insert(backend);
+        }
+    }
+
+    /// What a backend's agent said ([`crate::health::AgentState`]): new sessions only while
+    /// it takes them, by its share of the configured weight.
+    pub fn set_backend_agent(&mut self, backend: SocketAddr, state: crate::health::AgentState) {
+        if state == crate::health::AgentState::default() {
+            self.backend_agents.remove(&backend);
+        } else {
+            self.backend_agents.insert(backend, state);
         }
     }
 
@@ -1335,13 +1354,18 @@ impl Engine {
                 counters.health_frames_sent += 1;
                 out.push(Port::Inside, Some(frame));
             });
-            for (backend, up) in changes {
-                if up {
-                    self.counters.backends_up += 1;
-                } else {
-                    self.counters.backends_down += 1;
+            for change in changes {
+                match change {
+                    crate::health::HealthChange::Up(backend, up) => {
+                        if up {
+                            self.counters.backends_up += 1;
+                        } else {
+                            self.counters.backends_down += 1;
+                        }
+                        self.set_backend_health(backend, up);
+                    }
+                    crate::health::HealthChange::Agent(backend, state) => self.set_backend_agent(backend, state),
                 }
-                self.set_backend_health(backend, up);
             }
         }
         // Every deferred frame waits the same time, so the queue is in time order.
@@ -1788,6 +1812,7 @@ impl Engine {
         for backend in (0..count).map(|i| backends[start.wrapping_add(i) % count]) {
             if self.backend_admin.get(&backend).is_some_and(|&admin| admin != BackendAdmin::Enabled)
                 || self.backends_down.contains(&backend)
+                || self.backend_agents.get(&backend).is_some_and(|agent| !agent.takes_sessions())
             {
                 continue;
             }
@@ -1808,7 +1833,13 @@ impl Engine {
             balance,
             &usable,
             sessions_on,
-            |backend| self.config.balancing.options(backend),
+            // An agent's percentage scales the weight (all weights by 100, so that 1% of 1 is
+            // still a weight).
+            |backend| {
+                let options = self.config.balancing.options(backend);
+                let percent = self.backend_agents.get(backend).map_or(100, |agent| agent.weight_percent);
+                BackendOptions { weight: options.weight.saturating_mul(percent), ..options }
+            },
             response_ns,
             &mut || balance::xorshift(&mut state),
         );

@@ -211,7 +211,7 @@ fn print_reply(reply: &Reply) {
         }
         Reply::Backends { backends } => table(
             &[
-                "POOL", "BACKEND", "ADMIN", "HEALTH", "LAST CHECK", "BALANCE", "WEIGHT", "MAX", "RESPONSE MS", "ACTIVE", "TOTAL",
+                "POOL", "BACKEND", "ADMIN", "HEALTH", "LAST CHECK", "AGENT", "BALANCE", "WEIGHT", "MAX", "RESPONSE MS", "ACTIVE", "TOTAL",
                 "TO BACKEND", "TO CLIENT",
             ],
             backends
@@ -223,6 +223,7 @@ fn print_reply(reply: &Reply) {
                         row.admin.clone(),
                         row.health.clone(),
                         row.last_check.clone().unwrap_or_else(|| "-".into()),
+                        row.agent.clone().unwrap_or_else(|| "-".into()),
                         row.balance.clone(),
                         row.weight.to_string(),
                         row.max_sessions.map_or("-".into(), |limit| limit.to_string()),
