@@ -691,10 +691,17 @@ impl RecordOpener {
     ) -> Result<Progress, OpenError> {
         let framing = self.framing;
         let explicit_len = framing.explicit_nonce_len();
-        // An earlier record held whole and not yet verified may be a KeyUpdate: wait for it.
-        if framing.version == ProtocolVersion::Tls13
-            && self.records.iter().take(index).any(|r| r.outcome.is_none() && r.hold_from == 0 && !r.unprotected)
-        {
+        // An earlier record held whole and not yet verified may be a KeyUpdate (TLS 1.3): wait
+        // for it. In verify-first mode, where every record is held whole, wait for every earlier
+        // record in TLS 1.2 too: a record's plaintext offset follows from the earlier records'
+        // headers, which only their tags authenticate (a corrupted content type would shift
+        // where a later, genuine record's bytes are delivered).
+        let waits = |r: &Box<Record>| r.outcome.is_none() && r.hold_from == 0 && !r.unprotected;
+        let must_wait = match framing.version {
+            ProtocolVersion::Tls13 => self.records.iter().take(index).any(waits),
+            ProtocolVersion::Tls12 => self.config.mode == ReleaseMode::VerifyFirst && self.records.iter().take(index).any(waits),
+        };
+        if must_wait {
             let record = &self.records[index];
             if at + range.len() as u64 > record.start + HEADER_LEN as u64 {
                 return Ok(Progress::Refused(Refusal::WaitingForEarlierRecord));
