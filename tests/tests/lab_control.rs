@@ -542,6 +542,16 @@ fn reload(setup: Setup) {
     wait_for("the downloads spliced", Duration::from_secs(20), || {
         ctl.sessions().iter().filter(|s| s["state"] == "spliced").count() >= DOWNLOADS * 9 / 10
     });
+    // The database against the loops' own count, under load: every download has its session.
+    wait_for("a session per download, in the database and in the loops", Duration::from_secs(10), || {
+        let stats = ctl.json(&["show", "stats"]);
+        let live: u64 = stats["loops"].as_array().expect("loops").iter().map(|row| u64_of(row, "sessions")).sum();
+        (u64_of(&stats, "sessions"), live) == (DOWNLOADS as u64, DOWNLOADS as u64)
+    });
+    // `top`, twice, as a person would watch it: the counters that moved, the busiest sessions.
+    let top = ctl.run(&["top", "--interval", "0.5", "--count", "2"]);
+    let top = String::from_utf8_lossy(&top.stdout);
+    assert!(top.contains(&format!("{DOWNLOADS} live sessions")) && top.contains("PER SECOND") && top.contains("records_sealed"), "{top}");
     // A new certificate in the files the configuration names (the old one kept aside).
     let old_cert = t.dir.join("old-cert.pem");
     std::fs::copy(&t.cert, &old_cert).expect("keep the old certificate");
@@ -632,6 +642,8 @@ fn reload(setup: Setup) {
     assert!(log.contains("WARN cutls: reload refused, the running configuration stays"), "{log}");
     let ends = download_ends(&log);
     assert!(ends.iter().all(|line| line.contains(" reason=") && line.contains(&format!("vip={removed}"))), "{ends:?}");
+    // The database's bytes are the exact bytes: every download's the same (its response).
+    assert!(ends.iter().all(|line| to_client(line) == to_client(&ends[0])), "{ends:?}");
     // The level at run time, and back to the file's at the next reload.
     assert_eq!(ctl.json(&["log", "level", "warn"])["message"], "log level warn");
     assert_eq!(ctl.json(&["log", "level"])["message"], "log level warn");
