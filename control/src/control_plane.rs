@@ -22,7 +22,7 @@ use cutls_dataplane::session::balance::{ResponseHistogram, RESPONSE_BUCKETS_NS};
 use cutls_dataplane::session::{BackendAdmin, EngineReload, BackendOptions, Balance, Counters, Event, Progress, TlsFacts};
 
 use crate::logging::{LogHandle, LogLevel, ANOMALY_EVERY};
-use crate::management::{BackendAction, BackendRow, LoopRow, Pending, Reply, Request, SessionRow, Stats};
+use crate::management::{BackendAction, BackendRow, LoopRow, Pending, Reply, Request, SessionRow, Stats, TcpRow};
 
 /// How often a loop reports (and so how stale `show sessions` may be).
 pub const REPORT_EVERY: Duration = Duration::from_millis(200);
@@ -776,6 +776,15 @@ impl ControlPlane {
             to_backend_bytes: progress.map_or(0, |progress| progress.to_backend_bytes),
             to_client_bytes: progress.map_or(0, |progress| progress.to_client_bytes),
             records_to_client: progress.map_or(0, |progress| progress.records_to_client),
+            tcp: progress.and_then(|progress| progress.tcp).map(|tcp| TcpRow {
+                to_client_next_seq: tcp.to_client_next_seq,
+                client_acked_seq: tcp.client_acked_seq,
+                ack_to_client: tcp.ack_to_client,
+                to_backend_next_seq: tcp.to_backend_next_seq,
+                backend_acked_seq: tcp.backend_acked_seq,
+                ack_to_backend: tcp.ack_to_backend,
+                records_from_client: tcp.records_from_client,
+            }),
             end_reason: record.end.map(|(reason, _)| reason.to_string()),
         }
     }
@@ -980,6 +989,7 @@ fn seconds(ns: u64) -> f64 {
 mod tests {
     use super::*;
     use cutls_dataplane::health::{CheckFailure, CheckOutcome};
+    use cutls_dataplane::session::events::TcpFacts;
     use cutls_dataplane::session::{EndReason, Phase};
 
     fn address(text: &str) -> SocketAddr {
@@ -1016,7 +1026,16 @@ mod tests {
     }
 
     fn progress(id: u64, to_client_bytes: u64) -> Progress {
-        Progress { id, phase: Phase::Spliced, last_activity_ns: 2_000_000, to_backend_bytes: 100, to_client_bytes, records_to_client: 3 }
+        let tcp = TcpFacts {
+            to_client_next_seq: 4_000_000_000u32.wrapping_add(to_client_bytes as u32),
+            client_acked_seq: 4_000_000_000,
+            ack_to_client: 7,
+            to_backend_next_seq: 107,
+            backend_acked_seq: 107,
+            ack_to_backend: 9,
+            records_from_client: 1,
+        };
+        Progress { id, phase: Phase::Spliced, last_activity_ns: 2_000_000, to_backend_bytes: 100, to_client_bytes, records_to_client: 3, tcp: Some(tcp) }
     }
 
     fn report(loop_index: usize, events: Vec<Event>, progress: Vec<Progress>) -> LoopReport {
@@ -1054,6 +1073,9 @@ mod tests {
         plane.take_report(report(0, vec![ended], vec![]), now);
         let Reply::Session { session } = ask(&mut plane, Request::ShowSession { id: 1 }, now) else { panic!("not a session") };
         assert_eq!((session.state.as_str(), session.end_reason.as_deref(), session.to_client_bytes), ("ended", Some("fin"), 9000));
+        // Its TCP state as it last stood, the sequence numbers as on the wire.
+        let tcp = session.tcp.expect("tcp facts");
+        assert_eq!((tcp.to_client_next_seq, tcp.client_acked_seq, tcp.ack_to_backend), (4_000_009_000, 4_000_000_000, 9));
         let Reply::Backends { backends } = ask(&mut plane, Request::ShowBackends {}, now) else { panic!("not backends") };
         let rows: Vec<_> = backends.iter().map(|row| (row.address.as_str(), row.sessions_active, row.sessions_total, row.to_client_bytes)).collect();
         assert_eq!(rows, [("10.0.0.2:8080", 0, 1, 9000), ("10.0.0.3:8080", 1, 1, 0)]);

@@ -138,8 +138,26 @@ pub struct SessionRow {
     pub to_client_bytes: u64,
     /// The next record sequence number toward the client.
     pub records_to_client: u64,
+    /// A spliced session's TCP state, as sequence numbers on the wire: toward the client the
+    /// box's next and the client's acknowledgement (the one the box waits for is the next),
+    /// the box's acknowledgement of the client; the same toward the backend; the next client
+    /// record's sequence number.
+    #[serde(default)]
+    pub tcp: Option<TcpRow>,
     /// Why it ended, for a session that has (`show session` keeps the last ones).
     pub end_reason: Option<String>,
+}
+
+/// [`SessionRow::tcp`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpRow {
+    pub to_client_next_seq: u32,
+    pub client_acked_seq: u32,
+    pub ack_to_client: u32,
+    pub to_backend_next_seq: u32,
+    pub backend_acked_seq: u32,
+    pub ack_to_backend: u32,
+    pub records_from_client: u64,
 }
 
 /// One backend in `show backends`.

@@ -334,6 +334,11 @@ impl RecordOpener {
         self.next_header + HEADER_LEN as u64
     }
 
+    /// The record sequence number the next record header will get.
+    pub fn next_record_seq(&self) -> u64 {
+        self.next_seq
+    }
+
     /// The plaintext offset the next record's data will start at.
     pub fn next_plaintext_offset(&self) -> u64 {
         self.next_plaintext

@@ -823,6 +823,14 @@ fn manage(setup: Setup) {
     let one = ctl.json(&["show", "session", &killed.to_string()]);
     assert_eq!(one["reply"], "session");
     assert_eq!(u64_of(&one["session"], "id"), killed);
+    // Its TCP state: the client's acknowledgement behind the box's next sequence number by
+    // what is in flight (less than a window), one client record (the request) opened.
+    let tcp = &one["session"]["tcp"];
+    let in_flight = (u64_of(tcp, "to_client_next_seq") as u32).wrapping_sub(u64_of(tcp, "client_acked_seq") as u32);
+    assert!(in_flight < 16 << 20, "{tcp}");
+    assert!(u64_of(tcp, "records_from_client") >= 1, "{tcp}");
+    let table = String::from_utf8_lossy(&ctl.run(&["show", "session", &killed.to_string()]).stdout).to_string();
+    assert!(table.contains("to client: next seq / acked") && table.contains("in flight"), "{table}");
 
     let answer = ctl.json(&["session", "kill", &killed.to_string()]);
     assert_eq!(answer["reply"], "done", "{answer}");

@@ -64,6 +64,28 @@ pub struct Progress {
     /// Records sealed toward the client: the next record sequence number of the box's
     /// direction (the handshake's own records included in TLS 1.2's count, not in 1.3's).
     pub records_to_client: u64,
+    /// Where both TCP connections stand, once spliced.
+    pub tcp: Option<TcpFacts>,
+}
+
+/// A spliced session's TCP state on both sides, as sequence numbers on the wire (what tcpdump
+/// shows), for an operator looking at a session that does not move.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpFacts {
+    /// Toward the client: the box's next sequence number, and the client's latest
+    /// acknowledgement (the acknowledgement the box waits for is the first).
+    pub to_client_next_seq: u32,
+    pub client_acked_seq: u32,
+    /// The acknowledgement the box gives the client (its bytes the backend has).
+    pub ack_to_client: u32,
+    /// Toward the backend: the box's next sequence number (the client's sequence space,
+    /// plaintext offsets), and the backend's latest acknowledgement.
+    pub to_backend_next_seq: u32,
+    pub backend_acked_seq: u32,
+    /// The acknowledgement the box last gave the backend.
+    pub ack_to_backend: u32,
+    /// The record sequence number of the next client record.
+    pub records_from_client: u64,
 }
 
 /// A session's phase, as an operator sees it.

@@ -29,7 +29,7 @@ use super::emit::{self, Link, Segment};
 use super::handover::{SecretLog, SessionKeys};
 use super::handshake::{self, HandshakePool, Job, JobResult, Outcome};
 use super::client_hello::{self, FirstFlight};
-use super::events::{Event, EventQueue, Phase, Progress};
+use super::events::{Event, EventQueue, Phase, Progress, TcpFacts};
 use super::neighbours::Neighbours;
 use super::post_handshake::{PostHandshake, Violation};
 use super::{Counters, EndReason, FlowKey, FramePool, ListenerSetup, Output, PassthroughRoute, Port};
@@ -576,7 +576,19 @@ impl Session {
             (None, None) if self.keys.is_some() => (Phase::Connecting, 0, 0, 0),
             (None, None) => (Phase::Handshake, 0, 0, 0),
         };
-        Progress { id: self.id, phase, last_activity_ns: self.last_activity_ns, to_backend_bytes, to_client_bytes, records_to_client }
+        let tcp = self.splice.as_ref().map(|splice| {
+            let (ours, clients, backends) = (SeqSpace::new(self.our_isn), SeqSpace::new(self.client_isn), SeqSpace::new(splice.backend.isn));
+            TcpFacts {
+                to_client_next_seq: ours.seq(splice.sender.next_offset()).0,
+                client_acked_seq: ours.seq(splice.sender.acked()).0,
+                ack_to_client: clients.seq(splice.backend_acked_cipher).0,
+                to_backend_next_seq: clients.seq(splice.forwarded_plaintext).0,
+                backend_acked_seq: clients.seq(splice.backend_acked_plaintext).0,
+                ack_to_backend: backends.seq(splice.last_ack_to_backend).0,
+                records_from_client: splice.opener.next_record_seq(),
+            }
+        });
+        Progress { id: self.id, phase, last_activity_ns: self.last_activity_ns, to_backend_bytes, to_client_bytes, records_to_client, tcp }
     }
 
     pub(crate) fn last_activity_ns(&self) -> u64 {

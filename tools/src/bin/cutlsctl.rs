@@ -187,7 +187,7 @@ fn print_reply(reply: &Reply) {
         Reply::Sessions { sessions } => session_table(sessions),
         Reply::Session { session } => {
             let optional = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".into());
-            let rows = [
+            let mut rows = vec![
                 ("id", session.id.to_string()),
                 ("loop", session.loop_index.to_string()),
                 ("state", session.state.clone()),
@@ -207,6 +207,13 @@ fn print_reply(reply: &Reply) {
                 ("to client", format!("{} bytes", session.to_client_bytes)),
                 ("records to client", session.records_to_client.to_string()),
             ];
+            if let Some(tcp) = &session.tcp {
+                rows.push(("records from client", tcp.records_from_client.to_string()));
+                rows.push(("to client: next seq / acked", format!("{} / {} ({} in flight)", tcp.to_client_next_seq, tcp.client_acked_seq, tcp.to_client_next_seq.wrapping_sub(tcp.client_acked_seq))));
+                rows.push(("ack to client", tcp.ack_to_client.to_string()));
+                rows.push(("to backend: next seq / acked", format!("{} / {} ({} in flight)", tcp.to_backend_next_seq, tcp.backend_acked_seq, tcp.to_backend_next_seq.wrapping_sub(tcp.backend_acked_seq))));
+                rows.push(("ack to backend", tcp.ack_to_backend.to_string()));
+            }
             table(&["FIELD", "VALUE"], rows.into_iter().map(|(name, value)| vec![name.to_string(), value]).collect());
         }
         Reply::Backends { backends } => table(
