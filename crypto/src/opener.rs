@@ -701,10 +701,11 @@ impl RecordOpener {
         // record in TLS 1.2 too: a record's plaintext offset follows from the earlier records'
         // headers, which only their tags authenticate (a corrupted content type would shift
         // where a later, genuine record's bytes are delivered).
-        let waits = |r: &Box<Record>| r.outcome.is_none() && r.hold_from == 0 && !r.unprotected;
+        let waits = |r: &Record| r.outcome.is_none() && r.hold_from == 0 && !r.unprotected;
+        let earlier_waits = || self.records.iter().take(index).any(|r| waits(r));
         let must_wait = match framing.version {
-            ProtocolVersion::Tls13 => self.records.iter().take(index).any(waits),
-            ProtocolVersion::Tls12 => self.config.mode == ReleaseMode::VerifyFirst && self.records.iter().take(index).any(waits),
+            ProtocolVersion::Tls13 => earlier_waits(),
+            ProtocolVersion::Tls12 => self.config.mode == ReleaseMode::VerifyFirst && earlier_waits(),
         };
         if must_wait {
             let record = &self.records[index];
