@@ -168,20 +168,27 @@ pub(crate) fn xorshift(state: &mut u64) -> u64 {
     *state
 }
 
+/// Bytes in flight to a backend that weigh as much as one more session for least-load: a
+/// backend still reading a large upload is busier than its session count says.
+pub const IN_FLIGHT_PER_SESSION: f64 = 65_536.0;
+
 /// Of `candidates` (in turn order; `None` if empty), the one `balance` picks, given each one's
-/// live sessions, options and response time; `random` draws for least-load.
+/// live sessions, options, response time and bytes in flight to it; `random` draws for
+/// least-load.
 pub(crate) fn pick(
     balance: Balance,
     candidates: &[SocketAddr],
     sessions: impl Fn(&SocketAddr) -> u32,
     options: impl Fn(&SocketAddr) -> BackendOptions,
     response_ns: impl Fn(&SocketAddr) -> f64,
+    in_flight: impl Fn(&SocketAddr) -> u64,
     random: &mut impl FnMut() -> u64,
 ) -> Option<SocketAddr> {
     match balance {
         Balance::LeastLoad => {
             let load = |backend: &SocketAddr| {
-                (f64::from(sessions(backend)) + 1.0) * (response_ns(backend) + 1e6) / f64::from(options(backend).weight.max(1))
+                let busy = f64::from(sessions(backend)) + 1.0 + in_flight(backend) as f64 / IN_FLIGHT_PER_SESSION;
+                busy * (response_ns(backend) + 1e6) / f64::from(options(backend).weight.max(1))
             };
             match candidates.len() {
                 0 => None,
@@ -222,7 +229,7 @@ mod tests {
             // The turn order rotates as the engine's counter does.
             let turn: Vec<SocketAddr> = (0..3).map(|i| backends[(round + i) % 3]).collect();
             let options = |b: &SocketAddr| BackendOptions { weight: weights[backends.iter().position(|x| x == b).unwrap()], max_sessions: None };
-            let chosen = pick(balance, &turn, |b| *sessions.get(b).unwrap_or(&0), options, |_| 0.0, &mut || 0).unwrap();
+            let chosen = pick(balance, &turn, |b| *sessions.get(b).unwrap_or(&0), options, |_| 0.0, |_| 0, &mut || 0).unwrap();
             *sessions.entry(chosen).or_insert(0) += 1;
         }
         backends.map(|b| *sessions.get(&b).unwrap_or(&0))
@@ -263,7 +270,7 @@ mod tests {
         for round in 0..10 {
             let turn: Vec<SocketAddr> = (0..3).map(|i| backends[(round + i) % 3]).collect();
             let chosen =
-                pick(Balance::LeastSessions, &turn, |b| *sessions.get(b).unwrap_or(&0), |_| BackendOptions::default(), |_| 0.0, &mut || 0)
+                pick(Balance::LeastSessions, &turn, |b| *sessions.get(b).unwrap_or(&0), |_| BackendOptions::default(), |_| 0.0, |_| 0, &mut || 0)
                     .unwrap();
             assert_ne!(chosen, backends[0]);
             *sessions.entry(chosen).or_insert(0) += 1;
@@ -279,7 +286,7 @@ mod tests {
         let mut random = move || xorshift(&mut state);
         let mut chosen = [0u32; 3];
         for _ in 0..300 {
-            let backend = pick(Balance::LeastLoad, &backends, |_| 0, |_| BackendOptions::default(), response, &mut random).unwrap();
+            let backend = pick(Balance::LeastLoad, &backends, |_| 0, |_| BackendOptions::default(), response, |_| 0, &mut random).unwrap();
             chosen[backends.iter().position(|b| *b == backend).unwrap()] += 1;
         }
         assert_eq!(chosen[0], 0, "the slow one loses every pair it is in: {chosen:?}");
@@ -287,9 +294,21 @@ mod tests {
         // Equal response times: the busier loses.
         let busy = |b: &SocketAddr| if *b == backends[1] { 50 } else { 0 };
         for _ in 0..50 {
-            let backend = pick(Balance::LeastLoad, &backends, busy, |_| BackendOptions::default(), |_| 2e6, &mut random).unwrap();
+            let backend = pick(Balance::LeastLoad, &backends, busy, |_| BackendOptions::default(), |_| 2e6, |_| 0, &mut random).unwrap();
             assert_ne!(backend, backends[1]);
         }
+        // Equal sessions and response times: the one still reading 1 MiB of uploads loses (it
+        // weighs 16 sessions more); 32 KiB is half a session, against one session fewer.
+        let reading = |b: &SocketAddr| if *b == backends[2] { 1 << 20 } else { 0 };
+        for _ in 0..50 {
+            let backend = pick(Balance::LeastLoad, &backends, |_| 4, |_| BackendOptions::default(), |_| 2e6, reading, &mut random).unwrap();
+            assert_ne!(backend, backends[2]);
+        }
+        let sessions = |b: &SocketAddr| if *b == backends[0] { 5 } else { 4 };
+        let little = |b: &SocketAddr| if *b == backends[1] { 32 << 10 } else { 0 };
+        let pair = [backends[0], backends[1]];
+        let backend = pick(Balance::LeastLoad, &pair, sessions, |_| BackendOptions::default(), |_| 2e6, little, &mut random).unwrap();
+        assert_eq!(backend, backends[1], "4.5 sessions' worth against 5");
     }
 
     #[test]

@@ -772,6 +772,9 @@ pub struct Engine {
     response_samples: Vec<(SocketAddr, balance::ResponseSample)>,
     /// Every answer's response time, per backend, since the engine started.
     response_histograms: HashMap<SocketAddr, balance::ResponseHistogram>,
+    /// Client plaintext sent to each backend and not acknowledged by it yet, over its
+    /// sessions (kept by [`Engine::with_session`], recounted by [`Engine::trim`]).
+    backend_in_flight: HashMap<SocketAddr, u64>,
     /// Draws for least-load's two random choices (xorshift; seeded from the keys).
     balance_random: u64,
     /// The backends a new session may take, rebuilt for each (its room kept).
@@ -848,6 +851,7 @@ impl Engine {
             response_times: HashMap::new(),
             response_samples: Vec::new(),
             response_histograms: HashMap::new(),
+            backend_in_flight: HashMap::new(),
             balance_random,
             backend_scratch: Vec::new(),
         }
@@ -875,6 +879,11 @@ impl Engine {
 
     /// Each backend's measured response time (least-load's peak-EWMA at `now_ns`, ns), for
     /// the backends this engine has had answers from.
+    /// Client plaintext in flight to each backend (sent, not acknowledged), where not zero.
+    pub fn backend_in_flight(&self) -> Vec<(SocketAddr, u64)> {
+        self.backend_in_flight.iter().filter(|(_, bytes)| **bytes > 0).map(|(backend, bytes)| (*backend, *bytes)).collect()
+    }
+
     /// Every answer's response time per backend since the engine started (for the metrics).
     pub fn backend_response_histograms(&self) -> Vec<(SocketAddr, balance::ResponseHistogram)> {
         self.response_histograms.iter().map(|(backend, histogram)| (*backend, *histogram)).collect()
@@ -986,6 +995,17 @@ impl Engine {
     /// hold ([`oversized`]), and expired entries of the bridged, TIME-WAIT and alerted flow
     /// tables are forgotten. The poll loop calls it once a second, with [`FramePool::trim`].
     pub fn trim(&mut self, now_ns: u64) {
+        // Recounted from the sessions: whatever changed a session outside `with_session`.
+        let mut recount: HashMap<SocketAddr, u64> = HashMap::new();
+        for session in self.sessions.values() {
+            let in_flight = session.in_flight_to_backend();
+            if in_flight > 0 {
+                *recount.entry(session.backend()).or_default() += in_flight;
+            }
+        }
+        self.backend_in_flight.retain(|_, total| *total > 0);
+        debug_assert_eq!(self.backend_in_flight, recount, "in-flight bytes kept per session call");
+        self.backend_in_flight = recount;
         shrink_map(&mut self.sessions);
         shrink_map(&mut self.by_client);
         shrink_map(&mut self.by_backend);
@@ -1632,6 +1652,7 @@ impl Engine {
         work: impl FnOnce(&mut Session, &mut session::Context<'_>) -> Option<SessionEvent>,
     ) {
         let Some(session) = self.sessions.get_mut(&id) else { return };
+        let in_flight_before = session.in_flight_to_backend();
         let mut context = session::Context {
             now_ns,
             out,
@@ -1646,6 +1667,11 @@ impl Engine {
             response_times: &mut self.response_samples,
         };
         let mut event = work(session, &mut context);
+        let (backend, in_flight_after) = (session.backend(), session.in_flight_to_backend());
+        if in_flight_after != in_flight_before {
+            let total = self.backend_in_flight.entry(backend).or_default();
+            *total = (*total + in_flight_after).saturating_sub(in_flight_before);
+        }
         for (backend, sample) in self.response_samples.drain(..) {
             let sample_ns = match sample {
                 balance::ResponseSample::Answer(sample_ns) => {
@@ -1678,6 +1704,9 @@ impl Engine {
         {
             if let Some(session) = self.sessions.remove(&id) {
                 self.forget_backend_session(session.backend());
+                if let Some(total) = self.backend_in_flight.get_mut(&session.backend()) {
+                    *total = total.saturating_sub(session.in_flight_to_backend());
+                }
                 if self.events.enabled() {
                     let reason = match event {
                         Some(SessionEvent::Ended(reason)) => reason,
@@ -1828,6 +1857,7 @@ impl Engine {
         }
         let balance = self.config.balancing.balance(listener, passthrough);
         let response_ns = |backend: &SocketAddr| self.response_times.get(backend).map_or(0.0, |time| time.average_at(now_ns));
+        let in_flight = |backend: &SocketAddr| self.backend_in_flight.get(backend).copied().unwrap_or(0);
         let mut state = self.balance_random;
         let chosen = balance::pick(
             balance,
@@ -1841,6 +1871,7 @@ impl Engine {
                 BackendOptions { weight: options.weight.saturating_mul(percent), ..options }
             },
             response_ns,
+            in_flight,
             &mut || balance::xorshift(&mut state),
         );
         self.balance_random = state;

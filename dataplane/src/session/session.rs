@@ -591,6 +591,12 @@ impl Session {
         Progress { id: self.id, phase, last_activity_ns: self.last_activity_ns, to_backend_bytes, to_client_bytes, records_to_client, tcp }
     }
 
+    /// Client plaintext sent to the backend that it has not acknowledged yet (least-load's
+    /// in-flight bytes).
+    pub(crate) fn in_flight_to_backend(&self) -> u64 {
+        self.splice.as_ref().map_or(0, |splice| splice.forwarded_plaintext.saturating_sub(splice.backend_acked_plaintext))
+    }
+
     pub(crate) fn last_activity_ns(&self) -> u64 {
         self.last_activity_ns
     }
