@@ -125,6 +125,19 @@ fn check_config_says_what_is_wrong() {
          [[pool]]\nname = \"tcp\"\nbackends = [\"198.18.0.21:80\"]\npassthrough = true\n\n[management]\nsocket = \"\"\n",
     )
     .expect("write");
+    // Every verb has its --help, the binary its --version (clap; run and decrypt their own).
+    for (args, needle) in [
+        (&["--help"][..], "check-config"),
+        (&["--version"][..], "cutls "),
+        (&["check-config", "--help"][..], "FILE:LINE: FIELD"),
+        (&["run", "--help"][..], "cutls run --config FILE"),
+        (&["decrypt", "--help"][..], "usage: cutls decrypt"),
+    ] {
+        let output = Command::new(&cutls).args(args).output().expect("cutls");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success() && text.contains(needle), "cutls {args:?}: {text}");
+    }
+    assert_eq!(Command::new(&cutls).arg("bogus").output().expect("cutls").status.code(), Some(2));
     let output = Command::new(&cutls).args(["check-config"]).arg(&good).output().expect("cutls check-config");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(String::from_utf8_lossy(&output.stdout).contains("OK (1 listener(s), 1 pool(s), 1 backend(s); management socket off)"));
@@ -880,6 +893,20 @@ fn manage(setup: Setup) {
     assert_eq!(sha256(&std::fs::read(&survivor_out).expect("the download")), expected, "the other download is exact");
     ctl.json(&["backend", "enable", &format!("web/{kept_backend}")]);
     assert_eq!(row(&ctl.json(&["show", "backends"]), &kept_backend)["admin"], "enabled");
+    // Disabled: out of rotation (new connections avoid it, its metrics say so), then back.
+    let answer = ctl.json(&["backend", "disable", &format!("web/{kept_backend}")]);
+    assert_eq!(answer["reply"], "done", "{answer}");
+    assert_eq!(row(&ctl.json(&["show", "backends"]), &kept_backend)["admin"], "disabled");
+    let before = u64_of(&row(&ctl.json(&["show", "backends"]), &kept_backend), "sessions_total");
+    let small = |n: usize| Item::Get { path: format!("{}?disabled-{n}", file_path(1448)), size: 1448 };
+    let report = t.curl(to, &["-H".to_string(), "Connection: close".to_string()], &(0..4).map(small).collect::<Vec<_>>());
+    assert_eq!(report.connects, 4, "{}", report.stderr);
+    assert_eq!(u64_of(&row(&ctl.json(&["show", "backends"]), &kept_backend), "sessions_total"), before, "a disabled backend takes no session");
+    let metrics = String::from_utf8_lossy(&ctl.run(&["show", "metrics"]).stdout).to_string();
+    assert!(metrics.contains(&format!("cutls_backend_in_rotation{{pool=\"web\",backend=\"{kept_backend}\"}} 0")), "{metrics}");
+    ctl.json(&["backend", "enable", &format!("web/{kept_backend}")]);
+    // The loops report every 200 ms: the stats below count those four sessions.
+    std::thread::sleep(Duration::from_millis(500));
 
     // Stats, metrics, and errors for what is not there.
     let stats = ctl.json(&["show", "stats"]);

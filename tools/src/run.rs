@@ -33,11 +33,15 @@ use cutls_dataplane::pcap::{LinkType, PcapWriter};
 
 use crate::args::{ArgError, Args};
 
-const USAGE: &str = "usage: cutls run --outside IF --inside IF [options]
+const USAGE: &str = "usage: cutls run --config FILE
+       cutls run --outside IF --inside IF [options]
 
-Bridges every frame between the two ports, unchanged.
+With --config, the box: terminates TLS for the file's listeners between the file's two ports
+(docs/operations.md); reload with SIGHUP or `cutlsctl reload`, stop with SIGINT or SIGTERM.
+Without it, a transparent bridge: every frame between the two ports, unchanged.
 
 options:
+  --config FILE      the configuration file (the other options do not apply)
   --outside IF       the port toward the router (clients)
   --inside IF        the port toward the server VLAN
   --io BACKEND       xdp (native attach, generic if the driver refuses; default),
@@ -202,6 +206,10 @@ fn positive(args: &mut Args, name: &str, default: usize) -> Result<usize, ArgErr
 
 /// Entry point of `cutls run`.
 pub fn main(argv: &[String]) -> ExitCode {
+    if argv.iter().any(|arg| arg == "--help" || arg == "-h") {
+        print!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     // With a configuration file the box terminates TLS for its listeners.
     let mut config = None;
     for (i, arg) in argv.iter().enumerate() {
