@@ -471,6 +471,14 @@ fn line_of_key(text: &str, table: &str, key: &str) -> Option<usize> {
 }
 
 impl Config {
+    /// The box's own address toward the backends, in SNAT mode.
+    pub fn snat_address(&self) -> Option<IpAddr> {
+        match self.mode {
+            AddressMode::Transparent => None,
+            AddressMode::Snat(address) => Some(address),
+        }
+    }
+
     /// Reads and checks the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|error| ConfigError {

@@ -641,8 +641,7 @@ impl ControlPlane {
             (0..self.handles.len()).filter(|&index| !self.command(index, LoopCommand::Reload(Arc::clone(&reload)))).collect();
         self.topology = reload.topology.clone();
         // Backends no longer checked (or in no pool) have no health to show.
-        let checked: HashSet<SocketAddr> =
-            reload.engine.health.iter().flat_map(|setup| setup.checks.iter().map(|(backend, _)| *backend)).collect();
+        let checked: HashSet<SocketAddr> = reload.engine.health.iter().flat_map(|setup| setup.backends()).collect();
         self.health.retain(|backend, _| checked.contains(backend));
         if !refused.is_empty() {
             // Reloading again is harmless: the loops that took it take the same again.
@@ -807,30 +806,34 @@ impl ControlPlane {
                 let totals = self.backends.get(&address).copied().unwrap_or_default();
                 let live: Vec<&Record> = self.sessions.values().filter(|record| record.opened.backend == address).collect();
                 let live_bytes = |field: fn(&Progress) -> u64| live.iter().filter_map(|record| record.progress.as_ref()).map(field).sum::<u64>();
+                let admin = self.admin.get(&address).copied().unwrap_or(BackendAdmin::Enabled);
+                let health = self.health.get(&address);
                 rows.push(BackendRow {
                     pool: pool.clone(),
                     address: address.to_string(),
-                    admin: match self.admin.get(&address) {
-                        None | Some(BackendAdmin::Enabled) => "enabled",
-                        Some(BackendAdmin::Draining) => "draining",
-                        Some(BackendAdmin::Disabled) => "disabled",
+                    admin: match admin {
+                        BackendAdmin::Enabled => "enabled",
+                        BackendAdmin::Draining => "draining",
+                        BackendAdmin::Disabled => "disabled",
                     }
                     .to_string(),
+                    in_rotation: admin == BackendAdmin::Enabled
+                        && health.is_none_or(|health| health.up && health.agent.is_none_or(|agent| agent.takes_sessions())),
                     balance: balance_name(balance).to_string(),
                     weight: option.weight,
                     max_sessions: option.max_sessions.map(|limit| limit as u64),
                     response_ms,
-                    health: match self.health.get(&address) {
+                    health: match health {
                         None => "unchecked",
                         Some(health) if health.up => "up",
                         Some(_) => "down",
                     }
                     .to_string(),
-                    last_check: self.health.get(&address).map(|health| health.last.to_string()),
-                    agent: self.health.get(&address).and_then(|health| health.agent).map(|agent| agent.to_string()),
-                    agent_last: self.health.get(&address).and_then(|health| health.agent_last.clone()),
-                    checks: self.health.get(&address).map_or(0, |health| health.checks),
-                    check_failures: self.health.get(&address).map_or(0, |health| health.failures),
+                    last_check: health.map(|health| health.last.to_string()),
+                    agent: health.and_then(|health| health.agent).map(|agent| agent.to_string()),
+                    agent_last: health.and_then(|health| health.agent_last.clone()),
+                    checks: health.map_or(0, |health| health.checks),
+                    check_failures: health.map_or(0, |health| health.failures),
                     sessions_active: live.len() as u64,
                     sessions_total: totals.sessions_total,
                     to_backend_bytes: totals.to_backend_bytes + live_bytes(|progress| progress.to_backend_bytes),
@@ -918,12 +921,7 @@ impl ControlPlane {
         metric(&mut text, "sessions_total", "counter", |row| row.sessions_total);
         metric(&mut text, "to_backend_bytes_total", "counter", |row| row.to_backend_bytes);
         metric(&mut text, "to_client_bytes_total", "counter", |row| row.to_client_bytes);
-        let agent_allows = |row: &BackendRow| !matches!(row.agent.as_deref(), Some("drain" | "down" | "0%"));
-        let in_rotation = |row: &BackendRow| u64::from(row.admin == "enabled" && row.health != "down" && agent_allows(row));
-        let _ = writeln!(text, "# TYPE cutls_backend_in_rotation gauge");
-        for row in &backends {
-            let _ = writeln!(text, "cutls_backend_in_rotation{{pool=\"{}\",backend=\"{}\"}} {}", row.pool, row.address, in_rotation(row));
-        }
+        metric(&mut text, "in_rotation", "gauge", |row| u64::from(row.in_rotation));
         let _ = writeln!(text, "# TYPE cutls_backend_agent_weight_percent gauge");
         for row in &backends {
             let Some(percent) = row.agent.as_deref().and_then(|agent| agent.strip_suffix('%')) else { continue };

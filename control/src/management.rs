@@ -167,6 +167,8 @@ pub struct BackendRow {
     pub address: String,
     /// enabled, draining, disabled.
     pub admin: String,
+    /// It takes new sessions: enabled, not down by its checks, not drained by its agent.
+    pub in_rotation: bool,
     /// The pool's balancing: round-robin, least-sessions, least-load.
     pub balance: String,
     pub weight: u32,

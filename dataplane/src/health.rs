@@ -158,6 +158,18 @@ pub struct HealthSetup {
     pub seed: u64,
 }
 
+impl HealthSetup {
+    /// The backends it checks.
+    pub fn backends(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.checks.iter().map(|(backend, _)| *backend)
+    }
+
+    /// The backends whose agents it asks.
+    pub fn agent_backends(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.checks.iter().filter(|(_, check)| check.agent_port.is_some()).map(|(backend, _)| *backend)
+    }
+}
+
 /// The last check of a backend.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CheckOutcome {
@@ -493,6 +505,7 @@ impl Probe {
     /// The `i`-th of `count` new probes: up until `fall` checks fail, its first check within
     /// the first interval (at most a second), spread with the others'.
     fn new(backend: SocketAddr, check: HealthCheck, now_ns: u64, i: u64, count: u64) -> Probe {
+        let first_ns = now_ns + check.interval_ns.min(1_000_000_000) * i / count.max(1);
         Probe {
             health: BackendHealth {
                 backend,
@@ -506,8 +519,8 @@ impl Probe {
                 agent_last: None,
             },
             target: SocketAddr::new(backend.ip(), check.port.unwrap_or(backend.port())),
-            next_at_ns: now_ns + check.interval_ns.min(1_000_000_000) * i / count.max(1),
-            agent: check.agent_port.map(|port| (SocketAddr::new(backend.ip(), port), now_ns + check.interval_ns.min(1_000_000_000) * i / count.max(1), None)),
+            next_at_ns: first_ns,
+            agent: check.agent_port.map(|port| (SocketAddr::new(backend.ip(), port), first_ns, None)),
             check,
             streak: 0,
             attempt: None,
@@ -538,19 +551,43 @@ impl Probe {
     }
 }
 
-/// One step of a running check: its outcome, if it has one now.
-fn check_socket(socket: &mut tcp::Socket<'_>, attempt: &mut Attempt, check: &HealthCheck, target: SocketAddr, now_ns: u64) -> Option<CheckOutcome> {
-    let passed = CheckOutcome::Passed { latency_ns: now_ns.saturating_sub(attempt.started_ns) };
+/// Whether a check's (or an agent's) connection is up: `Ok(true)` once established, `Ok(false)`
+/// while it may still come, the failure once it cannot.
+fn connected(socket: &tcp::Socket<'_>, attempt: &mut Attempt, timeout_ns: u64, now_ns: u64) -> Result<bool, CheckFailure> {
     if socket.state() == tcp::State::Established || socket.may_recv() {
         attempt.established = true;
     }
-    if !attempt.established {
-        return match socket.state() {
-            // A RST to the SYN closes the socket.
-            tcp::State::Closed => Some(CheckOutcome::Failed(CheckFailure::Refused)),
-            _ if now_ns >= attempt.started_ns + check.timeout_ns => Some(CheckOutcome::Failed(CheckFailure::Timeout)),
-            _ => None,
-        };
+    match socket.state() {
+        _ if attempt.established => Ok(true),
+        // A RST to the SYN closes the socket.
+        tcp::State::Closed => Err(CheckFailure::Refused),
+        _ if now_ns >= attempt.started_ns + timeout_ns => Err(CheckFailure::Timeout),
+        _ => Ok(false),
+    }
+}
+
+/// Takes what the peer sent into `attempt.answer`, up to [`ANSWER_LIMIT`] (the rest is thrown
+/// away).
+fn read_answer(socket: &mut tcp::Socket<'_>, attempt: &mut Attempt) {
+    while socket.can_recv() {
+        let mut buffer = [0u8; 512];
+        match socket.recv_slice(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(read) => {
+                let room = ANSWER_LIMIT.saturating_sub(attempt.answer.len());
+                attempt.answer.extend_from_slice(&buffer[..read.min(room)]);
+            }
+        }
+    }
+}
+
+/// One step of a running check: its outcome, if it has one now.
+fn check_socket(socket: &mut tcp::Socket<'_>, attempt: &mut Attempt, check: &HealthCheck, target: SocketAddr, now_ns: u64) -> Option<CheckOutcome> {
+    let passed = CheckOutcome::Passed { latency_ns: now_ns.saturating_sub(attempt.started_ns) };
+    match connected(socket, attempt, check.timeout_ns, now_ns) {
+        Ok(true) => {}
+        Ok(false) => return None,
+        Err(failure) => return Some(CheckOutcome::Failed(failure)),
     }
     let Some(http) = &check.http else { return Some(passed) };
     if !attempt.request_sent && socket.can_send() {
@@ -565,16 +602,7 @@ fn check_socket(socket: &mut tcp::Socket<'_>, attempt: &mut Attempt, check: &Hea
             _ => return Some(CheckOutcome::Failed(CheckFailure::Closed)),
         }
     }
-    while socket.can_recv() {
-        let mut buffer = [0u8; 512];
-        match socket.recv_slice(&mut buffer) {
-            Ok(0) | Err(_) => break,
-            Ok(read) => {
-                let room = ANSWER_LIMIT.saturating_sub(attempt.answer.len());
-                attempt.answer.extend_from_slice(&buffer[..read.min(room)]);
-            }
-        }
-    }
+    read_answer(socket, attempt);
     if let Some(end) = attempt.answer.iter().position(|&b| b == b'\n') {
         return Some(match http_status(&attempt.answer[..end]) {
             Some(status) if status == http.status => passed,
@@ -597,26 +625,12 @@ fn check_socket(socket: &mut tcp::Socket<'_>, attempt: &mut Attempt, check: &Hea
 /// One step of a question to an agent: its line (up to a newline, or all it sent before
 /// closing), or why there is none, once known.
 fn agent_answer(socket: &mut tcp::Socket<'_>, attempt: &mut Attempt, timeout_ns: u64, now_ns: u64) -> Option<Result<String, CheckFailure>> {
-    if socket.state() == tcp::State::Established || socket.may_recv() {
-        attempt.established = true;
+    match connected(socket, attempt, timeout_ns, now_ns) {
+        Ok(true) => {}
+        Ok(false) => return None,
+        Err(failure) => return Some(Err(failure)),
     }
-    if !attempt.established {
-        return match socket.state() {
-            tcp::State::Closed => Some(Err(CheckFailure::Refused)),
-            _ if now_ns >= attempt.started_ns + timeout_ns => Some(Err(CheckFailure::Timeout)),
-            _ => None,
-        };
-    }
-    while socket.can_recv() {
-        let mut buffer = [0u8; 256];
-        match socket.recv_slice(&mut buffer) {
-            Ok(0) | Err(_) => break,
-            Ok(read) => {
-                let room = ANSWER_LIMIT.saturating_sub(attempt.answer.len());
-                attempt.answer.extend_from_slice(&buffer[..read.min(room)]);
-            }
-        }
-    }
+    read_answer(socket, attempt);
     let line = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim().to_string();
     if let Some(end) = attempt.answer.iter().position(|&b| b == b'\n') {
         return Some(Ok(line(&attempt.answer[..end])));
@@ -769,25 +783,7 @@ mod tests {
 
     fn probe(rise: u32, fall: u32) -> Probe {
         let check = HealthCheck { interval_ns: 1_000_000_000, timeout_ns: 500_000_000, rise, fall, port: None, http: None, agent_port: None };
-        Probe {
-            health: BackendHealth {
-                backend: "198.18.0.21:80".parse().unwrap(),
-                up: true,
-                last: CheckOutcome::Pending,
-                last_check_ns: 0,
-                changed_ns: 0,
-                checks: 0,
-                failures: 0,
-                agent: None,
-                agent_last: None,
-            },
-            target: "198.18.0.21:80".parse().unwrap(),
-            check,
-            streak: 0,
-            next_at_ns: 0,
-            attempt: None,
-            agent: None,
-        }
+        Probe::new("198.18.0.21:80".parse().unwrap(), check, 0, 0, 1)
     }
 
     #[test]

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use cutls_control::config::{AddressMode, Config, HealthCheck, HoldBack, IoKind};
+use cutls_control::config::{Config, HealthCheck, HoldBack, IoKind};
 use cutls_dataplane::health::HealthSetup;
 use cutls_control::control_plane::{ControlPlane, LoopCommand, LoopHandle, LoopReport, Reload, Reloader, Topology, REPORT_EVERY};
 use cutls_control::logging::LogHandle;
@@ -133,10 +133,7 @@ pub fn check_config(path: &std::path::Path) -> ExitCode {
 /// Builds the engines from the configuration read from `path` and runs their loops until
 /// `stop`; `reload` raised (SIGHUP) reads the file again.
 pub fn serve(path: &Path, config: &Config, stop: &AtomicBool, reload: Arc<AtomicBool>, log: Option<LogHandle>) -> io::Result<()> {
-    let snat_address = match config.mode {
-        AddressMode::Transparent => None,
-        AddressMode::Snat(address) => Some(address),
-    };
+    let snat_address = config.snat_address();
     let cores = available_cores();
     let queues = receive_queue_count(&config.outside)?.min(receive_queue_count(&config.inside)?).max(1) as usize;
     let loops = loop_count(config, queues, cores.len())?;
@@ -316,10 +313,7 @@ impl Slots {
                 }
             }
         }
-        let snat_address = match config.mode {
-            AddressMode::Transparent => None,
-            AddressMode::Snat(address) => Some(address),
-        };
+        let snat_address = config.snat_address();
         let steering = Steering::new(loops, self.listeners.iter().map(|listener| listener.vip.ip()), self.backends.iter().copied(), snat_address)
             .with_health_sources(config.health_sources.clone());
         let topology = Topology {
@@ -331,7 +325,7 @@ impl Slots {
             listeners: self.listeners.clone(),
             retired: self.retired.clone(),
             balancing,
-            health: health_setup(config, inside_mac, snat_address),
+            health: health_setup(config, inside_mac),
             idle_timeout_ns: config.idle_timeout.as_nanos() as u64,
             handshake_timeout_ns: config.handshake_timeout.as_nanos() as u64,
             close_timeout_ns: config.close_timeout.as_nanos() as u64,
@@ -346,7 +340,7 @@ impl Slots {
 
 /// The health checks of `config`, for the checking loop: each checked backend once (a
 /// backend in two pools takes the first pool's check).
-fn health_setup(config: &Config, inside_mac: EthernetAddress, snat_address: Option<std::net::IpAddr>) -> Option<HealthSetup> {
+fn health_setup(config: &Config, inside_mac: EthernetAddress) -> Option<HealthSetup> {
     let mut checks: Vec<(SocketAddr, HealthCheck)> = Vec::new();
     for pool in &config.pools {
         let Some(check) = &pool.health else { continue };
@@ -360,7 +354,7 @@ fn health_setup(config: &Config, inside_mac: EthernetAddress, snat_address: Opti
         sources: config.health_sources.clone(),
         mac: inside_mac,
         checks,
-        snat_address,
+        snat_address: config.snat_address(),
         // The engine seeds it from its keys.
         seed: 0,
     })

@@ -173,6 +173,12 @@ impl std::fmt::Debug for EngineReload {
     }
 }
 
+/// The health checks' setup with its seed mixed with the box's secret: their ISNs and ports,
+/// like the engine's own choices, are not guessable.
+fn seeded(setup: crate::health::HealthSetup, keys: &EngineKeys) -> crate::health::HealthSetup {
+    crate::health::HealthSetup { seed: setup.seed ^ keys.balance_seed().rotate_left(17), ..setup }
+}
+
 /// Which of the box's poll loops an engine runs in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoopShare {
@@ -811,11 +817,7 @@ impl Engine {
         let balance_random = config.keys.balance_seed() | 1;
         let events = events::EventQueue::new(config.events);
         // Its clock starts at the first poll (engine time is the caller's).
-        let health = config.health.clone().map(|setup| {
-            // Its ISNs and ports, like the engine's own choices, from the box's secret.
-            let seed = setup.seed ^ config.keys.balance_seed().rotate_left(17);
-            crate::health::HealthChecker::new(crate::health::HealthSetup { seed, ..setup }, 0)
-        });
+        let health = config.health.clone().map(|setup| crate::health::HealthChecker::new(seeded(setup, &config.keys), 0));
         Engine {
             config,
             sessions: HashMap::new(),
@@ -942,23 +944,16 @@ impl Engine {
         self.config.syn_cookies_after = reload.syn_cookies_after;
         self.config.max_sessions = reload.max_sessions;
         self.config.max_sessions_per_client = reload.max_sessions_per_client;
-        let checked: HashSet<SocketAddr> =
-            reload.health.iter().flat_map(|setup| setup.checks.iter().map(|(backend, _)| *backend)).collect();
+        let checked: HashSet<SocketAddr> = reload.health.iter().flat_map(|setup| setup.backends()).collect();
         self.backends_down.retain(|backend| checked.contains(backend));
-        let asked: HashSet<SocketAddr> = reload
-            .health
-            .iter()
-            .flat_map(|setup| setup.checks.iter().filter(|(_, check)| check.agent_port.is_some()).map(|(backend, _)| *backend))
-            .collect();
+        let asked: HashSet<SocketAddr> = reload.health.iter().flat_map(|setup| setup.agent_backends()).collect();
         self.backend_agents.retain(|backend, _| asked.contains(backend));
         // The checking loop's engine keeps what it knows of unchanged checks.
         if self.config.loop_share.index == crate::steer::HEALTH_LOOP {
-            let seed = self.config.keys.balance_seed().rotate_left(17);
-            match (reload.health.clone(), self.health.as_mut()) {
-                (Some(setup), Some(checker)) => checker.reconfigure(crate::health::HealthSetup { seed, ..setup }, now_ns),
-                (Some(setup), None) => {
-                    self.health = Some(crate::health::HealthChecker::new(crate::health::HealthSetup { seed, ..setup }, now_ns))
-                }
+            let setup = reload.health.clone().map(|setup| seeded(setup, &self.config.keys));
+            match (setup, self.health.as_mut()) {
+                (Some(setup), Some(checker)) => checker.reconfigure(setup, now_ns),
+                (Some(setup), None) => self.health = Some(crate::health::HealthChecker::new(setup, now_ns)),
                 (None, _) => self.health = None,
             }
         }
